@@ -1,0 +1,560 @@
+//! The one typed configuration every Prism binary reads.
+//!
+//! Layers, later ones win:
+//! 1. compiled defaults (the `Default` impls below, pointing at the local `dev/stack`);
+//! 2. the base file, `config/prism.toml` (or the file named by `PRISM_CONFIG`);
+//! 3. an optional profile, `PRISM_PROFILE=compose` → `config/compose.toml` beside the base
+//!    file (a value with a `/` or ending in `.toml` is taken as a path);
+//! 4. environment variables `PRISM_<SECTION>__<KEY>`, e.g. `PRISM_KAFKA__BOOTSTRAP_SERVERS`.
+//!
+//! Unknown keys are errors that name the key, so a typo never silently falls back to a
+//! default. Passwords live in [`Secret`] or [`Dsn`] values, which never print themselves.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::secret::{Dsn, Secret};
+
+/// Environment variable naming the base configuration file.
+pub const CONFIG_ENV: &str = "PRISM_CONFIG";
+/// Environment variable naming the profile (`compose`) or profile file.
+pub const PROFILE_ENV: &str = "PRISM_PROFILE";
+/// The base file looked for when `PRISM_CONFIG` is not set.
+pub const DEFAULT_CONFIG_FILE: &str = "config/prism.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        Self::Invalid(Box::new(e))
+    }
+}
+
+/// Where the configuration layers come from; [`Sources::from_env`] is what binaries use.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The base file; `None` means "`config/prism.toml` if it exists".
+    pub base: Option<PathBuf>,
+    /// A profile name or path.
+    pub profile: Option<String>,
+}
+
+impl Sources {
+    /// Reads `PRISM_CONFIG` and `PRISM_PROFILE`.
+    pub fn from_env() -> Self {
+        Self {
+            base: std::env::var_os(CONFIG_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            profile: std::env::var(PROFILE_ENV).ok().filter(|v| !v.is_empty()),
+        }
+    }
+
+    fn figment(&self) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::new();
+        let base = match &self.base {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.clone())),
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        if let Some(base) = &base {
+            figment = figment.merge(Toml::file_exact(base));
+        }
+        if let Some(profile) = &self.profile {
+            let path = profile_path(base.as_deref(), profile);
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // Only SECTION__KEY variables are configuration; PRISM_CONFIG, PRISM_PROFILE and
+        // other PRISM_* variables (used by scripts) are not keys and are left alone.
+        let env = Env::prefixed("PRISM_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        Ok(figment.merge(env))
+    }
+
+    /// Loads and validates the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let config: Config = self.figment()?.extract()?;
+        Ok(config)
+    }
+}
+
+fn profile_path(base: Option<&Path>, profile: &str) -> PathBuf {
+    if profile.contains('/') || profile.ends_with(".toml") {
+        return PathBuf::from(profile);
+    }
+    let dir = base
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("config"));
+    dir.join(format!("{profile}.toml"))
+}
+
+/// Loads the configuration the way every binary does: defaults ← file ← profile ← env.
+pub fn load() -> Result<Config, ConfigError> {
+    Sources::from_env().load()
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub kafka: KafkaConfig,
+    pub mongodb: MongoConfig,
+    pub postgres: PostgresConfig,
+    pub mysql: MysqlConfig,
+    pub elasticsearch: ElasticsearchConfig,
+    pub redis: RedisConfig,
+    pub prometheus: PrometheusConfig,
+    pub doctor: DoctorConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `info,prism_platform=debug`; `RUST_LOG` wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`.
+    pub bootstrap_servers: String,
+    /// The topic every event is published to.
+    pub topic: String,
+    /// Partitions used when Prism creates the topic.
+    pub topic_partitions: i32,
+    /// Replication factor used when Prism creates the topic.
+    pub topic_replication_factor: i32,
+    /// Timeout for metadata and admin requests.
+    pub request_timeout_ms: u64,
+    /// librdkafka properties handed over as they are (SASL, TLS, tuning), e.g.
+    /// `"security.protocol" = "SASL_SSL"`. Values are masked in `Debug` output.
+    #[serde(deserialize_with = "flatten_client_properties")]
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            topic: "account-events".into(),
+            topic_partitions: 12,
+            topic_replication_factor: 1,
+            request_timeout_ms: 5_000,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Pass-through values can hold SASL passwords or JAAS configs: show only the keys.
+        let client: BTreeMap<&str, &str> =
+            self.client.keys().map(|k| (k.as_str(), "****")).collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic", &self.topic)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication_factor", &self.topic_replication_factor)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("client", &client)
+            .finish()
+    }
+}
+
+/// A pass-through property value as TOML or the environment may give it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PropertyValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    /// `sasl.mechanism = "PLAIN"` in TOML (unquoted dotted key) and
+    /// `PRISM_KAFKA__CLIENT__SASL__MECHANISM` both arrive as nested tables.
+    Table(BTreeMap<String, PropertyValue>),
+}
+
+fn flatten_client_properties<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    fn walk(
+        prefix: &str,
+        map: BTreeMap<String, PropertyValue>,
+        out: &mut BTreeMap<String, String>,
+    ) {
+        for (key, value) in map {
+            let key = if prefix.is_empty() {
+                key
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                PropertyValue::Bool(b) => {
+                    out.insert(key, b.to_string());
+                }
+                PropertyValue::Int(i) => {
+                    out.insert(key, i.to_string());
+                }
+                PropertyValue::Float(x) => {
+                    out.insert(key, x.to_string());
+                }
+                PropertyValue::Text(s) => {
+                    out.insert(key, s);
+                }
+                PropertyValue::Table(t) => walk(&key, t, out),
+            }
+        }
+    }
+    let raw = BTreeMap::<String, PropertyValue>::deserialize(deserializer)?;
+    let mut out = BTreeMap::new();
+    walk("", raw, &mut out);
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MongoConfig {
+    /// A MongoDB connection string; may hold credentials (masked when shown).
+    pub uri: Dsn,
+    /// The database Prism's event store uses.
+    pub database: String,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        Self {
+            uri: Dsn::new("mongodb://127.0.0.1:27017/"),
+            database: "prism".into(),
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: Dsn,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: Dsn::new("postgres://prism:prism@127.0.0.1:5432/prism"),
+            max_connections: 16,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MysqlConfig {
+    /// `mysql://user:password@host:port/database`.
+    pub url: Dsn,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        Self {
+            url: Dsn::new("mysql://prism:prism@127.0.0.1:3306/prism"),
+            max_connections: 16,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ElasticsearchConfig {
+    /// Base URL of the REST API, e.g. `http://127.0.0.1:9200`.
+    pub url: Dsn,
+    /// Basic-auth user; empty for none.
+    pub username: String,
+    pub password: Secret,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ElasticsearchConfig {
+    fn default() -> Self {
+        Self {
+            url: Dsn::new("http://127.0.0.1:9200"),
+            username: String::new(),
+            password: Secret::default(),
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port/db`.
+    pub url: Dsn,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: Dsn::new("redis://127.0.0.1:6379/0"),
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Base URL of the Prometheus server that scrapes Prism.
+    pub url: Dsn,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            url: Dsn::new("http://127.0.0.1:9090"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DoctorConfig {
+    /// Services whose failure `prismctl doctor` reports but does not count as fatal.
+    pub optional: Vec<String>,
+    /// Per-service time limit for a check; above the clients' own connect timeouts so that
+    /// a failing service reports its client's error rather than a bare time-out.
+    pub timeout_ms: u64,
+}
+
+impl Default for DoctorConfig {
+    fn default() -> Self {
+        Self {
+            optional: vec!["prometheus".into()],
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+#[cfg(test)]
+// figment's `Jail` closures must return its (large) `figment::Error`.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    /// Loads as a binary would, inside a `Jail` (its own cwd and environment).
+    fn load_here() -> Result<Config, ConfigError> {
+        Sources::from_env().load()
+    }
+
+    #[test]
+    fn defaults_point_at_the_local_stack() {
+        Jail::expect_with(|_jail| {
+            let c = load_here().map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
+            assert_eq!(c.kafka.topic, "account-events");
+            assert_eq!(c.kafka.topic_partitions, 12);
+            assert_eq!(c.mysql.url.hosts(), "127.0.0.1:3306");
+            assert_eq!(c.log.format, LogFormat::Text);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_profile_then_environment_win_in_that_order() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file(
+                "config/prism.toml",
+                "[kafka]\nbootstrap_servers = \"file:9092\"\ntopic = \"from-file\"\n[log]\nlevel = \"debug\"\n",
+            )?;
+            jail.create_file(
+                "config/compose.toml",
+                "[kafka]\nbootstrap_servers = \"kafka:9092\"\n",
+            )?;
+            jail.set_env("PRISM_PROFILE", "compose");
+            jail.set_env("PRISM_LOG__LEVEL", "warn");
+            let c = load_here().map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.bootstrap_servers, "kafka:9092");
+            assert_eq!(c.kafka.topic, "from-file");
+            assert_eq!(c.log.level, "warn");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_rejected_by_name() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file("config/prism.toml", "[kafka]\nbootstrap_server = \"x:1\"\n")?;
+            let err = load_here().expect_err("a misspelt key must be rejected");
+            assert!(err.to_string().contains("bootstrap_server"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_section_from_the_environment_is_rejected_by_name() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PRISM_KAFAK__TOPIC", "x");
+            let err = load_here().expect_err("a misspelt section must be rejected");
+            assert!(err.to_string().contains("kafak"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn prism_variables_that_are_not_keys_are_ignored() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PRISM_CACHE", "/somewhere");
+            jail.set_env("PRISM_STATE", "/elsewhere");
+            load_here().map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_profile_file_is_an_error_naming_it() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PRISM_PROFILE", "staging");
+            let err = load_here().expect_err("a missing profile must be an error");
+            assert!(err.to_string().contains("staging.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_explicit_missing_config_file_is_an_error() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PRISM_CONFIG", "nowhere.toml");
+            let err = load_here().expect_err("a missing file must be an error");
+            assert!(err.to_string().contains("nowhere.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_pass_through_properties_are_flattened_and_masked() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file(
+                "config/prism.toml",
+                r#"
+[kafka.client]
+"security.protocol" = "SASL_SSL"
+sasl.mechanism = "PLAIN"
+"sasl.password" = "topsecret"
+"linger.ms" = 5
+"enable.idempotence" = true
+"#,
+            )?;
+            jail.set_env("PRISM_KAFKA__CLIENT__SASL__USERNAME", "app");
+            let c = load_here().map_err(|e| e.to_string())?;
+            let client = &c.kafka.client;
+            assert_eq!(client["security.protocol"], "SASL_SSL");
+            assert_eq!(client["sasl.mechanism"], "PLAIN");
+            assert_eq!(client["sasl.username"], "app");
+            assert_eq!(client["sasl.password"], "topsecret");
+            assert_eq!(client["linger.ms"], "5");
+            assert_eq!(client["enable.idempotence"], "true");
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("topsecret"), "{shown}");
+            assert!(shown.contains("sasl.password"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn passwords_in_urls_and_secrets_never_show_in_debug() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PRISM_MYSQL__URL", "mysql://u:pw-mysql@h:3306/d");
+            jail.set_env("PRISM_ELASTICSEARCH__PASSWORD", "pw-es");
+            let c = load_here().map_err(|e| e.to_string())?;
+            assert_eq!(c.mysql.url.expose(), "mysql://u:pw-mysql@h:3306/d");
+            assert_eq!(c.elasticsearch.password.expose(), "pw-es");
+            let shown = format!("{c:?}");
+            assert!(
+                !shown.contains("pw-mysql") && !shown.contains("pw-es"),
+                "{shown}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_shipped_files_are_valid() {
+        // The checked-in profiles must load with no unknown key.
+        Jail::expect_with(|_| {
+            shipped_files_load();
+            Ok(())
+        });
+    }
+
+    fn shipped_files_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let base = root.join("config/prism.toml");
+        let local = Sources {
+            base: Some(base.clone()),
+            profile: None,
+        }
+        .load();
+        assert!(local.is_ok(), "config/prism.toml: {local:?}");
+        let compose = Sources {
+            base: Some(base),
+            profile: Some("compose".into()),
+        }
+        .load();
+        match compose {
+            Ok(c) => assert_eq!(c.kafka.bootstrap_servers, "kafka:9092"),
+            Err(e) => panic!("config/compose.toml: {e}"),
+        }
+    }
+}
