@@ -123,6 +123,9 @@ pub struct Config {
     pub redis: RedisConfig,
     pub prometheus: PrometheusConfig,
     pub doctor: DoctorConfig,
+    pub event_store: EventStoreConfig,
+    pub command: CommandConfig,
+    pub relay: RelayConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -378,6 +381,107 @@ impl Default for DoctorConfig {
         Self {
             optional: vec!["prometheus".into()],
             timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Which database holds the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStoreBackend {
+    /// MongoDB 7 (or FerretDB): one document per commit, no transactions needed.
+    #[default]
+    Mongodb,
+    /// PostgreSQL: one row per event, one transaction per commit.
+    Postgres,
+}
+
+impl EventStoreBackend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Mongodb => "mongodb",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventStoreConfig {
+    pub backend: EventStoreBackend,
+    /// With the postgres backend: the schema holding the event tables.
+    pub postgres_schema: String,
+    /// A snapshot of an account is stored every this many events (0 = never).
+    pub snapshot_every: u64,
+}
+
+impl Default for EventStoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: EventStoreBackend::Mongodb,
+            postgres_schema: "prism".into(),
+            snapshot_every: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandConfig {
+    /// Address of the HTTP API.
+    pub listen: String,
+    /// Whether requests to /v1 need `Authorization: Bearer <token>`.
+    pub auth_enabled: bool,
+    /// Accepted bearer tokens (masked in logs).
+    pub tokens: Vec<Secret>,
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How often a command is re-decided after another instance wrote first, before 409.
+    pub conflict_retries: u32,
+    /// Accounts whose state is kept in memory (least recently used ones are dropped).
+    pub cache_accounts: usize,
+    /// CloudEvents `source` of the events this service writes.
+    pub source: String,
+}
+
+impl Default for CommandConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            auth_enabled: true,
+            tokens: vec![Secret::new("prism-local-dev-token")],
+            max_body_bytes: 16 * 1024,
+            conflict_retries: 5,
+            cache_accounts: 100_000,
+            source: "/prism/command".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Run the outbox relay inside prism-command. Off only for maintenance (events are then
+    /// stored but not published until a relay runs again).
+    pub enabled: bool,
+    /// How often the relay looks for events nobody published (crash recovery, other instances).
+    pub sweep_interval_ms: u64,
+    /// Most events published per sweep.
+    pub batch_max_events: usize,
+    /// How long a publish may wait for Kafka's acknowledgement before it is retried later.
+    pub publish_timeout_ms: u64,
+    /// librdkafka `linger.ms` for the relay's producer: latency versus batching.
+    pub linger_ms: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sweep_interval_ms: 1_000,
+            batch_max_events: 1_000,
+            publish_timeout_ms: 30_000,
+            linger_ms: 1,
         }
     }
 }

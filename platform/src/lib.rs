@@ -8,10 +8,12 @@
 //! - [`config`]: the typed, layered configuration (defaults ← file ← profile ← env).
 //! - [`secret`]: [`secret::Secret`] and [`secret::Dsn`], values that never print passwords.
 //! - [`clients`]: one constructor per backing service, same timeouts everywhere.
+//! - [`http`]: problem documents, `/metrics` rendering, the shutdown signal.
 //! - [`telemetry`]: `tracing` set-up.
 
 pub mod clients;
 pub mod config;
+pub mod http;
 pub mod secret;
 pub mod telemetry;
 

@@ -1,0 +1,112 @@
+//! Wiring: configuration → store, relay, service, HTTP. `main.rs` and the tests both start
+//! the service through [`run`], so tests run the real thing on a port-0 listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prism_platform::config::{Config, EventStoreBackend};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::http::{self, AppState, Auth, Readiness};
+use crate::metrics::Metrics;
+use crate::relay::{self, Relay, RelayHandle};
+use crate::service::{CommandService, ServiceConfig};
+use crate::store::mongo::MongoStore;
+use crate::store::postgres::PgStore;
+use crate::store::EventStore;
+
+/// Opens the configured event store and creates its collections/tables and indexes.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> {
+    let store: Arc<dyn EventStore> = match config.event_store.backend {
+        EventStoreBackend::Mongodb => {
+            let client = prism_platform::clients::mongodb(&config.mongodb, "prism-command").await?;
+            Arc::new(MongoStore::new(client, &config.mongodb.database))
+        }
+        EventStoreBackend::Postgres => {
+            let pool = prism_platform::clients::postgres(&config.postgres).await?;
+            Arc::new(PgStore::new(pool, &config.event_store.postgres_schema))
+        }
+    };
+    store
+        .init()
+        .await
+        .with_context(|| format!("initialising the {} event store", store.backend()))?;
+    Ok(store)
+}
+
+/// Runs prism-command on `listener` until `shutdown` resolves; then stops taking requests,
+/// finishes those in flight, lets the relay publish what is queued, and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("registering metrics")?;
+    let store = open_store(&config).await?;
+
+    let (stop_relay, relay_stopped) = watch::channel(false);
+    let (relay_handle, relay_task, producer) = if config.relay.enabled {
+        relay::ensure_topic(&config.kafka)
+            .await
+            .with_context(|| format!("creating the Kafka topic {}", config.kafka.topic))?;
+        let producer = relay::producer(&config.kafka, &config.relay)?;
+        let relay = Relay::new(
+            Arc::clone(&store),
+            producer.clone(),
+            config.kafka.topic.clone(),
+            config.relay.clone(),
+            metrics.clone(),
+        );
+        let (handle, task) = relay.spawn(relay_stopped);
+        (handle, Some(task), Some(producer))
+    } else {
+        tracing::warn!("relay disabled: events are stored but not published");
+        (RelayHandle::disabled(), None, None)
+    };
+
+    let service = Arc::new(CommandService::new(
+        Arc::clone(&store),
+        relay_handle,
+        metrics.clone(),
+        ServiceConfig {
+            source: config.command.source.clone(),
+            conflict_retries: config.command.conflict_retries,
+            snapshot_every: config.event_store.snapshot_every,
+            cache_accounts: config.command.cache_accounts,
+        },
+    ));
+    let state = AppState {
+        service,
+        metrics,
+        auth: Auth {
+            enabled: config.command.auth_enabled,
+            tokens: config.command.tokens.clone(),
+        },
+        readiness: Readiness {
+            store,
+            producer,
+            topic: config.kafka.topic.clone(),
+        },
+    };
+    let address = listener.local_addr().context("listener address")?;
+    tracing::info!(%address, backend = config.event_store.backend.as_str(), "prism-command listening");
+    http::serve(
+        listener,
+        http::router(state, config.command.max_body_bytes),
+        shutdown,
+    )
+    .await
+    .context("serving HTTP")?;
+
+    // HTTP is drained: no new commits can arrive. Let the relay finish the queue.
+    let _ = stop_relay.send(true);
+    if let Some(task) = relay_task {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "relay task failed");
+        }
+    }
+    tracing::info!("prism-command stopped");
+    Ok(())
+}

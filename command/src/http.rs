@@ -1,0 +1,997 @@
+//! The HTTP API (axum): JSON in snake_case, money in `*_minor` integers beside a currency,
+//! errors as `application/problem+json`.
+//!
+//! Request bodies are parsed by [`Body`], which names the offending field of any malformed
+//! input; every handler then validates fields before the aggregate sees a command. No input
+//! reaches a 500: store failures are 503 with `Retry-After`, panics are caught and logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prism_events::event::{CardChannel, CardPayment, WithdrawalChannel};
+use prism_events::{AccountEvent, AccountId, Country, Currency};
+use prism_platform::http::{render_metrics, Problem};
+use prism_platform::secret::Secret;
+use rdkafka::producer::{FutureProducer, Producer};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::account::{
+    Account, Command, DepositMoney, FreezeAccount, OpenAccount, PayByCard, Rejection, Status,
+    WithdrawMoney,
+};
+use crate::metrics::Metrics;
+use crate::service::{Accepted, CommandError, CommandService, Meta};
+use crate::store::IdempotencyMark;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<CommandService>,
+    pub metrics: Metrics,
+    pub auth: Auth,
+    pub readiness: Readiness,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// Bearer-token authentication for `/v1`.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub enabled: bool,
+    pub tokens: Vec<Secret>,
+}
+
+impl Auth {
+    /// The caller's identity (a short hash of its token), or `None` if not allowed.
+    fn principal(&self, headers: &HeaderMap) -> Option<String> {
+        if !self.enabled {
+            return Some("anonymous".into());
+        }
+        let given = headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?
+            .trim();
+        let token = self
+            .tokens
+            .iter()
+            .find(|t| !t.is_empty() && constant_time_eq(t.expose().as_bytes(), given.as_bytes()))?;
+        Some(hex::encode(&Sha256::digest(token.expose().as_bytes())[..8]))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What `/readyz` checks: the event store answers and Kafka's metadata is reachable.
+#[derive(Clone)]
+pub struct Readiness {
+    pub store: Arc<dyn crate::store::EventStore>,
+    pub producer: Option<FutureProducer>,
+    pub topic: String,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    async fn check(&self) -> Result<(), String> {
+        let limit = Duration::from_secs(2);
+        match tokio::time::timeout(
+            limit,
+            self.store.load_snapshot(AccountId(uuid::Uuid::nil())),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("event store: {e}")),
+            Err(_) => return Err("event store: no answer within 2s".into()),
+        }
+        if let Some(producer) = &self.producer {
+            let producer = producer.clone();
+            let topic = self.topic.clone();
+            let metadata = tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&topic), limit)
+                    .map(|m| m.topics().iter().any(|t| t.error().is_none()))
+            })
+            .await;
+            match metadata {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Err(format!("kafka: topic {} not available", self.topic)),
+                Ok(Err(e)) => return Err(format!("kafka: {e}")),
+                Err(e) => return Err(format!("kafka: {e}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let v1 = Router::new()
+        .route("/v1/accounts", post(open_account))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/accounts/{id}/deposits", post(deposit))
+        .route("/v1/accounts/{id}/withdrawals", post(withdraw))
+        .route("/v1/accounts/{id}/payments", post(pay))
+        .route("/v1/accounts/{id}/freeze", post(freeze))
+        .route("/v1/accounts/{id}/unfreeze", post(unfreeze))
+        .route("/v1/accounts/{id}/close", post(close))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(v1)
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked");
+                Problem::internal().into_response()
+            },
+        ))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+// ---------- request plumbing ----------
+
+/// The caller, established by [`authenticate`].
+#[derive(Debug, Clone)]
+struct Principal(String);
+
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    match state.auth.principal(request.headers()) {
+        Some(principal) => {
+            request.extensions_mut().insert(Principal(principal));
+            next.run(request).await
+        }
+        None => {
+            let mut response =
+                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+                    .detail("send Authorization: Bearer <token> with a configured token")
+                    .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // The matched route template, never the raw path (bounded label values).
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// A JSON body: content type checked, size limited, every error naming the field.
+struct Body<T> {
+    value: T,
+    raw: Bytes,
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let mime = v.split(';').next().unwrap_or("").trim();
+                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+            });
+        let raw = Bytes::from_request(request, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "Request body too large",
+                    )
+                    .detail(e.body_text())
+                } else {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_body",
+                        "Unreadable request body",
+                    )
+                    .detail(e.body_text())
+                }
+            })?;
+        // An empty body stands for `{}` on commands that take no fields.
+        let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &raw
+        };
+        if json == Some(false) || (json.is_none() && text != b"{}") {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            )
+            .detail("send the body as Content-Type: application/json"));
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(text);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return malformed_json(&inner);
+            }
+            let field = if path == "." {
+                // serde names missing and unknown fields in the message only.
+                field_from_message(&inner.to_string()).unwrap_or_default()
+            } else {
+                path
+            };
+            let problem = Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "Invalid request field",
+            )
+            .detail(inner.to_string());
+            if field.is_empty() {
+                problem
+            } else {
+                problem.field(field)
+            }
+        })?;
+        // Trailing characters after the object.
+        deserializer.end().map_err(|e| malformed_json(&e))?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// A command on an existing account: its id from the path, the caller, the request's
+/// metadata (correlation, causation, idempotency) and the parsed body.
+struct AccountCommand<T> {
+    account: AccountId,
+    meta: Meta,
+    body: T,
+}
+
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for AccountCommand<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| invalid("account_id", e.body_text()))?;
+        let account = account_id(&id)?;
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(Problem::internal)?;
+        // The canonical path (the id as parsed) keys the idempotency hash.
+        let path = parts.uri.path().replacen(&id, &account.to_string(), 1);
+        let headers = parts.headers.clone();
+        let body = Body::<T>::from_request(Request::from_parts(parts, body), state).await?;
+        let meta = meta(&Method::POST, &path, &headers, &principal, &body.raw)?;
+        Ok(Self {
+            account,
+            meta,
+            body: body.value,
+        })
+    }
+}
+
+fn malformed_json(error: &serde_json::Error) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON")
+        .detail(error.to_string())
+}
+
+/// serde's "missing field `x`" / "unknown field `x`" messages name the field in backticks.
+fn field_from_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_owned())
+}
+
+fn invalid(field: &str, detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+        "Invalid request field",
+    )
+    .field(field)
+    .detail(detail)
+}
+
+fn account_id(raw: &str) -> Result<AccountId, Problem> {
+    raw.parse().map_err(|_| {
+        invalid(
+            "account_id",
+            format!("{raw:?} is not an account id (a UUID)"),
+        )
+    })
+}
+
+fn text(field: &str, value: String, max_chars: usize) -> Result<String, Problem> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if trimmed.chars().count() > max_chars {
+        return Err(invalid(field, format!("at most {max_chars} characters")));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn optional_text(
+    field: &str,
+    value: Option<String>,
+    max_chars: usize,
+) -> Result<Option<String>, Problem> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => text(field, v, max_chars).map(Some),
+    }
+}
+
+fn amount(field: &str, value: i64) -> Result<i64, Problem> {
+    if value <= 0 {
+        return Err(invalid(
+            field,
+            "must be a positive integer amount in minor units",
+        ));
+    }
+    Ok(value)
+}
+
+fn email(value: String) -> Result<String, Problem> {
+    let value = text("email", value, 254)?;
+    let valid = value.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && domain.contains('.')
+            && !value.contains(char::is_whitespace)
+            && value.matches('@').count() == 1
+    });
+    if !valid {
+        return Err(invalid("email", "not an email address"));
+    }
+    Ok(value)
+}
+
+/// Per-request metadata: correlation, causation, idempotency.
+fn meta(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    principal: &Principal,
+    raw_body: &[u8],
+) -> Result<Meta, Problem> {
+    let correlation_id = match headers.get("x-correlation-id") {
+        Some(v) => {
+            let v = v
+                .to_str()
+                .ok()
+                .filter(|s| {
+                    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| invalid("X-Correlation-Id", "1 to 128 visible ASCII characters"))?;
+            v.to_owned()
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let idempotency = match headers.get("idempotency-key") {
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|s| {
+                    !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| invalid("Idempotency-Key", "1 to 255 visible ASCII characters"))?;
+            let mut hash = Sha256::new();
+            hash.update(method.as_str().as_bytes());
+            hash.update(b" ");
+            hash.update(path.as_bytes());
+            hash.update(b"\n");
+            hash.update(raw_body);
+            Some(IdempotencyMark {
+                key: format!("{}:{key}", principal.0),
+                request_hash: hex::encode(hash.finalize()),
+            })
+        }
+        None => None,
+    };
+    Ok(Meta {
+        correlation_id: Some(correlation_id),
+        causation_id: Some(uuid::Uuid::now_v7().to_string()),
+        idempotency,
+    })
+}
+
+// ---------- bodies ----------
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAccountRequest {
+    #[schema(example = "Ada Lovelace")]
+    pub holder_name: String,
+    #[schema(example = "ada@example.org")]
+    pub email: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(example = "GB")]
+    pub country: String,
+    /// ISO 4217; every amount of the account is in its minor units.
+    #[schema(example = "GBP")]
+    pub currency: String,
+    /// Default: 5,000 major units of the currency.
+    #[serde(default)]
+    pub daily_withdrawal_limit_minor: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DepositRequest {
+    #[schema(example = 2500)]
+    pub amount_minor: i64,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalRequest {
+    pub amount_minor: i64,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `atm`, `branch` or `online`.
+    #[schema(example = "atm")]
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequest {
+    pub amount_minor: i64,
+    #[schema(example = "Café Rosa")]
+    pub merchant_name: String,
+    /// ISO 18245 merchant category code, 4 digits.
+    #[schema(example = "5814")]
+    pub merchant_category: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(example = "PT")]
+    pub merchant_country: String,
+    /// `pos` or `online`.
+    #[schema(example = "pos")]
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeRequest {
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+/// The answer to every accepted command.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandResponse {
+    pub account_id: String,
+    /// The account's version after this command.
+    pub version: u64,
+    pub event_ids: Vec<String>,
+    /// Send as `Consistency-Token` to a read model to wait until it shows this write.
+    pub consistency_token: String,
+    /// Payments only: `approved` or `declined`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline_reason: Option<String>,
+}
+
+/// The write-side state of an account (for debugging; read models serve queries).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountResponse {
+    pub account_id: String,
+    /// `open`, `frozen` or `closed`.
+    pub status: String,
+    pub holder_name: String,
+    pub email: String,
+    pub country: String,
+    pub currency: String,
+    pub balance_minor: i64,
+    pub daily_withdrawal_limit_minor: i64,
+    /// Withdrawn so far on today's UTC date.
+    pub withdrawn_today_minor: i64,
+    pub version: u64,
+    pub opened_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+// ---------- handlers ----------
+
+fn accepted_response(accepted: &Accepted, status: StatusCode) -> Response {
+    let mut decision = None;
+    let mut decline_reason = None;
+    for envelope in &accepted.events {
+        match &envelope.event {
+            AccountEvent::CardPaymentApproved(_) => decision = Some("approved".to_owned()),
+            AccountEvent::CardPaymentDeclined(d) => {
+                decision = Some("declined".to_owned());
+                decline_reason = Some(d.decline_reason.as_str().to_owned());
+            }
+            _ => {}
+        }
+    }
+    let body = CommandResponse {
+        account_id: accepted.account_id.to_string(),
+        version: accepted.version,
+        event_ids: accepted.events.iter().map(|e| e.id.to_string()).collect(),
+        consistency_token: accepted.token().to_string(),
+        decision,
+        decline_reason,
+    };
+    let mut response = (status, Json(body)).into_response();
+    if accepted.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if let Ok(token) = HeaderValue::from_str(&accepted.token().to_string()) {
+        response.headers_mut().insert("consistency-token", token);
+    }
+    response
+}
+
+fn command_error(error: CommandError) -> Problem {
+    match error {
+        CommandError::Rejected(rejection) => rejection_problem(&rejection),
+        CommandError::StoredRejection(stored) => {
+            let code = stored.body["code"]
+                .as_str()
+                .unwrap_or("rejected")
+                .to_owned();
+            let status =
+                StatusCode::from_u16(stored.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            let mut problem = Problem::new(status, &code, "Command rejected");
+            if let Some(detail) = stored.body["detail"].as_str() {
+                problem = problem.detail(detail);
+            }
+            problem
+        }
+        CommandError::Conflict(account_id) => {
+            Problem::new(StatusCode::CONFLICT, "conflict", "Concurrent update")
+                .detail(format!(
+                    "account {account_id} kept changing under this command; retry it"
+                ))
+                .retry_after(1)
+        }
+        CommandError::IdempotencyMismatch => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "Idempotency key reused",
+        )
+        .detail("this Idempotency-Key was already used for a different request"),
+        CommandError::Store(e) => {
+            tracing::error!(error = %e, "event store failure");
+            Problem::unavailable("the event store is not answering; retry shortly")
+        }
+    }
+}
+
+fn rejection_problem(rejection: &Rejection) -> Problem {
+    if rejection.is_invalid_input() {
+        let problem = Problem::new(
+            StatusCode::BAD_REQUEST,
+            rejection.code(),
+            "Invalid request field",
+        )
+        .detail(rejection.to_string());
+        return match rejection.field() {
+            Some(field) => problem.field(field),
+            None => problem,
+        };
+    }
+    if rejection.is_not_found() {
+        return Problem::new(StatusCode::NOT_FOUND, rejection.code(), "Account not found")
+            .detail(rejection.to_string());
+    }
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        rejection.code(),
+        "Command rejected",
+    )
+    .detail(rejection.to_string())
+}
+
+async fn run(
+    state: &AppState,
+    account_id: AccountId,
+    command: Command,
+    meta: Meta,
+    status: StatusCode,
+) -> Response {
+    match state.service.execute(account_id, command, meta).await {
+        Ok(accepted) => {
+            let mut response = accepted_response(&accepted, status);
+            if status == StatusCode::CREATED {
+                if let Ok(location) =
+                    HeaderValue::from_str(&format!("/v1/accounts/{}", accepted.account_id))
+                {
+                    response.headers_mut().insert(header::LOCATION, location);
+                }
+            }
+            response
+        }
+        Err(e) => command_error(e).into_response(),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/accounts", request_body = OpenAccountRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key"),
+           ("X-Correlation-Id" = Option<String>, Header, description = "Carried into the events")),
+    responses((status = 201, body = CommandResponse), (status = 400), (status = 401), (status = 413), (status = 422)),
+    security(("bearer" = [])))]
+async fn open_account(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    headers: HeaderMap,
+    body: Body<OpenAccountRequest>,
+) -> Result<Response, Problem> {
+    let meta = meta(
+        &Method::POST,
+        "/v1/accounts",
+        &headers,
+        &principal,
+        &body.raw,
+    )?;
+    let r = body.value;
+    let command = Command::Open(OpenAccount {
+        holder_name: text("holder_name", r.holder_name, 200)?,
+        email: email(r.email)?,
+        country: Country::parse(&r.country).map_err(|e| invalid("country", e.to_string()))?,
+        currency: Currency::parse(&r.currency).map_err(|e| invalid("currency", e.to_string()))?,
+        daily_withdrawal_limit_minor: match r.daily_withdrawal_limit_minor {
+            Some(limit) if limit < 0 => {
+                return Err(invalid(
+                    "daily_withdrawal_limit_minor",
+                    "must not be negative",
+                ))
+            }
+            other => other,
+        },
+    });
+    Ok(run(
+        &state,
+        AccountId::generate(),
+        command,
+        meta,
+        StatusCode::CREATED,
+    )
+    .await)
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/deposits", request_body = DepositRequest,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandResponse), (status = 400), (status = 404), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
+async fn deposit(
+    State(state): State<AppState>,
+    request: AccountCommand<DepositRequest>,
+) -> Result<Response, Problem> {
+    let r = request.body;
+    let command = Command::Deposit(DepositMoney {
+        amount_minor: amount("amount_minor", r.amount_minor)?,
+        description: optional_text("description", r.description, 500)?,
+    });
+    Ok(run(
+        &state,
+        request.account,
+        command,
+        request.meta,
+        StatusCode::OK,
+    )
+    .await)
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/withdrawals", request_body = WithdrawalRequest,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandResponse), (status = 400), (status = 404), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
+async fn withdraw(
+    State(state): State<AppState>,
+    request: AccountCommand<WithdrawalRequest>,
+) -> Result<Response, Problem> {
+    let r = request.body;
+    let channel = match r.channel.as_str() {
+        "atm" => WithdrawalChannel::Atm,
+        "branch" => WithdrawalChannel::Branch,
+        "online" => WithdrawalChannel::Online,
+        other => {
+            return Err(invalid(
+                "channel",
+                format!("{other:?} is not one of atm, branch, online"),
+            ))
+        }
+    };
+    let command = Command::Withdraw(WithdrawMoney {
+        amount_minor: amount("amount_minor", r.amount_minor)?,
+        description: optional_text("description", r.description, 500)?,
+        channel,
+    });
+    Ok(run(
+        &state,
+        request.account,
+        command,
+        request.meta,
+        StatusCode::OK,
+    )
+    .await)
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/payments", request_body = PaymentRequest,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandResponse, description = "Approved or declined (see decision)"),
+              (status = 400), (status = 404), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
+async fn pay(
+    State(state): State<AppState>,
+    request: AccountCommand<PaymentRequest>,
+) -> Result<Response, Problem> {
+    let r = request.body;
+    let channel = match r.channel.as_str() {
+        "pos" => CardChannel::Pos,
+        "online" => CardChannel::Online,
+        other => {
+            return Err(invalid(
+                "channel",
+                format!("{other:?} is not one of pos, online"),
+            ))
+        }
+    };
+    if r.merchant_category.len() != 4 || !r.merchant_category.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(
+            "merchant_category",
+            "a merchant category code is 4 digits",
+        ));
+    }
+    let command = Command::PayByCard(PayByCard {
+        payment: CardPayment {
+            amount_minor: amount("amount_minor", r.amount_minor)?,
+            merchant_name: text("merchant_name", r.merchant_name, 200)?,
+            merchant_category: r.merchant_category,
+            merchant_country: Country::parse(&r.merchant_country)
+                .map_err(|e| invalid("merchant_country", e.to_string()))?,
+            channel,
+        },
+    });
+    Ok(run(
+        &state,
+        request.account,
+        command,
+        request.meta,
+        StatusCode::OK,
+    )
+    .await)
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/freeze", request_body = FreezeRequest,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandResponse), (status = 400), (status = 404), (status = 422)),
+    security(("bearer" = [])))]
+async fn freeze(
+    State(state): State<AppState>,
+    request: AccountCommand<FreezeRequest>,
+) -> Result<Response, Problem> {
+    let command = Command::Freeze(FreezeAccount {
+        reason: text("reason", request.body.reason, 500)?,
+    });
+    Ok(run(
+        &state,
+        request.account,
+        command,
+        request.meta,
+        StatusCode::OK,
+    )
+    .await)
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", request_body = EmptyRequest,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandResponse), (status = 404), (status = 422)),
+    security(("bearer" = [])))]
+async fn unfreeze(
+    State(state): State<AppState>,
+    request: AccountCommand<EmptyRequest>,
+) -> Result<Response, Problem> {
+    Ok(run(
+        &state,
+        request.account,
+        Command::Unfreeze,
+        request.meta,
+        StatusCode::OK,
+    )
+    .await)
+}
+
+#[utoipa::path(post, path = "/v1/accounts/{id}/close", request_body = EmptyRequest,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = CommandResponse), (status = 404), (status = 422)),
+    security(("bearer" = [])))]
+async fn close(
+    State(state): State<AppState>,
+    request: AccountCommand<EmptyRequest>,
+) -> Result<Response, Problem> {
+    Ok(run(
+        &state,
+        request.account,
+        Command::Close,
+        request.meta,
+        StatusCode::OK,
+    )
+    .await)
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = AccountResponse), (status = 400), (status = 404)),
+    security(("bearer" = [])))]
+async fn get_account(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let account = account_id(&id)?;
+    let found = state
+        .service
+        .account(account)
+        .await
+        .map_err(command_error)?;
+    if found.status() == Status::Unopened {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "account_not_found",
+            "Account not found",
+        )
+        .detail(format!("no account {account}")));
+    }
+    Ok(Json(account_response(account, &found)).into_response())
+}
+
+fn account_response(account_id: AccountId, a: &Account) -> AccountResponse {
+    AccountResponse {
+        account_id: account_id.to_string(),
+        status: a.status().as_str().into(),
+        holder_name: a.holder_name().to_owned(),
+        email: a.email().to_owned(),
+        country: a.country().map(|c| c.to_string()).unwrap_or_default(),
+        currency: a.currency().map(|c| c.to_string()).unwrap_or_default(),
+        balance_minor: a.balance_minor(),
+        daily_withdrawal_limit_minor: a.daily_withdrawal_limit_minor(),
+        withdrawn_today_minor: a.withdrawn_on(chrono::Utc::now().date_naive()),
+        version: a.version(),
+        opened_at: a.opened_at().map(|t| t.to_rfc3339()),
+        updated_at: a.updated_at().map(|t| t.to_rfc3339()),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "prism-command", description = "Prism's write side: commands on bank accounts. Money is integer minor units of the account's currency. Errors are application/problem+json."),
+    paths(open_account, get_account, deposit, withdraw, pay, freeze, unfreeze, close),
+    components(schemas(OpenAccountRequest, DepositRequest, WithdrawalRequest, PaymentRequest,
+        FreezeRequest, EmptyRequest, CommandResponse, AccountResponse)),
+    modifiers(&BearerAuth)
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            utoipa::openapi::security::SecurityScheme::Http(utoipa::openapi::security::Http::new(
+                utoipa::openapi::security::HttpAuthScheme::Bearer,
+            )),
+        );
+    }
+}
+
+async fn openapi() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    render_metrics(&state.metrics.registry)
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.readiness.check().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ready" })),
+        )
+            .into_response(),
+        Err(reason) => Problem::unavailable(reason).into_response(),
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not_found", "No such resource")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+    )
+}

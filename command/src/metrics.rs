@@ -1,0 +1,94 @@
+//! Every metric prism-command exports, in one place (names are part of the dashboards).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Latency buckets from 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `prism_command_duration_seconds{command,outcome}`: outcome is accepted, replayed,
+    /// rejected, conflict, invalid or error.
+    pub command_duration: HistogramVec,
+    /// `prism_command_conflicts_total`: appends that lost to another writer and were retried.
+    pub conflicts: IntCounter,
+    /// `prism_relay_published_total`: events acknowledged by Kafka (duplicates included).
+    pub relay_published: IntCounter,
+    /// `prism_relay_pending_events`: unpublished events the last sweep found.
+    pub relay_pending: IntGauge,
+    /// `prism_relay_ack_seconds`: one publish's wait for Kafka's acknowledgement.
+    pub relay_ack_seconds: Histogram,
+    /// `prism_relay_delay_seconds`: from the event's time (command accepted) to Kafka's ack.
+    pub relay_delay_seconds: Histogram,
+    /// `prism_http_requests_total{route,status}`.
+    pub http_requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let command_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "prism_command_duration_seconds",
+                "Time to handle a command, by command and outcome",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["command", "outcome"],
+        )?;
+        let conflicts = IntCounter::new(
+            "prism_command_conflicts_total",
+            "Appends that lost to another writer and were decided again",
+        )?;
+        let relay_published = IntCounter::new(
+            "prism_relay_published_total",
+            "Events acknowledged by Kafka",
+        )?;
+        let relay_pending = IntGauge::new(
+            "prism_relay_pending_events",
+            "Unpublished events found by the last relay sweep",
+        )?;
+        let relay_ack_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "prism_relay_ack_seconds",
+                "Wait for Kafka's acknowledgement",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let relay_delay_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "prism_relay_delay_seconds",
+                "From a command's acceptance to its event's acknowledgement by Kafka",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "prism_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(command_duration.clone()))?;
+        registry.register(Box::new(conflicts.clone()))?;
+        registry.register(Box::new(relay_published.clone()))?;
+        registry.register(Box::new(relay_pending.clone()))?;
+        registry.register(Box::new(relay_ack_seconds.clone()))?;
+        registry.register(Box::new(relay_delay_seconds.clone()))?;
+        registry.register(Box::new(http_requests.clone()))?;
+        Ok(Self {
+            registry,
+            command_duration,
+            conflicts,
+            relay_published,
+            relay_pending,
+            relay_ack_seconds,
+            relay_delay_seconds,
+            http_requests,
+        })
+    }
+}

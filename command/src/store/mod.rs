@@ -1,0 +1,148 @@
+//! The event store: the source of truth, and the outbox the relay publishes from.
+//!
+//! One trait, two real backends chosen in configuration: [`mongo::MongoStore`] (MongoDB 7
+//! and FerretDB, which has no transactions) and [`postgres::PgStore`].
+//!
+//! # Guarantees every backend gives
+//! - **Optimistic concurrency.** `append(account, expected_version, events)` stores the
+//!   events only if the account's last version is `expected_version` (0 for a new account);
+//!   otherwise [`AppendError::Conflict`]. A unique (account, version) guard in the database
+//!   enforces it, so two writers can never both win.
+//! - **Atomic commits.** All events of one command are stored together or not at all (on
+//!   MongoDB without transactions: one document per commit).
+//! - **Idempotency.** A commit may carry an idempotency key (unique across the store) and a
+//!   hash of the request; appending a second commit with the same key fails with
+//!   [`AppendError::DuplicateIdempotencyKey`], and [`EventStore::find_idempotent`] returns the
+//!   first one.
+//! - **Outbox.** Every stored event starts unpublished; the relay reads
+//!   [`EventStore::unpublished`] and calls [`EventStore::mark_published`] after Kafka acked.
+//! - **Reads.** `load` gives one account's events in version order; `read_all` pages through
+//!   every event in a stable order, resumable from a [`Position`].
+
+use async_trait::async_trait;
+use prism_events::{AccountId, Envelope, RawEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub mod mongo;
+pub mod postgres;
+
+/// A place in [`EventStore::read_all`]'s order; opaque outside its backend.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position(pub String);
+
+/// What the store keeps to answer a retried request with the same idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyMark {
+    /// Scoped by the caller (e.g. `<principal>:<key>`).
+    pub key: String,
+    /// A hash of the request (method, path, body): the same key with another body is an error.
+    pub request_hash: String,
+}
+
+/// The commit an idempotency key is bound to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotentCommit {
+    pub request_hash: String,
+    pub events: Vec<Envelope>,
+}
+
+/// A stored answer to a request that was rejected (stored nothing in the event stream), so a
+/// retry with the same key gets the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub key: String,
+    pub request_hash: String,
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// An account's state at a version, as the aggregate serialised it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub account_id: AccountId,
+    pub version: u64,
+    pub state: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or answered with an error; worth retrying.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data that cannot be read back (a bug or manual tampering).
+    #[error("corrupt stored event {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("version conflict on account {account_id}: expected version {expected}")]
+    Conflict {
+        account_id: AccountId,
+        expected: u64,
+    },
+    #[error("idempotency key already used")]
+    DuplicateIdempotencyKey,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Creates collections/tables and indexes if missing. Idempotent.
+    async fn init(&self) -> Result<(), StoreError>;
+
+    /// Appends `events` (versions `expected_version + 1 …`, all of `account_id`) atomically.
+    async fn append(
+        &self,
+        account_id: AccountId,
+        expected_version: u64,
+        events: &[Envelope],
+        idempotency: Option<&IdempotencyMark>,
+    ) -> Result<(), AppendError>;
+
+    /// The account's events with a version above `after_version`, in version order.
+    async fn load(
+        &self,
+        account_id: AccountId,
+        after_version: u64,
+    ) -> Result<Vec<Envelope>, StoreError>;
+
+    /// Up to `limit` events after `after` (from the start when `None`) in the store's stable
+    /// global order, each with its position. Within an account, versions ascend.
+    async fn read_all(
+        &self,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<(Position, Envelope)>, StoreError>;
+
+    /// The latest snapshot of an account, if any.
+    async fn load_snapshot(&self, account_id: AccountId) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Stores a snapshot, replacing an older one (never a newer one).
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+
+    /// Up to `limit` unpublished events, oldest first, in version order within each account.
+    /// With `account_id`, only that account's.
+    async fn unpublished(
+        &self,
+        account_id: Option<AccountId>,
+        limit: usize,
+    ) -> Result<Vec<RawEvent>, StoreError>;
+
+    /// Marks events published (after Kafka acknowledged them). Idempotent.
+    async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), StoreError>;
+
+    /// The commit bound to an idempotency key, if one was appended with it.
+    async fn find_idempotent(&self, key: &str) -> Result<Option<IdempotentCommit>, StoreError>;
+
+    /// Remembers the answer to a rejected request; a second save of the same key keeps the first.
+    async fn save_response(&self, response: &StoredResponse) -> Result<(), StoreError>;
+
+    /// The stored answer for a key, if a rejected request saved one.
+    async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError>;
+
+    /// The backend's name for logs and metrics: `mongodb` or `postgres`.
+    fn backend(&self) -> &'static str;
+}

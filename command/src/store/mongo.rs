@@ -1,0 +1,1021 @@
+//! The MongoDB backend: MongoDB 7 and FerretDB 1.24, which has no transactions.
+//!
+//! One document per commit (a command's events), so an append is one single-document
+//! insert — atomic on every server without a transaction.
+//!
+//! # Collections
+//! - `commits`: `_id` = the first event's id (a UUIDv7 string), `seq` (the global order, see
+//!   below), `account_id`, `first_version`, `last_version`, `events: [{id, type, source, time,
+//!   time_us, version, correlation_id?, causation_id?, schema_version, data}]`, `published`,
+//!   and `idempotency_key` / `request_hash` only when the commit carries a key. `time_us` (i64
+//!   microseconds) is what is read back; `time` (a BSON date, milliseconds) is for people.
+//!   Integers in `data` are always stored as BSON int64, so an `i64` amount comes back as it
+//!   went in.
+//! - `snapshots`: insert-only, `_id` = `<account id>:<version, 20 digits>`; the newest wins on
+//!   load and older ones are deleted once a newer one is stored. FerretDB's updates are
+//!   read-modify-write without a compare-and-set, so "replace unless newer" as an upsert
+//!   could let an older snapshot overwrite a newer one under concurrency; inserts cannot.
+//! - `responses`: `_id` = the idempotency key; the first insert wins.
+//!
+//! # Indexes on `commits`
+//! - `account_version`: unique `(account_id, first_version)`, the optimistic-concurrency
+//!   guard. With the check that the account's last commit ends at `expected_version`
+//!   (existence of a version never changes once true), two writers can never both append
+//!   after the same version, and nobody can append past the end of the stream.
+//! - `idempotency_key`: unique and `sparse`, so commits without a key never collide.
+//!   FerretDB accepts `sparse` and ignores it (`msg_createindexes.go`: "Ignore for now"), but
+//!   its unique indexes map a missing field to SQL `NULL` and `NULL`s are distinct, so the
+//!   effect is the same; the contract tests check it on the running server.
+//!   (`partialFilterExpression` is refused there with `NotImplemented`.)
+//! - `seq`: unique. `seq` is `_id` unless that would sort before the account's previous
+//!   commit (two instances whose clocks disagree, or two ids minted in the same millisecond
+//!   by two processes); then it is `<previous seq's id part>~<n, 20 digits>`, which sorts
+//!   right after the previous commit. So `seq` order is version order within every account,
+//!   and `read_all` and `unpublished` page by it. A position is `<seq>:<index in commit>`.
+//! - `unpublished`: `(published, seq)`, the relay's sweep on MongoDB.
+//!
+//! # Append
+//! Normally one `insert_one`. Proving that `expected_version` is the end of a commit needs a
+//! read, except when this process already saw that commit (it appended or loaded it): that
+//! fact never stops being true, so [`MongoStore`] remembers each account's last commit and
+//! reads only when it does not know (first append after a start, or another instance wrote
+//! in between — then the read finds no commit ending there, or the insert collides, and
+//! the answer is a conflict either way).
+//!
+//! # Outbox
+//! `unpublished` returns whole commits in `seq` order (the first one even if it alone is
+//! larger than `limit`). `mark_published` marks a commit only when every one of its events
+//! is listed, so a partly acknowledged commit is published again rather than partly lost.
+//!
+//! # FerretDB 1.24 (PostgreSQL backend), measured
+//! - Reads never use an index: top-level scalar equalities become SQL (`_jsonb->'k' @> v`,
+//!   a sequential scan); ranges, `$in`, sorts and limits-with-a-filter run in Go after
+//!   fetching every match. So every query here leads with equalities (`account_id`,
+//!   `last_version`, `published`) that keep the rows shipped to Go few, and the append
+//!   path avoids reading at all when it can (above). `read_all` fetches and sorts the whole
+//!   collection for each page: use big pages there.
+//! - Every updated document is its own PostgreSQL transaction, so marking commits
+//!   published costs one commit each.
+//! - `events: {$not: {$elemMatch: {id: {$nin: ids}}}}` also matches documents that do have
+//!   an unlisted event (wrong), so `mark_published` checks completeness here, not in the
+//!   filter.
+//! - A `createIndexes` of several indexes that already exist panics the connection; a single
+//!   existing one is accepted. `init` creates the missing ones one by one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use chrono::DateTime;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::options::IndexOptions;
+use mongodb::{Client, Collection, Database, IndexModel};
+use prism_events::{AccountId, Envelope, RawEvent};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{
+    AppendError, EventStore, IdempotencyMark, IdempotentCommit, Position, Snapshot, StoreError,
+    StoredResponse,
+};
+
+const COMMITS: &str = "commits";
+const SNAPSHOTS: &str = "snapshots";
+const RESPONSES: &str = "responses";
+
+/// The duplicate-key error code (MongoDB and FerretDB).
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Separates a `seq` from the index of an event in its commit, in a [`Position`]. Sorts
+/// below `~`, so position order is (seq, index) order.
+const POSITION_SEPARATOR: char = ':';
+
+/// Separates the id part of a derived `seq` from its counter; sorts above every character
+/// of a hyphenated UUID.
+const SEQ_SEPARATOR: char = '~';
+
+/// Most accounts whose last commit [`MongoStore`] remembers; past it, it forgets them all.
+const TAILS_MAX: usize = 100_000;
+
+/// The event store on a MongoDB-protocol server.
+#[derive(Debug, Clone)]
+pub struct MongoStore {
+    database: Database,
+    /// Per account, the last commit this process saw: its last version and its `seq`.
+    /// "A commit of account A ends at version V with seq S" stays true forever once true
+    /// (nothing is ever deleted), so an append at exactly V needs no read to prove that V is
+    /// the end of a commit — on FerretDB, where every read scans the collection, that read
+    /// is most of an append's cost. Anything else (no entry, another version) reads.
+    tails: Arc<Mutex<HashMap<AccountId, Tail>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Tail {
+    last_version: u64,
+    seq: String,
+}
+
+impl MongoStore {
+    pub fn new(client: Client, database: &str) -> Self {
+        Self {
+            database: client.database(database),
+            tails: Arc::default(),
+        }
+    }
+
+    /// The `seq` of the account's commit that ends at `version`, if this process saw it.
+    fn known_seq(&self, account_id: AccountId, version: u64) -> Option<String> {
+        let tails = self.tails.lock().unwrap_or_else(PoisonError::into_inner);
+        tails
+            .get(&account_id)
+            .filter(|tail| tail.last_version == version)
+            .map(|tail| tail.seq.clone())
+    }
+
+    /// Remembers that a commit of the account ends at `last_version` with `seq`.
+    fn remember(&self, account_id: AccountId, last_version: u64, seq: &str) {
+        let mut tails = self.tails.lock().unwrap_or_else(PoisonError::into_inner);
+        if tails.len() >= TAILS_MAX && !tails.contains_key(&account_id) {
+            tails.clear();
+        }
+        let tail = tails.entry(account_id).or_insert_with(|| Tail {
+            last_version: 0,
+            seq: String::new(),
+        });
+        if tail.last_version < last_version {
+            tail.last_version = last_version;
+            seq.clone_into(&mut tail.seq);
+        }
+    }
+
+    /// Inserts exactly the document [`EventStore::append`] would write, without the
+    /// expected-version check and without idempotency: the raw append ceiling that
+    /// `prismctl bench command` compares the command path with.
+    pub async fn insert_unchecked(&self, events: &[Envelope]) -> Result<(), StoreError> {
+        let first = events.first().ok_or_else(|| refused("-", "no events"))?;
+        check_commit(
+            first.account_id,
+            first.account_version.saturating_sub(1),
+            events,
+        )?;
+        let id = first.id.to_string();
+        let document = commit_document(&id, &id, events, None)?;
+        self.commits()
+            .insert_one(document)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn commits(&self) -> Collection<Document> {
+        self.database.collection(COMMITS)
+    }
+
+    fn snapshots(&self) -> Collection<Document> {
+        self.database.collection(SNAPSHOTS)
+    }
+
+    fn responses(&self) -> Collection<Document> {
+        self.database.collection(RESPONSES)
+    }
+
+    /// The `seq` of the account's commit that ends at `version`, if that commit exists.
+    async fn seq_of_commit_ending_at(
+        &self,
+        account_id: AccountId,
+        version: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let version = to_i64(version)?;
+        // Equalities first (pushed down to SQL on FerretDB); the range and the sort give
+        // MongoDB index bounds on `account_version` and stop at the first entry.
+        let found = self
+            .commits()
+            .find_one(doc! {
+                "account_id": account_id.to_string(),
+                "last_version": version,
+                "first_version": { "$lte": version },
+            })
+            .sort(doc! { "account_id": 1, "first_version": -1 })
+            .projection(doc! { "seq": 1 })
+            .await
+            .map_err(unavailable)?;
+        match found {
+            None => Ok(None),
+            Some(document) => match document.get_str("seq") {
+                Ok(seq) => Ok(Some(seq.to_owned())),
+                Err(e) => Err(corrupt(&document, format!("seq: {e}"))),
+            },
+        }
+    }
+
+    /// Why an append was refused once a guard fired: the key, if it is taken; otherwise a
+    /// version conflict.
+    async fn refusal(
+        &self,
+        account_id: AccountId,
+        expected: u64,
+        idempotency: Option<&IdempotencyMark>,
+    ) -> AppendError {
+        if let Some(mark) = idempotency {
+            match self
+                .commits()
+                .find_one(doc! { "idempotency_key": &mark.key })
+                .projection(doc! { "_id": 1 })
+                .await
+            {
+                Ok(Some(_)) => return AppendError::DuplicateIdempotencyKey,
+                Ok(None) => {}
+                Err(e) => return unavailable(e).into(),
+            }
+        }
+        AppendError::Conflict {
+            account_id,
+            expected,
+        }
+    }
+
+    /// Commits matching `filter` in `seq` order, at most `limit` of them.
+    async fn commits_in_order(
+        &self,
+        filter: Document,
+        limit: usize,
+    ) -> Result<Vec<StoredCommit>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let documents: Vec<Document> = self
+            .commits()
+            .find(filter)
+            .sort(doc! { "seq": 1 })
+            .limit(limit)
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        documents.into_iter().map(StoredCommit::parse).collect()
+    }
+}
+
+/// Creates the indexes whose names the collection does not have yet.
+async fn create_missing_indexes<T: Send + Sync>(
+    collection: &Collection<T>,
+    indexes: impl IntoIterator<Item = IndexModel>,
+) -> Result<(), StoreError> {
+    let existing: HashSet<String> = match collection.list_index_names().await {
+        Ok(names) => names.into_iter().collect(),
+        // A collection that does not exist yet has no indexes.
+        Err(e) if matches!(*e.kind, ErrorKind::Command(ref c) if c.code == 26) => HashSet::new(),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let missing: Vec<IndexModel> = indexes
+        .into_iter()
+        .filter(|index| {
+            index
+                .options
+                .as_ref()
+                .and_then(|o| o.name.as_ref())
+                .is_none_or(|name| !existing.contains(name))
+        })
+        .collect();
+    // One at a time: FerretDB 1.24 accepts a single index that exists already (an init
+    // racing another instance's), but not several in one `createIndexes`.
+    for index in missing {
+        collection.create_index(index).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for MongoStore {
+    async fn init(&self) -> Result<(), StoreError> {
+        let unique = |name: &str| {
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .unique(true)
+                .build()
+        };
+        let commits = [
+            IndexModel::builder()
+                .keys(doc! { "account_id": 1, "first_version": 1 })
+                .options(unique("account_version"))
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "seq": 1 })
+                .options(unique("seq"))
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "idempotency_key": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("idempotency_key".to_owned())
+                        .unique(true)
+                        .sparse(true)
+                        .build(),
+                )
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "published": 1, "seq": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("unpublished".to_owned())
+                        .build(),
+                )
+                .build(),
+        ];
+        let snapshots = [IndexModel::builder()
+            .keys(doc! { "account_id": 1, "version": -1 })
+            .options(
+                IndexOptions::builder()
+                    .name("account_version".to_owned())
+                    .build(),
+            )
+            .build()];
+        // Only the missing ones, one by one: FerretDB 1.24 panics (and drops the
+        // connection) on a `createIndexes` of several indexes that already exist.
+        create_missing_indexes(&self.commits(), commits).await?;
+        create_missing_indexes(&self.snapshots(), snapshots).await?;
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        account_id: AccountId,
+        expected_version: u64,
+        events: &[Envelope],
+        idempotency: Option<&IdempotencyMark>,
+    ) -> Result<(), AppendError> {
+        check_commit(account_id, expected_version, events)?;
+        let id = events[0].id.to_string();
+        let previous = if expected_version == 0 {
+            None
+        } else if let Some(seq) = self.known_seq(account_id, expected_version) {
+            Some(seq)
+        } else {
+            match self
+                .seq_of_commit_ending_at(account_id, expected_version)
+                .await?
+            {
+                Some(seq) => Some(seq),
+                None => {
+                    return Err(self
+                        .refusal(account_id, expected_version, idempotency)
+                        .await)
+                }
+            }
+        };
+        let seq = previous.map_or_else(|| id.clone(), |previous| seq_after(&previous, &id));
+        let document = commit_document(&id, &seq, events, idempotency)?;
+        match self.commits().insert_one(document).await {
+            Ok(_) => {
+                let last = expected_version + events.len() as u64;
+                self.remember(account_id, last, &seq);
+                Ok(())
+            }
+            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Err(self
+                .refusal(account_id, expected_version, idempotency)
+                .await),
+            Err(e) => Err(unavailable(e).into()),
+        }
+    }
+
+    async fn load(
+        &self,
+        account_id: AccountId,
+        after_version: u64,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let after = to_i64(after_version)?;
+        let documents: Vec<Document> = self
+            .commits()
+            .find(doc! {
+                "account_id": account_id.to_string(),
+                "last_version": { "$gt": after },
+            })
+            .sort(doc! { "account_id": 1, "first_version": 1 })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let mut events = Vec::new();
+        for document in documents {
+            let commit = StoredCommit::parse(document)?;
+            if let Some(last) = commit.events.last() {
+                if let Ok(last_version) = u64::try_from(last.version) {
+                    self.remember(account_id, last_version, &commit.seq);
+                }
+            }
+            for raw in commit.raw_events()? {
+                if raw.account_version > after_version {
+                    events.push(decode(raw)?);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    async fn read_all(
+        &self,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<(Position, Envelope)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (filter, resume) = match after {
+            None => (doc! {}, None),
+            Some(position) => {
+                let (seq, index) = parse_position(position)?;
+                (doc! { "seq": { "$gte": &seq } }, Some((seq, index)))
+            }
+        };
+        // Every commit holds at least one event; the resumed one may hold none still unread.
+        let commits = self
+            .commits_in_order(filter, limit.saturating_add(1))
+            .await?;
+        let mut out = Vec::with_capacity(limit);
+        for commit in commits {
+            let seq = commit.seq.clone();
+            for (index, raw) in commit.raw_events()?.into_iter().enumerate() {
+                if let Some((resume_seq, resume_index)) = &resume {
+                    if seq == *resume_seq && index <= *resume_index {
+                        continue;
+                    }
+                }
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                out.push((position(&seq, index), decode(raw)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_snapshot(&self, account_id: AccountId) -> Result<Option<Snapshot>, StoreError> {
+        let found = self
+            .snapshots()
+            .find_one(doc! { "account_id": account_id.to_string() })
+            .sort(doc! { "account_id": 1, "version": -1 })
+            .await
+            .map_err(unavailable)?;
+        let Some(document) = found else {
+            return Ok(None);
+        };
+        let version = document
+            .get_i64("version")
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| corrupt(&document, "snapshot version".into()))?;
+        let state = document
+            .get("state")
+            .cloned()
+            .ok_or_else(|| corrupt(&document, "snapshot without state".into()))
+            .and_then(|state| bson_to_json(state).map_err(|e| corrupt(&document, e)))?;
+        Ok(Some(Snapshot {
+            account_id,
+            version,
+            state,
+        }))
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let account = snapshot.account_id.to_string();
+        let version = to_i64(snapshot.version)?;
+        let state = json_to_bson(&snapshot.state).map_err(|e| refused(&account, &e))?;
+        let inserted = self
+            .snapshots()
+            .insert_one(doc! {
+                "_id": format!("{account}:{:020}", snapshot.version),
+                "account_id": &account,
+                "version": version,
+                "state": state,
+            })
+            .await;
+        match inserted {
+            Ok(_) => {}
+            // This very version is stored already: the same state.
+            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        // Older snapshots are never read again; a newer one, if any, stays.
+        self.snapshots()
+            .delete_many(doc! { "account_id": &account, "version": { "$lt": version } })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn unpublished(
+        &self,
+        account_id: Option<AccountId>,
+        limit: usize,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! { "published": false };
+        if let Some(account_id) = account_id {
+            filter.insert("account_id", account_id.to_string());
+        }
+        // Whole commits only (a commit is marked published as a whole); the first one even
+        // if it alone holds more than `limit` events, so a big commit cannot stall the relay.
+        let mut out = Vec::new();
+        for commit in self.commits_in_order(filter, limit).await? {
+            let events = commit.raw_events()?;
+            if !out.is_empty() && out.len() + events.len() > limit {
+                break;
+            }
+            out.extend(events);
+        }
+        Ok(out)
+    }
+
+    async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), StoreError> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        let ids: HashSet<String> = event_ids.iter().map(Uuid::to_string).collect();
+        let listed: Vec<&String> = ids.iter().collect();
+        // A commit's `_id` is its first event's id. Only commits all of whose events are
+        // listed are marked: a partly published commit is published again later (a
+        // duplicate on Kafka) rather than partly lost. The check is made here, not in the
+        // filter: FerretDB 1.24 matches `events: {$not: {$elemMatch: {id: {$nin: …}}}}` on
+        // commits that do have an unlisted event. `published: false` leads, so FerretDB
+        // filters in SQL and ships only pending commits.
+        let candidates = self
+            .commits_in_order(
+                doc! { "published": false, "_id": { "$in": &listed } },
+                usize::MAX,
+            )
+            .await?;
+        let complete: Vec<String> = candidates
+            .into_iter()
+            .filter(|commit| commit.events.iter().all(|e| ids.contains(&e.id)))
+            .map(|commit| commit.id)
+            .collect();
+        if complete.is_empty() {
+            return Ok(());
+        }
+        self.commits()
+            .update_many(
+                doc! { "published": false, "_id": { "$in": &complete } },
+                doc! { "$set": { "published": true } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn find_idempotent(&self, key: &str) -> Result<Option<IdempotentCommit>, StoreError> {
+        let found = self
+            .commits()
+            .find_one(doc! { "idempotency_key": key })
+            .await
+            .map_err(unavailable)?;
+        let Some(document) = found else {
+            return Ok(None);
+        };
+        let commit = StoredCommit::parse(document)?;
+        let request_hash = commit
+            .request_hash
+            .clone()
+            .ok_or_else(|| StoreError::Corrupt {
+                id: commit.id.clone(),
+                reason: "idempotency key without a request hash".into(),
+            })?;
+        let events = commit
+            .raw_events()?
+            .into_iter()
+            .map(decode)
+            .collect::<Result<_, _>>()?;
+        Ok(Some(IdempotentCommit {
+            request_hash,
+            events,
+        }))
+    }
+
+    async fn save_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
+        let body = json_to_bson(&response.body).map_err(|e| refused(&response.key, &e))?;
+        let inserted = self
+            .responses()
+            .insert_one(doc! {
+                "_id": &response.key,
+                "request_hash": &response.request_hash,
+                "status": i32::from(response.status),
+                "body": body,
+            })
+            .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            // The first answer stays.
+            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
+        let found = self
+            .responses()
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(unavailable)?;
+        let Some(document) = found else {
+            return Ok(None);
+        };
+        let bad = |what: &str| corrupt(&document, format!("stored response: {what}"));
+        let request_hash = document
+            .get_str("request_hash")
+            .map_err(|_| bad("request_hash"))?
+            .to_owned();
+        let status = document
+            .get_i32("status")
+            .ok()
+            .and_then(|s| u16::try_from(s).ok())
+            .ok_or_else(|| bad("status"))?;
+        let body = document
+            .get("body")
+            .cloned()
+            .ok_or_else(|| bad("body"))
+            .and_then(|b| bson_to_json(b).map_err(|e| bad(&e)))?;
+        Ok(Some(StoredResponse {
+            key: key.to_owned(),
+            request_hash,
+            status,
+            body,
+        }))
+    }
+
+    fn backend(&self) -> &'static str {
+        "mongodb"
+    }
+}
+
+/// A commit as stored; unknown fields (`time`, `published`, …) are ignored.
+#[derive(Debug, Deserialize)]
+struct StoredCommit {
+    #[serde(rename = "_id")]
+    id: String,
+    seq: String,
+    account_id: String,
+    events: Vec<StoredEvent>,
+    #[serde(default)]
+    request_hash: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StoredEvent {
+    id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    source: String,
+    time_us: i64,
+    version: i64,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    causation_id: Option<String>,
+    schema_version: i64,
+    data: Bson,
+}
+
+impl StoredCommit {
+    fn parse(document: Document) -> Result<Self, StoreError> {
+        let id = document_id(&document);
+        mongodb::bson::from_document(document).map_err(|e| StoreError::Corrupt {
+            id,
+            reason: format!("commit document: {e}"),
+        })
+    }
+
+    /// The commit's events in their boundary form, not yet upcast.
+    fn raw_events(self) -> Result<Vec<RawEvent>, StoreError> {
+        let subject = self.account_id;
+        self.events
+            .into_iter()
+            .map(|event| {
+                let bad = |reason: String| StoreError::Corrupt {
+                    id: event.id.clone(),
+                    reason,
+                };
+                let time = DateTime::from_timestamp_micros(event.time_us)
+                    .ok_or_else(|| bad(format!("time_us {} out of range", event.time_us)))?;
+                let account_version = u64::try_from(event.version)
+                    .map_err(|_| bad(format!("version {}", event.version)))?;
+                let schema_version = u32::try_from(event.schema_version)
+                    .map_err(|_| bad(format!("schema_version {}", event.schema_version)))?;
+                let data = bson_to_json(event.data.clone()).map_err(bad)?;
+                Ok(RawEvent {
+                    id: event.id,
+                    source: event.source,
+                    event_type: event.event_type,
+                    subject: subject.clone(),
+                    time,
+                    account_version,
+                    correlation_id: event.correlation_id,
+                    causation_id: event.causation_id,
+                    schema_version,
+                    data,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The document one commit is stored as.
+fn commit_document(
+    id: &str,
+    seq: &str,
+    events: &[Envelope],
+    idempotency: Option<&IdempotencyMark>,
+) -> Result<Document, StoreError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Err(refused(id, "no events"));
+    };
+    let stored = events
+        .iter()
+        .map(event_document)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut document = doc! {
+        "_id": id,
+        "seq": seq,
+        "account_id": first.account_id.to_string(),
+        "first_version": to_i64(first.account_version)?,
+        "last_version": to_i64(last.account_version)?,
+        "events": stored,
+        "published": false,
+    };
+    if let Some(mark) = idempotency {
+        document.insert("idempotency_key", &mark.key);
+        document.insert("request_hash", &mark.request_hash);
+    }
+    Ok(document)
+}
+
+fn event_document(envelope: &Envelope) -> Result<Bson, StoreError> {
+    let raw = envelope.to_raw();
+    let data = json_to_bson(&raw.data).map_err(|e| refused(&raw.id, &e))?;
+    let mut event = doc! {
+        "id": raw.id,
+        "type": raw.event_type,
+        "source": raw.source,
+        "time": mongodb::bson::DateTime::from_millis(raw.time.timestamp_millis()),
+        "time_us": raw.time.timestamp_micros(),
+        "version": to_i64(raw.account_version)?,
+        "schema_version": i64::from(raw.schema_version),
+        "data": data,
+    };
+    if let Some(correlation_id) = raw.correlation_id {
+        event.insert("correlation_id", correlation_id);
+    }
+    if let Some(causation_id) = raw.causation_id {
+        event.insert("causation_id", causation_id);
+    }
+    Ok(Bson::Document(event))
+}
+
+/// The events of one commit belong to `account_id`, carry the versions after
+/// `expected_version` without gaps, and hold no U+0000. Anything else is refused before
+/// any I/O, as [`StoreError::Corrupt`] ("not stored: …"): for the first two a caller's bug.
+pub(super) fn check_commit(
+    account_id: AccountId,
+    expected_version: u64,
+    events: &[Envelope],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(refused(&account_id.to_string(), "a commit needs events"));
+    }
+    for (offset, event) in (1_u64..).zip(events) {
+        if event.account_id != account_id {
+            return Err(refused(
+                &event.id.to_string(),
+                &format!(
+                    "event of account {} in a commit of {account_id}",
+                    event.account_id
+                ),
+            ));
+        }
+        let wanted = expected_version.checked_add(offset);
+        if Some(event.account_version) != wanted || event.account_version > i64::MAX as u64 {
+            return Err(refused(
+                &event.id.to_string(),
+                &format!(
+                    "version {} where {} was due after expected version {expected_version}",
+                    event.account_version,
+                    wanted.map_or_else(|| "nothing".to_owned(), |w| w.to_string()),
+                ),
+            ));
+        }
+        let texts = [
+            Some(event.source.as_str()),
+            event.correlation_id.as_deref(),
+            event.causation_id.as_deref(),
+        ];
+        if texts.iter().flatten().any(|t| t.contains('\0')) || has_nul(&event.event.data()) {
+            // PostgreSQL (TEXT, JSONB) and FerretDB cannot store U+0000; refuse it the same
+            // way on every backend rather than fail as "unavailable" on some.
+            return Err(refused(
+                &event.id.to_string(),
+                "a text contains U+0000, which the event stores cannot hold",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// A `seq` that sorts after `previous`: the commit's own id when it already does.
+fn seq_after(previous: &str, id: &str) -> String {
+    if id > previous {
+        return id.to_owned();
+    }
+    let (base, counter) = match previous.split_once(SEQ_SEPARATOR) {
+        Some((base, counter)) => (base, counter.parse::<u64>().unwrap_or(0)),
+        None => (previous, 0),
+    };
+    format!("{base}{SEQ_SEPARATOR}{:020}", counter.saturating_add(1))
+}
+
+fn position(seq: &str, index: usize) -> Position {
+    Position(format!("{seq}{POSITION_SEPARATOR}{index:04}"))
+}
+
+fn parse_position(position: &Position) -> Result<(String, usize), StoreError> {
+    position
+        .0
+        .rsplit_once(POSITION_SEPARATOR)
+        .and_then(|(seq, index)| Some((seq.to_owned(), index.parse().ok()?)))
+        .ok_or_else(|| StoreError::Corrupt {
+            id: position.0.clone(),
+            reason: "not a position of the mongodb event store".into(),
+        })
+}
+
+fn decode(raw: RawEvent) -> Result<Envelope, StoreError> {
+    let id = raw.id.clone();
+    raw.decode().map_err(|e| StoreError::Corrupt {
+        id,
+        reason: e.to_string(),
+    })
+}
+
+/// JSON → BSON, integers always as int64 (so an `i64` never turns into a double or an
+/// int32 that a reader might widen differently).
+fn json_to_bson(value: &serde_json::Value) -> Result<Bson, String> {
+    use serde_json::Value;
+    Ok(match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Bson::Int64(i),
+            (None, Some(u), _) => return Err(format!("integer {u} does not fit in an int64")),
+            (None, None, Some(f)) => Bson::Double(f),
+            (None, None, None) => return Err(format!("number {n} has no BSON form")),
+        },
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(items) => Bson::Array(
+            items
+                .iter()
+                .map(json_to_bson)
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Value::Object(map) => {
+            let mut document = Document::new();
+            for (key, item) in map {
+                document.insert(key.clone(), json_to_bson(item)?);
+            }
+            Bson::Document(document)
+        }
+    })
+}
+
+/// BSON → JSON for what [`json_to_bson`] writes (int32 is accepted too); anything else is
+/// not ours.
+fn bson_to_json(value: Bson) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    Ok(match value {
+        Bson::Null => Value::Null,
+        Bson::Boolean(b) => Value::Bool(b),
+        Bson::Int32(i) => Value::from(i),
+        Bson::Int64(i) => Value::from(i),
+        Bson::Double(f) => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("double {f} has no JSON form"))?,
+        Bson::String(s) => Value::String(s),
+        Bson::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(bson_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
+        Bson::Document(document) => {
+            let mut map = serde_json::Map::new();
+            for (key, item) in document {
+                map.insert(key, bson_to_json(item)?);
+            }
+            Value::Object(map)
+        }
+        other => return Err(format!("unexpected BSON {:?}", other.element_type())),
+    })
+}
+
+fn to_i64(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| refused(&version.to_string(), "version beyond int64"))
+}
+
+/// The server's error code, whether it came as a write error or a command error.
+fn error_code(error: &MongoError) -> Option<i32> {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => Some(e.code),
+        ErrorKind::Command(e) => Some(e.code),
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .and_then(|errors| errors.first())
+            .map(|e| e.code),
+        _ => None,
+    }
+}
+
+fn unavailable(error: MongoError) -> StoreError {
+    StoreError::Unavailable(format!("mongodb: {error}"))
+}
+
+fn corrupt(document: &Document, reason: String) -> StoreError {
+    StoreError::Corrupt {
+        id: document_id(document),
+        reason,
+    }
+}
+
+fn document_id(document: &Document) -> String {
+    match document.get("_id") {
+        Some(Bson::String(id)) => id.clone(),
+        Some(other) => other.to_string(),
+        None => "<no _id>".to_owned(),
+    }
+}
+
+/// Input the store will not write (a caller's bug); reported as [`StoreError::Corrupt`],
+/// the variant for data that cannot round-trip.
+fn refused(id: &str, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: format!("not stored: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seq_sorts_after_its_predecessor_even_when_the_id_does_not() {
+        let earlier = "0190a000-0000-7000-8000-000000000000";
+        let later = "0190a000-0000-7000-8000-000000000001";
+        assert_eq!(seq_after(earlier, later), later);
+        let derived = seq_after(later, earlier);
+        assert!(derived.as_str() > later, "{derived}");
+        let again = seq_after(&derived, earlier);
+        assert!(again > derived, "{again}");
+        // Still below any id that sorts after the base.
+        assert!(again.as_str() < "0190a000-0000-7000-8000-000000000002");
+        // Positions order like (seq, index).
+        assert!(position(later, 9) < position(&derived, 0));
+        assert!(position(&derived, 9) < position(&again, 0));
+    }
+
+    #[test]
+    fn integers_stay_int64_and_come_back_exactly() {
+        let value = serde_json::json!({
+            "big": i64::MAX, "small": i64::MIN, "one": 1, "f": 0.5,
+            "s": "Zoë ✓", "a": [1, {"b": null}], "t": true
+        });
+        let bson = json_to_bson(&value).expect("to bson");
+        let Bson::Document(d) = &bson else {
+            panic!("a document")
+        };
+        assert_eq!(d.get("one"), Some(&Bson::Int64(1)));
+        assert_eq!(bson_to_json(bson).expect("to json"), value);
+        assert!(json_to_bson(&serde_json::json!(u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn a_position_parses_back() {
+        let p = position("abc~00000000000000000001", 12);
+        assert_eq!(
+            parse_position(&p).expect("parses"),
+            ("abc~00000000000000000001".to_owned(), 12)
+        );
+        assert!(parse_position(&Position("nonsense".into())).is_err());
+    }
+}

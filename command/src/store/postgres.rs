@@ -1,0 +1,547 @@
+//! The PostgreSQL backend: one row per event, one statement per append.
+//!
+//! # Tables (in the store's schema)
+//! - `events`: `position BIGSERIAL` (the `read_all` order), `event_id`, `commit_id` (the
+//!   commit's first event id), `account_id`, `version`, the CloudEvents attributes,
+//!   `time TIMESTAMPTZ` (microseconds, exact), `data JSONB` (numbers are `numeric`, so an
+//!   `i64` comes back exactly), `published`, and `idempotency_key` / `request_hash` on a
+//!   commit's first event only.
+//!   - `events_account_version`: UNIQUE `(account_id, version)`, the optimistic-concurrency
+//!     guard; `events_event_id`: UNIQUE `(event_id)`.
+//!   - `events_idempotency_key`: partial UNIQUE index on keys that are set.
+//!   - `events_unpublished`: partial index on `position` of unpublished rows (the relay's).
+//! - `snapshots`: one row per account, replaced only by a higher version.
+//! - `responses`: one row per idempotency key, the first insert wins.
+//!
+//! # Append
+//! A single `INSERT … SELECT FROM UNNEST(…) WHERE (the account's last version) =
+//! expected_version`: one statement is one transaction, so the commit's rows land together
+//! or not at all, the version check and the insert see the same moment, and it costs one
+//! round trip. Two writers that both pass the check collide on `events_account_version`;
+//! the loser gets a conflict. Positions are taken in version order inside the statement, and
+//! a later version of an account can only be inserted after the earlier one committed, so
+//! positions ascend with versions within every account.
+//!
+//! A reader following `read_all` live can miss a row whose transaction commits after a
+//! higher position became visible (sequences are not commit-ordered); the relay does not
+//! rely on it, and rebuilds read a settled store.
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use prism_events::{AccountId, Envelope, RawEvent};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::mongo::check_commit;
+use super::{
+    AppendError, EventStore, IdempotencyMark, IdempotentCommit, Position, Snapshot, StoreError,
+    StoredResponse,
+};
+
+const ACCOUNT_VERSION: &str = "events_account_version";
+const EVENT_ID: &str = "events_event_id";
+const IDEMPOTENCY_KEY: &str = "events_idempotency_key";
+
+/// The columns a stored event is read back from.
+const EVENT_COLUMNS: &str = "e.position, e.event_id, e.account_id, e.version, e.event_type, \
+     e.source, e.time, e.correlation_id, e.causation_id, e.schema_version, e.data";
+
+/// The event store in a PostgreSQL schema.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    schema: String,
+    /// `schema` quoted as an identifier.
+    quoted: String,
+    /// The guarded append and the raw insert, prepared once as text.
+    append_sql: String,
+    insert_sql: String,
+}
+
+impl PgStore {
+    /// A store whose tables live in `schema` ([`EventStore::init`] creates it).
+    pub fn new(pool: PgPool, schema: &str) -> Self {
+        let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+        let insert_sql = format!(
+            "INSERT INTO {quoted}.events (event_id, commit_id, account_id, version, event_type, \
+                 source, time, correlation_id, causation_id, schema_version, data, \
+                 idempotency_key, request_hash) \
+             SELECT e.event_id, $1, $2, e.version, e.event_type, e.source, e.time, \
+                 e.correlation_id, e.causation_id, e.schema_version, e.data, \
+                 CASE WHEN e.ord = 1 THEN $12::TEXT END, CASE WHEN e.ord = 1 THEN $13::TEXT END \
+             FROM UNNEST($3::UUID[], $4::BIGINT[], $5::TEXT[], $6::TEXT[], $7::TIMESTAMPTZ[], \
+                 $8::TEXT[], $9::TEXT[], $10::INTEGER[], $11::JSONB[]) WITH ORDINALITY \
+                 AS e(event_id, version, event_type, source, time, correlation_id, \
+                      causation_id, schema_version, data, ord)"
+        );
+        let append_sql = format!(
+            "{insert_sql} WHERE (SELECT COALESCE(MAX(version), 0) FROM {quoted}.events \
+                 WHERE account_id = $2) = $14 \
+             ORDER BY e.ord"
+        );
+        let insert_sql = format!("{insert_sql} ORDER BY e.ord");
+        Self {
+            pool,
+            schema: schema.to_owned(),
+            quoted,
+            append_sql,
+            insert_sql,
+        }
+    }
+
+    /// Inserts exactly the rows [`EventStore::append`] would write, without the
+    /// expected-version check and without idempotency: the raw append ceiling that
+    /// `prismctl bench command` compares the command path with.
+    pub async fn insert_unchecked(&self, events: &[Envelope]) -> Result<(), StoreError> {
+        let first = events.first().ok_or_else(|| StoreError::Corrupt {
+            id: "-".into(),
+            reason: "not stored: no events".into(),
+        })?;
+        check_commit(
+            first.account_id,
+            first.account_version.saturating_sub(1),
+            events,
+        )?;
+        bind_commit(sqlx::query(&self.insert_sql), events, None)?
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Why an append was refused: the key, if it is taken; otherwise a version conflict.
+    async fn refusal(
+        &self,
+        account_id: AccountId,
+        expected: u64,
+        idempotency: Option<&IdempotencyMark>,
+    ) -> AppendError {
+        if let Some(mark) = idempotency {
+            let taken = sqlx::query(&format!(
+                "SELECT 1 FROM {}.events WHERE idempotency_key = $1",
+                self.quoted
+            ))
+            .bind(&mark.key)
+            .fetch_optional(&self.pool)
+            .await;
+            match taken {
+                Ok(Some(_)) => return AppendError::DuplicateIdempotencyKey,
+                Ok(None) => {}
+                Err(e) => return unavailable(e).into(),
+            }
+        }
+        AppendError::Conflict {
+            account_id,
+            expected,
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PgStore {
+    async fn init(&self) -> Result<(), StoreError> {
+        let s = &self.quoted;
+        let statements = [
+            format!("CREATE SCHEMA IF NOT EXISTS {s}"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.events (
+                     position BIGSERIAL PRIMARY KEY,
+                     event_id UUID NOT NULL,
+                     commit_id UUID NOT NULL,
+                     account_id UUID NOT NULL,
+                     version BIGINT NOT NULL CHECK (version > 0),
+                     event_type TEXT NOT NULL,
+                     source TEXT NOT NULL,
+                     time TIMESTAMPTZ NOT NULL,
+                     correlation_id TEXT,
+                     causation_id TEXT,
+                     schema_version INTEGER NOT NULL,
+                     data JSONB NOT NULL,
+                     published BOOLEAN NOT NULL DEFAULT FALSE,
+                     idempotency_key TEXT,
+                     request_hash TEXT,
+                     CONSTRAINT {ACCOUNT_VERSION} UNIQUE (account_id, version),
+                     CONSTRAINT {EVENT_ID} UNIQUE (event_id)
+                 )"
+            ),
+            format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {IDEMPOTENCY_KEY} ON {s}.events \
+                 (idempotency_key) WHERE idempotency_key IS NOT NULL"
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS events_unpublished ON {s}.events (position) \
+                 WHERE NOT published"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.snapshots (
+                     account_id UUID PRIMARY KEY,
+                     version BIGINT NOT NULL,
+                     state JSONB NOT NULL
+                 )"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.responses (
+                     key TEXT PRIMARY KEY,
+                     request_hash TEXT NOT NULL,
+                     status INTEGER NOT NULL,
+                     body JSONB NOT NULL
+                 )"
+            ),
+        ];
+        // `IF NOT EXISTS` is not safe against a concurrent creator: serialise initialisers.
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("prism-event-store:{}", self.schema))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        for statement in &statements {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        account_id: AccountId,
+        expected_version: u64,
+        events: &[Envelope],
+        idempotency: Option<&IdempotencyMark>,
+    ) -> Result<(), AppendError> {
+        check_commit(account_id, expected_version, events)?;
+        let query = bind_commit(sqlx::query(&self.append_sql), events, idempotency)?
+            .bind(to_i64(expected_version)?);
+        match query.execute(&self.pool).await {
+            Ok(done) if done.rows_affected() == events.len() as u64 => Ok(()),
+            // The account's last version is not the expected one.
+            Ok(_) => Err(self
+                .refusal(account_id, expected_version, idempotency)
+                .await),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => match e.constraint() {
+                Some(IDEMPOTENCY_KEY) => Err(AppendError::DuplicateIdempotencyKey),
+                Some(ACCOUNT_VERSION | EVENT_ID) => Err(self
+                    .refusal(account_id, expected_version, idempotency)
+                    .await),
+                _ => Err(unavailable(sqlx::Error::Database(e)).into()),
+            },
+            Err(e) => Err(unavailable(e).into()),
+        }
+    }
+
+    async fn load(
+        &self,
+        account_id: AccountId,
+        after_version: u64,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM {}.events e \
+             WHERE e.account_id = $1 AND e.version > $2 ORDER BY e.version",
+            self.quoted
+        ))
+        .bind(account_id.0)
+        .bind(to_i64(after_version)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|row| decode(raw_event(row)?)).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Option<&Position>,
+        limit: usize,
+    ) -> Result<Vec<(Position, Envelope)>, StoreError> {
+        let after = match after {
+            None => 0,
+            Some(position) => position.0.parse::<i64>().map_err(|_| StoreError::Corrupt {
+                id: position.0.clone(),
+                reason: "not a position of the postgres event store".into(),
+            })?,
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM {}.events e WHERE e.position > $1 \
+             ORDER BY e.position LIMIT $2",
+            self.quoted
+        ))
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let position: i64 = row.try_get("position").map_err(|e| corrupt(row, e))?;
+                Ok((Position(position.to_string()), decode(raw_event(row)?)?))
+            })
+            .collect()
+    }
+
+    async fn load_snapshot(&self, account_id: AccountId) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT version, state FROM {}.snapshots WHERE account_id = $1",
+            self.quoted
+        ))
+        .bind(account_id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let bad = |reason: String| StoreError::Corrupt {
+            id: format!("snapshot of {account_id}"),
+            reason,
+        };
+        let version: i64 = row.try_get("version").map_err(|e| bad(e.to_string()))?;
+        let state: serde_json::Value = row.try_get("state").map_err(|e| bad(e.to_string()))?;
+        Ok(Some(Snapshot {
+            account_id,
+            version: u64::try_from(version).map_err(|_| bad(format!("version {version}")))?,
+            state,
+        }))
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO {s}.snapshots (account_id, version, state) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id) DO UPDATE \
+                 SET version = EXCLUDED.version, state = EXCLUDED.state \
+                 WHERE {s}.snapshots.version < EXCLUDED.version",
+            s = self.quoted
+        ))
+        .bind(snapshot.account_id.0)
+        .bind(to_i64(snapshot.version)?)
+        .bind(&snapshot.state)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn unpublished(
+        &self,
+        account_id: Option<AccountId>,
+        limit: usize,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM {}.events e \
+             WHERE NOT e.published AND ($1::UUID IS NULL OR e.account_id = $1) \
+             ORDER BY e.position LIMIT $2",
+            self.quoted
+        ))
+        .bind(account_id.map(|a| a.0))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(raw_event).collect()
+    }
+
+    async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), StoreError> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "UPDATE {}.events SET published = TRUE WHERE event_id = ANY($1) AND NOT published",
+            self.quoted
+        ))
+        .bind(event_ids)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn find_idempotent(&self, key: &str) -> Result<Option<IdempotentCommit>, StoreError> {
+        // The keyed row is the commit's first; its other rows follow it in the account.
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS}, k.request_hash AS key_request_hash \
+             FROM {s}.events k JOIN {s}.events e \
+                 ON e.account_id = k.account_id AND e.version >= k.version \
+                 AND e.commit_id = k.commit_id \
+             WHERE k.idempotency_key = $1 ORDER BY e.version",
+            s = self.quoted
+        ))
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let request_hash: Option<String> = first
+            .try_get("key_request_hash")
+            .map_err(|e| corrupt(first, e))?;
+        let request_hash = request_hash.ok_or_else(|| StoreError::Corrupt {
+            id: key.to_owned(),
+            reason: "idempotency key without a request hash".into(),
+        })?;
+        let events = rows
+            .iter()
+            .map(|row| decode(raw_event(row)?))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(IdempotentCommit {
+            request_hash,
+            events,
+        }))
+    }
+
+    async fn save_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO {}.responses (key, request_hash, status, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key) DO NOTHING",
+            self.quoted
+        ))
+        .bind(&response.key)
+        .bind(&response.request_hash)
+        .bind(i32::from(response.status))
+        .bind(&response.body)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT request_hash, status, body FROM {}.responses WHERE key = $1",
+            self.quoted
+        ))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let bad = |reason: String| StoreError::Corrupt {
+            id: format!("response {key}"),
+            reason,
+        };
+        let status: i32 = row.try_get("status").map_err(|e| bad(e.to_string()))?;
+        Ok(Some(StoredResponse {
+            key: key.to_owned(),
+            request_hash: row
+                .try_get("request_hash")
+                .map_err(|e| bad(e.to_string()))?,
+            status: u16::try_from(status).map_err(|_| bad(format!("status {status}")))?,
+            body: row.try_get("body").map_err(|e| bad(e.to_string()))?,
+        }))
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `$1`–`$13` of the insert: the commit's id and account, one array per column, and
+/// the idempotency mark (on the first row only).
+fn bind_commit<'q>(
+    query: PgQuery<'q>,
+    events: &[Envelope],
+    idempotency: Option<&IdempotencyMark>,
+) -> Result<PgQuery<'q>, StoreError> {
+    let first = &events[0];
+    let mut ids = Vec::with_capacity(events.len());
+    let mut versions = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut sources = Vec::with_capacity(events.len());
+    let mut times = Vec::with_capacity(events.len());
+    let mut correlations = Vec::with_capacity(events.len());
+    let mut causations = Vec::with_capacity(events.len());
+    let mut schema_versions = Vec::with_capacity(events.len());
+    let mut data = Vec::with_capacity(events.len());
+    for event in events {
+        let raw = event.to_raw();
+        ids.push(event.id);
+        versions.push(to_i64(event.account_version)?);
+        types.push(raw.event_type);
+        sources.push(raw.source);
+        // Both backends keep whole microseconds, cut the same way.
+        times.push(raw.time.trunc_subsecs(6));
+        correlations.push(raw.correlation_id);
+        causations.push(raw.causation_id);
+        schema_versions.push(i32::try_from(raw.schema_version).map_err(|_| {
+            StoreError::Corrupt {
+                id: raw.id.clone(),
+                reason: format!("not stored: schema version {}", raw.schema_version),
+            }
+        })?);
+        data.push(raw.data);
+    }
+    Ok(query
+        .bind(first.id)
+        .bind(first.account_id.0)
+        .bind(ids)
+        .bind(versions)
+        .bind(types)
+        .bind(sources)
+        .bind(times)
+        .bind(correlations)
+        .bind(causations)
+        .bind(schema_versions)
+        .bind(data)
+        .bind(idempotency.map(|m| m.key.clone()))
+        .bind(idempotency.map(|m| m.request_hash.clone())))
+}
+
+fn raw_event(row: &PgRow) -> Result<RawEvent, StoreError> {
+    let get_err = |e: sqlx::Error| corrupt(row, e);
+    let id: Uuid = row.try_get("event_id").map_err(get_err)?;
+    let account_id: Uuid = row.try_get("account_id").map_err(get_err)?;
+    let version: i64 = row.try_get("version").map_err(get_err)?;
+    let schema_version: i32 = row.try_get("schema_version").map_err(get_err)?;
+    let time: DateTime<Utc> = row.try_get("time").map_err(get_err)?;
+    let bad = |reason: String| StoreError::Corrupt {
+        id: id.to_string(),
+        reason,
+    };
+    Ok(RawEvent {
+        id: id.to_string(),
+        source: row.try_get("source").map_err(get_err)?,
+        event_type: row.try_get("event_type").map_err(get_err)?,
+        subject: account_id.to_string(),
+        time,
+        account_version: u64::try_from(version).map_err(|_| bad(format!("version {version}")))?,
+        correlation_id: row.try_get("correlation_id").map_err(get_err)?,
+        causation_id: row.try_get("causation_id").map_err(get_err)?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| bad(format!("schema version {schema_version}")))?,
+        data: row.try_get("data").map_err(get_err)?,
+    })
+}
+
+fn decode(raw: RawEvent) -> Result<Envelope, StoreError> {
+    let id = raw.id.clone();
+    raw.decode().map_err(|e| StoreError::Corrupt {
+        id,
+        reason: e.to_string(),
+    })
+}
+
+fn to_i64(version: u64) -> Result<i64, StoreError> {
+    i64::try_from(version).map_err(|_| StoreError::Corrupt {
+        id: version.to_string(),
+        reason: "not stored: version beyond BIGINT".into(),
+    })
+}
+
+/// A row that does not decode: names its event id when that much is readable.
+fn corrupt(row: &PgRow, error: sqlx::Error) -> StoreError {
+    let id = row
+        .try_get::<Uuid, _>("event_id")
+        .map_or_else(|_| "<unreadable row>".to_owned(), |id| id.to_string());
+    StoreError::Corrupt {
+        id,
+        reason: error.to_string(),
+    }
+}
+
+/// sqlx errors name the failing statement's problem and, for connection errors, the host;
+/// never the password, which only lives in the pool's options.
+fn unavailable(error: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(format!("postgres: {error}"))
+}

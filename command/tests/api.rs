@@ -1,0 +1,457 @@
+//! prism-command end to end against the real stack: HTTP → aggregate → store → relay → Kafka.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use prism_platform::config::EventStoreBackend;
+use serde_json::json;
+use support::{
+    assert_per_account_order, clean_up, consume, isolated_config, stored_events, Api, Instance,
+};
+
+const BACKENDS: [EventStoreBackend; 2] = [EventStoreBackend::Mongodb, EventStoreBackend::Postgres];
+
+async fn fifty_concurrent_withdrawals(backend: EventStoreBackend) {
+    let config = isolated_config(backend);
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let account = api.open("EUR").await;
+    assert_eq!(api.deposit(&account, 1_000).await.status, 200);
+
+    let answers = join_all((0..50).map(|i| {
+        let api = api.clone();
+        let account = account.clone();
+        async move {
+            api.post(
+                &format!("/v1/accounts/{account}/withdrawals"),
+                json!({ "amount_minor": 30, "channel": "atm", "description": format!("w{i}") }),
+            )
+            .await
+        }
+    }))
+    .await;
+    let accepted = answers.iter().filter(|a| a.status == 200).count();
+    let rejected: Vec<_> = answers.iter().filter(|a| a.status != 200).collect();
+    assert_eq!(accepted, 33, "1000 / 30 = 33 withdrawals fit");
+    for answer in &rejected {
+        assert_eq!(answer.status, 422, "{}", answer.body);
+        assert_eq!(answer.body["code"], "insufficient_funds");
+    }
+    let state = api.get(&format!("/v1/accounts/{account}")).await;
+    assert_eq!(state.body["balance_minor"], 10);
+    assert_eq!(state.body["version"], 35);
+
+    let stored = stored_events(&config).await;
+    let events: Vec<_> = stored.values().flatten().collect();
+    let withdrawals = events
+        .iter()
+        .filter(|e| e.event_type() == "prism.account.money_withdrawn")
+        .count();
+    assert_eq!(withdrawals, 33, "every accepted withdrawal is stored once");
+    let versions: Vec<u64> = events.iter().map(|e| e.account_version).collect();
+    assert_eq!(versions, (1..=35).collect::<Vec<_>>());
+
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_withdrawals_never_overdraw_on_mongodb() {
+    fifty_concurrent_withdrawals(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_withdrawals_never_overdraw_on_postgres() {
+    fifty_concurrent_withdrawals(EventStoreBackend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_retry_answers_the_same_and_stores_nothing_new() {
+    for backend in BACKENDS {
+        let config = isolated_config(backend);
+        let instance = Instance::start(&config).await;
+        let api = Api::new(&instance.url);
+
+        let open = json!({ "holder_name": "Bo", "email": "bo@example.org", "country": "SE", "currency": "SEK" });
+        let first = api
+            .post_with_key("/v1/accounts", "open-1", open.clone())
+            .await;
+        let again = api.post_with_key("/v1/accounts", "open-1", open).await;
+        assert_eq!(first.status, 201, "{}", first.body);
+        assert_eq!(again.status, 201, "{}", again.body);
+        assert_eq!(first.body, again.body, "the retry gets the original answer");
+        assert_eq!(
+            again
+                .headers
+                .get("idempotent-replayed")
+                .and_then(|v| v.to_str().ok()),
+            Some("true")
+        );
+        let account = first.body["account_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+
+        let path = format!("/v1/accounts/{account}/deposits");
+        let d1 = api
+            .post_with_key(&path, "dep-1", json!({ "amount_minor": 700 }))
+            .await;
+        let d2 = api
+            .post_with_key(&path, "dep-1", json!({ "amount_minor": 700 }))
+            .await;
+        assert_eq!((d1.status, d2.status), (200, 200));
+        assert_eq!(d1.body["event_ids"], d2.body["event_ids"]);
+
+        let other = api
+            .post_with_key(&path, "dep-1", json!({ "amount_minor": 701 }))
+            .await;
+        assert_eq!(other.status, 422, "{}", other.body);
+        assert_eq!(other.body["code"], "idempotency_key_reused");
+
+        // A rejection is answered the same way, even after the account could take it.
+        let wpath = format!("/v1/accounts/{account}/withdrawals");
+        let w = json!({ "amount_minor": 1_000, "channel": "online" });
+        let r1 = api.post_with_key(&wpath, "wd-1", w.clone()).await;
+        assert_eq!(r1.status, 422, "{}", r1.body);
+        assert_eq!(api.deposit(&account, 5_000).await.status, 200);
+        let r2 = api.post_with_key(&wpath, "wd-1", w).await;
+        assert_eq!(r2.status, 422, "{}", r2.body);
+        assert_eq!(r2.body["code"], "insufficient_funds");
+
+        let stored = stored_events(&config).await;
+        let types: Vec<&str> = stored.values().flatten().map(|e| e.event_type()).collect();
+        assert_eq!(
+            types,
+            [
+                "prism.account.opened",
+                "prism.account.money_deposited",
+                "prism.account.money_deposited"
+            ],
+            "{backend:?}"
+        );
+        instance.stop().await;
+        clean_up(&config).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_problem_document_and_stores_nothing() {
+    let config = isolated_config(EventStoreBackend::Mongodb);
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let account = api.open("EUR").await;
+    assert_eq!(api.deposit(&account, 100).await.status, 200);
+    let deposits = format!("{}/v1/accounts/{account}/deposits", instance.url);
+    let payments = format!("/v1/accounts/{account}/payments");
+
+    let raw = |body: &'static str| {
+        api.http
+            .post(&deposits)
+            .bearer_auth(support::TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let huge = format!(
+        "{{\"amount_minor\": 1, \"description\": \"{}\"}}",
+        "x".repeat(20_000)
+    );
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, Option<&str>)> = vec![
+        ("malformed json", raw("{\"amount_minor\": "), 400, None),
+        ("trailing garbage", raw("{\"amount_minor\": 5} x"), 400, None),
+        ("wrong type", raw("{\"amount_minor\": \"5\"}"), 400, Some("amount_minor")),
+        ("float amount", raw("{\"amount_minor\": 5.5}"), 400, Some("amount_minor")),
+        ("unknown field", raw("{\"amount_minor\": 5, \"currency\": \"EUR\"}"), 400, Some("currency")),
+        ("missing field", raw("{}"), 400, Some("amount_minor")),
+        ("negative amount", raw("{\"amount_minor\": -5}"), 400, Some("amount_minor")),
+        ("zero amount", raw("{\"amount_minor\": 0}"), 400, Some("amount_minor")),
+        ("i64 overflow", raw("{\"amount_minor\": 100000000000000000000}"), 400, Some("amount_minor")),
+        ("over the sane bound", raw("{\"amount_minor\": 1000000000001}"), 400, Some("amount_minor")),
+        (
+            "huge body",
+            api.http
+                .post(&deposits)
+                .bearer_auth(support::TOKEN)
+                .header("content-type", "application/json")
+                .body(huge),
+            413,
+            None,
+        ),
+        (
+            "not json",
+            api.http.post(&deposits).bearer_auth(support::TOKEN).header("content-type", "text/plain").body("amount=5"),
+            415,
+            None,
+        ),
+        ("no token", api.http.post(&deposits).json(&json!({ "amount_minor": 5 })), 401, None),
+        (
+            "wrong token",
+            api.http.post(&deposits).bearer_auth("nope").json(&json!({ "amount_minor": 5 })),
+            401,
+            None,
+        ),
+        (
+            "unknown account",
+            api.http
+                .post(format!("{}/v1/accounts/0190b8f2-c3a4-7e3c-8a6b-4d5e6f708192/deposits", instance.url))
+                .bearer_auth(support::TOKEN)
+                .json(&json!({ "amount_minor": 5 })),
+            404,
+            None,
+        ),
+        (
+            "malformed account id",
+            api.http
+                .post(format!("{}/v1/accounts/not-a-uuid/deposits", instance.url))
+                .bearer_auth(support::TOKEN)
+                .json(&json!({ "amount_minor": 5 })),
+            400,
+            Some("account_id"),
+        ),
+        (
+            "bad merchant category",
+            api.http.post(format!("{}{payments}", instance.url)).bearer_auth(support::TOKEN).json(&json!({
+                "amount_minor": 5, "merchant_name": "M", "merchant_category": "58x4",
+                "merchant_country": "DE", "channel": "pos" })),
+            400,
+            Some("merchant_category"),
+        ),
+        (
+            "unknown country",
+            api.http.post(format!("{}{payments}", instance.url)).bearer_auth(support::TOKEN).json(&json!({
+                "amount_minor": 5, "merchant_name": "M", "merchant_category": "5814",
+                "merchant_country": "XX", "channel": "pos" })),
+            400,
+            Some("merchant_country"),
+        ),
+        (
+            "bad channel",
+            api.http.post(format!("{}{payments}", instance.url)).bearer_auth(support::TOKEN).json(&json!({
+                "amount_minor": 5, "merchant_name": "M", "merchant_category": "5814",
+                "merchant_country": "DE", "channel": "atm" })),
+            400,
+            Some("channel"),
+        ),
+        (
+            "bad currency on open",
+            api.http.post(format!("{}/v1/accounts", instance.url)).bearer_auth(support::TOKEN).json(&json!({
+                "holder_name": "A", "email": "a@example.org", "country": "DE", "currency": "EURO" })),
+            400,
+            Some("currency"),
+        ),
+        (
+            "bad email on open",
+            api.http.post(format!("{}/v1/accounts", instance.url)).bearer_auth(support::TOKEN).json(&json!({
+                "holder_name": "A", "email": "not-an-email", "country": "DE", "currency": "EUR" })),
+            400,
+            Some("email"),
+        ),
+        (
+            "rule violation",
+            api.http
+                .post(format!("{}/v1/accounts/{account}/close", instance.url))
+                .bearer_auth(support::TOKEN)
+                .json(&json!({})),
+            422,
+            None,
+        ),
+    ];
+    for (name, request, status, field) in cases {
+        let answer = api.send(request).await;
+        assert_eq!(answer.status, status, "{name}: {}", answer.body);
+        assert_eq!(answer.content_type, "application/problem+json", "{name}");
+        assert_eq!(answer.body["status"], status, "{name}: {}", answer.body);
+        assert!(
+            answer.body["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("https://")),
+            "{name}"
+        );
+        if let Some(field) = field {
+            assert_eq!(answer.body["field"], field, "{name}: {}", answer.body);
+        }
+    }
+
+    let stored = stored_events(&config).await;
+    assert_eq!(
+        stored.values().flatten().count(),
+        2,
+        "only the open and the first deposit are stored"
+    );
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_are_approved_or_declined_and_both_are_stored() {
+    let config = isolated_config(EventStoreBackend::Mongodb);
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let account = api.open("EUR").await;
+    assert_eq!(api.deposit(&account, 1_000).await.status, 200);
+    let pay = |amount: i64| {
+        let api = api.clone();
+        let account = account.clone();
+        async move {
+            api.post(
+                &format!("/v1/accounts/{account}/payments"),
+                json!({ "amount_minor": amount, "merchant_name": "Café Rosa", "merchant_category": "5814",
+                        "merchant_country": "PT", "channel": "pos" }),
+            )
+            .await
+        }
+    };
+    let approved = pay(600).await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    assert_eq!(approved.body["decision"], "approved");
+    let declined = pay(600).await;
+    assert_eq!(declined.status, 200, "{}", declined.body);
+    assert_eq!(declined.body["decision"], "declined");
+    assert_eq!(declined.body["decline_reason"], "insufficient_funds");
+    assert_eq!(declined.body["version"], 4);
+
+    let state = api.get(&format!("/v1/accounts/{account}")).await;
+    assert_eq!(state.body["balance_minor"], 400);
+    assert_eq!(state.body["status"], "open");
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_kafka_in_order_per_account() {
+    for backend in BACKENDS {
+        let config = isolated_config(backend);
+        let instance = Instance::start(&config).await;
+        let api = Api::new(&instance.url);
+        let mut accounts = Vec::new();
+        for _ in 0..5 {
+            accounts.push(api.open("USD").await);
+        }
+        join_all(accounts.iter().map(|account| {
+            let api = api.clone();
+            async move {
+                for _ in 0..8 {
+                    assert_eq!(api.deposit(account, 10).await.status, 200);
+                }
+            }
+        }))
+        .await;
+        let expected: BTreeMap<String, u64> = accounts.iter().map(|a| (a.clone(), 9)).collect();
+        let records = consume(&config, &expected, Duration::from_secs(30));
+        assert_per_account_order(&records, &expected);
+        instance.stop().await;
+        clean_up(&config).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_while_no_relay_runs_are_published_when_one_starts() {
+    let mut config = isolated_config(EventStoreBackend::Mongodb);
+    // The crash window between the store write and the publish, held open: a service
+    // without a relay stores events and publishes none.
+    config.relay.enabled = false;
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let a = api.open("GBP").await;
+    let b = api.open("GBP").await;
+    for _ in 0..4 {
+        assert_eq!(api.deposit(&a, 5).await.status, 200);
+        assert_eq!(api.deposit(&b, 7).await.status, 200);
+    }
+    instance.stop().await;
+
+    // The relay creates the topic when it starts; until then nothing was published.
+    config.relay.enabled = true;
+    let instance = Instance::start(&config).await;
+    let expected: BTreeMap<String, u64> = [(a.clone(), 5), (b.clone(), 5)].into();
+    let records = consume(&config, &expected, Duration::from_secs(30));
+    assert_per_account_order(&records, &expected);
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_the_same_accounts_keep_per_account_order_on_kafka() {
+    let config = isolated_config(EventStoreBackend::Mongodb);
+    let one = Instance::start(&config).await;
+    let two = Instance::start(&config).await;
+    let apis = [Api::new(&one.url), Api::new(&two.url)];
+    let mut accounts = Vec::new();
+    for i in 0..4 {
+        accounts.push(apis[i % 2].open("CHF").await);
+    }
+    // Both instances hammer every account at once: versions conflict across instances and
+    // are retried; every command must still land, in order.
+    let results = join_all(accounts.iter().flat_map(|account| {
+        apis.iter().map(move |api| {
+            let api = api.clone();
+            let account = account.clone();
+            async move {
+                let mut ok = 0;
+                for _ in 0..6 {
+                    let answer = api.deposit(&account, 1).await;
+                    assert!(
+                        answer.status == 200 || answer.status == 409,
+                        "{}",
+                        answer.body
+                    );
+                    ok += usize::from(answer.status == 200);
+                }
+                (account, ok)
+            }
+        })
+    }))
+    .await;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for (account, ok) in results {
+        *expected.entry(account).or_insert(1) += ok as u64;
+    }
+    let stored = stored_events(&config).await;
+    for (account, envelopes) in &stored {
+        assert_eq!(
+            Some(&(envelopes.len() as u64)),
+            expected.get(&account.to_string()),
+            "stored versions of {account}"
+        );
+    }
+    let records = consume(&config, &expected, Duration::from_secs(30));
+    assert_per_account_order(&records, &expected);
+    one.stop().await;
+    two.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_describes_itself_and_reports_health() {
+    let config = isolated_config(EventStoreBackend::Mongodb);
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let openapi = api.get("/openapi.json").await;
+    assert_eq!(openapi.status, 200);
+    assert!(openapi.body["paths"]["/v1/accounts/{id}/payments"]["post"].is_object());
+    assert_eq!(api.get("/healthz").await.status, 200);
+    let ready = api.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let account = api.open("JPY").await;
+    assert_eq!(api.deposit(&account, 5).await.status, 200);
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", instance.url))
+        .send()
+        .await;
+    let text = match metrics {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => panic!("metrics: {e}"),
+    };
+    assert!(
+        text.contains(
+            "prism_command_duration_seconds_count{command=\"deposit\",outcome=\"accepted\"} 1"
+        ),
+        "{text}"
+    );
+    assert_eq!(api.get("/nope").await.status, 404);
+    instance.stop().await;
+    clean_up(&config).await;
+}

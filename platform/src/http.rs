@@ -1,0 +1,190 @@
+//! HTTP plumbing every Prism service shares: problem documents, `/metrics`, shutdown.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde::Serialize;
+
+/// Base of every problem `type` URI.
+pub const PROBLEM_BASE: &str = "https://prism.dev/problems/";
+
+/// An RFC 9457 problem document, served as `application/problem+json`. Boxed, so that
+/// `Result<T, Problem>` stays small on the happy path.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Problem(Box<ProblemDocument>);
+
+/// The members of a [`Problem`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProblemDocument {
+    /// `https://prism.dev/problems/<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Stable machine-readable identifier, the last segment of `type`.
+    pub code: String,
+    /// The request field at fault, when there is one (`amount_minor`, `merchant.country`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Seconds a client should wait before retrying (also sent as `Retry-After`).
+    #[serde(skip)]
+    pub retry_after_seconds: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &str, title: impl Into<String>) -> Self {
+        Self(Box::new(ProblemDocument {
+            problem_type: format!("{PROBLEM_BASE}{code}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail: None,
+            code: code.to_owned(),
+            field: None,
+            retry_after_seconds: None,
+        }))
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.0.detail = Some(detail.into());
+        self
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.0.field = Some(field.into());
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after_seconds = Some(seconds);
+        self
+    }
+
+    /// The document's members.
+    pub fn document(&self) -> &ProblemDocument {
+        &self.0
+    }
+
+    /// A 500 whose body says nothing about the cause (log the cause where it happened).
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
+        .detail("The server could not complete the request; it has been logged.")
+    }
+
+    /// A 503 for a dependency that is down; retry later.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        )
+        .detail(detail)
+        .retry_after(1)
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (self.status_code(), body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.0.retry_after_seconds {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// Renders a registry in the Prometheus text format (for a `/metrics` route).
+pub fn render_metrics(registry: &Registry) -> Response {
+    let mut buffer = Vec::new();
+    match TextEncoder::new().encode(&registry.gather(), &mut buffer) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                TextEncoder::new().format_type().to_owned(),
+            )],
+            buffer,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics");
+            Problem::internal().into_response()
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C: hand it to `axum::serve(..).with_graceful_shutdown`.
+pub async fn shutdown_signal() {
+    {
+        let ctrl_c = async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
+        }
+        tracing::info!("shutdown requested");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_is_served_as_problem_json_with_retry_after() {
+        let response = Problem::unavailable("event store down").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/problem+json"))
+        );
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(1))
+        );
+    }
+
+    #[test]
+    fn a_problem_serialises_its_type_from_its_code() {
+        let p = Problem::new(StatusCode::BAD_REQUEST, "invalid_field", "Invalid field")
+            .field("amount_minor");
+        let json = serde_json::to_value(&p).expect("json");
+        assert_eq!(json["type"], "https://prism.dev/problems/invalid_field");
+        assert_eq!(json["field"], "amount_minor");
+        assert_eq!(json["status"], 400);
+        assert!(json.get("retry_after_seconds").is_none());
+    }
+}
