@@ -146,3 +146,70 @@ pub trait EventStore: Send + Sync + 'static {
     /// The backend's name for logs and metrics: `mongodb` or `postgres`.
     fn backend(&self) -> &'static str;
 }
+
+/// The events of one commit belong to `account_id`, carry the versions after
+/// `expected_version` without gaps, and hold no U+0000. Anything else is refused before
+/// any I/O, as [`StoreError::Corrupt`] ("not stored: …"): for the first two a caller's bug.
+pub(crate) fn check_commit(
+    account_id: AccountId,
+    expected_version: u64,
+    events: &[Envelope],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(refused(&account_id.to_string(), "a commit needs events"));
+    }
+    for (offset, event) in (1_u64..).zip(events) {
+        if event.account_id != account_id {
+            return Err(refused(
+                &event.id.to_string(),
+                &format!(
+                    "event of account {} in a commit of {account_id}",
+                    event.account_id
+                ),
+            ));
+        }
+        let wanted = expected_version.checked_add(offset);
+        if Some(event.account_version) != wanted || event.account_version > i64::MAX as u64 {
+            return Err(refused(
+                &event.id.to_string(),
+                &format!(
+                    "version {} where {} was due after expected version {expected_version}",
+                    event.account_version,
+                    wanted.map_or_else(|| "nothing".to_owned(), |w| w.to_string()),
+                ),
+            ));
+        }
+        let texts = [
+            Some(event.source.as_str()),
+            event.correlation_id.as_deref(),
+            event.causation_id.as_deref(),
+        ];
+        if texts.iter().flatten().any(|t| t.contains('\0')) || has_nul(&event.event.data()) {
+            // PostgreSQL (TEXT, JSONB) and FerretDB cannot store U+0000; refuse it the same
+            // way on every backend rather than fail as "unavailable" on some.
+            return Err(refused(
+                &event.id.to_string(),
+                "a text contains U+0000, which the event stores cannot hold",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// Input a backend refuses to store, before any I/O.
+pub(crate) fn refused(id: &str, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: format!("not stored: {reason}"),
+    }
+}

@@ -33,7 +33,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::mongo::check_commit;
+use super::check_commit;
 use super::{
     AppendError, EventStore, IdempotencyMark, IdempotentCommit, Position, Snapshot, StoreError,
     StoredResponse,
