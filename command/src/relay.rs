@@ -18,7 +18,7 @@
 //!
 //! The producer is idempotent (`enable.idempotence=true`, `acks=all`), keyed by account id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,48 @@ pub struct Relay {
     metrics: Metrics,
     /// Highest version of each account this relay knows to be on Kafka.
     published: HashMap<AccountId, u64>,
+    /// Acknowledged events waiting for [`mark`] to record them.
+    marks: mpsc::UnboundedSender<Vec<Uuid>>,
+    /// Their ids: on Kafka already, so never published again from a stale "unpublished".
+    marking: Marking,
+}
+
+/// Ids of acknowledged events whose `mark_published` has not finished yet.
+type Marking = Arc<std::sync::Mutex<HashSet<Uuid>>>;
+
+fn is_marking(marking: &Marking, id: &str) -> bool {
+    let Ok(id) = Uuid::parse_str(id) else {
+        return false;
+    };
+    marking
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(&id)
+}
+
+/// Records acknowledged events as published, off the publishing path: a slow store (FerretDB
+/// runs one transaction per updated document) must not delay the next publish. Batches that
+/// queue up meanwhile are marked in one call. A failed mark leaves the events unpublished in
+/// the store, so a later sweep publishes them again: a duplicate, never a gap.
+async fn mark(
+    store: Arc<dyn EventStore>,
+    mut batches: mpsc::UnboundedReceiver<Vec<Uuid>>,
+    marking: Marking,
+) {
+    while let Some(mut ids) = batches.recv().await {
+        while let Ok(more) = batches.try_recv() {
+            ids.extend(more);
+        }
+        if let Err(e) = store.mark_published(&ids).await {
+            tracing::warn!(error = %e, events = ids.len(), "marking events published failed");
+        }
+        let mut marking = marking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &ids {
+            marking.remove(id);
+        }
+    }
 }
 
 impl std::fmt::Debug for Relay {
@@ -135,6 +177,8 @@ impl Relay {
         config: RelayConfig,
         metrics: Metrics,
     ) -> Self {
+        // Replaced by `spawn`; a relay that never runs marks nothing.
+        let (marks, _) = mpsc::unbounded_channel();
         Self {
             store,
             producer,
@@ -142,16 +186,32 @@ impl Relay {
             config,
             metrics,
             published: HashMap::new(),
+            marks,
+            marking: Marking::default(),
         }
     }
 
     /// Starts the relay task; it stops after `shutdown` flips to true and the queue is drained.
     pub fn spawn(
-        self,
+        mut self,
         shutdown: watch::Receiver<bool>,
     ) -> (RelayHandle, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(self.run(receiver, shutdown));
+        let (marks, batches) = mpsc::unbounded_channel();
+        self.marks = marks;
+        let marker = tokio::spawn(mark(
+            Arc::clone(&self.store),
+            batches,
+            Arc::clone(&self.marking),
+        ));
+        let task = tokio::spawn(async move {
+            self.run(receiver, shutdown).await;
+            // `run` consumed the relay and with it the sender: the marker drains and ends.
+            if let Err(e) = marker.await {
+                tracing::error!(error = %e, "relay marker task failed");
+            }
+            tracing::info!("relay stopped");
+        });
         (
             RelayHandle {
                 sender: Some(sender),
@@ -200,7 +260,6 @@ impl Relay {
         if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
             tracing::warn!(error = %e, "flushing the relay producer");
         }
-        tracing::info!("relay stopped");
     }
 
     /// Publishes commits just appended by this instance.
@@ -216,7 +275,11 @@ impl Relay {
             .unpublished(None, self.config.batch_max_events)
             .await
         {
-            Ok(pending) => pending,
+            Ok(mut pending) => {
+                // Acknowledged and being marked: on Kafka already.
+                pending.retain(|e| !is_marking(&self.marking, &e.id));
+                pending
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "relay sweep could not read unpublished events");
                 return;
@@ -262,6 +325,7 @@ impl Relay {
             plans.push((account_id, events, needs_check, known));
         }
         let store = Arc::clone(&self.store);
+        let marking = &self.marking;
         let producer = &self.producer;
         let topic = self.topic.as_str();
         let timeout = Duration::from_millis(self.config.publish_timeout_ms);
@@ -271,7 +335,7 @@ impl Relay {
                 let store = Arc::clone(&store);
                 async move {
                     let events = if needs_check {
-                        match with_predecessors(store.as_ref(), account_id, events).await {
+                        match with_predecessors(store.as_ref(), marking, account_id, events).await {
                             Ok(events) => events,
                             Err(e) => return (account_id, known, Err(e)),
                         }
@@ -305,10 +369,12 @@ impl Relay {
             }
         }
         if !acked.is_empty() {
-            if let Err(e) = self.store.mark_published(&acked).await {
-                // Already on Kafka: a later sweep republishes (a duplicate, never a gap).
-                tracing::warn!(error = %e, events = acked.len(), "marking events published failed");
-            }
+            self.marking
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(acked.iter().copied());
+            // A closed marker (shutdown) leaves them unpublished: the next relay republishes.
+            let _ = self.marks.send(acked);
         }
         // Keep the watermark map bounded: it is only an optimisation.
         if self.published.len() > 1_000_000 {
@@ -339,6 +405,7 @@ const MAX_PREDECESSORS: usize = 100_000;
 /// ones before the first, and any in holes between them), in version order.
 async fn with_predecessors(
     store: &dyn EventStore,
+    marking: &Marking,
     account_id: AccountId,
     events: Vec<RawEvent>,
 ) -> Result<Vec<RawEvent>, PublishError> {
@@ -347,7 +414,7 @@ async fn with_predecessors(
         .unpublished(Some(account_id), MAX_PREDECESSORS)
         .await?
         .into_iter()
-        .filter(|e| e.account_version < last_version)
+        .filter(|e| e.account_version < last_version && !is_marking(marking, &e.id))
         .map(|e| (e.account_version, e))
         .collect();
     for event in events {
