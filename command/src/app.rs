@@ -80,10 +80,7 @@ pub async fn run(
     let state = AppState {
         service,
         metrics,
-        auth: Auth {
-            enabled: config.command.auth_enabled,
-            tokens: config.command.tokens.clone(),
-        },
+        auth: Auth::new(config.command.auth_enabled, &config.command.tokens),
         readiness: Readiness {
             store,
             producer,

@@ -53,12 +53,26 @@ impl std::fmt::Debug for AppState {
 /// Bearer-token authentication for `/v1`.
 #[derive(Debug, Clone)]
 pub struct Auth {
-    pub enabled: bool,
-    pub tokens: Vec<Secret>,
+    enabled: bool,
+    /// Each accepted token with its caller identity (a short hash of the token), worked
+    /// out once here rather than on every request.
+    tokens: Vec<(Secret, String)>,
 }
 
 impl Auth {
-    /// The caller's identity (a short hash of its token), or `None` if not allowed.
+    pub fn new(enabled: bool, tokens: &[Secret]) -> Self {
+        let tokens = tokens
+            .iter()
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let principal = hex::encode(&Sha256::digest(t.expose().as_bytes())[..8]);
+                (t.clone(), principal)
+            })
+            .collect();
+        Self { enabled, tokens }
+    }
+
+    /// The caller's identity, or `None` if not allowed.
     fn principal(&self, headers: &HeaderMap) -> Option<String> {
         if !self.enabled {
             return Some("anonymous".into());
@@ -69,11 +83,10 @@ impl Auth {
             .ok()?
             .strip_prefix("Bearer ")?
             .trim();
-        let token = self
-            .tokens
+        self.tokens
             .iter()
-            .find(|t| !t.is_empty() && constant_time_eq(t.expose().as_bytes(), given.as_bytes()))?;
-        Some(hex::encode(&Sha256::digest(token.expose().as_bytes())[..8]))
+            .find(|(token, _)| constant_time_eq(token.expose().as_bytes(), given.as_bytes()))
+            .map(|(_, principal)| principal.clone())
     }
 }
 
