@@ -27,9 +27,6 @@ use futures::future::join_all;
 use prism_events::kafka::encode_raw;
 use prism_events::{AccountId, RawEvent};
 use prism_platform::config::{KafkaConfig, RelayConfig};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::{mpsc, watch};
@@ -129,27 +126,9 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-/// Creates the topic with the configured partition count if it does not exist yet.
+/// Creates the events topic unless it exists.
 pub async fn ensure_topic(kafka: &KafkaConfig) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        prism_platform::clients::kafka_client_config(kafka).create()?;
-    let topic = NewTopic::new(
-        &kafka.topic,
-        kafka.topic_partitions,
-        TopicReplication::Fixed(kafka.topic_replication_factor),
-    );
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_millis(kafka.request_timeout_ms)))
-        .request_timeout(Some(Duration::from_millis(kafka.request_timeout_ms)));
-    for result in admin.create_topics(&[topic], &options).await? {
-        match result {
-            Ok(name) => {
-                tracing::info!(topic = %name, partitions = kafka.topic_partitions, "created topic")
-            }
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
-        }
-    }
+    prism_platform::clients::ensure_topic(kafka, &kafka.topic, kafka.topic_partitions).await?;
     Ok(())
 }
 

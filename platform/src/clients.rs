@@ -53,6 +53,35 @@ pub fn kafka_client_config(cfg: &KafkaConfig) -> ClientConfig {
     client
 }
 
+/// Creates the topic `name` with `partitions` partitions (and the configured replication
+/// factor) unless it exists. Returns whether it was created.
+pub async fn ensure_topic(cfg: &KafkaConfig, name: &str, partitions: i32) -> anyhow::Result<bool> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::error::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> = kafka_client_config(cfg).create()?;
+    let topic = NewTopic::new(
+        name,
+        partitions,
+        TopicReplication::Fixed(cfg.topic_replication_factor),
+    );
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_millis(cfg.request_timeout_ms)))
+        .request_timeout(Some(Duration::from_millis(cfg.request_timeout_ms)));
+    for result in admin.create_topics(&[topic], &options).await? {
+        match result {
+            Ok(created) => {
+                tracing::info!(topic = %created, partitions, "created topic");
+                return Ok(true);
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(false)
+}
+
 /// A MongoDB client (connections are made on first use; server selection is bounded).
 pub async fn mongodb(cfg: &MongoConfig, app_name: &str) -> Result<mongodb::Client, ConnectError> {
     let err = |e: mongodb::error::Error| ConnectError::new("mongodb", cfg.uri.hosts(), e);

@@ -126,6 +126,8 @@ pub struct Config {
     pub event_store: EventStoreConfig,
     pub command: CommandConfig,
     pub relay: RelayConfig,
+    pub projector: ProjectorConfig,
+    pub ledger: LedgerConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -482,6 +484,90 @@ impl Default for RelayConfig {
             batch_max_events: 1_000,
             publish_timeout_ms: 30_000,
             linger_ms: 1,
+        }
+    }
+}
+
+/// The projector runtime's settings, shared by every projector binary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorConfig {
+    /// Most records in one sink write (one transaction).
+    pub batch_max_events: usize,
+    /// Longest a batch waits to fill up after its first record, in milliseconds.
+    pub batch_max_wait_ms: u64,
+    /// Records buffered per partition before that partition is paused (backpressure).
+    pub partition_buffer: usize,
+    /// A batch the sink rejects is retried this many times before the rejected event goes to
+    /// the dead-letter topic.
+    pub poison_retries: u32,
+    /// A version gap (an event more than one ahead of the stored version) is re-checked this
+    /// many times before the event is dead-lettered and reported.
+    pub gap_retries: u32,
+    /// First back-off after a transient sink error; doubles up to `retry_backoff_max_ms`.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// `/readyz` answers 503 while the lag of an assigned partition exceeds this many events.
+    pub ready_max_lag: u64,
+    /// How often consumer lag is measured (and the lag gauge updated), in milliseconds.
+    pub lag_interval_ms: u64,
+    /// Kafka `session.timeout.ms`: how soon a dead instance's partitions move elsewhere.
+    pub session_timeout_ms: u64,
+    /// Dead-letter topics are named `<topic>.<dlq_suffix>.<projector>`.
+    pub dlq_suffix: String,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_events: 1_000,
+            batch_max_wait_ms: 20,
+            partition_buffer: 4_000,
+            poison_retries: 3,
+            gap_retries: 5,
+            retry_backoff_ms: 100,
+            retry_backoff_max_ms: 10_000,
+            ready_max_lag: 1_000,
+            lag_interval_ms: 2_000,
+            session_timeout_ms: 10_000,
+            dlq_suffix: "dlq".into(),
+        }
+    }
+}
+
+/// `prism-ledger`: the MySQL read model and its query API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Address of the query API.
+    pub listen: String,
+    /// Kafka consumer group (one per projector; instances of it share the partitions).
+    pub group_id: String,
+    /// Name of the control database; each copy of the read model is the database
+    /// `<database>_g<generation>` on the server of `[mysql] url`.
+    pub database: String,
+    /// Key that signs paging cursors (so a tampered cursor is refused).
+    pub cursor_secret: Secret,
+    /// Longest a query waits for a `Consistency-Token` or `min_version`, in milliseconds.
+    pub wait_timeout_ms: u64,
+    /// Default and largest page sizes of the list endpoints.
+    pub page_size: u32,
+    pub max_page_size: u32,
+    /// How often the query API re-reads which copy of the read model is live, in ms.
+    pub generation_poll_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            group_id: "prism-ledger".into(),
+            database: "prism_ledger".into(),
+            cursor_secret: Secret::new("prism-local-dev-cursor-secret"),
+            wait_timeout_ms: 5_000,
+            page_size: 50,
+            max_page_size: 500,
+            generation_poll_ms: 1_000,
         }
     }
 }

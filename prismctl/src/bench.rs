@@ -72,6 +72,12 @@ enum Target {
     /// it over HTTP and, alternately, inserts the same commits directly into another fresh
     /// database/schema; prints both, their ratio, and drops everything it created.
     Command(CommandArgs),
+    /// prism-ledger's replay rate (events/s), next to the raw Kafka consume and raw MySQL
+    /// write ceilings of the same events on this machine. See `bench_ledger.rs`.
+    Ledger(crate::bench_ledger::Args),
+    /// The delay from a command's acceptance to its visibility in the ledger, under a steady
+    /// open-loop rate. See `bench_visibility.rs`.
+    Visibility(crate::bench_visibility::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -173,6 +179,8 @@ pub struct Report {
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     match &args.target {
         Target::Command(args) => bench_command(config, args).await,
+        Target::Ledger(args) => crate::bench_ledger::run(config, args).await,
+        Target::Visibility(args) => crate::bench_visibility::run(config, args).await,
     }
 }
 

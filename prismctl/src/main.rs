@@ -1,19 +1,10 @@
-//! `prismctl`: Prism's admin CLI.
-//!
-//! # Layout
-//! - `doctor`: connects to every configured backing service and prints a health table.
-//! - `bench`: `bench command` measures prism-command next to its store's raw append ceiling.
-//! - `loadgen`: seeded, reproducible traffic through prism-command's HTTP API.
-//! - `traffic`: the pure, seeded traffic model `loadgen` sends.
+//! `prismctl`: Prism's admin CLI. The commands live in the library (`src/lib.rs`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
-mod doctor;
-mod loadgen;
-mod traffic;
+use prismctl::{bench, demo, doctor, loadgen, rebuild, status, verify};
 
 #[derive(Debug, Parser)]
 #[command(name = "prismctl", version, about = "Operate a Prism installation")]
@@ -37,6 +28,28 @@ enum Command {
     Loadgen(loadgen::Args),
     /// Measure a Prism component on this machine.
     Bench(bench::Args),
+    /// Show where each projector stands on each partition: stored position, end offset, lag.
+    ///
+    /// Exits 1 if a service does not answer (named in the output).
+    Status(status::Args),
+    /// Re-fold the event store independently and compare it with a read model.
+    ///
+    /// Exits 0 when identical, 1 on drift or when a service does not answer.
+    Verify(verify::Args),
+    /// Build a fresh copy of a read model beside the live one and switch to it.
+    ///
+    /// From the start of the topic, or from the event store when Kafka no longer holds the
+    /// oldest events. The live projector keeps serving throughout; once the copy has caught
+    /// up the query API switches to it atomically. The old copy is kept until --drop-old.
+    Rebuild(rebuild::Args),
+    /// Run Prism end to end: the write side and the ledger, traffic, then queries.
+    ///
+    /// Needs the local stack (`dev/stack up`). Starts prism-command and prism-ledger in this
+    /// process (127.0.0.1:8080 and :8081 unless --command-listen/--ledger-listen), sends a
+    /// short seeded loadgen, shows accounts, an account, its statement and read-your-writes
+    /// through the ledger's query API, prints what to try next and stops both cleanly.
+    /// Exits 1 if a service is down or a step fails, 2 on a bad flag or a port in use.
+    Demo(demo::Args),
 }
 
 #[tokio::main]
@@ -53,6 +66,10 @@ async fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(&config, &args).await,
         Command::Loadgen(args) => loadgen::run(&args).await,
         Command::Bench(args) => bench::run(&config, &args).await,
+        Command::Status(args) => status::run(&config, &args).await,
+        Command::Verify(args) => verify::run(&config, &args).await,
+        Command::Rebuild(args) => rebuild::run(&config, &args).await,
+        Command::Demo(args) => demo::run(&config, &args).await,
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,1295 @@
+//! `prismctl demo`: Prism end to end in one command, for a newcomer.
+//!
+//! 1. Checks that the backing services it needs answer (Kafka, the event store, MySQL);
+//!    if not, says `dev/stack up` and exits 1.
+//! 2. Starts prism-command and prism-ledger in this process — their `app::run`, the code of
+//!    the binaries — on `command.listen` and `ledger.listen` (127.0.0.1:8080 and :8081;
+//!    `--command-listen`, `--ledger-listen` change them, port 0 takes any free port). A port
+//!    in use is named, exit 2. They use the configuration as it is (the topic
+//!    `account-events`, the event store and ledger databases), so what the demo writes is
+//!    there for the binaries afterwards.
+//! 3. Sends seeded loadgen traffic (the [`crate::traffic`] model through
+//!    [`crate::loadgen::Client`], open loop at `--rate`), with a progress bar on stderr.
+//! 4. Shows, through the ledger's query API only: a page of accounts and the next one (its
+//!    cursor), the busiest account of the run, its statement newest first (a page and the
+//!    next), and read-your-writes: a deposit, then the same account read with the deposit's
+//!    `Consistency-Token` (and, side by side, without it), with how long the wait took.
+//! 5. Prints what to try next, stops both services cleanly (the relay drains to Kafka, the
+//!    ledger stores its positions and commits) and exits 0. `--keep-running` leaves them up
+//!    until Ctrl-C instead, to try the curl commands.
+//!
+//! The report goes to stdout, progress to stderr. Exit codes: 0 all went well, 1 a service
+//! is down or something failed on the way (said on stderr), 2 a wrong invocation or a port
+//! that cannot be used.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use chrono::DateTime;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use prism_events::Currency;
+use prism_platform::config::EventStoreBackend;
+use prism_platform::Config;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::loadgen::{parse_duration, Client, Latency, Outcome, TokenBucket};
+use crate::services::{self, Api, Kind, QueryReply, Service, STOP_TIMEOUT};
+use crate::traffic::{Op, Traffic, COMMANDS, MARKETS};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address prism-command listens on (default: `command.listen`, 127.0.0.1:8080); port 0
+    /// picks a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub command_listen: Option<String>,
+    /// Address prism-ledger listens on (default: `ledger.listen`, 127.0.0.1:8081); port 0
+    /// picks a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ledger_listen: Option<String>,
+    /// Accounts the traffic opens.
+    #[arg(long, default_value_t = 100)]
+    pub accounts: usize,
+    /// Commands per second of the traffic.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// How long the traffic runs (e.g. 10s, 1m).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Seed of the traffic model: the same seed sends the same requests.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Most commands in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// After the report, keep both services running until Ctrl-C (to try the curl commands).
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+/// Rows per page in the tables (the API's `limit`).
+const PAGE: u32 = 5;
+/// How long prism-command may take to become ready.
+const COMMAND_READY: Duration = Duration::from_secs(60);
+/// How long prism-ledger may take to become ready: it first catches up with the topic.
+const LEDGER_READY: Duration = Duration::from_secs(300);
+/// The bearer token the README documents for local use (safe to print).
+const LOCAL_TOKEN: &str = "prism-local-dev-token";
+
+pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
+    check_args(args)?;
+    services::logs_if_asked(config);
+    let config = config.clone();
+    let token = match config.command.tokens.first() {
+        Some(token) => token.expose().to_owned(),
+        None if !config.command.auth_enabled => LOCAL_TOKEN.to_owned(),
+        None => {
+            bail!("[command] tokens is empty while auth_enabled: the demo has no token to send")
+        }
+    };
+    let command_listen = args
+        .command_listen
+        .clone()
+        .unwrap_or_else(|| config.command.listen.clone());
+    let ledger_listen = args
+        .ledger_listen
+        .clone()
+        .unwrap_or_else(|| config.ledger.listen.clone());
+
+    // 1. The stack.
+    let spinner = spinner("checking the stack (Kafka, event store, MySQL)");
+    let checks = services::check_stack(&config).await;
+    spinner.finish_and_clear();
+    let down: Vec<_> = checks.iter().filter(|c| c.result.is_err()).collect();
+    if !down.is_empty() {
+        for check in &down {
+            let error = check.result.as_ref().err().map_or("", String::as_str);
+            eprintln!(
+                "prismctl: {} at {} is not answering: {error}",
+                check.service, check.address
+            );
+        }
+        eprintln!("prismctl: the demo needs the local stack: start it with `dev/stack up`");
+        return Ok(ExitCode::from(1));
+    }
+
+    // 2. The listeners: a port in use is the caller's to fix (exit 2).
+    let command_listener = match services::bind(Kind::Command, &command_listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("prismctl: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let ledger_listener = match services::bind(Kind::Ledger, &ledger_listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("prismctl: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+
+    let mut running = Running::default();
+    let outcome = tokio::select! {
+        outcome = demo(&config, args, &token, command_listener, ledger_listener, &mut running) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    let mut failed = false;
+    match &outcome {
+        Ok(Finish::Clean) => {}
+        Ok(Finish::Failed(message)) => {
+            eprintln!("prismctl: {message}");
+            failed = true;
+        }
+        Err(e) => {
+            eprintln!("prismctl: demo failed: {e:#}");
+            failed = true;
+        }
+    }
+    if args.keep_running && outcome.is_ok() && running.all_up() {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "\nBoth services keep running (prism-command at {}, prism-ledger at {}). Press \
+             Ctrl-C to stop them.",
+            running.url(Kind::Command),
+            running.url(Kind::Ledger)
+        );
+        let _ = out.flush();
+        drop(out);
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    if !running.stop().await {
+        failed = true;
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn check_args(args: &Args) -> anyhow::Result<()> {
+    if args.accounts == 0 || args.concurrency == 0 {
+        bail!("--accounts and --concurrency must be at least 1");
+    }
+    if !args.rate.is_finite() || args.rate <= 0.0 {
+        bail!("--rate must be a positive number of commands per second");
+    }
+    if args.duration.is_zero() {
+        bail!("--duration must be longer than 0 (e.g. 10s)");
+    }
+    Ok(())
+}
+
+/// How the demo ended when nothing broke outright.
+enum Finish {
+    Clean,
+    /// It ran to the end, but something in it went wrong (the message says what).
+    Failed(String),
+}
+
+/// The services started so far, to stop whatever happens.
+#[derive(Default)]
+struct Running {
+    command: Option<Service>,
+    ledger: Option<Service>,
+}
+
+impl Running {
+    fn all_up(&self) -> bool {
+        [&self.command, &self.ledger]
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|s| !s.has_stopped()))
+    }
+
+    fn url(&self, kind: Kind) -> String {
+        let service = match kind {
+            Kind::Command => &self.command,
+            Kind::Ledger => &self.ledger,
+        };
+        service
+            .as_ref()
+            .map_or_else(String::new, |s| s.url().to_owned())
+    }
+
+    /// Stops prism-command (its relay drains to Kafka), then prism-ledger (it projects what
+    /// it has, stores its positions and commits). Whether both stopped cleanly.
+    async fn stop(&mut self) -> bool {
+        if self.command.is_none() && self.ledger.is_none() {
+            return true;
+        }
+        let bar = spinner("stopping prism-command (relay drains) and prism-ledger");
+        let began = Instant::now();
+        let mut errors = Vec::new();
+        for service in [self.command.as_mut(), self.ledger.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let stopped = tokio::select! {
+                stopped = service.stop(STOP_TIMEOUT) => stopped,
+                _ = tokio::signal::ctrl_c() => Err(anyhow!(
+                    "{} was interrupted while stopping", service.kind().name()
+                )),
+            };
+            if let Err(e) = stopped {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        bar.finish_and_clear();
+        let mut out = std::io::stdout().lock();
+        if errors.is_empty() {
+            let names: Vec<&str> = [&self.command, &self.ledger]
+                .iter()
+                .filter_map(|s| s.as_ref().map(|s| s.kind().name()))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nStopped {} cleanly in {:.1} s (the relay published everything stored; the \
+                 ledger stored its positions and committed).",
+                names.join(" and "),
+                began.elapsed().as_secs_f64()
+            );
+            true
+        } else {
+            drop(out);
+            for e in errors {
+                eprintln!("prismctl: stopping: {e}");
+            }
+            false
+        }
+    }
+}
+
+async fn demo(
+    config: &Config,
+    args: &Args,
+    token: &str,
+    command_listener: tokio::net::TcpListener,
+    ledger_listener: tokio::net::TcpListener,
+    running: &mut Running,
+) -> anyhow::Result<Finish> {
+    // prism-command first: it creates the topic the ledger subscribes to.
+    let command = running.command.insert(Service::start(
+        Kind::Command,
+        config.clone(),
+        command_listener,
+    )?);
+    let bar = spinner("starting prism-command");
+    let ready = command
+        .wait_ready(COMMAND_READY, |why| bar.set_message(why.to_owned()))
+        .await;
+    bar.finish_and_clear();
+    ready?;
+    let command_url = command.url().to_owned();
+
+    let ledger = running.ledger.insert(Service::start(
+        Kind::Ledger,
+        config.clone(),
+        ledger_listener,
+    )?);
+    let bar = spinner("starting prism-ledger (it catches up with the topic first)");
+    let ready = ledger
+        .wait_ready(LEDGER_READY, |why| bar.set_message(why.to_owned()))
+        .await;
+    bar.finish_and_clear();
+    ready?;
+    let ledger_url = ledger.url().to_owned();
+
+    let mut out = Report::new();
+    print_header(&mut out, config, &command_url, &ledger_url);
+
+    // 3. Traffic.
+    let client = Client::new(
+        &command_url,
+        token,
+        args.concurrency,
+        Duration::from_secs(10),
+        3,
+    )?;
+    let traffic = drive(&client, args).await?;
+    print_traffic(&mut out, args, &traffic);
+    let Some(chosen) = traffic.busiest() else {
+        bail!(
+            "no account could be opened ({})",
+            traffic.failures.first().map_or("no answer", String::as_str)
+        );
+    };
+    let chosen = chosen.to_owned();
+
+    // 4. The ledger's query API.
+    let api = Api::new(&command_url, &ledger_url, token, Duration::from_secs(30), 4)?;
+    let known: Vec<&str> = traffic.ids.iter().flatten().map(String::as_str).collect();
+    show_accounts(&mut out, &api, &known).await?;
+    let account = show_account(&mut out, &api, &chosen).await?;
+    show_statement(&mut out, &api, &chosen).await?;
+    let visible = read_your_writes(&mut out, &api, &chosen, &account).await?;
+    // Once the demo ends, the binaries would listen where the configuration says.
+    let (try_command, try_ledger) = if args.keep_running {
+        (command_url.clone(), ledger_url.clone())
+    } else {
+        (
+            format!("http://{}", config.command.listen),
+            format!("http://{}", config.ledger.listen),
+        )
+    };
+    print_next_steps(&mut out, args, token, &try_command, &try_ledger, &chosen);
+
+    let mut problems = Vec::new();
+    if traffic.failed > 0 {
+        problems.push(format!(
+            "{} of {} commands failed (e.g. {})",
+            traffic.failed,
+            traffic.sent,
+            traffic.failures.first().map_or("", String::as_str)
+        ));
+    }
+    if let Err(why) = visible {
+        problems.push(why);
+    }
+    Ok(if problems.is_empty() {
+        Finish::Clean
+    } else {
+        Finish::Failed(problems.join("; "))
+    })
+}
+
+// ---------- traffic ----------
+
+/// What the traffic did.
+struct TrafficRun {
+    /// Server ids of the accounts, by index in the model (`None`: not opened).
+    ids: Vec<Option<String>>,
+    /// Stored commands per account.
+    stored_per_account: Vec<u64>,
+    /// Per command, per outcome label.
+    outcomes: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    sent: u64,
+    accepted: u64,
+    rejected: u64,
+    conflicts: u64,
+    failed: u64,
+    skipped: u64,
+    failures: Vec<String>,
+    latency_us: Histogram<u64>,
+    elapsed: Duration,
+}
+
+impl TrafficRun {
+    fn new(accounts: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            ids: vec![None; accounts],
+            stored_per_account: vec![0; accounts],
+            outcomes: BTreeMap::new(),
+            sent: 0,
+            accepted: 0,
+            rejected: 0,
+            conflicts: 0,
+            failed: 0,
+            skipped: 0,
+            failures: Vec::new(),
+            latency_us: Histogram::new_with_bounds(1, 120_000_000, 3)?,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    fn record(
+        &mut self,
+        account: usize,
+        command: &'static str,
+        outcome: &Outcome,
+        latency: Duration,
+        detail: Option<String>,
+    ) {
+        *self
+            .outcomes
+            .entry(command)
+            .or_default()
+            .entry(outcome.label())
+            .or_default() += 1;
+        match outcome {
+            o if o.stored() => {
+                self.accepted += 1;
+                if let Some(n) = self.stored_per_account.get_mut(account) {
+                    *n += 1;
+                }
+            }
+            Outcome::Rejected(_) => self.rejected += 1,
+            Outcome::Conflict => self.conflicts += 1,
+            _ => {
+                self.failed += 1;
+                if self.failures.len() < 5 {
+                    self.failures
+                        .push(detail.unwrap_or_else(|| format!("{command}: {}", outcome.label())));
+                }
+            }
+        }
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.saturating_record(micros.max(1));
+    }
+
+    /// The opened account with the most stored commands (the first such, for a tie).
+    fn busiest(&self) -> Option<&str> {
+        let mut best: Option<(u64, &str)> = None;
+        for (id, n) in self.ids.iter().zip(&self.stored_per_account) {
+            if let Some(id) = id {
+                if best.is_none_or(|(most, _)| *n > most) {
+                    best = Some((*n, id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    fn opened(&self) -> usize {
+        self.ids.iter().flatten().count()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends the seeded traffic open loop at `--rate` for `--duration`: every account is
+/// opened first (their ids come from the server), then the everyday sequence.
+async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let stats = Arc::new(Mutex::new(TrafficRun::new(args.accounts)?));
+    let semaphore = Arc::new(Semaphore::new(args.concurrency));
+    let mut bucket = TokenBucket::new(args.rate);
+    let mut tasks = JoinSet::new();
+
+    let bar = ProgressBar::new(args.duration.as_secs().max(1));
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} traffic [{elapsed_precise}] {bar:30} {pos}/{len}s {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let ticker = {
+        let (bar, stats) = (bar.clone(), Arc::clone(&stats));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                let elapsed = started.elapsed();
+                let message = {
+                    let s = lock(&stats);
+                    format!(
+                        "sent {} | {:.0}/s | accepted {} | rejected {} | failed {}",
+                        s.sent,
+                        s.sent as f64 / elapsed.as_secs_f64().max(1e-3),
+                        s.accepted,
+                        s.rejected,
+                        s.failed
+                    )
+                };
+                bar.set_position(elapsed.as_secs());
+                bar.set_message(message);
+            }
+        })
+    };
+
+    let mut opened: Option<Arc<Vec<Option<String>>>> = None;
+    for step in Traffic::new(args.seed, args.accounts, 0.02) {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let is_open = matches!(step.op, Op::Open { .. });
+        if !is_open && opened.is_none() {
+            // Every account must exist before its first command.
+            while tasks.join_next().await.is_some() {}
+            let ids = lock(&stats).ids.clone();
+            if ids.iter().all(Option::is_none) {
+                break;
+            }
+            opened = Some(Arc::new(ids));
+        }
+        let account_id = match &opened {
+            None => String::new(),
+            Some(ids) => match ids.get(step.account).cloned().flatten() {
+                Some(id) => id,
+                None => {
+                    lock(&stats).skipped += 1;
+                    continue;
+                }
+            },
+        };
+        bucket.take().await;
+        let permit = Arc::clone(&semaphore)
+            .acquire_owned()
+            .await
+            .context("the in-flight limit closed")?;
+        lock(&stats).sent += 1;
+        let key = format!("demo-{run_id}-{}", step.seq);
+        let (client, stats) = (client.clone(), Arc::clone(&stats));
+        tasks.spawn(async move {
+            let answer = client.send(&step.op, &account_id, Some(&key)).await;
+            let mut s = lock(&stats);
+            if let (Op::Open { .. }, Some(id)) = (&step.op, &answer.account_id) {
+                if answer.outcome.stored() {
+                    if let Some(slot) = s.ids.get_mut(step.account) {
+                        *slot = Some(id.clone());
+                    }
+                }
+            }
+            s.record(
+                step.account,
+                step.op.command(),
+                &answer.outcome,
+                answer.latency,
+                answer.detail,
+            );
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    ticker.abort();
+    bar.finish_and_clear();
+    let mut stats = lock(&stats);
+    stats.elapsed = started.elapsed();
+    let mut result = TrafficRun::new(0)?;
+    std::mem::swap(&mut *stats, &mut result);
+    Ok(result)
+}
+
+// ---------- the ledger's query API ----------
+
+/// Accounts: a page of the list, and the next one through its cursor.
+async fn show_accounts(out: &mut Report, api: &Api, ours: &[&str]) -> anyhow::Result<()> {
+    out.section("Accounts in the ledger, a page and the next (* = opened by this demo)");
+    let mut path = format!("/v1/accounts?limit={PAGE}");
+    for page in 1..=2 {
+        out.line(&format!("GET {path}"));
+        let reply = ledger_ok(api, &path, None).await?;
+        let items = reply.body["items"].as_array().cloned().unwrap_or_default();
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|a| {
+                let id = text(&a["account_id"]);
+                let mark = if ours.contains(&id.as_str()) {
+                    "*"
+                } else {
+                    " "
+                };
+                vec![
+                    format!("{mark} {id}"),
+                    shorten(&text(&a["holder_name"]), 24),
+                    text(&a["country"]),
+                    text(&a["status"]),
+                    money(
+                        a["balance_minor"].as_i64().unwrap_or(0),
+                        &text(&a["currency"]),
+                    ),
+                    number(&a["version"]),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            out.line("  (no accounts)");
+        } else {
+            out.table(
+                &[
+                    ("  ACCOUNT", Align::Left),
+                    ("HOLDER", Align::Left),
+                    ("COUNTRY", Align::Left),
+                    ("STATUS", Align::Left),
+                    ("BALANCE", Align::Right),
+                    ("VERSION", Align::Right),
+                ],
+                &rows,
+            );
+        }
+        match reply.body["next_cursor"].as_str() {
+            Some(cursor) if page == 1 => {
+                out.blank();
+                out.line("next page: the same query with the answer's next_cursor");
+                path = format!("/v1/accounts?limit={PAGE}&cursor={}", encode(cursor));
+            }
+            Some(_) => out.line("… more pages follow (next_cursor is set)"),
+            None => {
+                out.line("(last page: next_cursor is null)");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One account as the ledger holds it, once it has every write of the run (the version
+/// prism-command reports, waited for with `?min_version`).
+async fn show_account(out: &mut Report, api: &Api, id: &str) -> anyhow::Result<Value> {
+    out.section("The busiest account of the run");
+    let write_side = api.command_get(&format!("/v1/accounts/{id}")).await?;
+    let version = match (write_side.status, write_side.body["version"].as_u64()) {
+        (200, Some(version)) => version,
+        _ => bail!(
+            "prism-command could not show account {id}: {}",
+            write_side.describe()
+        ),
+    };
+    let path = format!("/v1/accounts/{id}?min_version={version}");
+    out.line(&format!("GET {path}"));
+    let reply = ledger_ok(api, &path, None).await?;
+    let a = &reply.body;
+    let currency = text(&a["currency"]);
+    let mut rows = vec![
+        ("account_id", text(&a["account_id"])),
+        (
+            "holder",
+            format!("{} <{}>", text(&a["holder_name"]), text(&a["email"])),
+        ),
+        (
+            "country, currency",
+            format!("{}, {currency}", text(&a["country"])),
+        ),
+        ("status", text(&a["status"])),
+        (
+            "balance",
+            money(a["balance_minor"].as_i64().unwrap_or(0), &currency),
+        ),
+        (
+            "daily withdrawal limit",
+            money(
+                a["daily_withdrawal_limit_minor"].as_i64().unwrap_or(0),
+                &currency,
+            ),
+        ),
+        ("opened at", time(&text(&a["opened_at"]))),
+        ("updated at", time(&text(&a["updated_at"]))),
+        ("version", number(&a["version"])),
+    ];
+    if let Some(reason) = a["frozen_reason"].as_str() {
+        rows.insert(4, ("frozen because", reason.to_owned()));
+    }
+    for (key, value) in rows {
+        out.line(&format!("  {key:<23} {value}"));
+    }
+    Ok(reply.body)
+}
+
+/// Its statement, newest first: a page and the next through the cursor.
+async fn show_statement(out: &mut Report, api: &Api, id: &str) -> anyhow::Result<()> {
+    out.section("Its statement, newest first (money movements only)");
+    let mut path = format!("/v1/accounts/{id}/statement?limit={PAGE}");
+    for page in 1..=2 {
+        out.line(&format!("GET {path}"));
+        let reply = ledger_ok(api, &path, None).await?;
+        let items = reply.body["items"].as_array().cloned().unwrap_or_default();
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|line| {
+                let currency = text(&line["currency"]);
+                vec![
+                    number(&line["version"]),
+                    time(&text(&line["occurred_at"])),
+                    text(&line["kind"]),
+                    signed_money(line["amount_minor"].as_i64().unwrap_or(0), &currency),
+                    money(line["balance_after_minor"].as_i64().unwrap_or(0), &currency),
+                    shorten(&line_detail(line), 40),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            out.line("  (no money movements yet)");
+        } else {
+            out.table(
+                &[
+                    ("  VERSION", Align::Right),
+                    ("TIME (UTC)", Align::Left),
+                    ("KIND", Align::Left),
+                    ("AMOUNT", Align::Right),
+                    ("BALANCE AFTER", Align::Right),
+                    ("DETAIL", Align::Left),
+                ],
+                &rows,
+            );
+        }
+        match reply.body["next_cursor"].as_str() {
+            Some(cursor) if page == 1 => {
+                out.blank();
+                out.line("older lines: the same query with the answer's next_cursor");
+                path = format!(
+                    "/v1/accounts/{id}/statement?limit={PAGE}&cursor={}",
+                    encode(cursor)
+                );
+            }
+            Some(_) => out.line("… older lines follow (next_cursor is set)"),
+            None => {
+                out.line("(the first line of the account: next_cursor is null)");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A deposit, then the account read at once without and with its consistency token.
+/// `Ok(Err(why))`: it ran, but the ledger did not show the write as it should.
+async fn read_your_writes(
+    out: &mut Report,
+    api: &Api,
+    id: &str,
+    before: &Value,
+) -> anyhow::Result<Result<(), String>> {
+    out.section("Read your writes");
+    let currency = text(&before["currency"]);
+    let balance = before["balance_minor"].as_i64().unwrap_or(0);
+    let amount_minor = MARKETS
+        .iter()
+        .find(|m| m.currency == currency)
+        .map_or(2_500, |m| m.minor_from_eur_cents(2_500));
+    let op = Op::Deposit {
+        amount_minor,
+        description: "prismctl demo: read your writes",
+    };
+    let key = format!("demo-ryw-{}", uuid::Uuid::new_v4().simple());
+    let deposit = api.command(&op, id, Some(&key)).await?;
+    let (Some(version), Some(token), true) = (
+        deposit.version(),
+        deposit.consistency_token().map(str::to_owned),
+        deposit.accepted(),
+    ) else {
+        bail!("the deposit was not accepted: {}", deposit.describe());
+    };
+    out.line(&format!(
+        "POST /v1/accounts/{id}/deposits {}   ({})",
+        json!({ "amount_minor": amount_minor, "description": "prismctl demo: read your writes" }),
+        money(amount_minor, &currency)
+    ));
+    out.line(&format!(
+        "  → {} {} in {}: version {version}, consistency_token {token}",
+        deposit.status,
+        reqwest::StatusCode::from_u16(deposit.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or(""),
+        ms(deposit.latency()),
+    ));
+
+    // Both reads leave at once, right after the command's answer.
+    let path = format!("/v1/accounts/{id}");
+    let (plain, waited) = tokio::join!(
+        api.ledger_get(&path, None),
+        until_visible(api, &path, Some(&token))
+    );
+    let (plain, (waited, processing)) = (plain?, waited?);
+    let expected = balance.saturating_add(amount_minor);
+    let show = |reply: &QueryReply| {
+        format!(
+            "version {}, balance {}",
+            number(&reply.body["version"]),
+            money(reply.body["balance_minor"].as_i64().unwrap_or(0), &currency)
+        )
+    };
+    let plain_note = match plain.body["version"].as_u64() {
+        _ if plain.status != 200 => format!("answered {}", plain.describe()),
+        Some(v) if v < version => format!("{} — the deposit was not projected yet", show(&plain)),
+        Some(_) => format!("{} — already projected (a fast ledger)", show(&plain)),
+        None => format!("answered {}", plain.describe()),
+    };
+    out.line(&format!("GET {path}  (no token, sent at once)"));
+    out.line(&format!("  → {plain_note}"));
+    out.line(&format!("GET {path}  with Consistency-Token: {token}"));
+    let wait = waited
+        .answered_at
+        .saturating_duration_since(deposit.answered_at);
+    let outcome = match (waited.status, waited.body["version"].as_u64()) {
+        (200, Some(v)) if v >= version => {
+            let retried = if processing > 0 {
+                format!(", after {processing} × 202 processing: a busy ledger")
+            } else {
+                String::new()
+            };
+            out.line(&format!(
+                "  → {} — answered {} after the deposit was accepted (the ledger waited \
+                 until it had version {version}{retried})",
+                show(&waited),
+                ms(wait)
+            ));
+            let shown = waited.body["balance_minor"].as_i64();
+            if v == version && shown != Some(expected) {
+                Err(format!(
+                    "the ledger shows balance {} after the deposit, expected {}",
+                    shown.map_or_else(|| "?".into(), |b| money(b, &currency)),
+                    money(expected, &currency)
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        (202, _) => {
+            out.line(&format!("  → {}", waited.describe()));
+            Err(format!(
+                "the ledger did not show version {version} within {} s",
+                VISIBLE_WITHIN.as_secs()
+            ))
+        }
+        _ => {
+            out.line(&format!("  → {}", waited.describe()));
+            Err(format!(
+                "reading the deposit back failed: {}",
+                waited.describe()
+            ))
+        }
+    };
+    Ok(outcome)
+}
+
+/// How long a query that waits for a version may keep answering `202 processing`.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(60);
+
+/// `GET path` on the ledger, asked again while it answers `202 processing` (the version
+/// it waits for has not arrived within its `wait_timeout_ms`), for at most
+/// [`VISIBLE_WITHIN`]. The last answer, and how many 202s came first.
+async fn until_visible(
+    api: &Api,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(QueryReply, u32)> {
+    let give_up = Instant::now() + VISIBLE_WITHIN;
+    let mut processing = 0;
+    loop {
+        let reply = api.ledger_get(path, token).await?;
+        if reply.status != 202 || Instant::now() >= give_up {
+            return Ok((reply, processing));
+        }
+        processing += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET path` on the ledger that must answer 200 (after any `202 processing`).
+async fn ledger_ok(api: &Api, path: &str, token: Option<&str>) -> anyhow::Result<QueryReply> {
+    let (reply, _) = until_visible(api, path, token).await?;
+    if reply.status != 200 {
+        bail!("GET {path} on prism-ledger answered {}", reply.describe());
+    }
+    Ok(reply)
+}
+
+/// What a statement line is about: the merchant, the channel, the description.
+fn line_detail(line: &Value) -> String {
+    if let Some(merchant) = line["merchant_name"].as_str() {
+        let category = line["merchant_category"].as_str().unwrap_or("");
+        let country = line["merchant_country"].as_str().unwrap_or("");
+        return format!("{merchant} ({category}, {country})");
+    }
+    match (line["channel"].as_str(), line["description"].as_str()) {
+        (Some(channel), Some(d)) => format!("{d} ({channel})"),
+        (Some(channel), None) => channel.to_owned(),
+        (None, Some(d)) => d.to_owned(),
+        (None, None) => String::new(),
+    }
+}
+
+// ---------- the report ----------
+
+/// Writes to stdout, numbering the sections; a closed stdout is ignored.
+struct Report {
+    section: u32,
+}
+
+impl Report {
+    fn new() -> Self {
+        Self { section: 0 }
+    }
+
+    fn line(&mut self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "  {text}");
+    }
+
+    fn raw(&mut self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+    }
+
+    fn blank(&mut self) {
+        self.raw("");
+    }
+
+    fn section(&mut self, title: &str) {
+        self.section += 1;
+        self.blank();
+        self.raw(&format!("{}. {title}", self.section));
+    }
+
+    fn table(&mut self, headers: &[(&str, Align)], rows: &[Vec<String>]) {
+        for line in table(headers, rows) {
+            self.line(&line);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Lines of a table, columns two spaces apart, widths in characters.
+fn table(headers: &[(&str, Align)], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = headers.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let render = |cells: Vec<&str>| {
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let (width, align) = (
+                widths.get(i).copied().unwrap_or(0),
+                headers.get(i).map_or(Align::Left, |h| h.1),
+            );
+            let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
+            if i > 0 {
+                line.push_str("  ");
+            }
+            match align {
+                Align::Left => {
+                    line.push_str(cell);
+                    line.push_str(&pad);
+                }
+                Align::Right => {
+                    line.push_str(&pad);
+                    line.push_str(cell);
+                }
+            }
+        }
+        line.trim_end().to_owned()
+    };
+    let mut lines = vec![render(headers.iter().map(|(h, _)| *h).collect())];
+    for row in rows {
+        lines.push(render(row.iter().map(String::as_str).collect()));
+    }
+    lines
+}
+
+fn print_header(out: &mut Report, config: &Config, command_url: &str, ledger_url: &str) {
+    let store = match config.event_store.backend {
+        EventStoreBackend::Mongodb => format!(
+            "MongoDB database {:?} at {}",
+            config.mongodb.database,
+            config.mongodb.uri.hosts()
+        ),
+        EventStoreBackend::Postgres => format!(
+            "PostgreSQL schema {:?} at {}",
+            config.event_store.postgres_schema,
+            config.postgres.url.hosts()
+        ),
+    };
+    out.raw("Prism demo: commands in, events through Kafka, a read model out.");
+    out.blank();
+    out.table(
+        &[
+            ("SERVICE", Align::Left),
+            ("URL", Align::Left),
+            ("WHAT IT DOES", Align::Left),
+        ],
+        &[
+            vec![
+                "prism-command".into(),
+                command_url.into(),
+                format!("validates commands, appends events to the {store}"),
+            ],
+            vec![
+                String::new(),
+                String::new(),
+                format!(
+                    "and its relay publishes them to the Kafka topic {:?} at {}",
+                    config.kafka.topic, config.kafka.bootstrap_servers
+                ),
+            ],
+            vec![
+                "prism-ledger".into(),
+                ledger_url.into(),
+                format!(
+                    "consumes the topic (group {:?}) into MySQL {:?} at {}, serves queries",
+                    config.ledger.group_id,
+                    config.ledger.database,
+                    config.mysql.url.hosts()
+                ),
+            ],
+        ],
+    );
+    out.line(
+        "Both run in this process with the code of their binaries and stop when the demo ends.",
+    );
+}
+
+fn print_traffic(out: &mut Report, args: &Args, t: &TrafficRun) {
+    out.section(&format!(
+        "Traffic: seeded loadgen (seed {}) through prism-command's HTTP API",
+        args.seed
+    ));
+    let secs = t.elapsed.as_secs_f64().max(1e-9);
+    out.line(&format!(
+        "{} of {} accounts opened; {} commands in {:.1} s ({:.0}/s, target {:.0}/s, at most {} in flight)",
+        t.opened(),
+        args.accounts,
+        t.sent,
+        secs,
+        t.sent as f64 / secs,
+        args.rate,
+        args.concurrency
+    ));
+    out.line(&format!(
+        "accepted {} (each stored its events) · rejected by a rule {} · conflicts {} · failed {}{}",
+        t.accepted,
+        t.rejected,
+        t.conflicts,
+        t.failed,
+        if t.skipped > 0 {
+            format!(" · skipped {} (account not opened)", t.skipped)
+        } else {
+            String::new()
+        }
+    ));
+    let l = Latency::of(&t.latency_us);
+    out.line(&format!(
+        "command latency p50 {:.1} ms · p90 {:.1} ms · p99 {:.1} ms · max {:.1} ms",
+        l.p50, l.p90, l.p99, l.max
+    ));
+    out.blank();
+    let rows: Vec<Vec<String>> = COMMANDS
+        .iter()
+        .filter_map(|command| {
+            let outcomes = t.outcomes.get(command)?;
+            let total: u64 = outcomes.values().sum();
+            let detail: Vec<String> = outcomes
+                .iter()
+                .map(|(label, n)| format!("{label} {n}"))
+                .collect();
+            Some(vec![
+                (*command).to_owned(),
+                total.to_string(),
+                detail.join(", "),
+            ])
+        })
+        .collect();
+    out.table(
+        &[
+            ("COMMAND", Align::Left),
+            ("COUNT", Align::Right),
+            ("OUTCOMES", Align::Left),
+        ],
+        &rows,
+    );
+    for failure in &t.failures {
+        out.line(&format!("failed, e.g.: {failure}"));
+    }
+}
+
+fn print_next_steps(
+    out: &mut Report,
+    args: &Args,
+    token: &str,
+    command_url: &str,
+    ledger_url: &str,
+    id: &str,
+) {
+    out.section("Try it yourself");
+    if args.keep_running {
+        out.line("The services keep running below; in another terminal:");
+    } else {
+        out.line("Start the services (or run `prismctl demo --keep-running`), then:");
+        out.line(
+            "  cargo run --release -p prism-command &   cargo run --release -p prism-ledger &",
+        );
+    }
+    let shown_token = if token == LOCAL_TOKEN {
+        token
+    } else {
+        "<a token from [command] tokens>"
+    };
+    let c = command_url.trim_start_matches("http://");
+    let l = ledger_url.trim_start_matches("http://");
+    for line in [
+        format!("ID={id}"),
+        format!("T='Authorization: Bearer {shown_token}'"),
+        format!("curl -s {l}/v1/accounts/$ID"),
+        format!("curl -s \"{l}/v1/accounts/$ID/statement?limit=5\""),
+        format!("curl -s '{l}/v1/accounts?country=DE&status=open&limit=5'"),
+        format!(
+            "curl -s -H \"$T\" -H 'content-type: application/json' {c}/v1/accounts/$ID/deposits \
+             -d '{{\"amount_minor\":1000}}'"
+        ),
+        format!("curl -s -H 'Consistency-Token: <consistency_token of that answer>' {l}/v1/accounts/$ID"),
+        "prismctl status                   # where the ledger stands on each Kafka partition".into(),
+        "prismctl verify ledger            # re-fold the event store and compare".into(),
+        "prismctl bench visibility --rate 500 --duration 30s   # command → visible delay".into(),
+    ] {
+        out.line(&format!("  {line}"));
+    }
+    out.line(&format!("The API descriptions: {command_url}/openapi.json"));
+}
+
+// ---------- formatting ----------
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn number(value: &Value) -> String {
+    value
+        .as_u64()
+        .map_or_else(|| text(value), |n| n.to_string())
+}
+
+/// `1,234.56 EUR`, `-1,500 JPY`, `12.345 KWD`: the currency's own number of decimals.
+fn money(minor: i64, currency: &str) -> String {
+    let exponent = Currency::parse(currency).map_or(2, |c| u32::from(c.exponent()));
+    let sign = if minor < 0 { "-" } else { "" };
+    format!(
+        "{sign}{} {currency}",
+        unsigned_amount(minor.unsigned_abs(), exponent)
+    )
+}
+
+/// Like [`money`] with an explicit `+` on credits.
+fn signed_money(minor: i64, currency: &str) -> String {
+    if minor > 0 {
+        format!("+{}", money(minor, currency))
+    } else {
+        money(minor, currency)
+    }
+}
+
+fn unsigned_amount(minor: u64, exponent: u32) -> String {
+    let scale = 10_u64.saturating_pow(exponent);
+    let (major, fraction) = (minor / scale, minor % scale);
+    let digits = major.to_string();
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    if exponent == 0 {
+        grouped
+    } else {
+        format!("{grouped}.{fraction:0width$}", width = exponent as usize)
+    }
+}
+
+/// `2024-05-01T08:00:00.123456Z` → `2024-05-01 08:00:00.123`.
+fn time(rfc3339: &str) -> String {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|_| rfc3339.to_owned())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1_000.0)
+}
+
+/// At most `max` characters, with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Percent-encodes a query parameter value.
+fn encode(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    encoded
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} [{elapsed}] {msg}") {
+        bar.set_style(style);
+    }
+    bar.set_prefix(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_uses_the_currency_decimals_and_groups_thousands() {
+        assert_eq!(money(123_456, "EUR"), "1,234.56 EUR");
+        assert_eq!(money(-5, "EUR"), "-0.05 EUR");
+        assert_eq!(money(1_500_000, "JPY"), "1,500,000 JPY");
+        assert_eq!(money(12_345, "KWD"), "12.345 KWD");
+        assert_eq!(signed_money(2_500, "GBP"), "+25.00 GBP");
+        assert_eq!(signed_money(-2_500, "GBP"), "-25.00 GBP");
+        assert_eq!(money(0, "USD"), "0.00 USD");
+        assert_eq!(money(i64::MIN, "EUR"), "-92,233,720,368,547,758.08 EUR");
+    }
+
+    #[test]
+    fn tables_align_columns_by_characters() {
+        let lines = table(
+            &[("NAME", Align::Left), ("N", Align::Right)],
+            &[
+                vec!["Müller".into(), "7".into()],
+                vec!["Li".into(), "1234".into()],
+            ],
+        );
+        assert_eq!(lines, vec!["NAME       N", "Müller     7", "Li      1234"]);
+    }
+
+    #[test]
+    fn cursors_are_percent_encoded_and_text_is_shortened() {
+        assert_eq!(encode("a+b/c=d_e-f.g~"), "a%2Bb%2Fc%3Dd_e-f.g~");
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(shorten("abc", 4), "abc");
+        assert_eq!(
+            time("2024-05-01T08:00:00.123456Z"),
+            "2024-05-01 08:00:00.123"
+        );
+        assert_eq!(time("not a time"), "not a time");
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        let args = |accounts, rate, duration| Args {
+            command_listen: None,
+            ledger_listen: None,
+            accounts,
+            rate,
+            duration,
+            seed: 1,
+            concurrency: 4,
+            keep_running: false,
+        };
+        assert!(check_args(&args(10, 50.0, Duration::from_secs(1))).is_ok());
+        assert!(check_args(&args(0, 50.0, Duration::from_secs(1))).is_err());
+        assert!(check_args(&args(10, 0.0, Duration::from_secs(1))).is_err());
+        assert!(check_args(&args(10, f64::NAN, Duration::from_secs(1))).is_err());
+        assert!(check_args(&args(10, 50.0, Duration::ZERO)).is_err());
+    }
+}

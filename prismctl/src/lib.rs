@@ -1,0 +1,27 @@
+//! `prismctl`: Prism's admin CLI, as a library so that integration tests (and other tools)
+//! can call the commands' cores directly.
+//!
+//! # Layout
+//! - `doctor`: connects to every configured backing service and prints a health table.
+//! - `bench`: `bench command` measures prism-command next to its store's raw append ceiling.
+//! - `loadgen`: seeded, reproducible traffic through prism-command's HTTP API.
+//! - `traffic`: the pure, seeded traffic model `loadgen` sends.
+//! - `demo`: runs the write side and the ledger in-process (`services`), sends a short load
+//!   and shows the query API, including a read-your-writes query.
+//! - `status`: each projector's stored positions against Kafka's end offsets.
+//! - `verify`: re-folds the event store independently and compares it with a read model.
+//! - `rebuild`: builds a new copy of a read model beside the live one and switches to it.
+//! - `bench_ledger`, `bench_visibility`: `bench ledger` (replay throughput next to the raw
+//!   Kafka and MySQL ceilings) and `bench visibility` (acceptance → visible in the ledger).
+
+pub mod bench;
+pub mod bench_ledger;
+pub mod bench_visibility;
+pub mod demo;
+pub mod doctor;
+pub mod loadgen;
+pub mod rebuild;
+pub mod services;
+pub mod status;
+pub mod traffic;
+pub mod verify;

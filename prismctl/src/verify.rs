@@ -1,0 +1,806 @@
+//! `prismctl verify ledger`: re-folds the event store on its own and compares the result
+//! with the live generation of the ledger read model.
+//!
+//! The fold here shares no code with the projector: per account it keeps the balance (sum
+//! of `balance_change()`), the status after open/freeze/unfreeze/close, the number of money
+//! events (deposits, withdrawals, approved card payments: one statement line each), the sum
+//! of their signed amounts and of their versions, and the last version.
+//!
+//! The read model is read first, in one consistent snapshot (`accounts`, and one
+//! `GROUP BY account_id` over `statement_lines`), then the store: the projector only applies
+//! stored events, so the model can then only be behind the store, never ahead of it. An
+//! account that is merely behind is still drift (`--wait` re-checks until clean).
+//!
+//! Statement lines whose aggregates (count, amount sum, version sum) differ are looked at
+//! one by one (a bounded number of accounts): a line at a version that carries no money
+//! event, or that carries another event, is reported as double-applied; a money event
+//! without its line (at or below the model's version) as a missing line.
+//!
+//! Exit codes: 0 identical, 1 drift or a service did not answer, 2 bad invocation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use prism_command::store::{EventStore, Position};
+use prism_events::{AccountEvent, AccountId, Envelope};
+use prism_ledger::store::{validate_database_name, Ledger};
+use prism_platform::Config;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::mysql::MySqlPool;
+use sqlx::Row;
+use uuid::Uuid;
+
+/// Events per `read_all` page (FerretDB re-scans per page: big pages are much faster).
+pub const DEFAULT_PAGE_SIZE: usize = 5_000;
+/// Accounts whose statement lines are examined line by line, at most.
+const MAX_DETAILED_ACCOUNTS: usize = 200;
+/// Mismatches kept in the report (the counts are always complete).
+const MAX_MISMATCHES: usize = 10_000;
+
+/// The read models `verify` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    Ledger,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The read model to verify.
+    #[arg(value_enum)]
+    model: Model,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Re-check (every second) until clean or SECS seconds have passed; for a read model
+    /// that is still catching up.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    wait: u64,
+    /// Events per event store page.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PAGE_SIZE as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    page_size: u64,
+}
+
+/// How [`verify_ledger_with`] runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub page_size: usize,
+    /// Show a progress bar on stderr (only drawn when stderr is a terminal).
+    pub progress: bool,
+    /// Re-check until clean or this much time has passed.
+    pub wait: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            page_size: DEFAULT_PAGE_SIZE,
+            progress: false,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// One difference between the store's fold and the read model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    pub account_id: Uuid,
+    /// `account`, `balance_minor`, `status`, `version`, `statement_lines`,
+    /// `statement_sum_minor` or `statement_line` (one line; `version` says which).
+    pub field: String,
+    /// The account version a `statement_line` mismatch is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub expected: Value,
+    pub actual: Value,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The read model equals the fold of the store.
+    pub ok: bool,
+    pub model: &'static str,
+    /// The live generation compared (`None`: the ledger never ran, its model is empty).
+    pub generation: Option<u32>,
+    pub database: Option<String>,
+    pub event_store: &'static str,
+    pub events_read: u64,
+    pub accounts_in_store: usize,
+    pub accounts_in_model: usize,
+    /// Accounts on both sides with every field equal.
+    pub identical: usize,
+    /// Accounts on both sides with a difference.
+    pub drifted: usize,
+    /// Of those, accounts whose model version is below the store's (not caught up).
+    pub behind: usize,
+    /// In the store, not in the model.
+    pub missing_in_model: usize,
+    /// In the model (accounts or statement lines), not in the store.
+    pub only_in_model: usize,
+    /// Statement lines at a version that carries no money event, or another event than the
+    /// store's at that version: an event applied twice (or a foreign line).
+    pub double_applied_lines: usize,
+    /// Money events with no statement line, at or below the model's version.
+    pub missing_lines: usize,
+    /// Accounts whose lines were examined one by one (at most 200 per check).
+    pub accounts_examined: usize,
+    /// Checks made (more than one with `--wait`).
+    pub attempts: u32,
+    pub elapsed_ms: u64,
+    pub mismatches: Vec<Mismatch>,
+    /// More mismatches than the report keeps.
+    pub truncated: bool,
+}
+
+/// Verifies the ledger once (no waiting, no progress bar).
+pub async fn verify_ledger(config: &Config) -> anyhow::Result<VerifyReport> {
+    verify_ledger_with(config, &Options::default()).await
+}
+
+/// Verifies the ledger, re-checking until clean or `options.wait` has passed.
+pub async fn verify_ledger_with(
+    config: &Config,
+    options: &Options,
+) -> anyhow::Result<VerifyReport> {
+    validate_database_name(&config.ledger.database).context("[ledger] database")?;
+    let started = Instant::now();
+    let store = prism_command::app::open_store(config)
+        .await
+        .with_context(|| format!("opening the event store ({})", backend_name(config)))?;
+    let mysql = prism_platform::clients::mysql(&config.mysql).await?;
+    let result = async {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut report = check(config, &store, &mysql, options).await?;
+            report.attempts = attempts;
+            report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if report.ok || started.elapsed() + Duration::from_secs(1) > options.wait {
+                return Ok(report);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    .await;
+    mysql.close().await;
+    result
+}
+
+fn backend_name(config: &Config) -> &'static str {
+    match config.event_store.backend {
+        prism_platform::config::EventStoreBackend::Mongodb => "mongodb",
+        prism_platform::config::EventStoreBackend::Postgres => "postgres",
+    }
+}
+
+pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
+    match args.model {
+        Model::Ledger => {}
+    }
+    // A bad name is a configuration error (exit 2), not drift.
+    validate_database_name(&config.ledger.database).context("[ledger] database")?;
+    let options = Options {
+        page_size: usize::try_from(args.page_size).unwrap_or(DEFAULT_PAGE_SIZE),
+        progress: true,
+        wait: Duration::from_secs(args.wait),
+    };
+    let report = match verify_ledger_with(config, &options).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("prismctl: verify ledger: {e:#}\n(is the stack up? `dev/stack up`)");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report).context("writing the report")?;
+        writeln!(out).context("writing the report")?;
+    } else {
+        print_text(&mut out, &report).context("writing the report")?;
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What the store's events say about one account.
+#[derive(Debug, Clone, Default)]
+struct Expected {
+    opened: bool,
+    status: &'static str,
+    balance: i128,
+    lines: u64,
+    line_sum: i128,
+    line_version_sum: u128,
+    last_version: u64,
+}
+
+impl Expected {
+    fn apply(&mut self, envelope: &Envelope) {
+        let event = &envelope.event;
+        match event {
+            AccountEvent::AccountOpened(_) => {
+                self.opened = true;
+                self.status = "open";
+            }
+            AccountEvent::AccountFrozen(_) => self.status = "frozen",
+            AccountEvent::AccountUnfrozen(_) => self.status = "open",
+            AccountEvent::AccountClosed(_) => self.status = "closed",
+            AccountEvent::MoneyDeposited(_)
+            | AccountEvent::MoneyWithdrawn(_)
+            | AccountEvent::CardPaymentApproved(_)
+            | AccountEvent::CardPaymentDeclined(_) => {}
+        }
+        if is_money(event) {
+            let change = i128::from(event.balance_change());
+            self.balance += change;
+            self.lines += 1;
+            self.line_sum += change;
+            self.line_version_sum += u128::from(envelope.account_version);
+        }
+        self.last_version = self.last_version.max(envelope.account_version);
+    }
+}
+
+/// Events that move money and get a statement line.
+fn is_money(event: &AccountEvent) -> bool {
+    matches!(
+        event,
+        AccountEvent::MoneyDeposited(_)
+            | AccountEvent::MoneyWithdrawn(_)
+            | AccountEvent::CardPaymentApproved(_)
+    )
+}
+
+/// One `accounts` row.
+#[derive(Debug, Clone)]
+struct ModelAccount {
+    status: String,
+    balance: i64,
+    version: u64,
+}
+
+/// `statement_lines` of one account, aggregated.
+#[derive(Debug, Clone, Default)]
+struct ModelLines {
+    count: u64,
+    sum: i128,
+    version_sum: u128,
+    max_version: u64,
+}
+
+/// The read model, read in one snapshot.
+#[derive(Debug, Default)]
+struct ModelView {
+    generation: Option<(u32, String, MySqlPool)>,
+    accounts: HashMap<Uuid, ModelAccount>,
+    lines: HashMap<Uuid, ModelLines>,
+}
+
+/// Whether a database exists on the MySQL server (without creating it).
+pub async fn database_exists(pool: &MySqlPool, database: &str) -> anyhow::Result<bool> {
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+    )
+    .bind(database)
+    .fetch_optional(pool)
+    .await
+    .with_context(|| format!("looking for database {database} on mysql"))?;
+    Ok(found.is_some())
+}
+
+async fn read_model(config: &Config, mysql: &MySqlPool) -> anyhow::Result<ModelView> {
+    // Ledger::open would create the control database: look first.
+    if !database_exists(mysql, &config.ledger.database).await? {
+        return Ok(ModelView::default());
+    }
+    let ledger = Ledger::open(&config.mysql, &config.ledger).await?;
+    let Some(number) = ledger.live_number().await? else {
+        return Ok(ModelView::default());
+    };
+    let generation = ledger.generation(number).await?;
+    let pool = generation.pool.clone();
+    let context = || format!("reading {} on mysql", generation.database);
+    let mut tx = pool
+        .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .with_context(context)?;
+    let rows = sqlx::query("SELECT account_id, status, balance_minor, version FROM accounts")
+        .fetch_all(&mut *tx)
+        .await
+        .with_context(context)?;
+    let mut accounts = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.try_get("account_id").with_context(context)?;
+        accounts.insert(
+            id,
+            ModelAccount {
+                status: row.try_get("status").with_context(context)?,
+                balance: row.try_get("balance_minor").with_context(context)?,
+                version: row.try_get("version").with_context(context)?,
+            },
+        );
+    }
+    // Sums as text: SUM() is DECIMAL, which is parsed here without a decimal type.
+    let rows = sqlx::query(
+        "SELECT account_id, COUNT(*) AS n, CAST(SUM(amount_minor) AS CHAR) AS amount_sum, \
+         CAST(SUM(version) AS CHAR) AS version_sum, MAX(version) AS max_version \
+         FROM statement_lines GROUP BY account_id",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .with_context(context)?;
+    let mut lines = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.try_get("account_id").with_context(context)?;
+        let count: i64 = row.try_get("n").with_context(context)?;
+        let sum: String = row.try_get("amount_sum").with_context(context)?;
+        let version_sum: String = row.try_get("version_sum").with_context(context)?;
+        lines.insert(
+            id,
+            ModelLines {
+                count: u64::try_from(count).unwrap_or(0),
+                sum: sum
+                    .parse()
+                    .with_context(|| format!("statement line sum {sum:?}"))?,
+                version_sum: version_sum
+                    .parse()
+                    .with_context(|| format!("statement line version sum {version_sum:?}"))?,
+                max_version: row.try_get("max_version").with_context(context)?,
+            },
+        );
+    }
+    tx.commit().await.with_context(context)?;
+    Ok(ModelView {
+        generation: Some((generation.number, generation.database.clone(), pool)),
+        accounts,
+        lines,
+    })
+}
+
+fn progress_bar(show: bool) -> ProgressBar {
+    if !show || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos} events read ({per_sec})")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Reads every event of the store, folding as it goes. Returns the fold and the count.
+async fn fold_store(
+    store: &Arc<dyn EventStore>,
+    options: &Options,
+) -> anyhow::Result<(HashMap<Uuid, Expected>, u64)> {
+    let bar = progress_bar(options.progress);
+    let mut expected: HashMap<Uuid, Expected> = HashMap::new();
+    let mut after: Option<Position> = None;
+    let mut events = 0_u64;
+    loop {
+        let page = store
+            .read_all(after.as_ref(), options.page_size.max(1))
+            .await
+            .with_context(|| format!("reading the {} event store", store.backend()))?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        for (_, envelope) in &page {
+            expected
+                .entry(envelope.account_id.0)
+                .or_default()
+                .apply(envelope);
+        }
+        events += page.len() as u64;
+        bar.set_position(events);
+    }
+    bar.finish_and_clear();
+    Ok((expected, events))
+}
+
+/// One check: the model, then the store, then the comparison.
+async fn check(
+    config: &Config,
+    store: &Arc<dyn EventStore>,
+    mysql: &MySqlPool,
+    options: &Options,
+) -> anyhow::Result<VerifyReport> {
+    let model = read_model(config, mysql)
+        .await
+        .context("reading the ledger read model")?;
+    let (expected, events_read) = fold_store(store, options).await?;
+
+    let mut mismatches: Vec<Mismatch> = Vec::new();
+    let mut push = |m: Mismatch| mismatches.push(m);
+    let (mut identical, mut drifted, mut behind, mut missing_in_model, mut only_in_model) =
+        (0, 0, 0, 0, 0);
+    let mut to_examine: Vec<Uuid> = Vec::new();
+
+    // Sorted, so the report is stable.
+    let store_ids: BTreeMap<Uuid, &Expected> = expected.iter().map(|(k, v)| (*k, v)).collect();
+    for (&id, want) in &store_ids {
+        let Some(have) = model.accounts.get(&id) else {
+            missing_in_model += 1;
+            let lines = model.lines.get(&id);
+            push(Mismatch {
+                account_id: id,
+                field: "account".into(),
+                version: None,
+                expected: json!({ "version": want.last_version, "status": want.status }),
+                actual: lines.map_or(Value::Null, |l| json!({ "statement_lines": l.count })),
+            });
+            continue;
+        };
+        let mut differs = false;
+        let mut field = |name: &str, expected: Value, actual: Value| {
+            if expected != actual {
+                differs = true;
+                push(Mismatch {
+                    account_id: id,
+                    field: name.into(),
+                    version: None,
+                    expected,
+                    actual,
+                });
+            }
+        };
+        if !want.opened {
+            field("account", json!("opened"), json!("no account.opened event"));
+        }
+        field("version", json!(want.last_version), json!(have.version));
+        field(
+            "balance_minor",
+            json!(want.balance.to_string()),
+            json!(have.balance.to_string()),
+        );
+        field("status", json!(want.status), json!(have.status));
+        let lines = model.lines.get(&id).cloned().unwrap_or_default();
+        field("statement_lines", json!(want.lines), json!(lines.count));
+        field(
+            "statement_sum_minor",
+            json!(want.line_sum.to_string()),
+            json!(lines.sum.to_string()),
+        );
+        if want.lines != lines.count
+            || want.line_sum != lines.sum
+            || want.line_version_sum != lines.version_sum
+            || lines.max_version > have.version
+        {
+            to_examine.push(id);
+            differs = true;
+        }
+        if differs {
+            drifted += 1;
+            if have.version < want.last_version {
+                behind += 1;
+            }
+        } else {
+            identical += 1;
+        }
+    }
+    // Accounts or lines in the model that the store does not know.
+    let mut model_only: Vec<Uuid> = model
+        .accounts
+        .keys()
+        .chain(model.lines.keys())
+        .filter(|id| !expected.contains_key(id))
+        .copied()
+        .collect();
+    model_only.sort();
+    model_only.dedup();
+    for id in model_only {
+        only_in_model += 1;
+        let account = model.accounts.get(&id);
+        let lines = model.lines.get(&id);
+        push(Mismatch {
+            account_id: id,
+            field: "account".into(),
+            version: None,
+            expected: Value::Null,
+            actual: json!({
+                "version": account.map(|a| a.version),
+                "status": account.map(|a| a.status.clone()),
+                "statement_lines": lines.map_or(0, |l| l.count),
+            }),
+        });
+    }
+
+    // Line by line, for a bounded number of accounts.
+    let mut double_applied_lines = 0;
+    let mut missing_lines = 0;
+    to_examine.truncate(MAX_DETAILED_ACCOUNTS);
+    let accounts_examined = to_examine.len();
+    if let Some((_, database, pool)) = &model.generation {
+        let lines = model_lines(pool, &to_examine)
+            .await
+            .with_context(|| format!("reading statement lines of {database} on mysql"))?;
+        for id in &to_examine {
+            let events = store
+                .load(AccountId(*id), 0)
+                .await
+                .with_context(|| format!("loading account {id} from the event store"))?;
+            let model_version = model.accounts.get(id).map_or(0, |a| a.version);
+            let found = examine_lines(
+                *id,
+                &events,
+                lines.get(id).map(Vec::as_slice).unwrap_or(&[]),
+                model_version,
+            );
+            double_applied_lines += found.double_applied;
+            missing_lines += found.missing;
+            for m in found.mismatches {
+                push(m);
+            }
+        }
+    }
+
+    let ok = mismatches.is_empty();
+    let truncated = mismatches.len() > MAX_MISMATCHES;
+    mismatches.truncate(MAX_MISMATCHES);
+    let (generation, database) = match &model.generation {
+        Some((number, database, _)) => (Some(*number), Some(database.clone())),
+        None => (None, None),
+    };
+    Ok(VerifyReport {
+        ok,
+        model: "ledger",
+        generation,
+        database,
+        event_store: store.backend(),
+        events_read,
+        accounts_in_store: expected.len(),
+        accounts_in_model: model.accounts.len(),
+        identical,
+        drifted,
+        behind,
+        missing_in_model,
+        only_in_model,
+        double_applied_lines,
+        missing_lines,
+        accounts_examined,
+        attempts: 1,
+        elapsed_ms: 0,
+        mismatches,
+        truncated,
+    })
+}
+
+/// One statement line, as stored.
+#[derive(Debug, Clone)]
+struct Line {
+    version: u64,
+    event_id: Uuid,
+    kind: String,
+    amount: i64,
+}
+
+/// The statement lines of `accounts`, in chunks of one query each.
+async fn model_lines(
+    pool: &MySqlPool,
+    accounts: &[Uuid],
+) -> anyhow::Result<HashMap<Uuid, Vec<Line>>> {
+    let mut out: HashMap<Uuid, Vec<Line>> = HashMap::new();
+    for chunk in accounts.chunks(100) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "SELECT account_id, version, event_id, kind, amount_minor FROM statement_lines \
+             WHERE account_id IN ({marks}) ORDER BY account_id, version"
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(pool).await? {
+            let id: Uuid = row.try_get("account_id")?;
+            out.entry(id).or_default().push(Line {
+                version: row.try_get("version")?,
+                event_id: row.try_get("event_id")?,
+                kind: row.try_get("kind")?,
+                amount: row.try_get("amount_minor")?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default)]
+struct LineFindings {
+    double_applied: usize,
+    missing: usize,
+    mismatches: Vec<Mismatch>,
+}
+
+/// Compares an account's statement lines with its events, line by line.
+fn examine_lines(
+    account: Uuid,
+    events: &[Envelope],
+    lines: &[Line],
+    model_version: u64,
+) -> LineFindings {
+    let mut found = LineFindings::default();
+    let by_version: HashMap<u64, &Envelope> =
+        events.iter().map(|e| (e.account_version, e)).collect();
+    let version_of: HashMap<Uuid, u64> = events.iter().map(|e| (e.id, e.account_version)).collect();
+    let mut lined: HashMap<u64, bool> = HashMap::new();
+    for line in lines {
+        lined.insert(line.version, true);
+        let actual = json!({
+            "kind": line.kind,
+            "amount_minor": line.amount,
+            "event_id": line.event_id,
+        });
+        let mut report = |expected: Value, double: bool| {
+            if double {
+                found.double_applied += 1;
+            }
+            found.mismatches.push(Mismatch {
+                account_id: account,
+                field: "statement_line".into(),
+                version: Some(line.version),
+                expected,
+                actual: actual.clone(),
+            });
+        };
+        match by_version.get(&line.version) {
+            None => report(json!("no event at this version"), true),
+            Some(event) if !is_money(&event.event) => report(
+                json!(format!(
+                    "no line: v{} is {} (a money event applied twice?)",
+                    line.version,
+                    event.event_type()
+                )),
+                true,
+            ),
+            Some(event) if event.id != line.event_id => {
+                let note = match version_of.get(&line.event_id) {
+                    Some(v) => format!("event of v{v} applied again"),
+                    None => "an event the store does not have".to_owned(),
+                };
+                report(
+                    json!({ "event_id": event.id, "event_type": event.event_type(), "note": note }),
+                    true,
+                );
+            }
+            Some(event) if i128::from(event.event.balance_change()) != i128::from(line.amount) => {
+                report(
+                    json!({ "amount_minor": event.event.balance_change(), "event_type": event.event_type() }),
+                    false,
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    for event in events {
+        let v = event.account_version;
+        if is_money(&event.event) && v <= model_version && !lined.contains_key(&v) {
+            found.missing += 1;
+            found.mismatches.push(Mismatch {
+                account_id: account,
+                field: "statement_line".into(),
+                version: Some(v),
+                expected: json!({
+                    "event_type": event.event_type(),
+                    "amount_minor": event.event.balance_change(),
+                    "event_id": event.id,
+                }),
+                actual: Value::Null,
+            });
+        }
+    }
+    found
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_text(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<()> {
+    match (report.generation, &report.database) {
+        (Some(g), Some(db)) => writeln!(
+            out,
+            "ledger: live generation {g} ({db}) against the {} event store",
+            report.event_store
+        )?,
+        _ => writeln!(
+            out,
+            "ledger: no live generation (never ran): compared as empty against the {} event store",
+            report.event_store
+        )?,
+    }
+    if !report.mismatches.is_empty() {
+        let rows: Vec<[String; 4]> = report
+            .mismatches
+            .iter()
+            .map(|m| {
+                let field = match m.version {
+                    Some(v) => format!("{}@v{v}", m.field),
+                    None => m.field.clone(),
+                };
+                [
+                    m.account_id.to_string(),
+                    field,
+                    text(&m.expected),
+                    text(&m.actual),
+                ]
+            })
+            .collect();
+        let header = ["ACCOUNT", "FIELD", "EXPECTED", "ACTUAL"];
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row).take(3) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |out: &mut dyn Write, c: [&str; 4]| {
+            writeln!(
+                out,
+                "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+                c[0],
+                c[1],
+                c[2],
+                c[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+        };
+        line(out, header)?;
+        for r in &rows {
+            line(out, [&r[0], &r[1], &r[2], &r[3]])?;
+        }
+        if report.truncated {
+            writeln!(out, "(more mismatches not shown)")?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(
+        out,
+        "{} events, {} accounts in the store, {} in the model: {} identical, {} drifted \
+         ({} behind), {} missing in the model, {} only in the model; {} double-applied \
+         statement line{}, {} missing line{} ({} check{}, {:.1} s)",
+        report.events_read,
+        report.accounts_in_store,
+        report.accounts_in_model,
+        report.identical,
+        report.drifted,
+        report.behind,
+        report.missing_in_model,
+        report.only_in_model,
+        report.double_applied_lines,
+        if report.double_applied_lines == 1 {
+            ""
+        } else {
+            "s"
+        },
+        report.missing_lines,
+        if report.missing_lines == 1 { "" } else { "s" },
+        report.attempts,
+        if report.attempts == 1 { "" } else { "s" },
+        report.elapsed_ms as f64 / 1000.0,
+    )?;
+    writeln!(
+        out,
+        "{}",
+        if report.ok {
+            "identical"
+        } else {
+            "DRIFT: the read model differs from the event store"
+        }
+    )
+}

@@ -1,0 +1,9 @@
+//! The ledger read model (MySQL) and its query API.
+
+pub mod app;
+pub mod cursor;
+pub mod fold;
+pub mod http;
+pub mod query;
+pub mod sink;
+pub mod store;

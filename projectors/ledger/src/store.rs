@@ -1,0 +1,820 @@
+//! The ledger's databases: the control database and the generations of the read model.
+//!
+//! The control database (`[ledger] database`, default `prism_ledger`) holds one table,
+//! `generations` (migrations/control). Each copy of the read model is its own database,
+//! `<control>_g<N>`, with the migrations in migrations/model, applied whenever a
+//! generation is opened (idempotent). Exactly one generation is `live` (served by the query
+//! API, kept current by the projector); a rebuild fills a `building` one and
+//! [`Ledger::promote`]s it, which retires the previous one in the same transaction.
+//!
+//! Errors name the server's host list, never the DSN (it carries the password).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, Utc};
+use prism_platform::config::{LedgerConfig, MysqlConfig};
+use serde::Serialize;
+use sqlx::migrate::Migrator;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{MySqlPool, Row};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// migrations/control, embedded at build time.
+pub static CONTROL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/control");
+/// migrations/model, embedded at build time; applied to every generation database.
+pub static MODEL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/model");
+
+/// Longest database name MySQL accepts.
+const MAX_DATABASE_NAME: usize = 64;
+/// The control database needs few connections: it is read by pollers and written by admins.
+const CONTROL_POOL_MAX: u32 = 4;
+
+/// State of a generation, as stored in `generations.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationState {
+    /// Being filled by a rebuild; not served.
+    Building,
+    /// Served by the query API and kept current by prism-ledger.
+    Live,
+    /// Replaced by a newer generation; kept until dropped.
+    Retired,
+}
+
+impl GenerationState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Building => "building",
+            Self::Live => "live",
+            Self::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "building" => Some(Self::Building),
+            "live" => Some(Self::Live),
+            "retired" => Some(Self::Retired),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for GenerationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for GenerationState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for GenerationState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// One row of `generations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GenerationInfo {
+    pub number: u32,
+    pub database: String,
+    pub state: GenerationState,
+    pub created_at: DateTime<Utc>,
+    pub live_since: Option<DateTime<Utc>>,
+}
+
+/// One copy of the read model: its number, database and a pool connected to it.
+#[derive(Clone)]
+pub struct Generation {
+    pub number: u32,
+    pub database: String,
+    pub pool: MySqlPool,
+}
+
+impl fmt::Debug for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generation")
+            .field("number", &self.number)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ledger's control database and the way to its generations. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Options from the DSN, pointing at the server (database set per pool).
+    server: MySqlConnectOptions,
+    /// Host list of the server, for error messages.
+    hosts: String,
+    max_connections: u32,
+    connect_timeout: Duration,
+    control_database: String,
+    control: MySqlPool,
+    /// Open generations by number.
+    generations: Mutex<HashMap<u32, Generation>>,
+}
+
+impl fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ledger")
+            .field("server", &self.inner.hosts)
+            .field("control_database", &self.inner.control_database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a database name before it goes into `CREATE DATABASE` text: `[a-z0-9_]`, at
+/// most 64 characters, not empty.
+pub fn validate_database_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() {
+        bail!("database name is empty");
+    }
+    if name.len() > MAX_DATABASE_NAME {
+        bail!("database name {name:?} is longer than {MAX_DATABASE_NAME} characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        bail!("database name {name:?} may only contain a-z, 0-9 and _");
+    }
+    Ok(())
+}
+
+/// The database of generation `number` under control database `control`.
+pub fn generation_database(control: &str, number: u32) -> String {
+    format!("{control}_g{number}")
+}
+
+impl Ledger {
+    /// Connects to the MySQL server of `mysql.url`, creates the control database if
+    /// missing, migrates it.
+    pub async fn open(mysql: &MysqlConfig, ledger: &LedgerConfig) -> anyhow::Result<Ledger> {
+        let hosts = mysql.url.hosts().to_owned();
+        let control_database = ledger.database.clone();
+        validate_database_name(&control_database).context("[ledger] database")?;
+        // The longest generation suffix (`_g4294967295`) must still fit.
+        let longest = generation_database(&control_database, u32::MAX);
+        validate_database_name(&longest).context("[ledger] database is too long")?;
+
+        // The parse error is not passed on: it could quote the URL.
+        let server = MySqlConnectOptions::from_str(mysql.url.expose())
+            .map_err(|_| anyhow!("[mysql] url is not a valid MySQL URL: {}", mysql.url))?;
+        let connect_timeout = Duration::from_millis(mysql.connect_timeout_ms);
+
+        // information_schema always exists and every user may use it, whatever database the
+        // URL names (which may not exist).
+        let admin_options = server.clone().database("information_schema");
+        let admin = MySqlPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(connect_timeout)
+            .connect_with(admin_options)
+            .await
+            .with_context(|| format!("connecting to mysql at {hosts}"))?;
+        create_database(&admin, &control_database)
+            .await
+            .with_context(|| format!("creating database {control_database} on {hosts}"))?;
+        // Closing is a courtesy; the database exists either way.
+        admin.close().await;
+
+        let control = MySqlPoolOptions::new()
+            .max_connections(mysql.max_connections.clamp(1, CONTROL_POOL_MAX))
+            .acquire_timeout(connect_timeout)
+            .connect_with(server.clone().database(&control_database))
+            .await
+            .with_context(|| format!("connecting to {control_database} on mysql at {hosts}"))?;
+        migrate(&CONTROL_MIGRATIONS, &control)
+            .await
+            .with_context(|| format!("migrating {control_database} on mysql at {hosts}"))?;
+
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                server,
+                hosts,
+                max_connections: mysql.max_connections.max(1),
+                connect_timeout,
+                control_database,
+                control,
+                generations: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Name of the control database.
+    pub fn control_database(&self) -> &str {
+        &self.inner.control_database
+    }
+
+    /// Pool connected to the control database.
+    pub fn control_pool(&self) -> &MySqlPool {
+        &self.inner.control
+    }
+
+    /// The live generation; if there is none yet, creates generation 1 (database +
+    /// migrations) and makes it live. Migrates it (idempotent) before returning.
+    pub async fn live(&self) -> anyhow::Result<Generation> {
+        if let Some(number) = self.live_number().await? {
+            return self.generation(number).await;
+        }
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM generations")
+            .fetch_one(&self.inner.control)
+            .await
+            .with_context(|| self.at("reading generations"))?;
+        if count > 0 {
+            bail!(
+                "{} has generations but none is live: promote one (prismctl rebuild ledger)",
+                self.inner.control_database
+            );
+        }
+        // First start: create generation 1 before it is registered, so a registered live
+        // generation always has its database. Two instances racing both create (IF NOT
+        // EXISTS) and migrate (locked); one INSERT wins.
+        let database = generation_database(&self.inner.control_database, 1);
+        self.create_generation_database(&database).await?;
+        let now = Utc::now();
+        let inserted = sqlx::query(
+            "INSERT INTO generations (generation, database_name, state, created_at, live_since) \
+             VALUES (1, ?, 'live', ?, ?)",
+        )
+        .bind(&database)
+        .bind(now)
+        .bind(now)
+        .execute(&self.inner.control)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(e).with_context(|| self.at("registering generation 1")),
+        }
+        match self.live_number().await? {
+            Some(number) => self.generation(number).await,
+            None => bail!(
+                "{} has generations but none is live: promote one (prismctl rebuild ledger)",
+                self.inner.control_database
+            ),
+        }
+    }
+
+    /// Just reads which generation number is live (cheap; for polling), `None` if none.
+    pub async fn live_number(&self) -> anyhow::Result<Option<u32>> {
+        let number: Option<u32> = sqlx::query_scalar(
+            "SELECT generation FROM generations WHERE state = 'live' \
+             ORDER BY generation DESC LIMIT 1",
+        )
+        .fetch_optional(&self.inner.control)
+        .await
+        .with_context(|| self.at("reading the live generation"))?;
+        Ok(number)
+    }
+
+    /// Opens (pool + migrate) an existing generation by number. Pools are cached by number.
+    pub async fn generation(&self, number: u32) -> anyhow::Result<Generation> {
+        if let Some(generation) = self.cached(number) {
+            return Ok(generation);
+        }
+        let database: Option<String> =
+            sqlx::query_scalar("SELECT database_name FROM generations WHERE generation = ?")
+                .bind(number)
+                .fetch_optional(&self.inner.control)
+                .await
+                .with_context(|| self.at("reading generations"))?;
+        let Some(database) = database else {
+            bail!(
+                "generation {number} does not exist in {}",
+                self.inner.control_database
+            );
+        };
+        validate_database_name(&database)
+            .with_context(|| format!("generation {number} in {}", self.inner.control_database))?;
+        let pool = self.connect_generation(&database).await?;
+        let generation = Generation {
+            number,
+            database,
+            pool,
+        };
+        Ok(self.cache(generation))
+    }
+
+    /// Creates the next generation in state `building` (database + migrations).
+    pub async fn create_next(&self) -> anyhow::Result<Generation> {
+        // The primary key hands out the number: a racing create_next gets a duplicate and
+        // tries the next one.
+        let mut attempts = 0;
+        let (number, database) = loop {
+            attempts += 1;
+            let max: Option<u32> = sqlx::query_scalar("SELECT MAX(generation) FROM generations")
+                .fetch_one(&self.inner.control)
+                .await
+                .with_context(|| self.at("reading generations"))?;
+            let number = match max.unwrap_or(0).checked_add(1) {
+                Some(n) => n,
+                None => bail!("no generation number left"),
+            };
+            let database = generation_database(&self.inner.control_database, number);
+            validate_database_name(&database)?;
+            let inserted = sqlx::query(
+                "INSERT INTO generations (generation, database_name, state, created_at) \
+                 VALUES (?, ?, 'building', ?)",
+            )
+            .bind(number)
+            .bind(&database)
+            .bind(Utc::now())
+            .execute(&self.inner.control)
+            .await;
+            match inserted {
+                Ok(_) => break (number, database),
+                Err(e) if is_duplicate_key(&e) && attempts < 5 => continue,
+                Err(e) => return Err(e).with_context(|| self.at("registering a new generation")),
+            }
+        };
+        if let Err(e) = self.create_generation_database(&database).await {
+            // Best effort: leave no row for a database that was not created.
+            let _ =
+                sqlx::query("DELETE FROM generations WHERE generation = ? AND state = 'building'")
+                    .bind(number)
+                    .execute(&self.inner.control)
+                    .await;
+            return Err(e);
+        }
+        self.generation(number).await
+    }
+
+    /// Atomically (one transaction) makes `number` live and the previously live one
+    /// `retired`. Promoting the live generation does nothing.
+    pub async fn promote(&self, number: u32) -> anyhow::Result<()> {
+        let mut tx = self
+            .inner
+            .control
+            .begin()
+            .await
+            .with_context(|| self.at("starting a transaction"))?;
+        // Lock every row (the table is tiny) so concurrent promotions serialise.
+        let rows = sqlx::query("SELECT generation, state FROM generations FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await
+            .with_context(|| self.at("locking generations"))?;
+        let mut target = None;
+        for row in &rows {
+            let n: u32 = row.try_get("generation")?;
+            if n == number {
+                let state: String = row.try_get("state")?;
+                target = Some(state);
+            }
+        }
+        match target.as_deref() {
+            None => bail!(
+                "generation {number} does not exist in {}",
+                self.inner.control_database
+            ),
+            Some("live") => return Ok(()),
+            Some(_) => {}
+        }
+        let now = Utc::now();
+        sqlx::query("UPDATE generations SET state = 'retired' WHERE state = 'live'")
+            .execute(&mut *tx)
+            .await
+            .with_context(|| self.at("retiring the live generation"))?;
+        sqlx::query("UPDATE generations SET state = 'live', live_since = ? WHERE generation = ?")
+            .bind(now)
+            .bind(number)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| self.at("promoting a generation"))?;
+        tx.commit()
+            .await
+            .with_context(|| self.at("committing the promotion"))?;
+        Ok(())
+    }
+
+    /// Every generation, by number.
+    pub async fn list(&self) -> anyhow::Result<Vec<GenerationInfo>> {
+        let rows = sqlx::query(
+            "SELECT generation, database_name, state, created_at, live_since \
+             FROM generations ORDER BY generation",
+        )
+        .fetch_all(&self.inner.control)
+        .await
+        .with_context(|| self.at("reading generations"))?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(GenerationInfo {
+                    number: row.try_get("generation")?,
+                    database: row.try_get("database_name")?,
+                    state: GenerationState::parse(&state)
+                        .ok_or_else(|| anyhow!("unknown generation state {state:?}"))?,
+                    created_at: row.try_get("created_at")?,
+                    live_since: row.try_get("live_since")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Drops the databases of retired generations (and their rows); returns the dropped
+    /// database names.
+    pub async fn drop_retired(&self) -> anyhow::Result<Vec<String>> {
+        let retired: Vec<(u32, String)> = sqlx::query_as(
+            "SELECT generation, database_name FROM generations WHERE state = 'retired' \
+             ORDER BY generation",
+        )
+        .fetch_all(&self.inner.control)
+        .await
+        .with_context(|| self.at("reading generations"))?;
+        let mut dropped = Vec::with_capacity(retired.len());
+        for (number, database) in retired {
+            self.forget(number).await;
+            self.drop_database(&database).await?;
+            sqlx::query("DELETE FROM generations WHERE generation = ? AND state = 'retired'")
+                .bind(number)
+                .execute(&self.inner.control)
+                .await
+                .with_context(|| self.at("deleting a retired generation"))?;
+            dropped.push(database);
+        }
+        Ok(dropped)
+    }
+
+    /// Drops a generation that is still `building` (an interrupted rebuild). Refuses any
+    /// other state, so the live copy can never be dropped this way.
+    pub async fn abandon(&self, number: u32) -> anyhow::Result<()> {
+        let database: Option<String> = sqlx::query_scalar(
+            "SELECT database_name FROM generations WHERE generation = ? AND state = 'building'",
+        )
+        .bind(number)
+        .fetch_optional(&self.inner.control)
+        .await
+        .with_context(|| self.at("reading generations"))?;
+        let Some(database) = database else {
+            anyhow::bail!("generation {number} is not being built; not dropping it");
+        };
+        self.forget(number).await;
+        self.drop_database(&database).await?;
+        sqlx::query("DELETE FROM generations WHERE generation = ? AND state = 'building'")
+            .bind(number)
+            .execute(&self.inner.control)
+            .await
+            .with_context(|| self.at("deleting an abandoned generation"))?;
+        Ok(())
+    }
+
+    /// Drops the control database and every generation database (tests, `reset`). The
+    /// ledger is unusable afterwards.
+    pub async fn drop_everything(&self) -> anyhow::Result<()> {
+        let mut databases: Vec<String> =
+            sqlx::query_scalar("SELECT database_name FROM generations")
+                .fetch_all(&self.inner.control)
+                .await
+                .with_context(|| self.at("reading generations"))?;
+        // Also generation databases that lost their row (a crash during create_next).
+        let prefix = format!("{}_g", self.inner.control_database);
+        let existing: Vec<String> =
+            sqlx::query_scalar("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
+                .fetch_all(&self.inner.control)
+                .await
+                .with_context(|| self.at("listing databases"))?;
+        for name in existing {
+            let is_generation = name
+                .strip_prefix(&prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if is_generation && !databases.contains(&name) {
+                databases.push(name);
+            }
+        }
+        let open: Vec<Generation> = match self.inner.generations.lock() {
+            Ok(mut map) => map.drain().map(|(_, g)| g).collect(),
+            Err(poisoned) => poisoned.into_inner().drain().map(|(_, g)| g).collect(),
+        };
+        for generation in open {
+            generation.pool.close().await;
+        }
+        for database in &databases {
+            self.drop_database(database).await?;
+        }
+        let control = self.inner.control_database.clone();
+        self.drop_database(&control).await?;
+        self.inner.control.close().await;
+        Ok(())
+    }
+
+    async fn create_generation_database(&self, database: &str) -> anyhow::Result<()> {
+        validate_database_name(database)?;
+        create_database(&self.inner.control, database)
+            .await
+            .with_context(|| self.at(&format!("creating database {database}")))?;
+        // Connecting migrates it.
+        let pool = self.connect_generation(database).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    async fn drop_database(&self, database: &str) -> anyhow::Result<()> {
+        validate_database_name(database)?;
+        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{database}`"))
+            .execute(&self.inner.control)
+            .await
+            .with_context(|| self.at(&format!("dropping database {database}")))?;
+        Ok(())
+    }
+
+    /// A pool on a generation database, migrated. Its sessions run at READ COMMITTED.
+    async fn connect_generation(&self, database: &str) -> anyhow::Result<MySqlPool> {
+        validate_database_name(database)?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(self.inner.max_connections)
+            .acquire_timeout(self.inner.connect_timeout)
+            // Locking reads take no gap locks at READ COMMITTED, so sink writers of
+            // different partitions never deadlock on the index's end (see sink.rs).
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            // Multi-row statements of many lengths would fill sqlx's default cache of 100
+            // prepared statements per connection; the sink uses a handful of shapes.
+            .connect_with(
+                self.inner
+                    .server
+                    .clone()
+                    .database(database)
+                    .statement_cache_capacity(32),
+            )
+            .await
+            .with_context(|| self.at(&format!("connecting to {database}")))?;
+        migrate(&MODEL_MIGRATIONS, &pool)
+            .await
+            .with_context(|| self.at(&format!("migrating {database}")))?;
+        Ok(pool)
+    }
+
+    fn cached(&self, number: u32) -> Option<Generation> {
+        match self.inner.generations.lock() {
+            Ok(map) => map.get(&number).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(&number).cloned(),
+        }
+    }
+
+    /// Caches `generation` unless another task cached one first (then that one wins and
+    /// this pool is closed in the background).
+    fn cache(&self, generation: Generation) -> Generation {
+        let mut map = match self.inner.generations.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(existing) = map.get(&generation.number) {
+            let existing = existing.clone();
+            drop(map);
+            let pool = generation.pool;
+            tokio::spawn(async move { pool.close().await });
+            return existing;
+        }
+        map.insert(generation.number, generation.clone());
+        generation
+    }
+
+    async fn forget(&self, number: u32) {
+        let removed = match self.inner.generations.lock() {
+            Ok(mut map) => map.remove(&number),
+            Err(poisoned) => poisoned.into_inner().remove(&number),
+        };
+        if let Some(generation) = removed {
+            generation.pool.close().await;
+        }
+    }
+
+    fn at(&self, what: &str) -> String {
+        format!(
+            "{what} ({} on mysql at {})",
+            self.inner.control_database, self.inner.hosts
+        )
+    }
+}
+
+/// Runs `migrator`. MySQL commits DDL statement by statement, so a process killed during a
+/// migration leaves it recorded as unfinished ("dirty") and sqlx refuses to go on. Our
+/// migrations are idempotent (`IF NOT EXISTS`), so the unfinished record is removed and the
+/// migration runs again, once.
+async fn migrate(migrator: &Migrator, pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
+    match migrator.run(pool).await {
+        Err(sqlx::migrate::MigrateError::Dirty(version)) => {
+            tracing::warn!(
+                version,
+                "re-running a migration a killed process left unfinished"
+            );
+            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ? AND success = FALSE")
+                .bind(version)
+                .execute(pool)
+                .await?;
+            migrator.run(pool).await
+        }
+        other => other,
+    }
+}
+
+async fn create_database(pool: &MySqlPool, database: &str) -> anyhow::Result<()> {
+    validate_database_name(database)?;
+    let sql = format!(
+        "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    );
+    sqlx::raw_sql(&sql).execute(pool).await?;
+    Ok(())
+}
+
+fn is_duplicate_key(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// What the query API reads: the live generation, re-read every poll interval by a
+/// background task and swapped atomically. Cheap to clone.
+#[derive(Clone)]
+pub struct LiveModel {
+    current: watch::Receiver<Generation>,
+}
+
+impl fmt::Debug for LiveModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveModel")
+            .field("current", &*self.current.borrow())
+            .finish()
+    }
+}
+
+impl LiveModel {
+    /// Opens the live generation (creating generation 1 on first start) and spawns the
+    /// poller, which stops when `shutdown` turns true (or its sender is dropped).
+    pub async fn start(
+        ledger: Ledger,
+        poll: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<LiveModel> {
+        let first = ledger.live().await?;
+        let (tx, rx) = watch::channel(first);
+        let poll = poll.max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(poll);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                let current = tx.borrow().number;
+                match ledger.live_number().await {
+                    Ok(Some(number)) if number != current => {
+                        match ledger.generation(number).await {
+                            Ok(generation) => {
+                                tracing::info!(
+                                    from = current,
+                                    to = number,
+                                    database = %generation.database,
+                                    "ledger: serving a new generation"
+                                );
+                                tx.send_replace(generation);
+                            }
+                            Err(e) => tracing::warn!(
+                                generation = number,
+                                "ledger: cannot open the new live generation: {e:#}"
+                            ),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("ledger: polling the live generation: {e:#}"),
+                }
+            }
+        });
+        Ok(LiveModel { current: rx })
+    }
+
+    /// The generation to read now (cheap clone).
+    pub fn current(&self) -> Generation {
+        self.current.borrow().clone()
+    }
+
+    /// Number of the generation served now.
+    pub fn number(&self) -> u32 {
+        self.current.borrow().number
+    }
+
+    /// A model that always serves `generation`, with no poller (tests of the query API).
+    #[doc(hidden)]
+    pub fn fixed(generation: Generation) -> LiveModel {
+        let (_sender, current) = watch::channel(generation);
+        LiveModel { current }
+    }
+}
+
+/// Where the projector stands on one partition, with what `prismctl status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredPositionRow {
+    pub partition: i32,
+    pub offset: i64,
+    pub event_id: Option<Uuid>,
+    pub event_time: Option<DateTime<Utc>>,
+    pub writer: String,
+    pub updated_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+/// Last handled version of an account (applied or dead-lettered), from
+/// `projector_accounts`; what read-your-writes waits on. `None`: nothing handled yet.
+pub async fn account_version(pool: &MySqlPool, account_id: Uuid) -> sqlx::Result<Option<u64>> {
+    sqlx::query_scalar("SELECT version FROM projector_accounts WHERE account_id = ?")
+        .bind(account_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Every stored partition position of a generation, by partition.
+pub async fn partition_positions(pool: &MySqlPool) -> sqlx::Result<Vec<StoredPositionRow>> {
+    let rows = sqlx::query(
+        "SELECT partition_id, kafka_offset, event_id, event_time, writer, updated_at, \
+         last_error, last_error_at FROM projector_partitions ORDER BY partition_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredPositionRow {
+                partition: row.try_get("partition_id")?,
+                offset: row.try_get("kafka_offset")?,
+                event_id: row.try_get("event_id")?,
+                event_time: row.try_get("event_time")?,
+                writer: row.try_get("writer")?,
+                updated_at: row.try_get("updated_at")?,
+                last_error: row.try_get("last_error")?,
+                last_error_at: row.try_get("last_error_at")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_checked_before_they_reach_sql() {
+        assert!(validate_database_name("prism_ledger_g12").is_ok());
+        assert!(validate_database_name(&"a".repeat(64)).is_ok());
+        for bad in ["", "Prism", "a-b", "a`b", "a; DROP", "é", &"a".repeat(65)] {
+            assert!(validate_database_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(generation_database("prism_ledger", 3), "prism_ledger_g3");
+    }
+
+    #[test]
+    fn generation_states_round_trip() {
+        for state in [
+            GenerationState::Building,
+            GenerationState::Live,
+            GenerationState::Retired,
+        ] {
+            assert_eq!(GenerationState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(GenerationState::Live, "live");
+        assert_eq!(GenerationState::parse("dead"), None);
+    }
+}
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn opening_the_ledger_can_run_on_any_task() {
+        let mysql = MysqlConfig::default();
+        let ledger = LedgerConfig::default();
+        let future = Ledger::open(&mysql, &ledger);
+        assert_send(&future);
+    }
+}

@@ -1,0 +1,196 @@
+//! The projector runtime: everything a projector needs except its fold and its sink.
+//!
+//! A projector supplies a [`Sink`] (whose `apply` runs the projector's pure fold and writes
+//! the result together with the position); [`Runtime::start`] does the rest: the Kafka
+//! consumer group `prism-<name>`, per-partition ordered batches with backpressure, resuming
+//! from the sink's stored position, duplicate and gap detection by account version, retries
+//! with back-off for transient sink errors, the dead-letter topic for poison events, offset
+//! commits, metrics, and a clean stop. See `ARCHITECTURE.md` for the invariants.
+
+pub mod consistency;
+pub mod dlq;
+pub mod health;
+pub mod metrics;
+pub mod plan;
+mod record;
+mod runtime;
+pub mod serve;
+pub mod sink;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prism_platform::config::{KafkaConfig, ProjectorConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::sync::{oneshot, watch};
+
+pub use health::{Health, HealthReport};
+pub use metrics::Metrics;
+pub use sink::{AccountVersion, Batch, PositionUpdate, Sink, SinkError, StoredPosition};
+
+/// What the runtime needs to know about one projector.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    /// Short name: `ledger`, `search`… (dead-letter topic suffix, metric label).
+    pub name: String,
+    /// Kafka consumer group; instances with the same group share the partitions.
+    pub group_id: String,
+    /// Topic to consume (`account-events`).
+    pub topic: String,
+}
+
+/// Settings every partition worker reads.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub topic: String,
+    pub config: ProjectorConfig,
+    /// Written into the sink's position rows: `<group>/<host>/<pid>`.
+    pub writer: String,
+}
+
+/// The parts of a projector process that outlive one run of the runtime (a projector that
+/// switches to a rebuilt copy of its read model restarts the runtime, not the process).
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub metrics: Metrics,
+    pub health: Health,
+    /// Bumped after every stored batch: query handlers waiting for a version wake on it.
+    pub progress: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn new(
+        registry: &prometheus::Registry,
+        projector: &str,
+        config: &ProjectorConfig,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            metrics: Metrics::new(registry, projector).context("registering projector metrics")?,
+            health: Health::new(config.ready_max_lag),
+            progress: watch::channel(0).0,
+        })
+    }
+}
+
+/// A running projector runtime.
+#[derive(Debug)]
+pub struct Running {
+    shutdown: Arc<AtomicBool>,
+    done: oneshot::Receiver<()>,
+}
+
+impl Running {
+    /// Asks the runtime to stop: workers finish their batch in hand, positions are stored
+    /// and committed, the consumer leaves the group.
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits until the runtime has stopped (after [`Running::stop`]).
+    pub async fn stopped(self) {
+        let _ = self.done.await;
+    }
+
+    /// Stops and waits.
+    pub async fn shut_down(self) {
+        self.stop();
+        self.stopped().await;
+    }
+}
+
+/// The runtime's entry point.
+#[derive(Debug)]
+pub struct Runtime;
+
+impl Runtime {
+    /// Joins the consumer group and starts projecting into `sink`. Must be called inside a
+    /// multi-threaded tokio runtime.
+    pub async fn start(
+        projection: Projection,
+        kafka: &KafkaConfig,
+        config: &ProjectorConfig,
+        sink: Arc<dyn Sink>,
+        shared: Shared,
+    ) -> anyhow::Result<Running> {
+        prism_platform::clients::ensure_topic(kafka, &projection.topic, kafka.topic_partitions)
+            .await
+            .with_context(|| format!("creating the Kafka topic {}", projection.topic))?;
+        let dlq = dlq::DeadLetters::open(
+            kafka,
+            &projection.name,
+            &projection.topic,
+            &config.dlq_suffix,
+        )
+        .await
+        .context("opening the dead-letter topic")?;
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let settings = Arc::new(Settings {
+            topic: projection.topic.clone(),
+            config: config.clone(),
+            writer: format!("{}/{}/{}", projection.group_id, host, std::process::id()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(runtime::Shared::new(
+            settings,
+            tokio::runtime::Handle::current(),
+            sink,
+            dlq,
+            shared,
+            Arc::clone(&stop),
+        ));
+
+        let mut client = prism_platform::clients::kafka_client_config(kafka);
+        client
+            .set("group.id", &projection.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set("queued.max.messages.kbytes", "16384")
+            .set("enable.partition.eof", "false");
+        for (key, value) in &kafka.client {
+            client.set(key, value);
+        }
+        let consumer: BaseConsumer<runtime::Context> = client
+            .create_with_context(runtime::Context {
+                shared: Arc::clone(&state),
+            })
+            .context("creating the Kafka consumer")?;
+        consumer
+            .subscribe(&[&projection.topic])
+            .with_context(|| format!("subscribing to {}", projection.topic))?;
+        let lag_client: BaseConsumer = prism_platform::clients::kafka_client_config(kafka)
+            .create()
+            .context("creating the Kafka lag client")?;
+
+        let (done_tx, done_rx) = oneshot::channel();
+        let poll_state = Arc::clone(&state);
+        std::thread::Builder::new()
+            .name(format!("{}-consumer", projection.name))
+            .spawn(move || {
+                runtime::poll(consumer, poll_state);
+                let _ = done_tx.send(());
+            })
+            .context("starting the consumer thread")?;
+        let lag_state = Arc::clone(&state);
+        let interval = Duration::from_millis(config.lag_interval_ms.max(100));
+        std::thread::Builder::new()
+            .name(format!("{}-lag", projection.name))
+            .spawn(move || runtime::measure_lag(lag_client, lag_state, interval))
+            .context("starting the lag thread")?;
+        tracing::info!(
+            projector = %projection.name,
+            group = %projection.group_id,
+            topic = %projection.topic,
+            "projector runtime started"
+        );
+        Ok(Running {
+            shutdown: stop,
+            done: done_rx,
+        })
+    }
+}

@@ -1,0 +1,534 @@
+//! The consumer side: one Kafka consumer per process, polled on its own thread, handing
+//! each partition's records to that partition's worker (a tokio task).
+//!
+//! * On assignment the partitions start at the position stored **in the sink**, not at
+//!   Kafka's committed offset, so the read model and its position can never disagree.
+//! * A partition whose worker is behind is paused (its records wait in a bounded buffer)
+//!   and resumed once the worker drained it: memory stays bounded, other partitions go on.
+//! * Kafka offsets are committed after the sink stored them: asynchronously as batches land,
+//!   synchronously on revoke and shutdown, after the workers finished their batch in hand.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::dlq::DeadLetters;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::record::Record;
+use crate::sink::{Sink, StoredPosition};
+use crate::worker::{Exit, Slot, Worker, NONE};
+use crate::Settings;
+
+struct WorkerHandle {
+    records: mpsc::Sender<Record>,
+    stop: watch::Sender<bool>,
+    slot: Arc<Slot>,
+    task: JoinHandle<Exit>,
+}
+
+/// Everything the polling thread, the rebalance callback and the workers share.
+pub(crate) struct Shared {
+    pub settings: Arc<Settings>,
+    pub handle: tokio::runtime::Handle,
+    pub sink: Arc<dyn Sink>,
+    pub dlq: DeadLetters,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub progress: watch::Sender<u64>,
+    pub shutdown: Arc<AtomicBool>,
+    workers: Mutex<HashMap<i32, WorkerHandle>>,
+    /// Records of paused partitions, oldest first.
+    pending: Mutex<HashMap<i32, VecDeque<Record>>>,
+    /// Offsets last committed to Kafka, per partition.
+    committed: Mutex<HashMap<i32, i64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere; the data is still consistent for our use.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        handle: tokio::runtime::Handle,
+        sink: Arc<dyn Sink>,
+        dlq: DeadLetters,
+        parts: crate::Shared,
+        shutdown: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            settings,
+            handle,
+            sink,
+            dlq,
+            metrics: parts.metrics,
+            health: parts.health,
+            progress: parts.progress,
+            shutdown,
+            workers: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            committed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn topic(&self) -> &str {
+        &self.settings.topic
+    }
+
+    fn tpl(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(self.topic(), *p);
+        }
+        tpl
+    }
+
+    /// Reads the stored positions, retrying until the sink answers or shutdown.
+    fn positions(&self, partitions: &[i32]) -> Option<HashMap<i32, StoredPosition>> {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.handle.block_on(self.sink.positions(partitions)) {
+                Ok(found) => {
+                    self.health.sink_ok(true);
+                    return Some(found.into_iter().map(|p| (p.partition, p)).collect());
+                }
+                Err(e) => {
+                    self.health.sink_ok(false);
+                    if attempt == 0 || attempt.is_power_of_two() {
+                        tracing::warn!(error = %e, "cannot read the stored positions; retrying");
+                    }
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    let ms = self.settings.config.retry_backoff_ms.max(1) << attempt.min(10);
+                    std::thread::sleep(Duration::from_millis(
+                        ms.min(self.settings.config.retry_backoff_max_ms.max(1)),
+                    ));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn start_worker(&self, partition: i32, position: Option<StoredPosition>) {
+        let capacity = self.settings.config.partition_buffer.max(1);
+        let (records_tx, records_rx) = mpsc::channel(capacity);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stored = position.as_ref().map_or(NONE, |p| p.offset);
+        let slot = Arc::new(Slot {
+            stored: AtomicI64::new(stored),
+        });
+        self.health.update(partition, |p| {
+            p.stored_offset = position.as_ref().map(|p| p.offset);
+            p.paused = false;
+        });
+        let worker = Worker {
+            partition,
+            settings: Arc::clone(&self.settings),
+            sink: Arc::clone(&self.sink),
+            dlq: self.dlq.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            progress: self.progress.clone(),
+            slot: Arc::clone(&slot),
+            records: records_rx,
+            stop: stop_rx,
+            position,
+            versions: HashMap::new(),
+            quarantined: Default::default(),
+            rejections: HashMap::new(),
+        };
+        let task = self.handle.spawn(worker.run());
+        lock(&self.workers).insert(
+            partition,
+            WorkerHandle {
+                records: records_tx,
+                stop: stop_tx,
+                slot,
+                task,
+            },
+        );
+        self.metrics.assigned(lock(&self.workers).len());
+    }
+
+    /// Stops the workers of `partitions` after their batch in hand; returns the offsets
+    /// their sink stored last.
+    fn stop_workers(&self, partitions: &[i32]) -> HashMap<i32, i64> {
+        let handles: Vec<(i32, WorkerHandle)> = {
+            let mut workers = lock(&self.workers);
+            partitions
+                .iter()
+                .filter_map(|p| workers.remove(p).map(|w| (*p, w)))
+                .collect()
+        };
+        {
+            let mut pending = lock(&self.pending);
+            for p in partitions {
+                pending.remove(p);
+            }
+        }
+        for (_, w) in &handles {
+            let _ = w.stop.send(true);
+        }
+        let mut stored = HashMap::new();
+        for (partition, w) in handles {
+            let offset = match self.handle.block_on(w.task) {
+                Ok(Exit::Stopped(offset)) => offset,
+                Ok(Exit::Rewind(_)) => w.slot.stored.load(Ordering::Acquire),
+                Err(e) => {
+                    tracing::error!(partition, error = %e, "partition worker failed");
+                    w.slot.stored.load(Ordering::Acquire)
+                }
+            };
+            if offset != NONE {
+                stored.insert(partition, offset);
+            }
+            self.health.remove(partition);
+            self.metrics.forget_partition(partition);
+        }
+        self.metrics.assigned(lock(&self.workers).len());
+        stored
+    }
+
+    /// Commits `stored` (offsets of last handled records) as Kafka offsets.
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        stored: &HashMap<i32, i64>,
+        mode: CommitMode,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        let mut committed = lock(&self.committed);
+        for (partition, offset) in stored {
+            if committed.get(partition) == Some(offset) {
+                continue;
+            }
+            if tpl
+                .add_partition_offset(self.topic(), *partition, Offset::Offset(offset + 1))
+                .is_ok()
+            {
+                committed.insert(*partition, *offset);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            // Harmless for correctness: positions live in the sink. Kafka's offsets only
+            // feed lag tools.
+            tracing::debug!(error = %e, "committing offsets to Kafka");
+            for partition in stored.keys() {
+                committed.remove(partition);
+            }
+        }
+    }
+
+    fn stored_offsets(&self) -> HashMap<i32, i64> {
+        lock(&self.workers)
+            .iter()
+            .filter_map(|(p, w)| {
+                let offset = w.slot.stored.load(Ordering::Acquire);
+                (offset != NONE).then_some((*p, offset))
+            })
+            .collect()
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<Context>, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(self.topic())
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        self.health.joined();
+        if partitions.is_empty() {
+            return;
+        }
+        let Some(positions) = self.positions(&partitions) else {
+            return;
+        };
+        for partition in &partitions {
+            let offset = match positions.get(partition) {
+                Some(p) => Offset::Offset(p.offset + 1),
+                None => Offset::Beginning,
+            };
+            if let Err(e) = tpl.set_partition_offset(self.topic(), *partition, offset) {
+                tracing::error!(partition, error = %e, "cannot set the start offset");
+            }
+            self.start_worker(*partition, positions.get(partition).cloned());
+        }
+        tracing::info!(
+            ?partitions,
+            "partitions assigned; resuming from the stored positions"
+        );
+        let _ = consumer;
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Context>, tpl: &TopicPartitionList) {
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(self.topic())
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        // librdkafka keeps a partition's pause across a revoke and a re-assignment: release
+        // the ones backpressure paused, or their next owner here would never read them.
+        let paused: Vec<i32> = {
+            let pending = lock(&self.pending);
+            partitions
+                .iter()
+                .copied()
+                .filter(|p| pending.contains_key(p))
+                .collect()
+        };
+        if !paused.is_empty() {
+            let _ = consumer.resume(&self.tpl(&paused));
+        }
+        let stored = self.stop_workers(&partitions);
+        if !consumer.assignment_lost() {
+            self.commit(consumer, &stored, CommitMode::Sync);
+        }
+        tracing::info!(
+            ?partitions,
+            "partitions revoked; batches finished and committed"
+        );
+    }
+}
+
+/// The consumer's context: runs the rebalance protocol with our hooks.
+pub(crate) struct Context {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared.health.kafka_ok(false);
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.shared.on_assign(consumer, tpl);
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                // A partition paused before a lost assignment may come back still paused.
+                let _ = consumer.resume(tpl);
+                assigned
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared.on_revoke(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                let all: Vec<i32> = lock(&self.shared.workers).keys().copied().collect();
+                self.shared.stop_workers(&all);
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "applying the new assignment");
+        }
+    }
+}
+
+/// The polling loop; returns when `shared.shutdown` is set, after stopping every worker and
+/// committing their positions.
+pub(crate) fn poll(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
+    let commit_every = Duration::from_millis(200);
+    let mut last_commit = Instant::now();
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(50)) {
+            None => {}
+            Some(Ok(message)) => {
+                shared.health.kafka_ok(true);
+                route(&consumer, &shared, Record::from_message(&message));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consuming");
+            }
+        }
+        drain_pending(&consumer, &shared);
+        restart_rewound(&consumer, &shared);
+        if last_commit.elapsed() >= commit_every {
+            let stored = shared.stored_offsets();
+            shared.commit(&consumer, &stored, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+    }
+    let all: Vec<i32> = lock(&shared.workers).keys().copied().collect();
+    let stored = shared.stop_workers(&all);
+    shared.commit(&consumer, &stored, CommitMode::Sync);
+    consumer.unsubscribe();
+    tracing::info!("consumer stopped; positions stored and committed");
+}
+
+fn pause(consumer: &BaseConsumer<Context>, shared: &Shared, partition: i32, paused: bool) {
+    let tpl = shared.tpl(&[partition]);
+    let result = if paused {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = result {
+        tracing::warn!(partition, paused, error = %e, "pausing/resuming a partition");
+    }
+    shared.health.update(partition, |p| p.paused = paused);
+    shared.metrics.paused(lock(&shared.pending).len());
+}
+
+fn route(consumer: &BaseConsumer<Context>, shared: &Shared, record: Record) {
+    let partition = record.partition;
+    let sender = match lock(&shared.workers).get(&partition) {
+        Some(w) => w.records.clone(),
+        // Not ours (any more): the owner reads it from its stored position.
+        None => return,
+    };
+    let mut pending = lock(&shared.pending);
+    if let Some(queue) = pending.get_mut(&partition) {
+        queue.push_back(record);
+        return;
+    }
+    match sender.try_send(record) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(record)) => {
+            pending.insert(partition, VecDeque::from([record]));
+            drop(pending);
+            pause(consumer, shared, partition, true);
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+fn drain_pending(consumer: &BaseConsumer<Context>, shared: &Shared) {
+    let mut resumed = Vec::new();
+    {
+        let workers = lock(&shared.workers);
+        let mut pending = lock(&shared.pending);
+        for (partition, queue) in pending.iter_mut() {
+            let Some(worker) = workers.get(partition) else {
+                queue.clear();
+                resumed.push(*partition);
+                continue;
+            };
+            while let Some(record) = queue.pop_front() {
+                match worker.records.try_send(record) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(record)) => {
+                        queue.push_front(record);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        queue.clear();
+                        break;
+                    }
+                }
+            }
+            if queue.is_empty() {
+                resumed.push(*partition);
+            }
+        }
+        for p in &resumed {
+            pending.remove(p);
+        }
+    }
+    for partition in resumed {
+        pause(consumer, shared, partition, false);
+    }
+}
+
+/// A worker whose sink position went backwards ended itself: start the partition over from
+/// the sink's position.
+fn restart_rewound(consumer: &BaseConsumer<Context>, shared: &Shared) {
+    let finished: Vec<i32> = lock(&shared.workers)
+        .iter()
+        .filter(|(_, w)| w.task.is_finished())
+        .map(|(p, _)| *p)
+        .collect();
+    for partition in finished {
+        let Some(worker) = lock(&shared.workers).remove(&partition) else {
+            continue;
+        };
+        lock(&shared.pending).remove(&partition);
+        let position = match shared.handle.block_on(worker.task) {
+            Ok(Exit::Rewind(position)) => position,
+            Ok(Exit::Stopped(_)) => continue,
+            Err(e) => {
+                tracing::error!(partition, error = %e, "partition worker failed; restarting it");
+                shared
+                    .positions(&[partition])
+                    .and_then(|mut p| p.remove(&partition))
+            }
+        };
+        let offset = position
+            .as_ref()
+            .map_or(Offset::Beginning, |p| Offset::Offset(p.offset + 1));
+        lock(&shared.committed).remove(&partition);
+        shared.start_worker(partition, position);
+        if let Err(e) = consumer.seek(shared.topic(), partition, offset, Duration::from_secs(10)) {
+            tracing::error!(partition, error = %e, "seeking to the stored position");
+        }
+        pause(consumer, shared, partition, false);
+    }
+}
+
+/// Measures each assigned partition's lag every `interval` on its own thread (watermark
+/// requests block), until shutdown.
+pub(crate) fn measure_lag(client: BaseConsumer, shared: Arc<Shared>, interval: Duration) {
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        let partitions: Vec<(i32, i64)> = lock(&shared.workers)
+            .iter()
+            .map(|(p, w)| (*p, w.slot.stored.load(Ordering::Acquire)))
+            .collect();
+        let mut ok = true;
+        for (partition, stored) in partitions {
+            match client.fetch_watermarks(shared.topic(), partition, Duration::from_secs(5)) {
+                Ok((low, high)) => {
+                    let next = if stored == NONE { low } else { stored + 1 };
+                    let lag = (high - next).max(0);
+                    shared.metrics.lag(partition, lag);
+                    shared.health.update(partition, |p| {
+                        p.end_offset = Some(high);
+                        p.lag = Some(lag);
+                    });
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::debug!(partition, error = %e, "fetching watermarks");
+                }
+            }
+        }
+        shared.health.kafka_ok(ok);
+        let deadline = Instant::now() + interval;
+        while Instant::now() < deadline && !shared.shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

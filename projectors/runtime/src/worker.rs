@@ -1,0 +1,440 @@
+//! One partition's worker: collects ordered batches, plans them against the handled account
+//! versions, dead-letters what cannot be applied, and has the sink write each batch together
+//! with the partition's position. Partitions run independently of each other.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prism_events::Envelope;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::dlq::DeadLetters;
+use crate::health::Health;
+use crate::metrics::{Metrics, Outcome};
+use crate::plan::{plan, Decoded, Plan};
+use crate::record::Record;
+use crate::sink::{AccountVersion, Batch, PositionUpdate, Sink, SinkError, StoredPosition};
+use crate::Settings;
+
+/// No stored position (the partition was never written).
+pub(crate) const NONE: i64 = -1;
+
+/// What the polling thread and a worker share about one partition.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// Offset of the last record the sink stored for this partition, or [`NONE`].
+    pub stored: AtomicI64,
+}
+
+/// Why a worker stops early.
+#[derive(Debug)]
+pub(crate) enum Halt {
+    /// Shutdown or a revoke asked it to, in the middle of waiting.
+    Stopped,
+    /// The sink's position went backwards (the read model was reset under us): the polling
+    /// thread restarts this partition from the sink's position.
+    Rewind(Option<StoredPosition>),
+}
+
+/// How a worker ended.
+#[derive(Debug)]
+pub(crate) enum Exit {
+    /// Stopped; the stored offset the partition was left at ([`NONE`] if none).
+    Stopped(i64),
+    Rewind(Option<StoredPosition>),
+}
+
+pub(crate) struct Worker {
+    pub partition: i32,
+    pub settings: Arc<Settings>,
+    pub sink: Arc<dyn Sink>,
+    pub dlq: DeadLetters,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub progress: watch::Sender<u64>,
+    pub slot: Arc<Slot>,
+    pub records: mpsc::Receiver<Record>,
+    pub stop: watch::Receiver<bool>,
+    /// Position as last read from or written to the sink.
+    pub position: Option<StoredPosition>,
+    /// Last handled version of accounts seen on this partition (only this partition's
+    /// owner writes them, so the cache stays true while we own it).
+    pub versions: HashMap<Uuid, u64>,
+    /// Accounts reported for a version gap: their later events are dead-lettered at once.
+    pub quarantined: HashSet<Uuid>,
+    /// How often the sink rejected each event (by event id).
+    pub rejections: HashMap<Uuid, u32>,
+}
+
+impl Worker {
+    /// Runs until stopped or rewound.
+    pub(crate) async fn run(mut self) -> Exit {
+        let max = self.settings.config.batch_max_events.max(1);
+        let linger = Duration::from_millis(self.settings.config.batch_max_wait_ms);
+        let mut buffer: Vec<Record> = Vec::with_capacity(max);
+        loop {
+            if *self.stop.borrow() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = self.stop.changed() => break,
+                record = self.records.recv() => match record {
+                    Some(record) => buffer.push(record),
+                    None => break,
+                },
+            }
+            let deadline = tokio::time::Instant::now() + linger;
+            while buffer.len() < max {
+                match self.records.try_recv() {
+                    Ok(record) => {
+                        buffer.push(record);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+                tokio::select! {
+                    biased;
+                    _ = self.stop.changed() => break,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    record = self.records.recv() => match record {
+                        Some(record) => buffer.push(record),
+                        None => break,
+                    },
+                }
+            }
+            // A stop request lets the batch in hand finish: it is written and committed.
+            let batch = std::mem::take(&mut buffer);
+            match self.process(batch).await {
+                Ok(()) => {}
+                Err(Halt::Stopped) => break,
+                Err(Halt::Rewind(position)) => return Exit::Rewind(position),
+            }
+        }
+        Exit::Stopped(self.slot.stored.load(Ordering::Acquire))
+    }
+
+    fn stored_offset(&self) -> Option<i64> {
+        self.position.as_ref().map(|p| p.offset)
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps for `delay` unless asked to stop first.
+    async fn pause(&mut self, delay: Duration) -> Result<(), Halt> {
+        if self.stopping() {
+            return Err(Halt::Stopped);
+        }
+        tokio::select! {
+            _ = self.stop.changed() => Err(Halt::Stopped),
+            () = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.settings.config.retry_backoff_ms.max(1);
+        let max = self.settings.config.retry_backoff_max_ms.max(base);
+        Duration::from_millis(base.saturating_mul(1 << attempt.min(16)).min(max))
+    }
+
+    /// Reads versions of `accounts` from the sink into the cache, retrying transient errors.
+    async fn load_versions(&mut self, accounts: Vec<Uuid>) -> Result<(), Halt> {
+        let mut attempt = 0;
+        loop {
+            match self.sink.versions(&accounts).await {
+                Ok(found) => {
+                    for account in accounts {
+                        let version = found.get(&account).copied().unwrap_or(0);
+                        self.versions.insert(account, version);
+                    }
+                    self.health.sink_ok(true);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.transient(&e.to_string(), attempt).await;
+                    self.pause(self.backoff(attempt)).await?;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn transient(&self, error: &str, attempt: u32) {
+        self.metrics.sink_error("transient");
+        self.health.sink_ok(false);
+        self.health
+            .update(self.partition, |p| p.last_error = Some(error.to_owned()));
+        if attempt == 0 || attempt.is_power_of_two() {
+            tracing::warn!(partition = self.partition, attempt, %error, "sink unavailable; retrying");
+            // Best effort: the store may well be the thing that is down.
+            let _ = self.sink.record_error(self.partition, error).await;
+        }
+    }
+
+    /// Handles one batch of records from this partition, in order.
+    async fn process(&mut self, records: Vec<Record>) -> Result<(), Halt> {
+        let started = Instant::now();
+        let stored = self.stored_offset();
+        let records: Vec<Record> = records
+            .into_iter()
+            .filter(|r| stored.is_none_or(|s| r.offset > s))
+            .collect();
+        let Some(last_offset) = records.last().map(|r| r.offset) else {
+            return Ok(());
+        };
+        let decoded: Vec<Decoded> = records.iter().map(Record::decode).collect();
+
+        let missing: Vec<Uuid> = decoded
+            .iter()
+            .filter_map(|d| d.envelope.as_ref().ok().map(|e| e.account_id.0))
+            .filter(|a| !self.versions.contains_key(a))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !missing.is_empty() {
+            self.load_versions(missing).await?;
+        }
+
+        let mut planned = plan(&decoded, &self.versions, &self.quarantined);
+        let mut attempt = 0;
+        while !planned.gaps.is_empty() && attempt < self.settings.config.gap_retries {
+            // The cache may be behind the sink (another writer); look again before blaming Kafka.
+            self.pause(self.backoff(attempt)).await?;
+            attempt += 1;
+            let accounts: Vec<Uuid> = planned
+                .gaps
+                .iter()
+                .filter_map(|(i, _)| decoded[*i].envelope.as_ref().ok().map(|e| e.account_id.0))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            self.load_versions(accounts).await?;
+            planned = plan(&decoded, &self.versions, &self.quarantined);
+        }
+        let mut dead: Vec<(usize, String)> = std::mem::take(&mut planned.dead);
+        for (index, handled) in std::mem::take(&mut planned.gaps) {
+            if let Ok(envelope) = &decoded[index].envelope {
+                let account = envelope.account_id.0;
+                let reason = format!(
+                    "version gap: account {account} is at version {handled}, event {} has version {}",
+                    envelope.id, envelope.account_version
+                );
+                tracing::error!(partition = self.partition, offset = records[index].offset, %reason, "event not applied");
+                self.metrics.gap();
+                self.quarantined.insert(account);
+                dead.push((index, reason));
+            }
+        }
+
+        self.write(&records, &decoded, planned, dead, last_offset)
+            .await?;
+        self.metrics
+            .batch(started.elapsed().as_secs_f64(), records.len());
+        Ok(())
+    }
+
+    /// Dead-letters, then writes the batch and the position; retries until it is stored.
+    async fn write(
+        &mut self,
+        records: &[Record],
+        decoded: &[Decoded],
+        mut planned: Plan,
+        mut dead: Vec<(usize, String)>,
+        last_offset: i64,
+    ) -> Result<(), Halt> {
+        let mut attempt = 0;
+        let mut dead_sent = 0;
+        loop {
+            // Dead letters are on Kafka before the position moves past them.
+            while dead_sent < dead.len() {
+                let (index, reason) = &dead[dead_sent];
+                match self.dlq.send(&records[*index], reason).await {
+                    Ok(()) => {
+                        self.metrics
+                            .event(&decoded[*index].event_type, Outcome::DeadLettered, 1);
+                        tracing::warn!(
+                            partition = self.partition,
+                            offset = records[*index].offset,
+                            dlq = self.dlq.topic(),
+                            reason = %reason,
+                            "dead-lettered"
+                        );
+                        dead_sent += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dead-letter topic unavailable; retrying");
+                        self.pause(self.backoff(attempt)).await?;
+                        attempt += 1;
+                    }
+                }
+            }
+
+            let events: Vec<Envelope> = planned
+                .apply
+                .iter()
+                .filter_map(|i| decoded[*i].envelope.as_ref().ok().cloned())
+                .collect();
+            let last_applied = events.last();
+            let previous = self.position.as_ref();
+            let position = PositionUpdate {
+                partition: self.partition,
+                expected: self.stored_offset(),
+                offset: last_offset,
+                event_id: last_applied
+                    .map(|e| e.id)
+                    .or(previous.and_then(|p| p.event_id)),
+                event_time: last_applied
+                    .map(|e| e.time)
+                    .or(previous.and_then(|p| p.event_time)),
+                writer: self.settings.writer.clone(),
+            };
+            let batch = Batch {
+                versions: planned
+                    .versions
+                    .iter()
+                    .map(|(account, (version, event_id))| AccountVersion {
+                        account_id: *account,
+                        version: *version,
+                        event_id: *event_id,
+                    })
+                    .collect(),
+                events,
+                position: Some(position.clone()),
+            };
+            match self.sink.apply(&batch).await {
+                Ok(()) => {
+                    self.stored(position, &planned, decoded, &batch.events);
+                    if let Some((_, reason)) = dead.last() {
+                        // After the write, so it lands on the row the batch just stored.
+                        let _ = self.sink.record_error(self.partition, reason).await;
+                        self.health
+                            .update(self.partition, |p| p.last_error = Some(reason.clone()));
+                    }
+                    return Ok(());
+                }
+                Err(SinkError::Transient(e)) => {
+                    self.transient(&e, attempt).await;
+                    self.pause(self.backoff(attempt)).await?;
+                    attempt += 1;
+                }
+                Err(SinkError::Fenced { stored, .. }) => {
+                    self.metrics.sink_error("fenced");
+                    // Expected while a rebuilt copy is handed over, or for a moment during
+                    // a rebalance; a steady stream of these means two groups write one copy.
+                    tracing::info!(
+                        partition = self.partition,
+                        ours = ?self.stored_offset(),
+                        stored = ?stored,
+                        "another writer moved this partition; re-reading its position"
+                    );
+                    return self.refenced(records, stored).await;
+                }
+                Err(SinkError::Rejected { index, reason }) => {
+                    self.metrics.sink_error("rejected");
+                    let Some(&record_index) = planned.apply.get(index) else {
+                        tracing::error!(index, %reason, "sink rejected an event index outside the batch");
+                        self.pause(self.backoff(attempt)).await?;
+                        attempt += 1;
+                        continue;
+                    };
+                    let event_id = batch.events[index].id;
+                    let count = self.rejections.entry(event_id).or_insert(0);
+                    *count += 1;
+                    if *count > self.settings.config.poison_retries {
+                        self.rejections.remove(&event_id);
+                        planned.apply.remove(index);
+                        dead.push((record_index, format!("rejected by the projector: {reason}")));
+                    } else {
+                        tracing::warn!(partition = self.partition, %event_id, %reason, "sink rejected an event; retrying");
+                        self.pause(self.backoff(0)).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Another writer owns (or reset) the partition's position: adopt the sink's view.
+    async fn refenced(&mut self, records: &[Record], _hint: Option<i64>) -> Result<(), Halt> {
+        let mut attempt = 0;
+        let position = loop {
+            match self.sink.positions(&[self.partition]).await {
+                Ok(mut found) => break found.pop(),
+                Err(e) => {
+                    self.transient(&e.to_string(), attempt).await;
+                    self.pause(self.backoff(attempt)).await?;
+                    attempt += 1;
+                }
+            }
+        };
+        let ours = self.stored_offset();
+        let theirs = position.as_ref().map(|p| p.offset);
+        self.versions.clear();
+        if theirs < ours {
+            // The stored position went backwards (the read model was reset): this
+            // partition starts over from there, with nothing of what is queued.
+            tracing::warn!(
+                partition = self.partition,
+                ?ours,
+                ?theirs,
+                "stored position went backwards; re-reading the partition"
+            );
+            return Err(Halt::Rewind(position));
+        }
+        self.position = position;
+        self.slot
+            .stored
+            .store(theirs.unwrap_or(NONE), Ordering::Release);
+        // The other writer is ahead: whatever it has not covered is still ours to handle.
+        let rest: Vec<Record> = records
+            .iter()
+            .filter(|r| theirs.is_none_or(|t| r.offset > t))
+            .cloned()
+            .collect();
+        Box::pin(self.process(rest)).await
+    }
+
+    /// Bookkeeping after the sink stored a batch.
+    fn stored(
+        &mut self,
+        position: PositionUpdate,
+        planned: &Plan,
+        decoded: &[Decoded],
+        applied: &[Envelope],
+    ) {
+        for (account, (version, _)) in &planned.versions {
+            self.versions.insert(*account, *version);
+        }
+        self.position = Some(StoredPosition {
+            partition: position.partition,
+            offset: position.offset,
+            event_id: position.event_id,
+            event_time: position.event_time,
+        });
+        self.slot.stored.store(position.offset, Ordering::Release);
+        self.health.sink_ok(true);
+        self.health.update(self.partition, |p| {
+            p.stored_offset = Some(position.offset);
+            if let Some(end) = p.end_offset {
+                p.lag = Some((end - position.offset - 1).max(0));
+            }
+        });
+        let now = chrono::Utc::now();
+        for envelope in applied {
+            self.metrics
+                .event(envelope.event_type(), Outcome::Applied, 1);
+            let delay = (now - envelope.time).num_microseconds().unwrap_or(i64::MAX);
+            self.metrics.delay(delay as f64 / 1e6);
+        }
+        for index in &planned.skipped {
+            self.metrics
+                .event(&decoded[*index].event_type, Outcome::Skipped, 1);
+        }
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
