@@ -362,13 +362,7 @@ fn field_from_message(message: &str) -> Option<String> {
 }
 
 fn invalid(field: &str, detail: impl Into<String>) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_field",
-        "Invalid request field",
-    )
-    .field(field)
-    .detail(detail)
+    Problem::invalid_field(field, detail)
 }
 
 fn account_id(raw: &str) -> Result<AccountId, Problem> {

@@ -67,6 +67,18 @@ impl Problem {
         &self.0
     }
 
+    /// A 400 naming the request field (body member, path segment, query parameter or
+    /// header) at fault.
+    pub fn invalid_field(field: &str, detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "Invalid request field",
+        )
+        .field(field)
+        .detail(detail)
+    }
+
     /// A 500 whose body says nothing about the cause (log the cause where it happened).
     pub fn internal() -> Self {
         Self::new(

@@ -1041,7 +1041,8 @@ fn process_ticks() -> Option<u64> {
     Some(utime + stime)
 }
 
-fn machine_jiffies() -> Option<(u64, u64)> {
+/// The machine's (busy, total) CPU jiffies, from `/proc/stat` (Linux; `None` elsewhere).
+pub(crate) fn machine_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let values: Vec<u64> = line

@@ -84,7 +84,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
@@ -92,6 +92,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::bench::machine_jiffies;
 use crate::loadgen::parse_duration;
 
 /// The goal of the issue: the projector keeps at least this share of the lower ceiling.
@@ -242,20 +243,6 @@ impl Rate {
         self.mysql_cpu_us_per_event = per_event(since.mysql, ticks_of(mysql));
         self
     }
-}
-
-/// The machine's (busy, total) CPU jiffies, from `/proc/stat` (Linux; `None` elsewhere).
-fn machine_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let values: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = values.iter().take(8).sum();
-    // idle + iowait are not busy.
-    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
-    Some((total.saturating_sub(idle), total))
 }
 
 /// MySQL's global `Com_stmt_prepare` and `Com_stmt_execute` counters.
@@ -1083,41 +1070,6 @@ impl ConsumerContext for Assignment {
     }
 }
 
-/// A consumed record copied into owned buffers, as the runtime's polling thread copies it.
-#[derive(Debug)]
-struct Copied {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Copied {
-    fn of(message: &BorrowedMessage<'_>) -> Self {
-        let headers = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|header| {
-                        (
-                            header.key.to_owned(),
-                            header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers,
-        }
-    }
-}
-
 /// Reads the whole topic with the runtime's consumer settings (blocking).
 fn consume(
     config: &Config,
@@ -1127,24 +1079,7 @@ fn consume(
     cancel: &AtomicBool,
     timeout: Duration,
 ) -> anyhow::Result<ConsumeFigures> {
-    let projector = &config.projector;
-    let mut client = prism_platform::clients::kafka_client_config(&config.kafka);
-    // The settings of `prism_projector::Runtime::start`.
-    client
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set(
-            "session.timeout.ms",
-            projector.session_timeout_ms.to_string(),
-        )
-        .set("queued.max.messages.kbytes", "16384")
-        .set("enable.partition.eof", "false");
-    for (key, value) in &config.kafka.client {
-        client.set(key, value);
-    }
+    let client = prism_projector::consumer_config(&config.kafka, group, &config.projector);
     let consumer: BaseConsumer<Assignment> = client
         .create_with_context(Assignment {
             at: Mutex::new(None),
@@ -1180,7 +1115,7 @@ fn consume(
                 if cpu.is_none() {
                     cpu = Some(CpuSnapshot::take(std::process::id(), &[]));
                 }
-                let record = Copied::of(&message);
+                let record = prism_projector::record::Record::from_message(&message);
                 drop(message);
                 count += 1;
                 bytes += (record.payload.as_ref().map_or(0, Vec::len)

@@ -44,6 +44,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::bench::machine_jiffies;
 use crate::loadgen::{parse_duration, Latency, TokenBucket};
 use crate::services::{self, Api, Kind, Scratch, Service, STOP_TIMEOUT};
 use crate::traffic::{Op, Step, Traffic};
@@ -686,20 +687,6 @@ async fn open_and_see(api: &Api, op: &Op, key: &str) -> anyhow::Result<String> {
             _ => bail!("GET {path} from prism-ledger answered {}", q.describe()),
         }
     }
-}
-
-/// The machine's (busy, total) CPU jiffies from `/proc/stat` (Linux; `None` elsewhere).
-fn machine_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let values: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = values.iter().take(8).sum();
-    // idle + iowait are not busy.
-    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
-    Some((total.saturating_sub(idle), total))
 }
 
 // ---------- output ----------

@@ -313,13 +313,7 @@ fn page_limit(raw: Option<&str>, default: u32, max: u32) -> Result<u32, Problem>
 }
 
 fn invalid(field: &str, detail: impl Into<String>) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_field",
-        "Invalid request field",
-    )
-    .field(field)
-    .detail(detail)
+    Problem::invalid_field(field, detail)
 }
 
 fn path_account_id(path: Result<Path<String>, PathRejection>) -> Result<Uuid, Problem> {

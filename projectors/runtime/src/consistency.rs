@@ -38,13 +38,7 @@ pub struct WaitTarget {
 }
 
 fn invalid(field: &str, detail: impl Into<String>) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_field",
-        "Invalid request field",
-    )
-    .field(field)
-    .detail(detail)
+    Problem::invalid_field(field, detail)
 }
 
 /// The `Consistency-Token` header, if sent. A malformed or repeated header is a 400

@@ -12,7 +12,7 @@ pub mod dlq;
 pub mod health;
 pub mod metrics;
 pub mod plan;
-mod record;
+pub mod record;
 mod runtime;
 pub mod serve;
 pub mod sink;
@@ -101,6 +101,31 @@ impl Running {
     }
 }
 
+/// The consumer settings of every projector: offsets are stored by the sink (Kafka's are
+/// committed by hand, for lag tools), cooperative rebalancing, a bounded prefetch. The
+/// benchmark's raw-consume ceiling uses the same.
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    config: &ProjectorConfig,
+) -> rdkafka::ClientConfig {
+    let mut client = prism_platform::clients::kafka_client_config(kafka);
+    client
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("queued.max.messages.kbytes", "16384")
+        .set("enable.partition.eof", "false");
+    // Pass-through settings win over ours (set again last).
+    for (key, value) in &kafka.client {
+        client.set(key, value);
+    }
+    client
+}
+
 /// The runtime's entry point.
 #[derive(Debug)]
 pub struct Runtime;
@@ -142,24 +167,12 @@ impl Runtime {
             Arc::clone(&stop),
         ));
 
-        let mut client = prism_platform::clients::kafka_client_config(kafka);
-        client
-            .set("group.id", &projection.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("queued.max.messages.kbytes", "16384")
-            .set("enable.partition.eof", "false");
-        for (key, value) in &kafka.client {
-            client.set(key, value);
-        }
-        let consumer: BaseConsumer<runtime::Context> = client
-            .create_with_context(runtime::Context {
-                shared: Arc::clone(&state),
-            })
-            .context("creating the Kafka consumer")?;
+        let consumer: BaseConsumer<runtime::Context> =
+            consumer_config(kafka, &projection.group_id, config)
+                .create_with_context(runtime::Context {
+                    shared: Arc::clone(&state),
+                })
+                .context("creating the Kafka consumer")?;
         consumer
             .subscribe(&[&projection.topic])
             .with_context(|| format!("subscribing to {}", projection.topic))?;

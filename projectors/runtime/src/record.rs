@@ -6,7 +6,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use crate::plan::Decoded;
 
 #[derive(Debug, Clone)]
-pub(crate) struct Record {
+pub struct Record {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
@@ -15,7 +15,8 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    pub(crate) fn from_message(message: &BorrowedMessage<'_>) -> Self {
+    /// Copies a consumed message (what the polling thread does for every record).
+    pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
         let headers = message
             .headers()
             .map(|h| {
@@ -39,7 +40,7 @@ impl Record {
     }
 
     /// Decodes the record into an event (CloudEvents binary mode, see `prism_events::kafka`).
-    pub(crate) fn decode(&self) -> Decoded {
+    pub fn decode(&self) -> Decoded {
         let event_type = self
             .headers
             .iter()
