@@ -232,7 +232,7 @@ impl Worker {
             }
         }
 
-        self.write(&records, &decoded, planned, dead, last_offset)
+        self.write(&records, decoded, planned, dead, last_offset)
             .await?;
         self.metrics
             .batch(started.elapsed().as_secs_f64(), records.len());
@@ -243,11 +243,30 @@ impl Worker {
     async fn write(
         &mut self,
         records: &[Record],
-        decoded: &[Decoded],
+        mut decoded: Vec<Decoded>,
         mut planned: Plan,
         mut dead: Vec<(usize, String)>,
         last_offset: i64,
     ) -> Result<(), Halt> {
+        // The events move into the batch once; a retry sends the same batch again.
+        let events: Vec<Envelope> = planned
+            .apply
+            .iter()
+            .filter_map(|i| std::mem::replace(&mut decoded[*i].envelope, Err(String::new())).ok())
+            .collect();
+        let mut batch = Batch {
+            versions: planned
+                .versions
+                .iter()
+                .map(|(account, (version, event_id))| AccountVersion {
+                    account_id: *account,
+                    version: *version,
+                    event_id: *event_id,
+                })
+                .collect(),
+            events,
+            position: None,
+        };
         let mut attempt = 0;
         let mut dead_sent = 0;
         loop {
@@ -275,12 +294,7 @@ impl Worker {
                 }
             }
 
-            let events: Vec<Envelope> = planned
-                .apply
-                .iter()
-                .filter_map(|i| decoded[*i].envelope.as_ref().ok().cloned())
-                .collect();
-            let last_applied = events.last();
+            let last_applied = batch.events.last();
             let previous = self.position.as_ref();
             let position = PositionUpdate {
                 partition: self.partition,
@@ -294,22 +308,10 @@ impl Worker {
                     .or(previous.and_then(|p| p.event_time)),
                 writer: self.settings.writer.clone(),
             };
-            let batch = Batch {
-                versions: planned
-                    .versions
-                    .iter()
-                    .map(|(account, (version, event_id))| AccountVersion {
-                        account_id: *account,
-                        version: *version,
-                        event_id: *event_id,
-                    })
-                    .collect(),
-                events,
-                position: Some(position.clone()),
-            };
+            batch.position = Some(position.clone());
             match self.sink.apply(&batch).await {
                 Ok(()) => {
-                    self.stored(position, &planned, decoded, &batch.events);
+                    self.stored(position, &planned, &decoded, &batch.events);
                     if let Some((_, reason)) = dead.last() {
                         // After the write, so it lands on the row the batch just stored.
                         let _ = self.sink.record_error(self.partition, reason).await;
@@ -349,6 +351,7 @@ impl Worker {
                     if *count > self.settings.config.poison_retries {
                         self.rejections.remove(&event_id);
                         planned.apply.remove(index);
+                        batch.events.remove(index);
                         dead.push((record_index, format!("rejected by the projector: {reason}")));
                     } else {
                         tracing::warn!(partition = self.partition, %event_id, %reason, "sink rejected an event; retrying");
