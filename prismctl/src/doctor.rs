@@ -49,7 +49,7 @@ struct Report {
 }
 
 /// What a successful probe learnt.
-struct Answer {
+pub(crate) struct Answer {
     version: String,
     rtt: Duration,
 }
@@ -178,7 +178,7 @@ async fn timed<F: IntoFuture>(request: F) -> (F::Output, Duration) {
     (value, start.elapsed())
 }
 
-async fn kafka(config: &Config) -> anyhow::Result<Answer> {
+pub(crate) async fn kafka(config: &Config) -> anyhow::Result<Answer> {
     let client_config = clients::kafka_client_config(&config.kafka);
     let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
     // librdkafka's metadata call blocks: keep it off the async workers.
@@ -212,7 +212,7 @@ async fn kafka(config: &Config) -> anyhow::Result<Answer> {
     .context("the Kafka check did not finish")?
 }
 
-async fn mongodb(config: &Config) -> anyhow::Result<Answer> {
+pub(crate) async fn mongodb(config: &Config) -> anyhow::Result<Answer> {
     let client = clients::mongodb(&config.mongodb, "prismctl-doctor").await?;
     let admin = client.database("admin");
     admin
@@ -248,7 +248,7 @@ fn mongodb_version(info: &Document) -> String {
     }
 }
 
-async fn mysql(config: &Config) -> anyhow::Result<Answer> {
+pub(crate) async fn mysql(config: &Config) -> anyhow::Result<Answer> {
     let pool = clients::mysql(&config.mysql).await?;
     let (version, rtt) =
         timed(sqlx::query_scalar::<_, String>("SELECT VERSION()").fetch_one(&pool)).await;
@@ -261,7 +261,7 @@ async fn mysql(config: &Config) -> anyhow::Result<Answer> {
     Ok(Answer { version, rtt })
 }
 
-async fn postgres(config: &Config) -> anyhow::Result<Answer> {
+pub(crate) async fn postgres(config: &Config) -> anyhow::Result<Answer> {
     let pool = clients::postgres(&config.postgres).await?;
     let (version, rtt) =
         timed(sqlx::query_scalar::<_, String>("SELECT version()").fetch_one(&pool)).await;

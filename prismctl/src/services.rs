@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use prism_platform::config::EventStoreBackend;
 use prism_platform::Config;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::doctor;
 use crate::traffic::Op;
 
 /// Which service.
@@ -293,11 +293,17 @@ pub async fn check_stack(config: &Config) -> Vec<StackCheck> {
         match config.event_store.backend {
             EventStoreBackend::Mongodb => {
                 let address = config.mongodb.uri.hosts().to_owned();
-                checked("mongodb", address, limit, mongodb_ping(config)).await
+                checked("mongodb", address, limit, answers(doctor::mongodb(config))).await
             }
             EventStoreBackend::Postgres => {
                 let address = config.postgres.url.hosts().to_owned();
-                checked("postgres", address, limit, postgres_ping(config)).await
+                checked(
+                    "postgres",
+                    address,
+                    limit,
+                    answers(doctor::postgres(config)),
+                )
+                .await
             }
         }
     };
@@ -306,14 +312,14 @@ pub async fn check_stack(config: &Config) -> Vec<StackCheck> {
             "kafka",
             config.kafka.bootstrap_servers.clone(),
             limit,
-            kafka_metadata(config)
+            answers(doctor::kafka(config))
         ),
         store,
         checked(
             "mysql",
             config.mysql.url.hosts().to_owned(),
             limit,
-            mysql_ping(config)
+            answers(doctor::mysql(config))
         ),
     );
     vec![kafka, store, mysql]
@@ -337,49 +343,9 @@ async fn checked(
     }
 }
 
-async fn kafka_metadata(config: &Config) -> anyhow::Result<()> {
-    let client_config = prism_platform::clients::kafka_client_config(&config.kafka);
-    let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
-    // librdkafka's metadata call blocks: keep it off the async workers.
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config.create().context("creating a Kafka client")?;
-        consumer
-            .fetch_metadata(None, timeout)
-            .context("metadata request")?;
-        Ok(())
-    })
-    .await
-    .context("the Kafka check did not finish")?
-}
-
-async fn mongodb_ping(config: &Config) -> anyhow::Result<()> {
-    let client = prism_platform::clients::mongodb(&config.mongodb, "prismctl").await?;
-    client
-        .database("admin")
-        .run_command(mongodb::bson::doc! { "ping": 1 })
-        .await
-        .context("ping")?;
-    Ok(())
-}
-
-async fn postgres_ping(config: &Config) -> anyhow::Result<()> {
-    let pool = prism_platform::clients::postgres(&config.postgres).await?;
-    sqlx::query("SELECT 1")
-        .execute(&pool)
-        .await
-        .context("SELECT 1")?;
-    pool.close().await;
-    Ok(())
-}
-
-async fn mysql_ping(config: &Config) -> anyhow::Result<()> {
-    let pool = prism_platform::clients::mysql(&config.mysql).await?;
-    sqlx::query("SELECT 1")
-        .execute(&pool)
-        .await
-        .context("SELECT 1")?;
-    pool.close().await;
-    Ok(())
+/// The doctor's check of each service, without its version and round-trip figures.
+async fn answers<T>(check: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<()> {
+    check.await.map(|_| ())
 }
 
 // ---------- names of one's own ----------
