@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::http::{self, AppState, Auth, Readiness};
 use crate::metrics::Metrics;
-use crate::relay::{self, Relay, RelayHandle};
+use crate::relay::{Relay, RelayHandle, RelayStatus};
 use crate::service::{CommandService, ServiceConfig};
 use crate::store::mongo::MongoStore;
 use crate::store::postgres::PgStore;
@@ -43,24 +43,28 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The compiled-in token is public: never on an address other machines can reach.
+    config
+        .command
+        .refuse_local_secrets(listener.local_addr().context("listener address")?)?;
     let metrics = Metrics::new().context("registering metrics")?;
     let store = open_store(&config).await?;
 
     let (stop_relay, relay_stopped) = watch::channel(false);
-    let (relay_handle, relay_task, producer) = if config.relay.enabled {
-        relay::ensure_topic(&config.kafka)
-            .await
-            .with_context(|| format!("creating the Kafka topic {}", config.kafka.topic))?;
-        let producer = relay::producer(&config.kafka, &config.relay)?;
+    // Kafka is not needed to start: the relay creates the topic and publishes once Kafka
+    // answers; until then commands are stored and the backlog shows on /readyz.
+    let (relay_handle, relay_task, relay_status) = if config.relay.enabled {
+        let status = RelayStatus::default();
         let relay = Relay::new(
             Arc::clone(&store),
-            producer.clone(),
-            config.kafka.topic.clone(),
+            &config.kafka,
             config.relay.clone(),
             metrics.clone(),
-        );
+            status.clone(),
+        )
+        .context("configuring the relay's Kafka producer")?;
         let (handle, task) = relay.spawn(relay_stopped);
-        (handle, Some(task), Some(producer))
+        (handle, Some(task), Some(status))
     } else {
         tracing::warn!("relay disabled: events are stored but not published");
         (RelayHandle::disabled(), None, None)
@@ -83,8 +87,7 @@ pub async fn run(
         auth: Auth::new(config.command.auth_enabled, &config.command.tokens),
         readiness: Readiness {
             store,
-            producer,
-            topic: config.kafka.topic.clone(),
+            relay: relay_status,
         },
     };
     let address = listener.local_addr().context("listener address")?;

@@ -19,9 +19,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prism_events::event::{CardChannel, CardPayment, WithdrawalChannel};
 use prism_events::{AccountEvent, AccountId, Country, Currency};
+use prism_platform::auth::Principal;
 use prism_platform::http::{render_metrics, Problem};
-use prism_platform::secret::Secret;
-use rdkafka::producer::{FutureProducer, Producer};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,6 +31,7 @@ use crate::account::{
     WithdrawMoney,
 };
 use crate::metrics::Metrics;
+use crate::relay::RelayStatus;
 use crate::service::{Accepted, CommandError, CommandService, Meta};
 use crate::store::IdempotencyMark;
 
@@ -50,62 +50,24 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Bearer-token authentication for `/v1`.
-#[derive(Debug, Clone)]
-pub struct Auth {
-    enabled: bool,
-    /// Each accepted token with its caller identity (a short hash of the token), worked
-    /// out once here rather than on every request.
-    tokens: Vec<(Secret, String)>,
-}
+/// Bearer-token authentication for `/v1` (shared with the projectors' query APIs).
+pub use prism_platform::auth::Auth;
 
-impl Auth {
-    pub fn new(enabled: bool, tokens: &[Secret]) -> Self {
-        let tokens = tokens
-            .iter()
-            .filter(|t| !t.is_empty())
-            .map(|t| {
-                let principal = hex::encode(&Sha256::digest(t.expose().as_bytes())[..8]);
-                (t.clone(), principal)
-            })
-            .collect();
-        Self { enabled, tokens }
-    }
-
-    /// The caller's identity, or `None` if not allowed.
-    fn principal(&self, headers: &HeaderMap) -> Option<String> {
-        if !self.enabled {
-            return Some("anonymous".into());
-        }
-        let given = headers
-            .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?
-            .trim();
-        self.tokens
-            .iter()
-            .find(|(token, _)| constant_time_eq(token.expose().as_bytes(), given.as_bytes()))
-            .map(|(_, principal)| principal.clone())
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// What `/readyz` checks: the event store answers and Kafka's metadata is reachable.
+/// What `/readyz` checks: the event store answers. Kafka is not checked: commands never
+/// need it (the store is the outbox), so a Kafka outage must not take the write side out
+/// of rotation. The relay's state (backlog, its age, Kafka's availability) is reported in
+/// the body as a detail, `degraded` while it cannot publish.
 #[derive(Clone)]
 pub struct Readiness {
     pub store: Arc<dyn crate::store::EventStore>,
-    pub producer: Option<FutureProducer>,
-    pub topic: String,
+    /// `None` when the relay is disabled.
+    pub relay: Option<RelayStatus>,
 }
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Readiness")
-            .field("topic", &self.topic)
+            .field("relay", &self.relay)
             .finish_non_exhaustive()
     }
 }
@@ -119,28 +81,20 @@ impl Readiness {
         )
         .await
         {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("event store: {e}")),
-            Err(_) => return Err("event store: no answer within 2s".into()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("event store: {e}")),
+            Err(_) => Err("event store: no answer within 2s".into()),
         }
-        if let Some(producer) = &self.producer {
-            let producer = producer.clone();
-            let topic = self.topic.clone();
-            let metadata = tokio::task::spawn_blocking(move || {
-                producer
-                    .client()
-                    .fetch_metadata(Some(&topic), limit)
-                    .map(|m| m.topics().iter().any(|t| t.error().is_none()))
-            })
-            .await;
-            match metadata {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Err(format!("kafka: topic {} not available", self.topic)),
-                Ok(Err(e)) => return Err(format!("kafka: {e}")),
-                Err(e) => return Err(format!("kafka: {e}")),
-            }
+    }
+
+    /// The relay's detail for `/readyz`'s body.
+    fn relay_detail(&self) -> serde_json::Value {
+        match &self.relay {
+            Some(status) => serde_json::to_value(status.report()).unwrap_or_else(
+                |e| serde_json::json!({ "state": "unknown", "problem": e.to_string() }),
+            ),
+            None => serde_json::json!({ "state": "disabled" }),
         }
-        Ok(())
     }
 }
 
@@ -154,7 +108,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/accounts/{id}/freeze", post(freeze))
         .route("/v1/accounts/{id}/unfreeze", post(unfreeze))
         .route("/v1/accounts/{id}/close", post(close))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.clone(),
+            prism_platform::auth::require_bearer,
+        ));
     Router::new()
         .merge(v1)
         .route("/openapi.json", get(openapi))
@@ -192,29 +149,6 @@ pub async fn serve(
 }
 
 // ---------- request plumbing ----------
-
-/// The caller, established by [`authenticate`].
-#[derive(Debug, Clone)]
-struct Principal(String);
-
-async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    match state.auth.principal(request.headers()) {
-        Some(principal) => {
-            request.extensions_mut().insert(Principal(principal));
-            next.run(request).await
-        }
-        None => {
-            let mut response =
-                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
-                    .detail("send Authorization: Bearer <token> with a configured token")
-                    .into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
-        }
-    }
-}
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // The matched route template, never the raw path (bounded label values).
@@ -337,7 +271,7 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for AccountCommand<T> {
             .cloned()
             .ok_or_else(Problem::internal)?;
         // The canonical path (the id as parsed) keys the idempotency hash.
-        let path = parts.uri.path().replacen(&id, &account.to_string(), 1);
+        let path = canonical_path(parts.uri.path(), &account.to_string());
         let headers = parts.headers.clone();
         let body = Body::<T>::from_request(Request::from_parts(parts, body), state).await?;
         let meta = meta(&Method::POST, &path, &headers, &principal, &body.raw)?;
@@ -642,11 +576,28 @@ fn command_error(error: CommandError) -> Problem {
             "Idempotency key reused",
         )
         .detail("this Idempotency-Key was already used for a different request"),
+        CommandError::KeyInProgress => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_in_progress",
+            "Idempotency key in use",
+        )
+        .detail("another request with this Idempotency-Key is still being handled; retry it")
+        .retry_after(1),
         CommandError::Store(e) => {
             tracing::error!(error = %e, "event store failure");
             Problem::unavailable("the event store is not answering; retry shortly")
         }
     }
+}
+
+/// `/v1/accounts/{id}/<action>` with the id segment as parsed, whatever its spelling in
+/// the URI (letter case, percent-encoding), so an honest retry hashes the same.
+fn canonical_path(raw: &str, account_id: &str) -> String {
+    let mut segments: Vec<&str> = raw.split('/').collect();
+    if let Some(segment) = segments.get_mut(3) {
+        *segment = account_id;
+    }
+    segments.join("/")
 }
 
 fn rejection_problem(rejection: &Rejection) -> Problem {
@@ -984,7 +935,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.readiness.check().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(serde_json::json!({ "status": "ready" })),
+            Json(serde_json::json!({
+                "status": "ready",
+                "relay": state.readiness.relay_detail(),
+            })),
         )
             .into_response(),
         Err(reason) => Problem::unavailable(reason).into_response(),
@@ -1001,4 +955,30 @@ async fn method_not_allowed() -> Problem {
         "method_not_allowed",
         "Method not allowed",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canonical_path_spells_the_account_id_one_way() {
+        let id = "01a22161-2934-76f9-ada0-484d27d22232";
+        let canonical = format!("/v1/accounts/{id}/deposits");
+        assert_eq!(canonical_path(&canonical, id), canonical);
+        assert_eq!(
+            canonical_path(
+                "/v1/accounts/%30%31a22161-2934-76f9-ada0-484d27d22232/deposits",
+                id
+            ),
+            canonical
+        );
+        assert_eq!(
+            canonical_path(
+                "/v1/accounts/01A22161-2934-76F9-ADA0-484D27D22232/deposits",
+                id
+            ),
+            canonical
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! Every metric prism-command exports, in one place (names are part of the dashboards).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 /// Latency buckets from 0.5 ms to 10 s.
@@ -19,8 +20,16 @@ pub struct Metrics {
     pub conflicts: IntCounter,
     /// `prism_relay_published_total`: events acknowledged by Kafka (duplicates included).
     pub relay_published: IntCounter,
-    /// `prism_relay_pending_events`: unpublished events the last sweep found.
-    pub relay_pending: IntGauge,
+    /// `prism_relay_backlog_events`: unpublished events the last sweep found (at most
+    /// `relay.batch_max_events`, one page).
+    pub relay_backlog_events: IntGauge,
+    /// `prism_relay_backlog_age_seconds`: age of the oldest unpublished event at the last
+    /// sweep (0 without a backlog). Alert on this, not on readiness.
+    pub relay_backlog_age_seconds: Gauge,
+    /// `prism_relay_kafka_available`: 1 while the relay can publish, 0 while Kafka is down.
+    pub relay_kafka_available: IntGauge,
+    /// `prism_relay_producer_rebuilds_total`: producers replaced after a fatal error.
+    pub relay_producer_rebuilds: IntCounter,
     /// `prism_relay_ack_seconds`: one publish's wait for Kafka's acknowledgement.
     pub relay_ack_seconds: Histogram,
     /// `prism_relay_delay_seconds`: from the event's time (command accepted) to Kafka's ack.
@@ -48,9 +57,21 @@ impl Metrics {
             "prism_relay_published_total",
             "Events acknowledged by Kafka",
         )?;
-        let relay_pending = IntGauge::new(
-            "prism_relay_pending_events",
-            "Unpublished events found by the last relay sweep",
+        let relay_backlog_events = IntGauge::new(
+            "prism_relay_backlog_events",
+            "Unpublished events found by the last relay sweep (one page at most)",
+        )?;
+        let relay_backlog_age_seconds = Gauge::new(
+            "prism_relay_backlog_age_seconds",
+            "Age of the oldest unpublished event at the last relay sweep",
+        )?;
+        let relay_kafka_available = IntGauge::new(
+            "prism_relay_kafka_available",
+            "1 while the relay can publish to Kafka, 0 while it cannot",
+        )?;
+        let relay_producer_rebuilds = IntCounter::new(
+            "prism_relay_producer_rebuilds_total",
+            "Relay producers rebuilt after a fatal error",
         )?;
         let relay_ack_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -76,7 +97,10 @@ impl Metrics {
         registry.register(Box::new(command_duration.clone()))?;
         registry.register(Box::new(conflicts.clone()))?;
         registry.register(Box::new(relay_published.clone()))?;
-        registry.register(Box::new(relay_pending.clone()))?;
+        registry.register(Box::new(relay_backlog_events.clone()))?;
+        registry.register(Box::new(relay_backlog_age_seconds.clone()))?;
+        registry.register(Box::new(relay_kafka_available.clone()))?;
+        registry.register(Box::new(relay_producer_rebuilds.clone()))?;
         registry.register(Box::new(relay_ack_seconds.clone()))?;
         registry.register(Box::new(relay_delay_seconds.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
@@ -85,7 +109,10 @@ impl Metrics {
             command_duration,
             conflicts,
             relay_published,
-            relay_pending,
+            relay_backlog_events,
+            relay_backlog_age_seconds,
+            relay_kafka_available,
+            relay_producer_rebuilds,
             relay_ack_seconds,
             relay_delay_seconds,
             http_requests,

@@ -13,27 +13,56 @@
 //! - Fast path: the command service hands each appended commit to the relay over a channel,
 //!   so publishing takes milliseconds, not a polling interval.
 //! - Sweep: at start and every `sweep_interval_ms` the relay asks the store for unpublished
-//!   events (a crash between append and publish, or an instance that died) and publishes
-//!   them the same way.
+//!   events (a crash between append and publish, an instance that died, a failed publish)
+//!   and publishes them the same way. A due sweep runs before the next fresh batch, so a
+//!   steady stream of commits cannot starve it: leftovers wait at most one interval plus
+//!   one publish cycle. After a full page it goes on page by page (fresh commits get a turn
+//!   between pages) until the backlog is gone.
 //!
-//! The producer is idempotent (`enable.idempotence=true`, `acks=all`), keyed by account id.
+//! # Kafka down
+//! Commands never wait for Kafka: they are stored, and the store is the outbox. The topic is
+//! created by the relay, not at start, so prism-command starts and serves while Kafka is
+//! down. Once a publish (or the topic's creation) fails, the relay takes Kafka as
+//! unavailable: fresh commits are left in the store, and each sweep probes Kafka instead of
+//! waiting for a publish timeout per batch. Accounts whose events were left behind lose
+//! their watermark and go into a retry set; their fresh commits wait for the sweep, which
+//! publishes the backlog oldest first when Kafka answers again. Checks of an account's
+//! earlier unpublished events (a store query each) run at most [`PREDECESSOR_CHECKS`] at a
+//! time, so the catch-up is not a herd of store scans. The backlog (events and age of the
+//! oldest) is reported on `/readyz` and as metrics; it never makes the service unready.
+//!
+//! # The producer
+//! Idempotent (`enable.idempotence=true`, `acks=all`), keyed by account id. The pass-through
+//! table `[kafka.client]` cannot weaken either: another value is refused at start. A fatal
+//! error of the idempotent producer (it then refuses every send) is noticed after a failed
+//! publish and on every sweep, and the producer is rebuilt; the events it failed are
+//! published again from the store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use prism_events::kafka::encode_raw;
 use prism_events::{AccountId, RawEvent};
 use prism_platform::config::{KafkaConfig, RelayConfig};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tokio::sync::{mpsc, watch};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Semaphore};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::store::{EventStore, StoreError};
+
+/// Most store queries for an account's earlier unpublished events at once (after an outage
+/// every account lost its watermark; on FerretDB each query is a scan).
+pub const PREDECESSOR_CHECKS: usize = 8;
+
+/// Most accounts remembered in the retry set. Beyond it an account only loses its
+/// watermark, which is all correctness needs: its next publish checks the store first.
+const RETRY_SET_MAX: usize = 100_000;
 
 /// Hands freshly appended commits to the relay.
 #[derive(Debug, Clone)]
@@ -65,14 +94,128 @@ enum PublishError {
     Kafka { event_id: String, reason: String },
 }
 
+/// A `[kafka.client]` setting that would weaken the relay's producer.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kafka.client sets {key} = {value:?}, but the relay's producer needs {key} = {needed:?} \
+     (acks from all replicas and idempotence keep each account's events on Kafka without \
+     loss, gaps or reordering); remove the setting"
+)]
+pub struct WeakenedProducer {
+    pub key: String,
+    pub value: String,
+    pub needed: &'static str,
+}
+
+/// The relay producer's own settings that `[kafka.client]` may repeat but never change,
+/// with the values librdkafka accepts as the same.
+const GUARDED: &[(&str, &str, &[&str])] = &[
+    ("acks", "all", &["all", "-1"]),
+    ("request.required.acks", "all", &["all", "-1"]),
+    ("enable.idempotence", "true", &["true"]),
+];
+
+/// Refuses pass-through settings that change `acks` or `enable.idempotence` (a config
+/// error at start rather than a silently weaker producer; the same value is accepted).
+pub fn check_pass_through(client: &BTreeMap<String, String>) -> Result<(), WeakenedProducer> {
+    for (key, needed, same) in GUARDED {
+        if let Some(value) = client.get(*key) {
+            if !same.contains(&value.trim().to_ascii_lowercase().as_str()) {
+                return Err(WeakenedProducer {
+                    key: (*key).to_owned(),
+                    value: value.clone(),
+                    needed,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the relay last saw, shared with `/readyz`. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RelayStatus {
+    inner: Arc<Mutex<StatusInner>>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    backlog_events: u64,
+    backlog_at_least: bool,
+    oldest_unpublished: Option<DateTime<Utc>>,
+    kafka_problem: Option<String>,
+    store_problem: Option<String>,
+}
+
+/// The relay's state as `/readyz` shows it. A degraded relay never makes the service
+/// unready: commands are stored, and published once Kafka is back.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelayReport {
+    /// `publishing`, or `degraded` while Kafka or the store's outbox cannot be used.
+    pub state: &'static str,
+    /// Unpublished events the last sweep found (acknowledged ones being marked excluded).
+    pub backlog_events: u64,
+    /// The sweep reads one page (`relay.batch_max_events`): when it was full, the backlog
+    /// is at least `backlog_events`.
+    pub backlog_at_least: bool,
+    /// Age of the oldest unpublished event (0 without a backlog).
+    pub backlog_age_seconds: f64,
+    /// Why the relay is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl RelayStatus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn report(&self) -> RelayReport {
+        let inner = self.lock();
+        let problem = match (&inner.kafka_problem, &inner.store_problem) {
+            (Some(k), Some(s)) => Some(format!("{k}; {s}")),
+            (Some(p), None) | (None, Some(p)) => Some(p.clone()),
+            (None, None) => None,
+        };
+        RelayReport {
+            state: if problem.is_some() {
+                "degraded"
+            } else {
+                "publishing"
+            },
+            backlog_events: inner.backlog_events,
+            backlog_at_least: inner.backlog_at_least,
+            backlog_age_seconds: age_seconds(inner.oldest_unpublished),
+            problem,
+        }
+    }
+}
+
+fn age_seconds(oldest: Option<DateTime<Utc>>) -> f64 {
+    oldest.map_or(0.0, |time| {
+        let micros = (Utc::now() - time).num_microseconds().unwrap_or(i64::MAX);
+        (micros as f64 / 1e6).max(0.0)
+    })
+}
+
 pub struct Relay {
     store: Arc<dyn EventStore>,
+    kafka: KafkaConfig,
     producer: FutureProducer,
-    topic: String,
     config: RelayConfig,
     metrics: Metrics,
+    status: RelayStatus,
     /// Highest version of each account this relay knows to be on Kafka.
     published: HashMap<AccountId, u64>,
+    /// Accounts with events left unpublished by a failed or skipped publish: their fresh
+    /// commits wait for the sweep, which publishes the account's backlog in order.
+    retry: HashSet<AccountId>,
+    /// Why Kafka is taken to be unavailable; `None` while publishing works.
+    kafka_down: Option<String>,
+    /// The topic exists (created or found by this relay).
+    topic_ready: bool,
+    /// Bounds concurrent predecessor checks (store queries).
+    checks: Arc<Semaphore>,
     /// Acknowledged events waiting for [`mark`] to record them.
     marks: mpsc::UnboundedSender<Vec<Uuid>>,
     /// Their ids: on Kafka already, so never published again from a stale "unpublished".
@@ -80,7 +223,7 @@ pub struct Relay {
 }
 
 /// Ids of acknowledged events whose `mark_published` has not finished yet.
-type Marking = Arc<std::sync::Mutex<HashSet<Uuid>>>;
+type Marking = Arc<Mutex<HashSet<Uuid>>>;
 
 fn is_marking(marking: &Marking, id: &str) -> bool {
     let Ok(id) = Uuid::parse_str(id) else {
@@ -88,7 +231,7 @@ fn is_marking(marking: &Marking, id: &str) -> bool {
     };
     marking
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(PoisonError::into_inner)
         .contains(&id)
 }
 
@@ -108,9 +251,7 @@ async fn mark(
         if let Err(e) = store.mark_published(&ids).await {
             tracing::warn!(error = %e, events = ids.len(), "marking events published failed");
         }
-        let mut marking = marking
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut marking = marking.lock().unwrap_or_else(PoisonError::into_inner);
         for id in &ids {
             marking.remove(id);
         }
@@ -120,8 +261,10 @@ async fn mark(
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
-            .field("topic", &self.topic)
+            .field("topic", &self.kafka.topic)
             .field("known_accounts", &self.published.len())
+            .field("retry_accounts", &self.retry.len())
+            .field("kafka_down", &self.kafka_down)
             .finish()
     }
 }
@@ -132,42 +275,49 @@ pub async fn ensure_topic(kafka: &KafkaConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The relay's producer: idempotent, acks from all replicas, keyed by account.
+/// The relay's producer: idempotent, acks from all replicas, keyed by account. Refuses
+/// pass-through settings that would weaken either ([`check_pass_through`]).
 pub fn producer(kafka: &KafkaConfig, relay: &RelayConfig) -> anyhow::Result<FutureProducer> {
+    check_pass_through(&kafka.client)?;
     let mut config = prism_platform::clients::kafka_client_config(kafka);
+    // Set after the pass-through table, so these are what the producer runs with.
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", relay.linger_ms.to_string())
         .set("message.timeout.ms", relay.publish_timeout_ms.to_string())
         .set("compression.type", "lz4");
-    // Pass-through settings win over ours (set again last).
-    for (key, value) in &kafka.client {
-        config.set(key, value);
-    }
+    config.remove("request.required.acks");
     Ok(config.create()?)
 }
 
 impl Relay {
+    /// A relay publishing to `kafka.topic`; nothing connects to Kafka until it runs.
     pub fn new(
         store: Arc<dyn EventStore>,
-        producer: FutureProducer,
-        topic: String,
+        kafka: &KafkaConfig,
         config: RelayConfig,
         metrics: Metrics,
-    ) -> Self {
+        status: RelayStatus,
+    ) -> anyhow::Result<Self> {
+        let producer = producer(kafka, &config)?;
         // Replaced by `spawn`; a relay that never runs marks nothing.
         let (marks, _) = mpsc::unbounded_channel();
-        Self {
+        Ok(Self {
             store,
+            kafka: kafka.clone(),
             producer,
-            topic,
             config,
             metrics,
+            status,
             published: HashMap::new(),
+            retry: HashSet::new(),
+            kafka_down: None,
+            topic_ready: false,
+            checks: Arc::new(Semaphore::new(PREDECESSOR_CHECKS)),
             marks,
             marking: Marking::default(),
-        }
+        })
     }
 
     /// Starts the relay task; it stops after `shutdown` flips to true and the queue is drained.
@@ -207,23 +357,39 @@ impl Relay {
         let mut sweep =
             tokio::time::interval(Duration::from_millis(self.config.sweep_interval_ms.max(1)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A full page was published: more backlog is waiting, so sweep again right away.
+        let mut catching_up = false;
         loop {
-            tokio::select! {
-                // Fresh commits first: they are what clients wait for.
-                biased;
-                commit = receiver.recv() => {
-                    let Some(first) = commit else { break };
-                    let mut batch = vec![first];
-                    while let Ok(more) = receiver.try_recv() {
-                        batch.push(more);
-                    }
-                    self.publish_fresh(batch).await;
+            if catching_up {
+                catching_up = self.sweep().await;
+                // Fresh commits get their turn between pages.
+                self.publish_queued(&mut receiver).await;
+                if *shutdown.borrow() {
+                    break;
                 }
-                _ = sweep.tick() => self.sweep().await,
+                continue;
+            }
+            tokio::select! {
+                biased;
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         break;
                     }
+                }
+                // A due sweep goes before fresh commits: under steady load a commit is
+                // queued whenever a publish cycle ends, and the sweep would never run.
+                _ = sweep.tick() => {
+                    catching_up = self.sweep().await;
+                    // Whatever queued meanwhile gets its turn now: during an outage each
+                    // sweep waits for Kafka's probe and the next one is due at once, so
+                    // the queue would otherwise grow for as long as Kafka is down.
+                    self.publish_queued(&mut receiver).await;
+                }
+                commit = receiver.recv() => {
+                    let Some(first) = commit else { break };
+                    let mut batch = vec![first];
+                    batch.extend(drain(&mut receiver));
+                    self.publish_fresh(batch).await;
                 }
             }
         }
@@ -236,59 +402,217 @@ impl Relay {
         if !rest.is_empty() {
             self.publish_fresh(rest).await;
         }
-        if let Err(e) = self.producer.flush(Duration::from_secs(10)) {
+        // With Kafka down there is nothing to wait for: unacknowledged events stay
+        // unpublished in the store and the next relay publishes them.
+        let flush = if self.kafka_down.is_some() { 1 } else { 10 };
+        if let Err(e) = self.producer.flush(Duration::from_secs(flush)) {
             tracing::warn!(error = %e, "flushing the relay producer");
         }
     }
 
-    /// Publishes commits just appended by this instance.
-    async fn publish_fresh(&mut self, commits: Vec<Vec<RawEvent>>) {
-        let work = by_account(commits.into_iter().flatten());
-        self.publish_accounts(work, true).await;
+    /// Publishes (or leaves to the sweep) every commit queued right now.
+    async fn publish_queued(&mut self, receiver: &mut mpsc::UnboundedReceiver<Vec<RawEvent>>) {
+        let queued = drain(receiver);
+        if !queued.is_empty() {
+            self.publish_fresh(queued).await;
+        }
     }
 
-    /// Publishes whatever the store holds unpublished.
-    async fn sweep(&mut self) {
+    /// Publishes commits just appended by this instance, unless Kafka is down or the
+    /// account waits for the sweep: then they stay in the store for the sweep.
+    async fn publish_fresh(&mut self, commits: Vec<Vec<RawEvent>>) {
+        if !self.topic_ready && self.kafka_down.is_none() {
+            // First publish of this relay: create the topic (or learn that Kafka is down).
+            self.kafka_ready().await;
+        }
+        let usable = self.topic_ready && self.kafka_down.is_none();
+        let mut work = Vec::new();
+        for (account_id, mut events) in by_account(commits.into_iter().flatten()) {
+            if !usable || self.retry.contains(&account_id) {
+                self.defer(account_id);
+                continue;
+            }
+            // A sweep may have published these already (acknowledged, so on Kafka): skip
+            // them rather than ask the store about the rest. The sweep itself never skips,
+            // so an event whose mark failed is still published again and marked.
+            if let Some(&known) = self.published.get(&account_id) {
+                events.retain(|e| e.account_version > known);
+            }
+            if !events.is_empty() {
+                work.push((account_id, events));
+            }
+        }
+        if !work.is_empty() {
+            self.publish_accounts(work, true).await;
+        }
+    }
+
+    /// Leaves an account's events to the sweep: its watermark is forgotten, so nothing of it
+    /// is published before the store confirmed what is still unpublished.
+    fn defer(&mut self, account_id: AccountId) {
+        self.published.remove(&account_id);
+        if self.retry.len() < RETRY_SET_MAX {
+            self.retry.insert(account_id);
+        }
+    }
+
+    /// Publishes whatever the store holds unpublished (one page, oldest first) and reports
+    /// the backlog. Returns whether the page was full and published: more is waiting.
+    async fn sweep(&mut self) -> bool {
+        // A full page may have cut an account's history (clocks of two instances can order
+        // commit ids differently from versions): then check predecessors in the store too.
+        let truncated;
         let pending = match self
             .store
             .unpublished(None, self.config.batch_max_events)
             .await
         {
             Ok(mut pending) => {
+                // Judged on the page as read: filtering must not make a full page look whole.
+                truncated = pending.len() >= self.config.batch_max_events;
                 // Acknowledged and being marked: on Kafka already.
                 pending.retain(|e| !is_marking(&self.marking, &e.id));
+                self.status.lock().store_problem = None;
                 pending
             }
             Err(e) => {
                 tracing::warn!(error = %e, "relay sweep could not read unpublished events");
-                return;
+                self.status.lock().store_problem = Some(format!("reading the outbox: {e}"));
+                return false;
             }
         };
-        self.metrics.relay_pending.set(pending.len() as i64);
+        self.report_backlog(&pending, truncated);
         if pending.is_empty() {
-            return;
+            // Nothing unpublished: no account has a backlog left to wait for.
+            self.retry.clear();
+            if self.kafka_down.is_some() || !self.topic_ready {
+                // Create the topic at start (projectors may wait for it) and probe after a
+                // failure, so the status says when Kafka is back, even with nothing to send.
+                self.kafka_ready().await;
+            }
+            return false;
         }
-        // A full page may have cut an account's history (clocks of two instances can order
-        // commit ids differently from versions): then check predecessors in the store too.
-        let truncated = pending.len() >= self.config.batch_max_events;
+        if !self.kafka_ready().await {
+            return false;
+        }
         tracing::info!(
             events = pending.len(),
             "relay sweep found unpublished events"
         );
-        let work = by_account(pending);
         // Untruncated, the page holds every unpublished event: predecessors included.
-        self.publish_accounts(work, truncated).await;
+        let all_published = self.publish_accounts(by_account(pending), truncated).await;
+        if all_published && !truncated {
+            // Every account's backlog as of the read is on Kafka. Commits deferred since
+            // have lost their watermark, so they are checked against the store anyway.
+            self.retry.clear();
+        }
+        all_published && truncated
     }
 
-    /// Publishes each account's events in order; accounts in parallel.
-    async fn publish_accounts(&mut self, work: Vec<Vec<RawEvent>>, check_predecessors: bool) {
+    fn report_backlog(&self, pending: &[RawEvent], truncated: bool) {
+        let oldest = pending.iter().map(|e| e.time).min();
+        let events = pending.len() as u64;
+        {
+            let mut status = self.status.lock();
+            status.backlog_events = events;
+            status.backlog_at_least = truncated;
+            status.oldest_unpublished = oldest;
+        }
+        self.metrics
+            .relay_backlog_events
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
+        self.metrics
+            .relay_backlog_age_seconds
+            .set(age_seconds(oldest));
+    }
+
+    /// Whether Kafka can be published to now: rebuilds a fatally failed producer, creates
+    /// the topic if this relay has not yet, and probes Kafka after a failure.
+    async fn kafka_ready(&mut self) -> bool {
+        self.rebuild_if_fatal();
+        if !self.topic_ready {
+            // Creating the topic is the probe too (it fails while Kafka is down).
+            if let Err(e) = ensure_topic(&self.kafka).await {
+                self.kafka_unavailable(format!("creating the topic {}: {e:#}", self.kafka.topic));
+                return false;
+            }
+            self.topic_ready = true;
+        } else if self.kafka_down.is_some() {
+            if let Err(reason) = self.probe().await {
+                self.kafka_unavailable(reason);
+                return false;
+            }
+        }
+        if self.kafka_down.take().is_some() {
+            tracing::info!(topic = %self.kafka.topic, "kafka answers again; the relay publishes the backlog");
+        }
+        self.metrics.relay_kafka_available.set(1);
+        self.status.lock().kafka_problem = None;
+        true
+    }
+
+    /// Asks Kafka for the topic's metadata (a real request, bounded by
+    /// `kafka.request_timeout_ms`).
+    async fn probe(&mut self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        let topic = self.kafka.topic.clone();
+        let limit = Duration::from_millis(self.kafka.request_timeout_ms);
+        let answer = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), limit)
+                .map(|m| m.topics().iter().find_map(|t| t.error()))
+        })
+        .await;
+        match answer {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(error))) => {
+                // The topic went missing: create it again before the next publish.
+                self.topic_ready = false;
+                Err(format!("topic {}: {error:?}", self.kafka.topic))
+            }
+            Ok(Err(e)) => Err(format!("kafka metadata: {e}")),
+            Err(e) => Err(format!("kafka metadata probe: {e}")),
+        }
+    }
+
+    fn kafka_unavailable(&mut self, reason: String) {
+        if self.kafka_down.is_none() {
+            tracing::warn!(reason = %reason, "kafka unavailable: commands are stored and published when it is back");
+        }
+        self.metrics.relay_kafka_available.set(0);
+        self.status.lock().kafka_problem = Some(format!("kafka unavailable: {reason}"));
+        self.kafka_down = Some(reason);
+    }
+
+    /// A fatal error of the idempotent producer (e.g. the broker fenced its producer id)
+    /// makes it refuse every send for good: build a new one.
+    fn rebuild_if_fatal(&mut self) {
+        let Some((code, reason)) = self.producer.client().fatal_error() else {
+            return;
+        };
+        tracing::error!(?code, reason = %reason, "the relay's producer failed fatally; rebuilding it");
+        match producer(&self.kafka, &self.config) {
+            Ok(fresh) => {
+                self.producer = fresh;
+                self.metrics.relay_producer_rebuilds.inc();
+                // Nothing is known to be on Kafka through the new producer's eyes beyond
+                // what was acknowledged; watermarks stay valid (they only record acks).
+            }
+            Err(e) => self.kafka_unavailable(format!("rebuilding the producer: {e:#}")),
+        }
+    }
+
+    /// Publishes each account's events in order; accounts in parallel. Returns whether
+    /// every account's events were published.
+    async fn publish_accounts(
+        &mut self,
+        work: Vec<(AccountId, Vec<RawEvent>)>,
+        check_predecessors: bool,
+    ) -> bool {
         let mut plans = Vec::with_capacity(work.len());
-        for events in work {
+        for (account_id, events) in work {
             let Some(first) = events.first() else {
-                continue;
-            };
-            let Ok(account_id) = first.subject.parse::<AccountId>() else {
-                tracing::error!(subject = %first.subject, "stored event with an invalid subject; not published");
                 continue;
             };
             let known = self.published.get(&account_id).copied();
@@ -304,16 +628,20 @@ impl Relay {
             plans.push((account_id, events, needs_check, known));
         }
         let store = Arc::clone(&self.store);
+        let checks = Arc::clone(&self.checks);
         let marking = &self.marking;
         let producer = &self.producer;
-        let topic = self.topic.as_str();
+        let topic = self.kafka.topic.as_str();
         let timeout = Duration::from_millis(self.config.publish_timeout_ms);
         let metrics = &self.metrics;
         let results = join_all(plans.into_iter().map(
             |(account_id, events, needs_check, known)| {
                 let store = Arc::clone(&store);
+                let checks = Arc::clone(&checks);
                 async move {
                     let events = if needs_check {
+                        // A closed semaphore cannot happen (never closed); go on unbounded.
+                        let _permit = checks.acquire_owned().await.ok();
                         match with_predecessors(store.as_ref(), marking, account_id, events).await {
                             Ok(events) => events,
                             Err(e) => return (account_id, known, Err(e)),
@@ -331,6 +659,8 @@ impl Relay {
         .await;
 
         let mut acked: Vec<Uuid> = Vec::new();
+        let mut kafka_failure = None;
+        let mut all_published = true;
         for (account_id, known, result) in results {
             match result {
                 Ok((ids, events)) => {
@@ -338,41 +668,65 @@ impl Relay {
                         let top = known.unwrap_or(0).max(last.account_version);
                         self.published.insert(account_id, top);
                     }
+                    self.retry.remove(&account_id);
                     acked.extend(ids);
                 }
                 Err(e) => {
-                    // Forget the watermark: the next attempt asks the store again.
-                    self.published.remove(&account_id);
+                    all_published = false;
                     tracing::warn!(account_id = %account_id, error = %e, "publish failed; will retry");
+                    if let PublishError::Kafka { reason, .. } = &e {
+                        kafka_failure = Some(reason.clone());
+                    }
+                    // The sweep publishes what is left, after checking the store.
+                    self.defer(account_id);
                 }
             }
         }
         if !acked.is_empty() {
             self.marking
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(PoisonError::into_inner)
                 .extend(acked.iter().copied());
             // A closed marker (shutdown) leaves them unpublished: the next relay republishes.
             let _ = self.marks.send(acked);
+        }
+        if let Some(reason) = kafka_failure {
+            self.kafka_unavailable(reason);
+            self.rebuild_if_fatal();
         }
         // Keep the watermark map bounded: it is only an optimisation.
         if self.published.len() > 1_000_000 {
             self.published.clear();
         }
+        all_published
     }
 }
 
-/// Groups events per account, each group in version order.
-fn by_account(events: impl IntoIterator<Item = RawEvent>) -> Vec<Vec<RawEvent>> {
+/// Whatever is queued on the channel right now.
+fn drain(receiver: &mut mpsc::UnboundedReceiver<Vec<RawEvent>>) -> Vec<Vec<RawEvent>> {
+    let mut queued = Vec::new();
+    while let Ok(commit) = receiver.try_recv() {
+        queued.push(commit);
+    }
+    queued
+}
+
+/// Groups events per account, each group in version order. An event whose subject is no
+/// account id cannot be keyed and is never published (logged).
+fn by_account(events: impl IntoIterator<Item = RawEvent>) -> Vec<(AccountId, Vec<RawEvent>)> {
     let mut groups: BTreeMap<String, Vec<RawEvent>> = BTreeMap::new();
     for event in events {
         groups.entry(event.subject.clone()).or_default().push(event);
     }
     groups
-        .into_values()
-        .map(|mut events| {
+        .into_iter()
+        .filter_map(|(subject, mut events)| {
+            let Ok(account_id) = subject.parse::<AccountId>() else {
+                tracing::error!(subject = %subject, "stored event with an invalid subject; not published");
+                return None;
+            };
             events.sort_by_key(|e| e.account_version);
-            events
+            Some((account_id, events))
         })
         .collect()
 }
@@ -447,4 +801,64 @@ async fn publish_in_order(
         }
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn pass_through_may_not_weaken_the_producer() {
+        for (key, value) in [
+            ("acks", "1"),
+            ("acks", "0"),
+            ("request.required.acks", "1"),
+            ("enable.idempotence", "false"),
+        ] {
+            let error = check_pass_through(&client(&[(key, value)]))
+                .expect_err("a weaker setting is refused");
+            assert_eq!(error.key, key);
+            assert!(error.to_string().contains("remove the setting"), "{error}");
+        }
+    }
+
+    #[test]
+    fn pass_through_may_repeat_the_producers_own_values() {
+        let same = client(&[
+            ("acks", "all"),
+            ("request.required.acks", "-1"),
+            ("enable.idempotence", "TRUE"),
+            ("linger.ms", "5"),
+            ("security.protocol", "SASL_SSL"),
+        ]);
+        assert!(check_pass_through(&same).is_ok());
+    }
+
+    #[test]
+    fn a_kafka_or_store_problem_degrades_the_report_and_the_backlog_has_an_age() {
+        let status = RelayStatus::default();
+        assert_eq!(status.report().state, "publishing");
+        assert_eq!(status.report().backlog_age_seconds, 0.0);
+        {
+            let mut inner = status.lock();
+            inner.backlog_events = 7;
+            inner.oldest_unpublished = Some(Utc::now() - chrono::Duration::seconds(90));
+            inner.kafka_problem = Some("kafka unavailable: down".into());
+        }
+        let report = status.report();
+        assert_eq!(report.state, "degraded");
+        assert_eq!(report.backlog_events, 7);
+        assert!(report.backlog_age_seconds >= 90.0, "{report:?}");
+        assert_eq!(report.problem.as_deref(), Some("kafka unavailable: down"));
+        status.lock().kafka_problem = None;
+        status.lock().store_problem = Some("reading the outbox: x".into());
+        assert_eq!(status.report().state, "degraded");
+    }
 }

@@ -6,14 +6,22 @@
 //! - **Cache.** A slot keeps the account's state after each command. The cache is never
 //!   trusted blindly: the append's optimistic-concurrency check proves it current, and a
 //!   conflict (another instance wrote first) reloads the missing events and decides again,
-//!   at most `conflict_retries` times before answering 409.
+//!   at most `conflict_retries` times before answering 409. A rejection has no such proof,
+//!   so one decided on a cached state is decided again after reloading the missing events:
+//!   a rejection (and the answer stored under its idempotency key) always rests on the
+//!   store's current state, never on what this instance last saw.
 //! - **Loading.** A cold account is the latest snapshot plus the events after it; a snapshot
-//!   is written every `snapshot_every` events.
-//! - **Idempotency.** The key is stored with the commit itself (unique in the store), so a
-//!   retried request that would append again fails on that index and is answered from the
-//!   stored commit — even when two instances race on one key. A rejected request stores
-//!   its answer by key; a retry looks that up first (by primary key) and, if today's state
-//!   would reject a request that once succeeded, the stored commit is answered instead.
+//!   is written every `snapshot_every` events, tagged with its format
+//!   ([`Account::SNAPSHOT_VERSION`]); one of another format is ignored (replayed instead).
+//! - **Idempotency: one key, one outcome.** The key is stored with the commit itself
+//!   (unique in the store), so a retried request that would append again fails on that
+//!   index and is answered from the stored commit — even when two instances race on one
+//!   key. Before committing, an attempt *claims* the key in the store's `responses` (first
+//!   insert wins); a rejected request stores its answer in that same unique key space (or
+//!   turns its own claim into it). So a key never holds both a rejection and a commit:
+//!   whoever stored first decides, the others replay that outcome, and a claim whose owner
+//!   is still working answers 409 "in progress" (taken over after [`CLAIM_LEASE`] if its
+//!   owner died before committing).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -79,8 +87,36 @@ pub enum CommandError {
     Conflict(AccountId),
     #[error("the idempotency key was used for a different request")]
     IdempotencyMismatch,
+    /// Another attempt with the same idempotency key holds it and has not finished (or
+    /// crashed less than [`CLAIM_LEASE`] ago): retry shortly.
+    #[error("a request with this idempotency key is in progress")]
+    KeyInProgress,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// How long a claim on an idempotency key stands without its commit before another attempt
+/// may take the key over (its owner crashed between the claim and the append).
+const CLAIM_LEASE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// Where this attempt stands with its idempotency key.
+#[derive(Debug)]
+enum Key {
+    /// The request has no key.
+    Unkeyed,
+    /// Nothing was stored under the key when this attempt looked.
+    Free,
+    /// This attempt holds the key's claim with this id: only it may commit with the key or
+    /// turn the claim into a stored rejection.
+    Mine(String),
+}
+
+/// What a record found under a key means for this attempt.
+enum Settled {
+    /// The key's outcome (a stored rejection, the stored commit, or why not).
+    Answer(Result<Accepted, CommandError>),
+    /// An abandoned claim that this attempt took over: its id.
+    TookOver(String),
 }
 
 /// One account's queue and cached state.
@@ -173,6 +209,7 @@ impl CommandService {
             Err(CommandError::Rejected(_) | CommandError::StoredRejection(_)) => "rejected",
             Err(CommandError::Conflict(_)) => "conflict",
             Err(CommandError::IdempotencyMismatch) => "invalid",
+            Err(CommandError::KeyInProgress) => "conflict",
             Err(CommandError::Store(_)) => "error",
         };
         self.metrics
@@ -190,37 +227,51 @@ impl CommandService {
     ) -> Result<Accepted, CommandError> {
         let slot = self.slot(account_id);
         let mut slot = slot.lock().await;
-        // A rejection answered before under this key is answered again (one lookup by key,
-        // the store's primary key). An earlier *success* needs no lookup here: appending
-        // with the key again fails on its unique index and the commit is replayed then.
-        // Checked in the queue, so a twin request that finished while we waited is seen.
-        if let Some(mark) = &meta.idempotency {
-            if let Some(answer) = self.stored_rejection(mark).await? {
-                return answer;
-            }
-        }
-        let mut state = match slot.state.take() {
-            Some(state) => state,
-            None => self.load(account_id).await?,
+        // One key, one outcome: a rejection and a commit's claim share the store's unique
+        // key space (`responses`), and whoever stores first decides. A record already there
+        // answers this attempt (checked in the queue, so a twin that finished while we
+        // waited is seen).
+        let mut key = match &meta.idempotency {
+            None => Key::Unkeyed,
+            Some(mark) => match self.store.find_response(&mark.key).await? {
+                None => Key::Free,
+                Some(record) => match self.settle(mark, record).await? {
+                    Settled::Answer(answer) => return answer,
+                    Settled::TookOver(id) => Key::Mine(id),
+                },
+            },
+        };
+        // `fresh`: the state was read from the store for this command. A cached state may
+        // be behind another instance's writes; an acceptance is proven current by the
+        // append's version check, a rejection is not, so it is decided again on fresh state.
+        let (mut state, mut fresh) = match slot.state.take() {
+            Some(state) => (state, false),
+            None => (self.load(account_id).await?, true),
         };
         let mut attempt = 0;
         loop {
             let now = now_micros();
             let events = match account::decide(&state, command, now) {
                 Ok(events) => events,
+                Err(_) if !fresh => {
+                    state = self.catch_up(account_id, state).await?;
+                    fresh = true;
+                    continue;
+                }
                 Err(rejection) => {
                     slot.state = Some(state);
-                    // A retried request that succeeded the first time may be rejected by
-                    // today's state: the first answer wins.
-                    if let Some(mark) = &meta.idempotency {
-                        if let Some(answer) = self.stored_commit(mark).await? {
-                            return answer;
-                        }
-                    }
-                    self.remember_rejection(meta, &rejection).await;
-                    return Err(CommandError::Rejected(rejection));
+                    return self.reject(meta, rejection, &key).await;
                 }
             };
+            if let (Some(mark), Key::Free) = (&meta.idempotency, &key) {
+                match self.claim(mark).await? {
+                    Settled::TookOver(id) => key = Key::Mine(id),
+                    Settled::Answer(answer) => {
+                        slot.state = Some(state);
+                        return answer;
+                    }
+                }
+            }
             let envelopes = self.envelopes(account_id, state.version(), now, events, meta);
             match self
                 .store
@@ -254,9 +305,12 @@ impl CommandService {
                     attempt += 1;
                     if attempt > self.config.conflict_retries {
                         // The cached state is stale: drop it so the next command reloads.
+                        // A claim of ours stays: a retry finds no commit and, after the
+                        // lease, takes the key over.
                         return Err(CommandError::Conflict(account_id));
                     }
                     state = self.catch_up(account_id, state).await?;
+                    fresh = true;
                 }
                 Err(AppendError::DuplicateIdempotencyKey) => {
                     // This key's commit exists (a retry, or a twin on another instance):
@@ -278,6 +332,132 @@ impl CommandService {
                     return Err(CommandError::Store(e));
                 }
             }
+        }
+    }
+
+    /// Claims `mark`'s key for a commit: the first record stored under the key wins.
+    /// `TookOver` when the claim is this attempt's, else the answer the winner implies.
+    async fn claim(&self, mark: &IdempotencyMark) -> Result<Settled, CommandError> {
+        let id = Uuid::now_v7().to_string();
+        let stored = self
+            .store
+            .save_response(&StoredResponse::claim(mark, &id, Utc::now()))
+            .await?;
+        if stored {
+            return Ok(Settled::TookOver(id));
+        }
+        match self.store.find_response(&mark.key).await? {
+            Some(record) if record.claim_id() == Some(id.as_str()) => Ok(Settled::TookOver(id)),
+            Some(record) => self.settle(mark, record).await,
+            None => Err(CommandError::Store(StoreError::Unavailable(
+                "an idempotency key's claim vanished after it was stored".into(),
+            ))),
+        }
+    }
+
+    /// What `record`, found under `mark`'s key and not this attempt's, means: the stored
+    /// rejection, the commit of the claim's owner, "in progress", or a takeover of a claim
+    /// abandoned for longer than [`CLAIM_LEASE`].
+    async fn settle(
+        &self,
+        mark: &IdempotencyMark,
+        mut record: StoredResponse,
+    ) -> Result<Settled, CommandError> {
+        // Bounded: each round either answers or loses a takeover race to another attempt.
+        for _ in 0..3 {
+            if record.request_hash != mark.request_hash {
+                return Ok(Settled::Answer(Err(CommandError::IdempotencyMismatch)));
+            }
+            let Some(owner) = record.claim_id().map(str::to_owned) else {
+                return Ok(Settled::Answer(Err(CommandError::StoredRejection(record))));
+            };
+            if let Some(answer) = self.stored_commit(mark).await? {
+                return Ok(Settled::Answer(answer));
+            }
+            let abandoned = record
+                .claimed_at()
+                .is_none_or(|at| Utc::now() - at > CLAIM_LEASE);
+            if !abandoned {
+                return Ok(Settled::Answer(Err(CommandError::KeyInProgress)));
+            }
+            let id = Uuid::now_v7().to_string();
+            let ours = StoredResponse::claim(mark, &id, Utc::now());
+            if self.store.replace_claim(&owner, &ours).await? {
+                // The old owner can no longer commit with the key... unless its append is
+                // still in flight: the commit's own unique key then wins, and ours replays it.
+                return Ok(Settled::TookOver(id));
+            }
+            match self.store.find_response(&mark.key).await? {
+                Some(now) => record = now,
+                None => return Ok(Settled::Answer(Err(CommandError::KeyInProgress))),
+            }
+        }
+        Ok(Settled::Answer(Err(CommandError::KeyInProgress)))
+    }
+
+    /// Answers a rejection; with a key, stores it as the key's one outcome first.
+    async fn reject(
+        &self,
+        meta: &Meta,
+        rejection: Rejection,
+        key: &Key,
+    ) -> Result<Accepted, CommandError> {
+        let Some(mark) = &meta.idempotency else {
+            return Err(CommandError::Rejected(rejection));
+        };
+        let response = StoredResponse {
+            key: mark.key.clone(),
+            request_hash: mark.request_hash.clone(),
+            status: 422,
+            body: serde_json::json!({ "code": rejection.code(), "detail": rejection.to_string() }),
+        };
+        let mut claim = match key {
+            Key::Unkeyed => return Err(CommandError::Rejected(rejection)),
+            Key::Mine(id) => Some(id.clone()),
+            Key::Free => None,
+        };
+        if claim.is_none() {
+            // A retried request that succeeded the first time may be rejected by today's
+            // state: the first answer wins.
+            if let Some(answer) = self.stored_commit(mark).await? {
+                return answer;
+            }
+            if rejection.is_not_found() || rejection.is_invalid_input() {
+                // Nothing was decided: the same request gets the same answer anyway.
+                return Err(CommandError::Rejected(rejection));
+            }
+            if self.store.save_response(&response).await? {
+                return Err(CommandError::Rejected(rejection));
+            }
+            match self.store.find_response(&mark.key).await? {
+                Some(record) if record == response => {
+                    return Err(CommandError::Rejected(rejection));
+                }
+                Some(record) => match self.settle(mark, record).await? {
+                    Settled::Answer(answer) => return answer,
+                    Settled::TookOver(id) => claim = Some(id),
+                },
+                None => {
+                    return Err(CommandError::Store(StoreError::Unavailable(
+                        "a stored rejection vanished".into(),
+                    )))
+                }
+            }
+        }
+        // This attempt holds the key's claim: its rejection becomes the key's outcome.
+        let Some(id) = claim else {
+            return Err(CommandError::Rejected(rejection));
+        };
+        if self.store.replace_claim(&id, &response).await? {
+            return Err(CommandError::Rejected(rejection));
+        }
+        // Another attempt took the key over (this one outlived its lease): its outcome rules.
+        match self.store.find_response(&mark.key).await? {
+            Some(record) => match self.settle(mark, record).await? {
+                Settled::Answer(answer) => answer,
+                Settled::TookOver(_) => Err(CommandError::KeyInProgress),
+            },
+            None => Err(CommandError::KeyInProgress),
         }
     }
 
@@ -320,48 +500,19 @@ impl CommandService {
         })))
     }
 
-    /// The rejection answered under this key, as an answer (always `Some(Err)`).
-    async fn stored_rejection(
-        &self,
-        mark: &IdempotencyMark,
-    ) -> Result<Option<Result<Accepted, CommandError>>, CommandError> {
-        let Some(response) = self.store.find_response(&mark.key).await? else {
-            return Ok(None);
-        };
-        if response.request_hash != mark.request_hash {
-            return Ok(Some(Err(CommandError::IdempotencyMismatch)));
-        }
-        Ok(Some(Err(CommandError::StoredRejection(response))))
-    }
-
-    async fn remember_rejection(&self, meta: &Meta, rejection: &Rejection) {
-        let Some(mark) = &meta.idempotency else {
-            return;
-        };
-        if rejection.is_not_found() || rejection.is_invalid_input() {
-            // Nothing was decided: the same request gets the same answer anyway.
-            return;
-        }
-        let response = StoredResponse {
-            key: mark.key.clone(),
-            request_hash: mark.request_hash.clone(),
-            status: 422,
-            body: serde_json::json!({ "code": rejection.code(), "detail": rejection.to_string() }),
-        };
-        if let Err(e) = self.store.save_response(&response).await {
-            tracing::warn!(error = %e, "could not store the rejection for its idempotency key");
-        }
-    }
-
     /// Snapshot + events after it.
     async fn load(&self, account_id: AccountId) -> Result<Account, CommandError> {
         let mut state = Account::default();
         if self.config.snapshot_every > 0 {
             if let Some(snapshot) = self.store.load_snapshot(account_id).await? {
-                match serde_json::from_value::<Account>(snapshot.state) {
+                match Account::from_snapshot(snapshot.state) {
                     Ok(s) if s.version() == snapshot.version => state = s,
-                    // An unreadable snapshot (older layout) is only a cache: replay instead.
-                    _ => tracing::warn!(%account_id, "ignoring an unreadable snapshot"),
+                    // A snapshot is only a cache: one of another format, or unreadable, is
+                    // ignored and the account replayed from its events.
+                    Ok(_) => {
+                        tracing::warn!(%account_id, "ignoring a snapshot whose version disagrees with its state")
+                    }
+                    Err(e) => tracing::warn!(%account_id, error = %e, "ignoring a snapshot"),
                 }
             }
         }
@@ -410,7 +561,7 @@ impl CommandService {
         if every == 0 || before / every == state.version() / every {
             return;
         }
-        let state_json = match serde_json::to_value(state) {
+        let state_json = match state.to_snapshot() {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "serialising a snapshot");

@@ -116,6 +116,7 @@ contract!(
     init_again_and_concurrently_changes_nothing,
     a_text_with_u0000_is_refused_the_same_way_everywhere,
     a_stored_response_keeps_its_first_answer,
+    a_claim_on_a_key_is_replaced_only_by_its_owner,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -859,13 +860,19 @@ async fn a_stored_response_keeps_its_first_answer(store: &dyn EventStore) {
             "balance_minor": i64::MAX,
         }),
     };
-    up("store", store.save_response(&first).await);
+    assert!(
+        up("store", store.save_response(&first).await),
+        "the first save stores"
+    );
     let second = StoredResponse {
         status: 409,
         body: json!({ "title": "other" }),
         ..first.clone()
     };
-    up("store", store.save_response(&second).await);
+    assert!(
+        !up("store", store.save_response(&second).await),
+        "a second save of the key stores nothing"
+    );
     assert_eq!(up("store", store.find_response("p:k").await), Some(first));
     assert!(up("store", store.find_response("p:other").await).is_none());
 }
@@ -983,4 +990,55 @@ async fn postgres_unchecked_insert_writes_what_append_writes() {
         })
     })
     .await;
+}
+
+/// A claim on an idempotency key shares the responses' key space: the first record wins,
+/// and only the holder of the claim (by its id) can replace it, once.
+async fn a_claim_on_a_key_is_replaced_only_by_its_owner(store: &dyn EventStore) {
+    let mark = IdempotencyMark {
+        key: format!("tester:{}", uuid::Uuid::now_v7()),
+        request_hash: "hash-1".into(),
+    };
+    let claim = StoredResponse::claim(&mark, "attempt-a", Utc::now());
+    assert!(up("store", store.save_response(&claim).await));
+    // A rejection saved after the claim does not replace it.
+    let rejection = StoredResponse {
+        key: mark.key.clone(),
+        request_hash: mark.request_hash.clone(),
+        status: 422,
+        body: json!({ "code": "insufficient_funds", "detail": "no" }),
+    };
+    assert!(!up("store", store.save_response(&rejection).await));
+    let found = up("store", store.find_response(&mark.key).await);
+    assert_eq!(found.as_ref().and_then(|r| r.claim_id()), Some("attempt-a"));
+    // Someone else's id cannot replace it; the owner's can, once.
+    assert!(!up(
+        "store",
+        store.replace_claim("attempt-b", &rejection).await
+    ));
+    assert!(up(
+        "store",
+        store.replace_claim("attempt-a", &rejection).await
+    ));
+    assert!(!up("store", store.replace_claim("attempt-a", &claim).await));
+    assert_eq!(
+        up("store", store.find_response(&mark.key).await),
+        Some(rejection)
+    );
+    // A claim can be handed over to another claim (a takeover), and then only that one counts.
+    let other = IdempotencyMark {
+        key: format!("tester:{}", uuid::Uuid::now_v7()),
+        request_hash: "hash-2".into(),
+    };
+    up(
+        "store",
+        store
+            .save_response(&StoredResponse::claim(&other, "old", Utc::now()))
+            .await,
+    );
+    let taken = StoredResponse::claim(&other, "new", Utc::now());
+    assert!(up("store", store.replace_claim("old", &taken).await));
+    assert!(!up("store", store.replace_claim("old", &taken).await));
+    let found = up("store", store.find_response(&other.key).await);
+    assert_eq!(found.as_ref().and_then(|r| r.claim_id()), Some("new"));
 }

@@ -112,6 +112,19 @@ pub enum DecodeError {
     Data(#[from] DataError),
 }
 
+impl DecodeError {
+    /// True when the record is well formed but written by a newer producer than this build
+    /// understands: an event type it does not know, or a schema version above its own. Such
+    /// a record is not poison: a reader upgraded to the writer's version decodes it.
+    pub fn needs_newer_reader(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::Upcast(UpcastError::FromTheFuture { .. })
+                | DecodeError::Data(DataError::UnknownType(_))
+        )
+    }
+}
+
 impl RawEvent {
     /// Upcasts the data to the current schema and checks every attribute.
     pub fn decode(self) -> Result<Envelope, DecodeError> {
@@ -167,6 +180,22 @@ mod tests {
         assert_eq!(raw.event_type, "prism.account.money_deposited");
         assert_eq!(raw.schema_version, 1);
         assert_eq!(raw.decode().ok(), Some(envelope));
+    }
+
+    #[test]
+    fn only_unknown_types_and_future_schemas_need_a_newer_reader() {
+        let mut raw = deposit(1).to_raw();
+        raw.schema_version = 99;
+        assert!(raw.decode().expect_err("future").needs_newer_reader());
+        let mut raw = deposit(1).to_raw();
+        raw.event_type = "prism.account.interest_paid".into();
+        assert!(raw.decode().expect_err("unknown type").needs_newer_reader());
+        let mut raw = deposit(1).to_raw();
+        raw.data = serde_json::json!({ "amount_minor": "ten" });
+        assert!(!raw.decode().expect_err("bad data").needs_newer_reader());
+        let mut raw = deposit(1).to_raw();
+        raw.subject = "not-a-uuid".into();
+        assert!(!raw.decode().expect_err("bad subject").needs_newer_reader());
     }
 
     #[test]

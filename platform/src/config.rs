@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
@@ -26,6 +27,11 @@ pub const CONFIG_ENV: &str = "PRISM_CONFIG";
 pub const PROFILE_ENV: &str = "PRISM_PROFILE";
 /// The base file looked for when `PRISM_CONFIG` is not set.
 pub const DEFAULT_CONFIG_FILE: &str = "config/prism.toml";
+/// The bearer token compiled in for local use (documented in the README). Refused on a
+/// listener other than loopback: see [`Config::check_secrets`].
+pub const LOCAL_DEV_TOKEN: &str = "prism-local-dev-token";
+/// The cursor-signing key compiled in for local use; refused like [`LOCAL_DEV_TOKEN`].
+pub const LOCAL_DEV_CURSOR_SECRET: &str = "prism-local-dev-cursor-secret";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -33,6 +39,39 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("invalid configuration: {0}")]
     Invalid(Box<figment::Error>),
+    #[error(
+        "[{section}] {key} holds the compiled-in local value, which is public and refused on \
+         {listening} (not a loopback address): set your own with {env}"
+    )]
+    LocalSecret {
+        section: &'static str,
+        key: &'static str,
+        /// The environment variable that sets it, with an example value.
+        env: &'static str,
+        listening: SocketAddr,
+    },
+}
+
+/// Refuses a compiled-in local secret (token, cursor key) on a listener that other machines
+/// can reach: those values are in the source and the README, so anyone could use them.
+/// `in_use` lists the secrets that matter with their key names.
+fn refuse_local_secrets(
+    section: &'static str,
+    listening: SocketAddr,
+    in_use: &[(&'static str, &'static str, bool)],
+) -> Result<(), ConfigError> {
+    if listening.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    match in_use.iter().find(|(_, _, local)| *local) {
+        Some((key, env, _)) => Err(ConfigError::LocalSecret {
+            section,
+            key,
+            env,
+            listening,
+        }),
+        None => Ok(()),
+    }
 }
 
 impl From<figment::Error> for ConfigError {
@@ -451,12 +490,28 @@ impl Default for CommandConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             auth_enabled: true,
-            tokens: vec![Secret::new("prism-local-dev-token")],
+            tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
             max_body_bytes: 16 * 1024,
             conflict_retries: 5,
             cache_accounts: 100_000,
             source: "/prism/command".into(),
         }
+    }
+}
+
+impl CommandConfig {
+    /// Refuses to serve on `listening` (the bound address) with the compiled-in token
+    /// unless that is a loopback address. Call it once the listener is bound.
+    pub fn refuse_local_secrets(&self, listening: SocketAddr) -> Result<(), ConfigError> {
+        refuse_local_secrets(
+            "command",
+            listening,
+            &[(
+                "tokens",
+                "PRISM_COMMAND__TOKENS='[\"<token>\"]'",
+                self.auth_enabled && self.tokens.iter().any(|t| t.expose() == LOCAL_DEV_TOKEN),
+            )],
+        )
     }
 }
 
@@ -515,6 +570,14 @@ pub struct ProjectorConfig {
     pub session_timeout_ms: u64,
     /// Dead-letter topics are named `<topic>.<dlq_suffix>.<projector>`.
     pub dlq_suffix: String,
+    /// Most accounts a partition worker remembers (handled versions, gap quarantine); past
+    /// it the oldest are forgotten and re-read from the sink when next seen, so memory stays
+    /// bounded however many accounts exist.
+    pub worker_accounts_max: usize,
+    /// Longest a rebalance waits for a partition's worker to finish its batch in hand, in
+    /// milliseconds; a worker still busy then (a sink that hangs) is cancelled. Keeps the
+    /// rebalance callback well inside Kafka's `max.poll.interval.ms`.
+    pub rebalance_timeout_ms: u64,
 }
 
 impl Default for ProjectorConfig {
@@ -531,6 +594,8 @@ impl Default for ProjectorConfig {
             lag_interval_ms: 2_000,
             session_timeout_ms: 10_000,
             dlq_suffix: "dlq".into(),
+            worker_accounts_max: 100_000,
+            rebalance_timeout_ms: 10_000,
         }
     }
 }
@@ -546,10 +611,20 @@ pub struct LedgerConfig {
     /// Name of the control database; each copy of the read model is the database
     /// `<database>_g<generation>` on the server of `[mysql] url`.
     pub database: String,
+    /// Whether the query API (`/v1`) needs `Authorization: Bearer <token>`.
+    pub auth_enabled: bool,
+    /// Accepted bearer tokens of the query API (masked in logs).
+    pub tokens: Vec<Secret>,
     /// Key that signs paging cursors (so a tampered cursor is refused).
     pub cursor_secret: Secret,
     /// Longest a query waits for a `Consistency-Token` or `min_version`, in milliseconds.
     pub wait_timeout_ms: u64,
+    /// Most queries waiting for a version at once; more get 503 with `Retry-After`, so
+    /// waits can never crowd out the projector.
+    pub max_waiters: usize,
+    /// Connections of the query API's own MySQL pool (the projector's writes have theirs,
+    /// `[mysql] max_connections`, which queries never touch).
+    pub query_max_connections: u32,
     /// Default and largest page sizes of the list endpoints.
     pub page_size: u32,
     pub max_page_size: u32,
@@ -563,12 +638,39 @@ impl Default for LedgerConfig {
             listen: "127.0.0.1:8081".into(),
             group_id: "prism-ledger".into(),
             database: "prism_ledger".into(),
-            cursor_secret: Secret::new("prism-local-dev-cursor-secret"),
+            auth_enabled: true,
+            tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
+            cursor_secret: Secret::new(LOCAL_DEV_CURSOR_SECRET),
             wait_timeout_ms: 5_000,
+            max_waiters: 256,
+            query_max_connections: 4,
             page_size: 50,
             max_page_size: 500,
             generation_poll_ms: 1_000,
         }
+    }
+}
+
+impl LedgerConfig {
+    /// Refuses to serve on `listening` (the bound address) with the compiled-in token or
+    /// cursor key unless that is a loopback address. Call it once the listener is bound.
+    pub fn refuse_local_secrets(&self, listening: SocketAddr) -> Result<(), ConfigError> {
+        refuse_local_secrets(
+            "ledger",
+            listening,
+            &[
+                (
+                    "tokens",
+                    "PRISM_LEDGER__TOKENS='[\"<token>\"]'",
+                    self.auth_enabled && self.tokens.iter().any(|t| t.expose() == LOCAL_DEV_TOKEN),
+                ),
+                (
+                    "cursor_secret",
+                    "PRISM_LEDGER__CURSOR_SECRET=<random text>",
+                    self.cursor_secret.expose() == LOCAL_DEV_CURSOR_SECRET,
+                ),
+            ],
+        )
     }
 }
 
@@ -746,5 +848,126 @@ sasl.mechanism = "PLAIN"
             Ok(c) => assert_eq!(c.kafka.bootstrap_servers, "kafka:9092"),
             Err(e) => panic!("config/compose.toml: {e}"),
         }
+    }
+    fn at(address: &str) -> SocketAddr {
+        address.parse().expect("a socket address")
+    }
+
+    #[test]
+    fn compiled_in_secrets_are_refused_off_loopback_naming_the_key() {
+        let command = CommandConfig::default();
+        let ledger = LedgerConfig::default();
+        for loopback in [
+            "127.0.0.1:8080",
+            "127.9.9.9:1",
+            "[::1]:8081",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(
+                command.refuse_local_secrets(at(loopback)).is_ok(),
+                "{loopback}"
+            );
+            assert!(
+                ledger.refuse_local_secrets(at(loopback)).is_ok(),
+                "{loopback}"
+            );
+        }
+        for exposed in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "10.1.2.3:8080",
+            "[2001:db8::1]:80",
+        ] {
+            let err = command
+                .refuse_local_secrets(at(exposed))
+                .expect_err("the local token off loopback");
+            let shown = err.to_string();
+            assert!(shown.contains("[command] tokens"), "{shown}");
+            assert!(shown.contains("PRISM_COMMAND__TOKENS"), "{shown}");
+            assert!(shown.contains(exposed), "{shown}");
+            let err = ledger
+                .refuse_local_secrets(at(exposed))
+                .expect_err("the local token off loopback");
+            assert!(err.to_string().contains("[ledger] tokens"), "{err}");
+        }
+    }
+
+    #[test]
+    fn each_compiled_in_secret_is_refused_on_its_own() {
+        let exposed = at("0.0.0.0:8081");
+        let own_tokens = LedgerConfig {
+            tokens: vec![Secret::new("a-real-token")],
+            ..LedgerConfig::default()
+        };
+        let err = own_tokens
+            .refuse_local_secrets(exposed)
+            .expect_err("the local cursor key off loopback");
+        let shown = err.to_string();
+        assert!(shown.contains("[ledger] cursor_secret"), "{shown}");
+        assert!(shown.contains("PRISM_LEDGER__CURSOR_SECRET"), "{shown}");
+        let own_both = LedgerConfig {
+            cursor_secret: Secret::new("a-real-key"),
+            ..own_tokens
+        };
+        assert!(own_both.refuse_local_secrets(exposed).is_ok());
+        // The local token among others is still refused: it would still be let in.
+        let mixed = CommandConfig {
+            tokens: vec![Secret::new("a-real-token"), Secret::new(LOCAL_DEV_TOKEN)],
+            ..CommandConfig::default()
+        };
+        assert!(mixed.refuse_local_secrets(exposed).is_err());
+        let own = CommandConfig {
+            tokens: vec![Secret::new("a-real-token")],
+            ..CommandConfig::default()
+        };
+        assert!(own.refuse_local_secrets(exposed).is_ok());
+        // Without authentication no token is used (the cursor key still is).
+        let open = CommandConfig {
+            auth_enabled: false,
+            ..CommandConfig::default()
+        };
+        assert!(open.refuse_local_secrets(exposed).is_ok());
+    }
+
+    #[test]
+    fn tokens_and_cursor_key_can_come_from_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PRISM_LEDGER__TOKENS", r#"["from-env-1", "from-env-2"]"#);
+            jail.set_env("PRISM_COMMAND__TOKENS", r#"["from-env-1"]"#);
+            jail.set_env("PRISM_LEDGER__CURSOR_SECRET", "key-from-env");
+            let c = load_here().map_err(|e| e.to_string())?;
+            let shown = |tokens: &[Secret]| {
+                tokens
+                    .iter()
+                    .map(|t| t.expose().to_owned())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(shown(&c.ledger.tokens), ["from-env-1", "from-env-2"]);
+            assert_eq!(shown(&c.command.tokens), ["from-env-1"]);
+            assert_eq!(c.ledger.cursor_secret.expose(), "key-from-env");
+            assert!(c.ledger.refuse_local_secrets(at("0.0.0.0:8081")).is_ok());
+            assert!(c.command.refuse_local_secrets(at("0.0.0.0:8080")).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_compose_profile_carries_its_own_secrets() {
+        // docker-compose.yml listens on 0.0.0.0 and sets tokens and cursor key from its
+        // environment; the shipped files alone must not be what it relies on.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let compose =
+            std::fs::read_to_string(root.join("docker-compose.yml")).expect("docker-compose.yml");
+        for key in [
+            "PRISM_COMMAND__TOKENS",
+            "PRISM_LEDGER__TOKENS",
+            "PRISM_LEDGER__CURSOR_SECRET",
+        ] {
+            assert!(
+                compose.contains(key),
+                "docker-compose.yml does not set {key}"
+            );
+        }
+        assert!(!compose.contains(LOCAL_DEV_TOKEN) && !compose.contains(LOCAL_DEV_CURSOR_SECRET));
     }
 }

@@ -8,9 +8,11 @@
 //! - [`config`]: the typed, layered configuration (defaults ← file ← profile ← env).
 //! - [`secret`]: [`secret::Secret`] and [`secret::Dsn`], values that never print passwords.
 //! - [`clients`]: one constructor per backing service, same timeouts everywhere.
+//! - [`auth`]: bearer-token authentication of the HTTP APIs.
 //! - [`http`]: problem documents, `/metrics` rendering, the shutdown signal.
 //! - [`telemetry`]: `tracing` set-up.
 
+pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod http;

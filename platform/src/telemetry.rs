@@ -1,4 +1,10 @@
 //! Logging set-up: `tracing` to stderr, as text or JSON, filtered by `RUST_LOG` or config.
+//!
+//! Text is coloured only when stderr is a terminal and `NO_COLOR` is not set
+//! (<https://no-color.org>): logs redirected to a file, a pipe or a log shipper must not
+//! carry ANSI escape codes.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -25,12 +31,39 @@ pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
         filter: filter.clone(),
         source,
     })?;
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let result = match cfg.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+/// Whether log lines get colours: only on a terminal, and never when `NO_COLOR` is set to a
+/// non-empty value.
+fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new(""))));
+    }
 }

@@ -80,7 +80,7 @@ pub struct Args {
     /// The running prism-ledger that consumes that prism-command's topic.
     #[arg(long, value_name = "URL", requires = "command_url")]
     pub ledger_url: Option<String>,
-    /// Bearer token for a running prism-command.
+    /// Bearer token for the running prism-command and prism-ledger.
     #[arg(
         long,
         env = "PRISMCTL_TOKEN",
@@ -111,6 +111,8 @@ impl From<Backend> for EventStoreBackend {
 
 /// How long an accepted command may take to become visible before it counts as never.
 const NEVER_VISIBLE: Duration = Duration::from_secs(60);
+/// Pause before reading again after the ledger refused a wait (`503 too_many_waits`).
+const WAITS_REFUSED_PAUSE: Duration = Duration::from_millis(100);
 /// Concurrency of the (unmeasured) account opening.
 const OPENING_CONCURRENCY: usize = 16;
 
@@ -153,6 +155,9 @@ pub struct Report {
     pub command_ms: Latency,
     /// `202 processing` answers (the version did not arrive within the ledger's wait).
     pub timeouts_202: u64,
+    /// `503 too_many_waits` answers (the ledger's `max_waiters` were all waiting); the read
+    /// is retried shortly after.
+    pub waits_refused_503: u64,
     /// Accepted commands not visible within a minute.
     pub never_visible: u64,
     /// Sends that waited for a free slot under --max-in-flight (the rate was not held).
@@ -255,6 +260,8 @@ async fn in_process(config: &Config, args: &Args) -> anyhow::Result<Option<Repor
     let token = uuid::Uuid::new_v4().simple().to_string();
     cfg.command.auth_enabled = true;
     cfg.command.tokens = vec![Secret::new(token.clone())];
+    cfg.ledger.auth_enabled = true;
+    cfg.ledger.tokens = vec![Secret::new(token.clone())];
 
     let down: Vec<_> = services::check_stack(&cfg)
         .await
@@ -358,6 +365,7 @@ struct Stats {
     errors: u64,
     visible: u64,
     timeouts_202: u64,
+    waits_refused_503: u64,
     never_visible: u64,
     send_waits: u64,
     examples: Vec<String>,
@@ -377,6 +385,7 @@ impl Stats {
             errors: 0,
             visible: 0,
             timeouts_202: 0,
+            waits_refused_503: 0,
             never_visible: 0,
             send_waits: 0,
             examples: Vec::new(),
@@ -512,6 +521,7 @@ async fn measure(api: &Api, config: &Config, args: &Args) -> anyhow::Result<Repo
         delay_from_request_ms: Latency::of(&s.from_request_us),
         command_ms: Latency::of(&s.command_us),
         timeouts_202: s.timeouts_202,
+        waits_refused_503: s.waits_refused_503,
         never_visible: s.never_visible,
         send_waits: s.send_waits,
         max_in_flight: args.max_in_flight,
@@ -570,45 +580,65 @@ async fn command_until_visible(
     let path = format!("/v1/accounts/{account}");
     loop {
         let answer = api.ledger_get(&path, Some(&token)).await;
-        let mut s = lock(stats);
-        match answer {
-            Ok(q) if q.status == 200 => {
-                if measured {
-                    s.visible += 1;
-                    let delay = q.answered_at.saturating_duration_since(reply.answered_at);
-                    let from_request = q.answered_at.saturating_duration_since(reply.sent_at);
-                    s.delay_us.saturating_record(micros(delay));
-                    s.from_request_us.saturating_record(micros(from_request));
-                    s.command_us.saturating_record(micros(reply.latency()));
-                }
-                return;
-            }
-            Ok(q) if q.status == 202 => {
-                if measured {
-                    s.timeouts_202 += 1;
-                }
-                if reply.answered_at.elapsed() >= NEVER_VISIBLE {
+        // Whether to pause before reading again; the stats' lock ends with this block.
+        let pause = {
+            let mut s = lock(stats);
+            match answer {
+                Ok(q) if q.status == 200 => {
                     if measured {
-                        s.never_visible += 1;
+                        s.visible += 1;
+                        let delay = q.answered_at.saturating_duration_since(reply.answered_at);
+                        let from_request = q.answered_at.saturating_duration_since(reply.sent_at);
+                        s.delay_us.saturating_record(micros(delay));
+                        s.from_request_us.saturating_record(micros(from_request));
+                        s.command_us.saturating_record(micros(reply.latency()));
+                    }
+                    return;
+                }
+                Ok(q) if q.status == 202 => {
+                    if measured {
+                        s.timeouts_202 += 1;
+                    }
+                    if reply.answered_at.elapsed() >= NEVER_VISIBLE {
+                        if measured {
+                            s.never_visible += 1;
+                        }
+                        return;
+                    }
+                    false
+                }
+                Ok(q) if q.status == 503 && q.body["code"] == "too_many_waits" => {
+                    // The ledger's waits are all taken: read again a little later.
+                    if measured {
+                        s.waits_refused_503 += 1;
+                    }
+                    if reply.answered_at.elapsed() >= NEVER_VISIBLE {
+                        if measured {
+                            s.never_visible += 1;
+                        }
+                        return;
+                    }
+                    true
+                }
+                Ok(q) => {
+                    if measured {
+                        s.error(format!(
+                            "GET {path} with its token answered {}",
+                            q.describe()
+                        ));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if measured {
+                        s.error(format!("{e:#}"));
                     }
                     return;
                 }
             }
-            Ok(q) => {
-                if measured {
-                    s.error(format!(
-                        "GET {path} with its token answered {}",
-                        q.describe()
-                    ));
-                }
-                return;
-            }
-            Err(e) => {
-                if measured {
-                    s.error(format!("{e:#}"));
-                }
-                return;
-            }
+        };
+        if pause {
+            tokio::time::sleep(WAITS_REFUSED_PAUSE).await;
         }
     }
 }
@@ -807,10 +837,12 @@ fn print_report(r: &Report) {
     );
     let _ = writeln!(
         out,
-        "  202 processing (not visible within the ledger's wait_timeout_ms {}): {} · never \
-         visible within {} s: {} · sends that waited for --max-in-flight {}: {}",
+        "  202 processing (not visible within the ledger's wait_timeout_ms {}): {} · 503 waits \
+         refused (the ledger's max_waiters busy): {} · never visible within {} s: {} · sends \
+         that waited for --max-in-flight {}: {}",
         r.ledger_wait_timeout_ms,
         r.timeouts_202,
+        r.waits_refused_503,
         NEVER_VISIBLE.as_secs(),
         r.never_visible,
         r.max_in_flight,

@@ -82,6 +82,16 @@ const LEDGER_READY: Duration = Duration::from_secs(300);
 /// The bearer token the README documents for local use (safe to print).
 const LOCAL_TOKEN: &str = "prism-local-dev-token";
 
+/// The token the demo sends to the ledger: its first `[ledger] tokens` entry (prism-command's
+/// token when the ledger takes none).
+fn ledger_token(config: &Config, command_token: &str) -> anyhow::Result<String> {
+    match config.ledger.tokens.first() {
+        Some(token) => Ok(token.expose().to_owned()),
+        None if !config.ledger.auth_enabled => Ok(command_token.to_owned()),
+        None => bail!("[ledger] tokens is empty while auth_enabled: the demo has no token to send"),
+    }
+}
+
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     check_args(args)?;
     services::logs_if_asked(config);
@@ -324,7 +334,8 @@ async fn demo(
     let chosen = chosen.to_owned();
 
     // 4. The ledger's query API.
-    let api = Api::new(&command_url, &ledger_url, token, Duration::from_secs(30), 4)?;
+    let api = Api::new(&command_url, &ledger_url, token, Duration::from_secs(30), 4)?
+        .with_ledger_token(&ledger_token(config, token)?);
     let known: Vec<&str> = traffic.ids.iter().flatten().map(String::as_str).collect();
     show_accounts(&mut out, &api, &known).await?;
     let account = show_account(&mut out, &api, &chosen).await?;
@@ -1112,21 +1123,21 @@ fn print_next_steps(
     let shown_token = if token == LOCAL_TOKEN {
         token
     } else {
-        "<a token from [command] tokens>"
+        "<a token from [command] and [ledger] tokens>"
     };
     let c = command_url.trim_start_matches("http://");
     let l = ledger_url.trim_start_matches("http://");
     for line in [
         format!("ID={id}"),
         format!("T='Authorization: Bearer {shown_token}'"),
-        format!("curl -s {l}/v1/accounts/$ID"),
-        format!("curl -s \"{l}/v1/accounts/$ID/statement?limit=5\""),
-        format!("curl -s '{l}/v1/accounts?country=DE&status=open&limit=5'"),
+        format!("curl -s -H \"$T\" {l}/v1/accounts/$ID"),
+        format!("curl -s -H \"$T\" \"{l}/v1/accounts/$ID/statement?limit=5\""),
+        format!("curl -s -H \"$T\" '{l}/v1/accounts?country=DE&status=open&limit=5'"),
         format!(
             "curl -s -H \"$T\" -H 'content-type: application/json' {c}/v1/accounts/$ID/deposits \
              -d '{{\"amount_minor\":1000}}'"
         ),
-        format!("curl -s -H 'Consistency-Token: <consistency_token of that answer>' {l}/v1/accounts/$ID"),
+        format!("curl -s -H \"$T\" -H 'Consistency-Token: <consistency_token of that answer>' {l}/v1/accounts/$ID"),
         "prismctl status                   # where the ledger stands on each Kafka partition".into(),
         "prismctl verify ledger            # re-fold the event store and compare".into(),
         "prismctl bench visibility --rate 500 --duration 30s   # command → visible delay".into(),

@@ -4,17 +4,26 @@
 //!
 //! 1. A new generation (database `<ledger.database>_g<N>`, state `building`) is created.
 //! 2. It is filled from the start of the topic when Kafka still holds every event (each
-//!    partition's low watermark is 0), otherwise from the event store first. Events the
-//!    store gave are skipped later as duplicates (by account version), so the store fill
-//!    never needs a Kafka position.
+//!    partition's low watermark is 0), otherwise from the event store first, up to its tail.
+//!    The store fill checks every account's version: commands keep landing while it pages,
+//!    and a commit that lands behind its page is read from the account's stream when a later
+//!    version shows it is missing, so no version is ever skipped. Events the store gave are
+//!    skipped later as duplicates (by account version), so the store fill never needs a
+//!    Kafka position, and whatever it did not reach the topic brings in order.
 //! 3. The projector runtime (consumer group `<ledger.group_id>-rebuild-g<N>`, so the live
 //!    projector keeps its partitions) follows the topic until every partition is within
 //!    `--max-lag` records of its end *and* at or past the live copy's position, so the
 //!    switch never answers with older data than the copy it replaces.
-//! 4. The generation is promoted in one transaction: the query API of every `prism-ledger`
+//! 4. Every running `prism-ledger` (the `instances` rows of the control database, refreshed
+//!    every `ledger.generation_poll_ms`) opens the copy being built on its own; the switch is
+//!    refused (the copy dropped) unless all of them have within `--handover-timeout`.
+//! 5. The generation is promoted in one transaction: the query API of every `prism-ledger`
 //!    serves it within `ledger.generation_poll_ms`, and their projectors move to it,
-//!    resuming from the positions stored in it. Until they have, this command keeps it
-//!    current; two writers on one partition are safe (the position fence).
+//!    resuming from the positions stored in it. Until every instance says it writes the new
+//!    copy and every partition has been written there by one of them (or has nothing left
+//!    to handle), this command keeps it current; two writers on one partition are safe
+//!    (the position fence). An instance that still cannot open the live copy stops
+//!    projecting rather than write the retired one, so its partitions go to the others.
 //!
 //! Commands are never blocked: only the read side is involved.
 
@@ -26,7 +35,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prism_events::Envelope;
 use prism_ledger::sink::MySqlSink;
-use prism_ledger::store::{partition_positions, Generation, Ledger};
+use prism_ledger::store::{partition_positions, Generation, InstanceRow, Ledger};
 use prism_platform::config::Config;
 use prism_projector::{AccountVersion, Batch, Runtime, Sink, SinkError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -69,6 +78,11 @@ pub struct Args {
     /// projectors move to it (they do within `ledger.generation_poll_ms` plus a group join).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     handover_timeout: u64,
+    /// Events per event store page of a fill from the store (FerretDB reads the whole
+    /// collection for every page: keep it big there).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_STORE_PAGE,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    store_page_size: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -81,6 +95,8 @@ pub struct Options {
     pub drop_old: bool,
     pub max_lag: u64,
     pub handover_timeout: Duration,
+    /// Events per `read_all` page of a fill from the store.
+    pub store_page_size: usize,
     /// Draw progress bars on stderr (only when it is a terminal).
     pub progress: bool,
 }
@@ -95,6 +111,9 @@ pub struct Report {
     pub source: Source,
     /// Events folded from the event store (0 from Kafka).
     pub store_events: u64,
+    /// Times the store fill met a version that skipped one (a commit that landed behind
+    /// its page) and read the account's missing versions from the store.
+    pub store_reread: u64,
     /// Records the runtime handled from the topic.
     pub kafka_records: u64,
     pub seconds: f64,
@@ -111,6 +130,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         drop_old: args.drop_old,
         max_lag: args.max_lag,
         handover_timeout: Duration::from_secs(args.handover_timeout),
+        store_page_size: usize::try_from(args.store_page_size).unwrap_or(10_000),
         progress: !args.json,
     };
     let interrupted = async {
@@ -147,8 +167,8 @@ fn print_report(r: &Report) {
             .map_or_else(|| "none".to_owned(), |p| p.to_string())
     );
     println!(
-        "  {} events from the store, {} records from Kafka, {:.1} s",
-        r.store_events, r.kafka_records, r.seconds
+        "  {} events from the store ({} late commits re-read), {} records from Kafka, {:.1} s",
+        r.store_events, r.store_reread, r.kafka_records, r.seconds
     );
     if r.handed_over {
         println!("  the live prism-ledger now writes the new copy");
@@ -200,6 +220,7 @@ pub async fn rebuild_ledger(
             previous,
             source: options.from,
             store_events: 0,
+            store_reread: 0,
             kafka_records: 0,
             seconds: 0.0,
             handed_over: false,
@@ -267,6 +288,7 @@ impl Build<'_> {
             self.fill_from_store().await?;
         }
         self.follow_topic(&watermarks).await?;
+        self.every_instance_can_open().await?;
         self.ledger.promote(self.generation.number).await?;
         self.bars.note(&format!(
             "generation {} is live: the query API switches within {} ms",
@@ -275,7 +297,17 @@ impl Build<'_> {
         self.hand_over().await
     }
 
-    /// Folds every event of the store into the new copy, in store order.
+    /// Folds the event store into the new copy, every account's versions in order and none
+    /// left out, up to the store's tail as the first page shorter than a full one finds it.
+    ///
+    /// `read_all`'s order is not commit order while commands run: a commit's place in it is
+    /// decided before it lands (MongoDB: the UUIDv7 minted before the insert; PostgreSQL: a
+    /// sequence value drawn before the commit), so a page can pass a commit that lands
+    /// behind it. [`FillPlan`] therefore checks each account's version: a version that skips
+    /// one makes the fill read the account's missing versions from the store (`load`, which
+    /// returns them in version order), and the late commit itself is then a duplicate. A
+    /// commit passed with no later version of its account in the fill is simply not in the
+    /// copy yet: the topic, followed next, brings it as that account's next version.
     async fn fill_from_store(&mut self) -> anyhow::Result<()> {
         let store = prism_command::app::open_store(self.config)
             .await
@@ -283,35 +315,87 @@ impl Build<'_> {
         let sink = MySqlSink::new(self.generation.clone());
         let bar = self.bars.counter("event store");
         let chunk = self.config.projector.batch_max_events.max(1);
+        let mut plan = FillPlan::default();
+        let page_size = self.options.store_page_size.max(1);
         let mut after = None;
         loop {
             let page = store
-                .read_all(after.as_ref(), 10_000)
+                .read_all(after.as_ref(), page_size)
                 .await
                 .with_context(|| format!("reading the {} event store", store.backend()))?;
+            let at_tail = page.len() < page_size;
             let Some((last, _)) = page.last() else { break };
             after = Some(last.clone());
-            let events: Vec<Envelope> = page.into_iter().map(|(_, e)| e).collect();
-            for part in events.chunks(chunk) {
-                self.apply(&sink, part.to_vec()).await?;
-                self.report.store_events += part.len() as u64;
+            let mut ready: Vec<Envelope> = Vec::with_capacity(page.len());
+            for (_, event) in page {
+                match plan.next(&event) {
+                    Step::Apply => ready.push(event),
+                    Step::Duplicate | Step::Quarantined => {}
+                    Step::Gap { handled } => {
+                        let account = event.account_id;
+                        let missing = store.load(account, handled).await.with_context(|| {
+                            format!("reading account {account}'s versions after {handled} from the event store")
+                        })?;
+                        let through = event.account_version;
+                        for earlier in missing
+                            .into_iter()
+                            .take_while(|e| e.account_version <= through)
+                        {
+                            match plan.next(&earlier) {
+                                Step::Apply => ready.push(earlier),
+                                Step::Duplicate | Step::Quarantined => {}
+                                Step::Gap { handled } => anyhow::bail!(
+                                    "the event store has no version {} of account {account} \
+                                     although it has version {through}",
+                                    handled + 1
+                                ),
+                            }
+                        }
+                        if plan.handled(&account.0) < through {
+                            anyhow::bail!(
+                                "the event store did not return version {through} of account {account}"
+                            );
+                        }
+                        self.report.store_reread += 1;
+                    }
+                }
+            }
+            for part in ready.chunks(chunk) {
+                let written = self.apply(&sink, &mut plan, part.to_vec()).await?;
+                self.report.store_events += written;
                 bar.inc(part.len() as u64);
+            }
+            if at_tail {
+                break;
             }
         }
         bar.finish_and_clear();
         self.bars.note(&format!(
-            "folded {} events from the {} event store",
+            "folded {} events from the {} event store ({} accounts' late versions re-read)",
             self.report.store_events,
-            store.backend()
+            store.backend(),
+            self.report.store_reread
         ));
         Ok(())
     }
 
-    /// Writes one chunk of store events (no Kafka position), retrying transient errors; an
-    /// event the fold rejects is reported and left out, as the projector would dead-letter it.
-    async fn apply(&self, sink: &MySqlSink, mut events: Vec<Envelope>) -> anyhow::Result<()> {
+    /// Writes one chunk of store events (no Kafka position), retrying transient errors, and
+    /// returns how many were written. An event the fold rejects is left out with every later
+    /// event of its account (the fold would refuse them as a gap anyway): the topic brings
+    /// them again and the runtime dead-letters them, as the live projector did.
+    async fn apply(
+        &self,
+        sink: &MySqlSink,
+        plan: &mut FillPlan,
+        mut events: Vec<Envelope>,
+    ) -> anyhow::Result<u64> {
+        // An account left out in an earlier chunk stays out.
+        events.retain(|e| !plan.is_quarantined(&e.account_id.0));
         let mut attempt = 0_u32;
         loop {
+            if events.is_empty() {
+                return Ok(0);
+            }
             let mut last: std::collections::HashMap<Uuid, AccountVersion> = Default::default();
             for e in &events {
                 last.insert(
@@ -329,13 +413,21 @@ impl Build<'_> {
                 position: None,
             };
             match sink.apply(&batch).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(events.len() as u64),
                 Err(SinkError::Rejected { index, reason }) if index < events.len() => {
-                    let e = events.remove(index);
+                    let e = &events[index];
+                    let account = e.account_id.0;
                     self.bars.note(&format!(
-                        "left out event {} (account {} version {}): {reason}",
-                        e.id, e.account_id, e.account_version
+                        "left out account {account} from version {} on (event {}): {reason}",
+                        e.account_version, e.id
                     ));
+                    plan.quarantine(account);
+                    events = events
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, e)| *i < index || e.account_id.0 != account)
+                        .map(|(_, e)| e)
+                        .collect();
                 }
                 Err(e) if attempt < 10 => {
                     tracing::warn!(error = %e, attempt, "writing the new copy; retrying");
@@ -397,11 +489,13 @@ impl Build<'_> {
             bar.set_length(end.max(total).max(0) as u64);
             bar.set_position(done.max(0) as u64);
             self.report.kafka_records = done.max(0) as u64;
-            if measured == partitions
-                && worst <= self.options.max_lag as i64
-                && self.not_behind_live(&report).await?
-            {
-                break;
+            if measured == partitions && worst <= self.options.max_lag as i64 {
+                // A failed look at the live copy (a busy server) is asked again next round.
+                match self.not_behind_live(&report).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("comparing with the live copy: {e:#}"),
+                }
             }
         }
         bar.finish_and_clear();
@@ -434,27 +528,173 @@ impl Build<'_> {
         }))
     }
 
-    /// Keeps the new copy current until a live projector writes it: the live projectors
-    /// move to a promoted copy together (each restarts its runtime on it), so the first
-    /// position they store there means they have taken over. Until this command stops, both
-    /// may write a partition; the position fence makes the second writer of a batch re-read
-    /// the position and skip what the first one stored.
+    /// Refuses the switch unless every running prism-ledger (its `instances` row refreshed
+    /// lately) has opened the new copy: an instance that could not would be left with a
+    /// retired copy and nothing to project into. Waits up to `--handover-timeout` for them
+    /// to probe it (they do every `ledger.generation_poll_ms`).
+    async fn every_instance_can_open(&mut self) -> anyhow::Result<()> {
+        let number = self.generation.number;
+        let deadline = Instant::now() + self.options.handover_timeout;
+        loop {
+            let instances = match self.ledger.instances(self.alive_window()).await {
+                Ok(instances) => instances,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!("reading the running prism-ledger instances: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let not_yet: Vec<&InstanceRow> = instances
+                .iter()
+                .filter(|i| i.can_open.is_none_or(|n| n < number) && i.writing != Some(number))
+                .collect();
+            if not_yet.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let why: Vec<String> = not_yet
+                    .iter()
+                    .map(|i| match &i.error {
+                        Some(error) => format!("{}: {error}", i.instance),
+                        None => format!("{}: has not opened it yet", i.instance),
+                    })
+                    .collect();
+                anyhow::bail!(
+                    "switch refused: not every prism-ledger can open generation {number} ({})",
+                    why.join("; ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// How recently an instance must have reported to count as running.
+    fn alive_window(&self) -> Duration {
+        Duration::from_millis(self.config.ledger.generation_poll_ms.saturating_mul(5))
+            .max(Duration::from_secs(5))
+    }
+
+    /// Keeps the new copy current until the live projectors have taken it over: every
+    /// running prism-ledger says it writes the new copy (each restarts its runtime on a
+    /// promoted copy), and every partition either holds a position a live projector wrote
+    /// there or has nothing left to handle. Until this command stops, both may write a
+    /// partition; the position fence makes the second writer of a batch re-read the position
+    /// and skip what the first one stored. An instance that cannot open the new copy stops
+    /// projecting (it never writes the retired one), so its partitions go to the others.
     async fn hand_over(&mut self) -> anyhow::Result<()> {
+        let number = self.generation.number;
         let live_writer = format!("{}/", self.config.ledger.group_id);
         let deadline = Instant::now() + self.options.handover_timeout;
+        let mut waiting_for = String::new();
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let rows = partition_positions(&self.generation.pool)
-                .await
-                .context("reading the new copy's positions")?;
-            if rows.iter().any(|r| r.writer.starts_with(&live_writer)) {
+            // A failed look (a busy server) is taken again next round.
+            let looked = async {
+                let instances = self.ledger.instances(self.alive_window()).await?;
+                let rows = partition_positions(&self.generation.pool)
+                    .await
+                    .context("reading the new copy's positions")?;
+                let ends = watermarks(self.config).await?;
+                anyhow::Ok((instances, rows, ends))
+            };
+            let (instances, rows, ends) = match looked.await {
+                Ok(looked) => looked,
+                Err(e) => {
+                    tracing::warn!("watching the handover: {e:#}");
+                    continue;
+                }
+            };
+            let behind: Vec<String> = instances
+                .iter()
+                .filter(|i| i.writing != Some(number))
+                .map(|i| match &i.error {
+                    Some(error) => format!("{} ({error})", i.instance),
+                    None => format!("{} (writes {:?})", i.instance, i.writing),
+                })
+                .collect();
+            let idle_or_taken = ends.iter().all(|(partition, _, high)| {
+                rows.iter().any(|r| {
+                    r.partition == *partition
+                        && (r.writer.starts_with(&live_writer) || r.offset + 1 >= *high)
+                })
+            });
+            if instances.is_empty() {
+                waiting_for = "no running prism-ledger".into();
+            } else if !behind.is_empty() {
+                waiting_for = behind.join(", ");
+            } else if !idle_or_taken {
+                waiting_for = "partitions the live projectors have not written yet".into();
+            } else {
                 self.report.handed_over = true;
                 self.bars
-                    .note("the live projector writes the new copy; stopping");
+                    .note("every prism-ledger writes the new copy; stopping");
                 return Ok(());
             }
         }
+        self.bars.note(&format!(
+            "handover not complete after {} s: waiting for {waiting_for}",
+            self.options.handover_timeout.as_secs()
+        ));
         Ok(())
+    }
+}
+
+/// Events per `read_all` page of the store fill, unless `--store-page-size` says otherwise.
+pub const DEFAULT_STORE_PAGE: u64 = 10_000;
+
+/// What the store fill does with one event, given its account's handled version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The account's next version: fold it.
+    Apply,
+    /// Already folded (a late commit the fill re-read when it found the gap).
+    Duplicate,
+    /// More than one version ahead: the versions after `handled` must be read first.
+    Gap { handled: u64 },
+    /// The account had an event the fold refused: the topic brings the rest.
+    Quarantined,
+}
+
+/// The store fill's per-account version check: each account's versions go to the fold
+/// exactly once, in order, with none skipped, whatever order `read_all` gives them in.
+#[derive(Debug, Default)]
+struct FillPlan {
+    /// Last version handed to the fold, per account.
+    handled: std::collections::HashMap<Uuid, u64>,
+    quarantined: std::collections::HashSet<Uuid>,
+}
+
+impl FillPlan {
+    /// Decides `event`'s step; an [`Step::Apply`] counts it as handled.
+    fn next(&mut self, event: &Envelope) -> Step {
+        let account = event.account_id.0;
+        if self.quarantined.contains(&account) {
+            return Step::Quarantined;
+        }
+        let handled = self.handled(&account);
+        let version = event.account_version;
+        if version <= handled {
+            Step::Duplicate
+        } else if version == handled + 1 {
+            self.handled.insert(account, version);
+            Step::Apply
+        } else {
+            Step::Gap { handled }
+        }
+    }
+
+    /// Last version of `account` handed to the fold (0: none).
+    fn handled(&self, account: &Uuid) -> u64 {
+        self.handled.get(account).copied().unwrap_or(0)
+    }
+
+    fn quarantine(&mut self, account: Uuid) {
+        self.quarantined.insert(account);
+    }
+
+    fn is_quarantined(&self, account: &Uuid) -> bool {
+        self.quarantined.contains(account)
     }
 }
 
@@ -537,5 +777,55 @@ impl Bars {
         bar.set_prefix(what.to_owned());
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use prism_events::event::MoneyDeposited;
+    use prism_events::{AccountEvent, AccountId};
+
+    fn event(account: u128, version: u64) -> Envelope {
+        Envelope {
+            id: Uuid::now_v7(),
+            source: "/prism/command".into(),
+            account_id: AccountId(Uuid::from_u128(account)),
+            time: Utc::now(),
+            account_version: version,
+            correlation_id: None,
+            causation_id: None,
+            event: AccountEvent::MoneyDeposited(MoneyDeposited {
+                amount_minor: 1,
+                description: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn versions_go_to_the_fold_in_order_and_a_skip_asks_for_the_missing_ones() {
+        let mut plan = FillPlan::default();
+        assert_eq!(plan.next(&event(1, 1)), Step::Apply);
+        assert_eq!(plan.next(&event(2, 1)), Step::Apply);
+        assert_eq!(plan.next(&event(1, 2)), Step::Apply);
+        // Version 3 of account 1 landed behind the page: 4 comes first.
+        assert_eq!(plan.next(&event(1, 4)), Step::Gap { handled: 2 });
+        assert_eq!(plan.handled(&Uuid::from_u128(1)), 2);
+        // The re-read brings 3 and 4; the late 3 in a later page is then a duplicate.
+        assert_eq!(plan.next(&event(1, 3)), Step::Apply);
+        assert_eq!(plan.next(&event(1, 4)), Step::Apply);
+        assert_eq!(plan.next(&event(1, 3)), Step::Duplicate);
+        // An account first seen past its opening is a gap from 0.
+        assert_eq!(plan.next(&event(3, 2)), Step::Gap { handled: 0 });
+    }
+
+    #[test]
+    fn an_account_the_fold_refused_takes_no_later_version_from_the_store() {
+        let mut plan = FillPlan::default();
+        assert_eq!(plan.next(&event(1, 1)), Step::Apply);
+        plan.quarantine(Uuid::from_u128(1));
+        assert_eq!(plan.next(&event(1, 2)), Step::Quarantined);
+        assert_eq!(plan.next(&event(2, 1)), Step::Apply);
     }
 }

@@ -539,6 +539,7 @@ pub struct Api {
     command_url: String,
     ledger_url: String,
     token: String,
+    ledger_token: String,
 }
 
 impl Api {
@@ -561,7 +562,15 @@ impl Api {
             command_url: command_url.trim_end_matches('/').to_owned(),
             ledger_url: ledger_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
+            ledger_token: token.to_owned(),
         })
+    }
+
+    /// Sends `token` to the ledger instead of prism-command's token (`[ledger] tokens` may
+    /// differ from `[command] tokens`).
+    pub fn with_ledger_token(mut self, token: &str) -> Self {
+        token.clone_into(&mut self.ledger_token);
+        self
     }
 
     pub fn command_url(&self) -> &str {
@@ -618,10 +627,13 @@ impl Api {
         self.query(request, path, "prism-command").await
     }
 
-    /// `GET path` (with its query string) on the ledger, with a `Consistency-Token` if
-    /// given.
+    /// `GET path` (with its query string) on the ledger, authenticated, with a
+    /// `Consistency-Token` if given.
     pub async fn ledger_get(&self, path: &str, token: Option<&str>) -> anyhow::Result<QueryReply> {
-        let mut request = self.http.get(format!("{}{path}", self.ledger_url));
+        let mut request = self
+            .http
+            .get(format!("{}{path}", self.ledger_url))
+            .header(AUTHORIZATION, format!("Bearer {}", self.ledger_token));
         if let Some(token) = token {
             request = request.header("consistency-token", token);
         }

@@ -1,15 +1,20 @@
 //! `prismctl verify ledger`: re-folds the event store on its own and compares the result
 //! with the live generation of the ledger read model.
 //!
-//! The fold here shares no code with the projector: per account it keeps the balance (sum
-//! of `balance_change()`), the status after open/freeze/unfreeze/close, the number of money
-//! events (deposits, withdrawals, approved card payments: one statement line each), the sum
-//! of their signed amounts and of their versions, and the last version.
+//! The fold here shares no code with the projector: per account it keeps every column of
+//! `accounts` (names, email, country, currency, status, balance, limit, freeze reason,
+//! opened/updated/closed times), the number of money events (deposits, withdrawals, approved
+//! card payments: one statement line each), the sum of their signed amounts and of their
+//! versions, the last version, and `daily_totals` per UTC day (increments are where a
+//! double application shows first).
 //!
-//! The read model is read first, in one consistent snapshot (`accounts`, and one
-//! `GROUP BY account_id` over `statement_lines`), then the store: the projector only applies
-//! stored events, so the model can then only be behind the store, never ahead of it. An
-//! account that is merely behind is still drift (`--wait` re-checks until clean).
+//! The read model is read first, in one snapshot (REPEATABLE READ, see
+//! `prism_ledger::query::BEGIN_SNAPSHOT`: `accounts`, one `GROUP BY account_id` over
+//! `statement_lines`, `daily_totals`), then the store: the projector only applies stored
+//! events, so the model can then only be behind the store, never ahead of it. Each account
+//! is compared with the store's fold at the model's version of it; an account that is
+//! merely behind is still drift (`version`; `--wait` re-checks until clean) unless
+//! `--allow-behind` (verifying a model that projects under traffic).
 //!
 //! Statement lines whose aggregates (count, amount sum, version sum) differ are looked at
 //! one by one (a bounded number of accounts): a line at a version that carries no money
@@ -25,9 +30,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prism_command::store::{EventStore, Position};
 use prism_events::{AccountEvent, AccountId, Envelope};
+use prism_ledger::query::BEGIN_SNAPSHOT;
 use prism_ledger::store::{validate_database_name, Ledger};
 use prism_platform::Config;
 use serde::Serialize;
@@ -65,6 +72,10 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PAGE_SIZE as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     page_size: u64,
+    /// Accounts the model has not caught up with yet are not drift when everything the
+    /// model holds equals the store at the model's version (verifying under traffic).
+    #[arg(long)]
+    allow_behind: bool,
 }
 
 /// How [`verify_ledger_with`] runs.
@@ -75,6 +86,9 @@ pub struct Options {
     pub progress: bool,
     /// Re-check until clean or this much time has passed.
     pub wait: Duration,
+    /// An account the model has not caught up with yet is not drift, as long as it equals
+    /// the store's fold at the model's version (for a model projecting under traffic).
+    pub allow_behind: bool,
 }
 
 impl Default for Options {
@@ -83,6 +97,7 @@ impl Default for Options {
             page_size: DEFAULT_PAGE_SIZE,
             progress: false,
             wait: Duration::ZERO,
+            allow_behind: false,
         }
     }
 }
@@ -91,12 +106,18 @@ impl Default for Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct Mismatch {
     pub account_id: Uuid,
-    /// `account`, `balance_minor`, `status`, `version`, `statement_lines`,
-    /// `statement_sum_minor` or `statement_line` (one line; `version` says which).
+    /// `account`, `version`, `balance_minor`, `status`, `holder_name`, `email`, `country`,
+    /// `currency`, `daily_withdrawal_limit_minor`, `frozen_reason`, `opened_at`,
+    /// `updated_at`, `closed_at`, `statement_lines`, `statement_sum_minor`,
+    /// `statement_line` (one line; `version` says which) or `daily_totals` (one day; `day`
+    /// says which).
     pub field: String,
     /// The account version a `statement_line` mismatch is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// The UTC day a `daily_totals` mismatch is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<NaiveDate>,
     pub expected: Value,
     pub actual: Value,
 }
@@ -190,6 +211,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         page_size: usize::try_from(args.page_size).unwrap_or(DEFAULT_PAGE_SIZE),
         progress: true,
         wait: Duration::from_secs(args.wait),
+        allow_behind: args.allow_behind,
     };
     let report = match verify_ledger_with(config, &options).await {
         Ok(report) => report,
@@ -212,34 +234,108 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// What the store's events say about one account.
+/// What the store's events say about one account, folded up to `cutoff` (the model's
+/// version of the account, so that a model that is merely behind is compared with the
+/// store as it was at that version); `last_version` is the store's last version whatever
+/// the cutoff.
 #[derive(Debug, Clone, Default)]
 struct Expected {
+    cutoff: u64,
     opened: bool,
     status: &'static str,
+    holder_name: String,
+    email: String,
+    country: String,
+    currency: String,
+    limit: i64,
+    frozen_reason: Option<String>,
+    /// Microseconds since the epoch, as the model's `DATETIME(6)` keeps them.
+    opened_at: Option<i64>,
+    updated_at: Option<i64>,
+    closed_at: Option<i64>,
     balance: i128,
     lines: u64,
     line_sum: i128,
     line_version_sum: u128,
+    /// Version of the last event folded (at most `cutoff`).
+    folded_version: u64,
     last_version: u64,
+    /// `daily_totals` by UTC day.
+    daily: BTreeMap<NaiveDate, Daily>,
+}
+
+/// One `daily_totals` row's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+struct Daily {
+    credits_minor: i128,
+    debits_minor: i128,
+    deposits: u64,
+    withdrawals: u64,
+    card_payments: u64,
+    declined_payments: u64,
 }
 
 impl Expected {
+    fn new(cutoff: u64) -> Self {
+        Self {
+            cutoff,
+            ..Self::default()
+        }
+    }
+
     fn apply(&mut self, envelope: &Envelope) {
+        self.last_version = self.last_version.max(envelope.account_version);
+        if envelope.account_version > self.cutoff {
+            return;
+        }
+        self.folded_version = self.folded_version.max(envelope.account_version);
+        let at = envelope.time.timestamp_micros();
         let event = &envelope.event;
+        let day = envelope.time.date_naive();
         match event {
-            AccountEvent::AccountOpened(_) => {
+            AccountEvent::AccountOpened(opened) => {
                 self.opened = true;
                 self.status = "open";
+                self.holder_name.clone_from(&opened.holder_name);
+                self.email.clone_from(&opened.email);
+                self.country = opened.country.as_str().to_owned();
+                self.currency = opened.currency.as_str().to_owned();
+                self.limit = opened.daily_withdrawal_limit_minor;
+                self.opened_at = Some(at);
             }
-            AccountEvent::AccountFrozen(_) => self.status = "frozen",
-            AccountEvent::AccountUnfrozen(_) => self.status = "open",
-            AccountEvent::AccountClosed(_) => self.status = "closed",
-            AccountEvent::MoneyDeposited(_)
-            | AccountEvent::MoneyWithdrawn(_)
-            | AccountEvent::CardPaymentApproved(_)
-            | AccountEvent::CardPaymentDeclined(_) => {}
+            AccountEvent::AccountFrozen(frozen) => {
+                self.status = "frozen";
+                self.frozen_reason = Some(frozen.reason.clone());
+            }
+            AccountEvent::AccountUnfrozen(_) => {
+                self.status = "open";
+                self.frozen_reason = None;
+            }
+            AccountEvent::AccountClosed(_) => {
+                self.status = "closed";
+                self.frozen_reason = None;
+                self.closed_at = Some(at);
+            }
+            AccountEvent::MoneyDeposited(e) => {
+                let d = self.daily.entry(day).or_default();
+                d.credits_minor += i128::from(e.amount_minor);
+                d.deposits += 1;
+            }
+            AccountEvent::MoneyWithdrawn(e) => {
+                let d = self.daily.entry(day).or_default();
+                d.debits_minor += i128::from(e.amount_minor);
+                d.withdrawals += 1;
+            }
+            AccountEvent::CardPaymentApproved(e) => {
+                let d = self.daily.entry(day).or_default();
+                d.debits_minor += i128::from(e.payment.amount_minor);
+                d.card_payments += 1;
+            }
+            AccountEvent::CardPaymentDeclined(_) => {
+                self.daily.entry(day).or_default().declined_payments += 1;
+            }
         }
+        self.updated_at = Some(at);
         if is_money(event) {
             let change = i128::from(event.balance_change());
             self.balance += change;
@@ -247,7 +343,6 @@ impl Expected {
             self.line_sum += change;
             self.line_version_sum += u128::from(envelope.account_version);
         }
-        self.last_version = self.last_version.max(envelope.account_version);
     }
 }
 
@@ -264,8 +359,17 @@ fn is_money(event: &AccountEvent) -> bool {
 /// One `accounts` row.
 #[derive(Debug, Clone)]
 struct ModelAccount {
+    holder_name: String,
+    email: String,
+    country: String,
+    currency: String,
     status: String,
     balance: i64,
+    limit: i64,
+    frozen_reason: Option<String>,
+    opened_at: i64,
+    updated_at: i64,
+    closed_at: Option<i64>,
     version: u64,
 }
 
@@ -284,6 +388,7 @@ struct ModelView {
     generation: Option<(u32, String, MySqlPool)>,
     accounts: HashMap<Uuid, ModelAccount>,
     lines: HashMap<Uuid, ModelLines>,
+    daily: HashMap<Uuid, BTreeMap<NaiveDate, Daily>>,
 }
 
 /// Whether a database exists on the MySQL server (without creating it).
@@ -310,22 +415,44 @@ async fn read_model(config: &Config, mysql: &MySqlPool) -> anyhow::Result<ModelV
     let generation = ledger.generation(number).await?;
     let pool = generation.pool.clone();
     let context = || format!("reading {} on mysql", generation.database);
+    // One snapshot of every table (see BEGIN_SNAPSHOT): at READ COMMITTED each statement
+    // would see newer commits than the one before, and a line or a day's total written
+    // between two reads would look like drift.
     let mut tx = pool
-        .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .begin_with(BEGIN_SNAPSHOT)
         .await
         .with_context(context)?;
-    let rows = sqlx::query("SELECT account_id, status, balance_minor, version FROM accounts")
-        .fetch_all(&mut *tx)
-        .await
-        .with_context(context)?;
+    let rows = sqlx::query(
+        "SELECT account_id, holder_name, email, country, currency, status, balance_minor, \
+         daily_withdrawal_limit_minor, frozen_reason, opened_at, updated_at, closed_at, version \
+         FROM accounts",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .with_context(context)?;
+    let micros = |t: NaiveDateTime| t.and_utc().timestamp_micros();
     let mut accounts = HashMap::with_capacity(rows.len());
     for row in &rows {
         let id: Uuid = row.try_get("account_id").with_context(context)?;
         accounts.insert(
             id,
             ModelAccount {
+                holder_name: row.try_get("holder_name").with_context(context)?,
+                email: row.try_get("email").with_context(context)?,
+                country: row.try_get("country").with_context(context)?,
+                currency: row.try_get("currency").with_context(context)?,
                 status: row.try_get("status").with_context(context)?,
                 balance: row.try_get("balance_minor").with_context(context)?,
+                limit: row
+                    .try_get("daily_withdrawal_limit_minor")
+                    .with_context(context)?,
+                frozen_reason: row.try_get("frozen_reason").with_context(context)?,
+                opened_at: micros(row.try_get("opened_at").with_context(context)?),
+                updated_at: micros(row.try_get("updated_at").with_context(context)?),
+                closed_at: row
+                    .try_get::<Option<NaiveDateTime>, _>("closed_at")
+                    .with_context(context)?
+                    .map(micros),
                 version: row.try_get("version").with_context(context)?,
             },
         );
@@ -359,11 +486,41 @@ async fn read_model(config: &Config, mysql: &MySqlPool) -> anyhow::Result<ModelV
             },
         );
     }
+    let rows = sqlx::query(
+        "SELECT account_id, day, credits_minor, debits_minor, deposits, withdrawals, \
+         card_payments, declined_payments FROM daily_totals",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .with_context(context)?;
+    let mut daily: HashMap<Uuid, BTreeMap<NaiveDate, Daily>> = HashMap::new();
+    for row in &rows {
+        let id: Uuid = row.try_get("account_id").with_context(context)?;
+        let day: NaiveDate = row.try_get("day").with_context(context)?;
+        let count = |column: &str| -> anyhow::Result<u64> {
+            let n: u32 = row.try_get(column).with_context(context)?;
+            Ok(u64::from(n))
+        };
+        let credits: i64 = row.try_get("credits_minor").with_context(context)?;
+        let debits: i64 = row.try_get("debits_minor").with_context(context)?;
+        daily.entry(id).or_default().insert(
+            day,
+            Daily {
+                credits_minor: i128::from(credits),
+                debits_minor: i128::from(debits),
+                deposits: count("deposits")?,
+                withdrawals: count("withdrawals")?,
+                card_payments: count("card_payments")?,
+                declined_payments: count("declined_payments")?,
+            },
+        );
+    }
     tx.commit().await.with_context(context)?;
     Ok(ModelView {
         generation: Some((generation.number, generation.database.clone(), pool)),
         accounts,
         lines,
+        daily,
     })
 }
 
@@ -382,9 +539,12 @@ fn progress_bar(show: bool) -> ProgressBar {
 }
 
 /// Reads every event of the store, folding as it goes. Returns the fold and the count.
+/// `cutoffs` is each model account's version: the fold of an account stops there (its
+/// `last_version` still says where the store is).
 async fn fold_store(
     store: &Arc<dyn EventStore>,
     options: &Options,
+    cutoffs: &HashMap<Uuid, u64>,
 ) -> anyhow::Result<(HashMap<Uuid, Expected>, u64)> {
     let bar = progress_bar(options.progress);
     let mut expected: HashMap<Uuid, Expected> = HashMap::new();
@@ -398,9 +558,10 @@ async fn fold_store(
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (_, envelope) in &page {
+            let id = envelope.account_id.0;
             expected
-                .entry(envelope.account_id.0)
-                .or_default()
+                .entry(id)
+                .or_insert_with(|| Expected::new(cutoffs.get(&id).copied().unwrap_or(u64::MAX)))
                 .apply(envelope);
         }
         events += page.len() as u64;
@@ -420,7 +581,12 @@ async fn check(
     let model = read_model(config, mysql)
         .await
         .context("reading the ledger read model")?;
-    let (expected, events_read) = fold_store(store, options).await?;
+    let cutoffs: HashMap<Uuid, u64> = model
+        .accounts
+        .iter()
+        .map(|(id, a)| (*id, a.version))
+        .collect();
+    let (expected, events_read) = fold_store(store, options, &cutoffs).await?;
 
     let mut mismatches: Vec<Mismatch> = Vec::new();
     let mut push = |m: Mismatch| mismatches.push(m);
@@ -438,6 +604,7 @@ async fn check(
                 account_id: id,
                 field: "account".into(),
                 version: None,
+                day: None,
                 expected: json!({ "version": want.last_version, "status": want.status }),
                 actual: lines.map_or(Value::Null, |l| json!({ "statement_lines": l.count })),
             });
@@ -451,6 +618,7 @@ async fn check(
                     account_id: id,
                     field: name.into(),
                     version: None,
+                    day: None,
                     expected,
                     actual,
                 });
@@ -459,13 +627,47 @@ async fn check(
         if !want.opened {
             field("account", json!("opened"), json!("no account.opened event"));
         }
-        field("version", json!(want.last_version), json!(have.version));
+        let is_behind = have.version < want.last_version;
+        if !(is_behind && options.allow_behind) {
+            field("version", json!(want.last_version), json!(have.version));
+        }
+        // Everything else is compared with the store's fold at the model's version.
         field(
             "balance_minor",
             json!(want.balance.to_string()),
             json!(have.balance.to_string()),
         );
         field("status", json!(want.status), json!(have.status));
+        field(
+            "holder_name",
+            json!(want.holder_name),
+            json!(have.holder_name),
+        );
+        field("email", json!(want.email), json!(have.email));
+        field("country", json!(want.country), json!(have.country));
+        field("currency", json!(want.currency), json!(have.currency));
+        field(
+            "daily_withdrawal_limit_minor",
+            json!(want.limit),
+            json!(have.limit),
+        );
+        field(
+            "frozen_reason",
+            json!(want.frozen_reason),
+            json!(have.frozen_reason),
+        );
+        let time = |t: Option<i64>| json!(t.and_then(micros_text));
+        field(
+            "opened_at",
+            time(want.opened_at),
+            time(Some(have.opened_at)),
+        );
+        field(
+            "updated_at",
+            time(want.updated_at),
+            time(Some(have.updated_at)),
+        );
+        field("closed_at", time(want.closed_at), time(have.closed_at));
         let lines = model.lines.get(&id).cloned().unwrap_or_default();
         field("statement_lines", json!(want.lines), json!(lines.count));
         field(
@@ -481,11 +683,30 @@ async fn check(
             to_examine.push(id);
             differs = true;
         }
+        // Daily totals, day by day, both ways.
+        let empty = BTreeMap::new();
+        let have_daily = model.daily.get(&id).unwrap_or(&empty);
+        let days: std::collections::BTreeSet<&NaiveDate> =
+            want.daily.keys().chain(have_daily.keys()).collect();
+        for day in days {
+            let (w, h) = (want.daily.get(day), have_daily.get(day));
+            if w != h {
+                differs = true;
+                push(Mismatch {
+                    account_id: id,
+                    field: "daily_totals".into(),
+                    version: None,
+                    day: Some(*day),
+                    expected: w.map_or(Value::Null, |d| json!(d)),
+                    actual: h.map_or(Value::Null, |d| json!(d)),
+                });
+            }
+        }
+        if is_behind {
+            behind += 1;
+        }
         if differs {
             drifted += 1;
-            if have.version < want.last_version {
-                behind += 1;
-            }
         } else {
             identical += 1;
         }
@@ -495,6 +716,7 @@ async fn check(
         .accounts
         .keys()
         .chain(model.lines.keys())
+        .chain(model.daily.keys())
         .filter(|id| !expected.contains_key(id))
         .copied()
         .collect();
@@ -508,11 +730,13 @@ async fn check(
             account_id: id,
             field: "account".into(),
             version: None,
+            day: None,
             expected: Value::Null,
             actual: json!({
                 "version": account.map(|a| a.version),
                 "status": account.map(|a| a.status.clone()),
                 "statement_lines": lines.map_or(0, |l| l.count),
+                "daily_totals": model.daily.get(&id).map_or(0, BTreeMap::len),
             }),
         });
     }
@@ -649,6 +873,7 @@ fn examine_lines(
                 account_id: account,
                 field: "statement_line".into(),
                 version: Some(line.version),
+                day: None,
                 expected,
                 actual: actual.clone(),
             });
@@ -690,6 +915,7 @@ fn examine_lines(
                 account_id: account,
                 field: "statement_line".into(),
                 version: Some(v),
+                day: None,
                 expected: json!({
                     "event_type": event.event_type(),
                     "amount_minor": event.event.balance_change(),
@@ -700,6 +926,11 @@ fn examine_lines(
         }
     }
     found
+}
+
+/// Microseconds since the epoch as RFC 3339 (UTC, microseconds), `None` if out of range.
+fn micros_text(micros: i64) -> Option<String> {
+    DateTime::from_timestamp_micros(micros).map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
 }
 
 fn text(value: &Value) -> String {
@@ -728,9 +959,10 @@ fn print_text(out: &mut impl Write, report: &VerifyReport) -> std::io::Result<()
             .mismatches
             .iter()
             .map(|m| {
-                let field = match m.version {
-                    Some(v) => format!("{}@v{v}", m.field),
-                    None => m.field.clone(),
+                let field = match (m.version, m.day) {
+                    (Some(v), _) => format!("{}@v{v}", m.field),
+                    (None, Some(day)) => format!("{}@{day}", m.field),
+                    (None, None) => m.field.clone(),
                 };
                 [
                     m.account_id.to_string(),

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prism_ledger::store::Ledger;
 use prism_platform::config::{Config, EventStoreBackend};
@@ -126,6 +126,7 @@ async fn a_rebuild_under_load_switches_copies_with_no_gap_in_answers() {
         let visible = up(
             "prism-ledger",
             http.get(format!("{}/v1/accounts/{id}", ledger_service.url))
+                .bearer_auth(TOKEN)
                 .header("Consistency-Token", token)
                 .send()
                 .await,
@@ -184,7 +185,12 @@ async fn a_rebuild_under_load_switches_copies_with_no_gap_in_answers() {
                     format!("/v1/accounts/{id}"),
                     format!("/v1/accounts/{id}/statement?limit=5"),
                 ] {
-                    match http.get(format!("{url}{path}")).send().await {
+                    match http
+                        .get(format!("{url}{path}"))
+                        .bearer_auth(TOKEN)
+                        .send()
+                        .await
+                    {
                         Ok(r) if r.status() == 200 => {
                             answers.fetch_add(1, Ordering::Relaxed);
                         }
@@ -207,6 +213,7 @@ async fn a_rebuild_under_load_switches_copies_with_no_gap_in_answers() {
         drop_old: false,
         max_lag: 20,
         handover_timeout: Duration::from_secs(30),
+        store_page_size: 10_000,
         progress: false,
     };
     let by_kafka = rebuild::rebuild_ledger(&config, &options(Source::Auto), std::future::pending())
@@ -298,4 +305,537 @@ async fn a_rebuild_under_load_switches_copies_with_no_gap_in_answers() {
     ))
     .execute(&pg)
     .await;
+}
+
+/// Drops everything a test made: the ledger's databases, the topics, the consumer groups
+/// and the event store's database or schema.
+async fn clean_up(config: &Config, ledger: &Ledger, generations: &[u32]) {
+    let _ = ledger.drop_everything().await;
+    if let Ok(admin) = prism_platform::clients::kafka_client_config(&config.kafka)
+        .create::<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>(
+    ) {
+        let options = rdkafka::admin::AdminOptions::new();
+        let dlq = format!("{}.dlq.ledger", config.kafka.topic);
+        let _ = admin
+            .delete_topics(&[&config.kafka.topic, &dlq], &options)
+            .await;
+        let groups: Vec<String> = std::iter::once(config.ledger.group_id.clone())
+            .chain(
+                generations
+                    .iter()
+                    .map(|g| format!("{}-rebuild-g{g}", config.ledger.group_id)),
+            )
+            .collect();
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let _ = admin.delete_groups(&groups, &options).await;
+    }
+    match config.event_store.backend {
+        EventStoreBackend::Mongodb => {
+            if let Ok(client) =
+                prism_platform::clients::mongodb(&config.mongodb, "prism-tests").await
+            {
+                let _ = client.database(&config.mongodb.database).drop().await;
+            }
+        }
+        EventStoreBackend::Postgres => {
+            if let Ok(pg) = prism_platform::clients::postgres(&config.postgres).await {
+                let _ = sqlx::query(&format!(
+                    "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                    config.event_store.postgres_schema
+                ))
+                .execute(&pg)
+                .await;
+            }
+        }
+    }
+}
+
+/// Rebuilds from the event store while several writers append to many accounts through the
+/// real prism-command: each commit's place in the store's global order is decided before it
+/// lands (MongoDB: a UUIDv7 minted before the insert; PostgreSQL: a sequence value drawn
+/// before the commit), so the fill's pages pass commits that land behind them. The
+/// promoted copy must still equal the store, as a whole (`verify`).
+///
+/// `page` is the fill's page size: a small one keeps the fill paging at the store's tail
+/// while commits land (cheap on PostgreSQL, whose pages are index range reads), so that it
+/// meets versions whose predecessor landed behind its page.
+async fn store_rebuild_under_concurrent_writers(backend: EventStoreBackend, page: usize) {
+    const ACCOUNTS: usize = 40;
+    const WRITERS: usize = 8;
+    const REBUILDS: usize = 3;
+    const WARM_UP: Duration = Duration::from_secs(2);
+    const WRITING: Duration = Duration::from_secs(12);
+    let mut config = isolated_config();
+    config.event_store.backend = backend;
+    config.mongodb.database = unique("prism_test_rebuild");
+    config.kafka.topic_partitions = 4;
+    let command = {
+        let config = config.clone();
+        start(move |listener, stopped| async move {
+            prism_command::app::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+        .await
+    };
+    let ledger_service = {
+        let config = config.clone();
+        start(move |listener, stopped| async move {
+            prism_ledger::app::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+        .await
+    };
+    let http = reqwest::Client::new();
+    let mut accounts = Vec::new();
+    for i in 0..ACCOUNTS {
+        let opened = post(
+            &http,
+            format!("{}/v1/accounts", command.url),
+            json!({"holder_name": format!("Writer {i}"), "email": format!("w{i}@example.org"),
+                   "country": "GB", "currency": "GBP"}),
+        )
+        .await;
+        let id = opened["account_id"].as_str().map(str::to_owned);
+        accounts.push(id.expect("account_id"));
+    }
+
+    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let options = Options {
+        from: Source::Store,
+        drop_old: true,
+        max_lag: 20,
+        handover_timeout: Duration::from_secs(30),
+        store_page_size: page,
+        progress: false,
+    };
+    let mut generations = Vec::new();
+    let mut sent = 0;
+    for round in 0..REBUILDS {
+        // Writers for a bounded time (a store fill that pages until it finds no new event
+        // must end); the rebuild starts once they are in full swing.
+        let until = Instant::now() + WARM_UP + WRITING;
+        let round_sent = Arc::new(AtomicU64::new(0));
+        let writers: Vec<JoinHandle<()>> = (0..WRITERS)
+            .map(|w| {
+                let (http, url, accounts, round_sent) = (
+                    http.clone(),
+                    command.url.clone(),
+                    accounts.clone(),
+                    Arc::clone(&round_sent),
+                );
+                tokio::spawn(async move {
+                    let mut n = (round * WRITERS + w) as u64;
+                    while Instant::now() < until {
+                        n = n
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        let id = &accounts[(n >> 33) as usize % accounts.len()];
+                        post(
+                            &http,
+                            format!("{url}/v1/accounts/{id}/deposits"),
+                            json!({"amount_minor": 1 + (n >> 40) % 1_000}),
+                        )
+                        .await;
+                        round_sent.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+            .collect();
+        let warm = Instant::now() + Duration::from_secs(60);
+        while round_sent.load(Ordering::Relaxed) < 200 {
+            assert!(Instant::now() < warm, "the writers made no progress");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = round_sent.load(Ordering::Relaxed);
+        let report = rebuild::rebuild_ledger(&config, &options, std::future::pending())
+            .await
+            .unwrap_or_else(|e| panic!("rebuild from the store: {e:#}"));
+        generations.push(report.generation);
+        assert!(report.store_events > 0);
+        eprintln!(
+            "round {round}: {} events from the store ({} late commits re-read), {} records from Kafka",
+            report.store_events, report.store_reread, report.kafka_records
+        );
+        assert!(
+            round_sent.load(Ordering::Relaxed) > before,
+            "commands were written while the rebuild ran"
+        );
+        for writer in writers {
+            writer.await.expect("writer task");
+        }
+        sent += round_sent.load(Ordering::Relaxed);
+    }
+    assert!(sent > 500, "{sent} deposits");
+
+    let report = prismctl::verify::verify_ledger_with(
+        &config,
+        &prismctl::verify::Options {
+            wait: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("verify");
+    ledger_service.stop().await;
+    command.stop().await;
+    clean_up(&config, &ledger, &generations).await;
+    assert!(
+        report.ok,
+        "the rebuilt copy differs from the store after {sent} deposits: {} accounts drifted; {}",
+        report.drifted,
+        serde_json::to_string(&report.mismatches.iter().take(10).collect::<Vec<_>>())
+            .unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_rebuild_under_concurrent_writers_equals_the_mongodb_store() {
+    store_rebuild_under_concurrent_writers(EventStoreBackend::Mongodb, 10_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_rebuild_under_concurrent_writers_equals_the_postgres_store() {
+    store_rebuild_under_concurrent_writers(EventStoreBackend::Postgres, 20).await;
+}
+
+/// A prism-ledger instance of `config`, running in-process.
+async fn ledger_instance(config: &Config) -> Service {
+    let config = config.clone();
+    start(move |listener, stopped| async move {
+        prism_ledger::app::run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    })
+    .await
+}
+
+/// A prism-command instance of `config`, running in-process.
+async fn command_instance(config: &Config) -> Service {
+    let config = config.clone();
+    start(move |listener, stopped| async move {
+        prism_command::app::run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    })
+    .await
+}
+
+/// Opens `n` accounts and keeps depositing into them round-robin until `stop`; returns the
+/// account ids and the load task (which returns how many deposits it made).
+async fn steady_load(
+    http: &reqwest::Client,
+    command: &Service,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, JoinHandle<u64>) {
+    let mut accounts = Vec::new();
+    for i in 0..n {
+        let opened = post(
+            http,
+            format!("{}/v1/accounts", command.url),
+            json!({"holder_name": format!("Holder {i}"), "email": format!("h{i}@example.org"),
+                   "country": "GB", "currency": "GBP"}),
+        )
+        .await;
+        let id = opened["account_id"].as_str().map(str::to_owned);
+        accounts.push(id.expect("account_id"));
+    }
+    let (http, url, ids) = (http.clone(), command.url.clone(), accounts.clone());
+    let load = tokio::spawn(async move {
+        let mut sent = 0_u64;
+        while !stop.load(Ordering::Relaxed) {
+            let id = &ids[(sent % ids.len() as u64) as usize];
+            post(
+                &http,
+                format!("{url}/v1/accounts/{id}/deposits"),
+                json!({"amount_minor": 100 + sent % 7}),
+            )
+            .await;
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sent
+    });
+    (accounts, load)
+}
+
+/// Offset of the last record of every partition of the topic.
+async fn last_offsets(config: &Config) -> std::collections::BTreeMap<i32, i64> {
+    let kafka = config.kafka.clone();
+    up(
+        "tokio",
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let client: BaseConsumer = up(
+                "kafka",
+                prism_platform::clients::kafka_client_config(&kafka).create(),
+            );
+            let metadata = up(
+                "kafka",
+                client.fetch_metadata(Some(&kafka.topic), Duration::from_secs(10)),
+            );
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            partitions
+                .into_iter()
+                .map(|p| {
+                    let (_, high) = up(
+                        "kafka",
+                        client.fetch_watermarks(&kafka.topic, p, Duration::from_secs(10)),
+                    );
+                    (p, high - 1)
+                })
+                .collect()
+        })
+        .await,
+    )
+}
+
+/// Stored offset of every partition in generation `number`.
+async fn positions(ledger: &Ledger, number: u32) -> std::collections::BTreeMap<i32, i64> {
+    let generation = up("mysql", ledger.generation(number).await);
+    up(
+        "mysql",
+        prism_ledger::store::partition_positions(&generation.pool).await,
+    )
+    .into_iter()
+    .map(|row| (row.partition, row.offset))
+    .collect()
+}
+
+/// Polls `check` every 100 ms until it answers `Some`, failing after `limit`.
+async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every partition of the topic holds a record past `offsets` (the relay
+/// published commands written after they were taken).
+async fn records_past(config: &Config, offsets: &std::collections::BTreeMap<i32, i64>) {
+    eventually(
+        Duration::from_secs(60),
+        "new records on every partition",
+        || async {
+            let ends = last_offsets(config).await;
+            let past = ends
+                .iter()
+                .all(|(p, end)| offsets.get(p).is_none_or(|stored| end > stored));
+            past.then_some(())
+        },
+    )
+    .await;
+}
+
+/// Two prism-ledger instances share the partitions; a rebuild under load hands over to
+/// both: each ends up writing the new copy, nothing writes the retired one any more, and the
+/// new copy equals the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_hands_over_to_every_ledger_instance() {
+    let mut config = isolated_config();
+    config.kafka.topic_partitions = 4;
+    let command = command_instance(&config).await;
+    let a = ledger_instance(&config).await;
+    let b = ledger_instance(&config).await;
+    let http = reqwest::Client::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_, load) = steady_load(&http, &command, 16, Arc::clone(&stop)).await;
+    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    eventually(
+        Duration::from_secs(60),
+        "two instances writing generation 1",
+        || async {
+            let rows = up("mysql", ledger.instances(Duration::from_secs(5)).await);
+            (rows.len() == 2 && rows.iter().all(|r| r.writing == Some(1))).then_some(())
+        },
+    )
+    .await;
+
+    let options = Options {
+        from: Source::Kafka,
+        drop_old: false,
+        max_lag: 20,
+        handover_timeout: Duration::from_secs(60),
+        store_page_size: 10_000,
+        progress: false,
+    };
+    let report = rebuild::rebuild_ledger(&config, &options, std::future::pending())
+        .await
+        .unwrap_or_else(|e| panic!("rebuild: {e:#}"));
+    let new = report.generation;
+    assert!(report.handed_over, "{report:?}");
+    let rows = up("mysql", ledger.instances(Duration::from_secs(5)).await);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row.writing, Some(new), "{row:?}");
+        assert_eq!(row.error, None, "{row:?}");
+    }
+    // The retired copy takes no write any more, though records keep arriving.
+    let retired = positions(&ledger, 1).await;
+    records_past(&config, &retired).await;
+    let live = positions(&ledger, new).await;
+    records_past(&config, &live).await;
+    eventually(
+        Duration::from_secs(60),
+        "the live copy moving on",
+        || async {
+            let now = positions(&ledger, new).await;
+            live.iter()
+                .all(|(p, before)| now.get(p).is_some_and(|o| o > before))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        positions(&ledger, 1).await,
+        retired,
+        "a prism-ledger still writes the retired copy"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.expect("load task");
+    assert!(sent > 50, "{sent} deposits");
+    let verified = prismctl::verify::verify_ledger_with(
+        &config,
+        &prismctl::verify::Options {
+            wait: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("verify");
+    a.stop().await;
+    b.stop().await;
+    command.stop().await;
+    clean_up(&config, &ledger, &[new]).await;
+    assert!(
+        verified.ok,
+        "{}",
+        serde_json::to_string(&verified.mismatches).unwrap_or_default()
+    );
+}
+
+/// A live copy the instances cannot open (its database is missing): no instance keeps
+/// writing the retired copy it has; each says why on `/readyz` (503). Once the copy can be
+/// opened they move to it and catch up, and it equals the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_that_cannot_open_the_live_copy_stops_writing_the_retired_one() {
+    let mut config = isolated_config();
+    config.kafka.topic_partitions = 4;
+    let command = command_instance(&config).await;
+    let a = ledger_instance(&config).await;
+    let b = ledger_instance(&config).await;
+    let http = reqwest::Client::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (_, load) = steady_load(&http, &command, 16, Arc::clone(&stop)).await;
+    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let first = positions(&ledger, 1).await;
+    records_past(&config, &first).await;
+
+    // Generation 2 is registered and promoted, but its database does not exist.
+    let database = format!("{}_g2", config.ledger.database);
+    up(
+        "mysql",
+        sqlx::query(
+            "INSERT INTO generations (generation, database_name, state, created_at) \
+             VALUES (2, ?, 'retired', NOW(6))",
+        )
+        .bind(&database)
+        .execute(ledger.control_pool())
+        .await,
+    );
+    up("mysql", ledger.promote(2).await);
+
+    // Nothing writes the retired copy, though records keep arriving.
+    let stopped = eventually(
+        Duration::from_secs(30),
+        "the retired copy at rest",
+        || async {
+            let before = positions(&ledger, 1).await;
+            records_past(&config, &before).await;
+            let after = positions(&ledger, 1).await;
+            (after == before).then_some(after)
+        },
+    )
+    .await;
+    let later = last_offsets(&config).await;
+    records_past(&config, &later).await;
+    assert_eq!(
+        positions(&ledger, 1).await,
+        stopped,
+        "a prism-ledger writes the retired copy"
+    );
+
+    for instance in [&a, &b] {
+        eventually(Duration::from_secs(30), "/readyz saying why", || async {
+            let r = http
+                .get(format!("{}/readyz", instance.url))
+                .send()
+                .await
+                .ok()?;
+            let status = r.status();
+            let body = r.text().await.ok()?;
+            (status == 503 && body.contains("cannot open the live generation 2")).then_some(())
+        })
+        .await;
+    }
+    // The copy can be opened now: both move to it and catch up.
+    up(
+        "mysql",
+        sqlx::raw_sql(&format!("CREATE DATABASE `{database}`"))
+            .execute(ledger.control_pool())
+            .await,
+    );
+    for instance in [&a, &b] {
+        eventually(Duration::from_secs(60), "ready again", || async {
+            let r = http
+                .get(format!("{}/readyz", instance.url))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.expect("load task");
+    assert!(sent > 50, "{sent} deposits");
+    let verified = prismctl::verify::verify_ledger_with(
+        &config,
+        &prismctl::verify::Options {
+            wait: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("verify");
+    a.stop().await;
+    b.stop().await;
+    command.stop().await;
+    clean_up(&config, &ledger, &[2]).await;
+    assert!(
+        verified.ok,
+        "{}",
+        serde_json::to_string(&verified.mismatches).unwrap_or_default()
+    );
+    assert_eq!(verified.generation, Some(2));
 }

@@ -48,13 +48,51 @@ pub struct IdempotentCommit {
 }
 
 /// A stored answer to a request that was rejected (stored nothing in the event stream), so a
-/// retry with the same key gets the same answer.
+/// retry with the same key gets the same answer; or a claim on the key by a request that is
+/// committing ([`StoredResponse::CLAIM`]). Rejections and claims share one unique key
+/// space, so a key ends with one outcome: a commit or a rejection, never both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredResponse {
     pub key: String,
     pub request_hash: String,
     pub status: u16,
     pub body: serde_json::Value,
+}
+
+impl StoredResponse {
+    /// `status` of a claim: the key belongs to a request that is (or was) committing; no
+    /// HTTP answer is stored, the commit appended with the key is the answer.
+    pub const CLAIM: u16 = 0;
+
+    /// A claim on `mark`'s key by the request attempt `claim_id`, made at `at`.
+    pub fn claim(
+        mark: &IdempotencyMark,
+        claim_id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        Self {
+            key: mark.key.clone(),
+            request_hash: mark.request_hash.clone(),
+            status: Self::CLAIM,
+            body: serde_json::json!({ "claim": claim_id, "claimed_at": at.to_rfc3339() }),
+        }
+    }
+
+    /// The claim's attempt id, if this record is a claim.
+    pub fn claim_id(&self) -> Option<&str> {
+        (self.status == Self::CLAIM)
+            .then(|| self.body["claim"].as_str())
+            .flatten()
+    }
+
+    /// When the claim was made, if this record is a claim.
+    pub fn claimed_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        (self.status == Self::CLAIM)
+            .then(|| self.body["claimed_at"].as_str())
+            .flatten()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
 }
 
 /// An account's state at a version, as the aggregate serialised it.
@@ -137,11 +175,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// The commit bound to an idempotency key, if one was appended with it.
     async fn find_idempotent(&self, key: &str) -> Result<Option<IdempotentCommit>, StoreError>;
 
-    /// Remembers the answer to a rejected request; a second save of the same key keeps the first.
-    async fn save_response(&self, response: &StoredResponse) -> Result<(), StoreError>;
+    /// Remembers the answer to a rejected request (or a claim); a second save of the same
+    /// key keeps the first. True when this call stored it.
+    async fn save_response(&self, response: &StoredResponse) -> Result<bool, StoreError>;
 
-    /// The stored answer for a key, if a rejected request saved one.
+    /// The stored answer for a key, if a rejected request saved one (or the key's claim,
+    /// see [`StoredResponse::claim`]).
     async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError>;
+
+    /// Replaces the claim `claim_id` stored under `new.key` with `new` (another claim, or
+    /// the rejection its owner decided), only if that claim is still the one stored: a
+    /// compare-and-set on one record. True when it replaced.
+    async fn replace_claim(&self, claim_id: &str, new: &StoredResponse)
+        -> Result<bool, StoreError>;
 
     /// The backend's name for logs and metrics: `mongodb` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -594,7 +594,7 @@ impl EventStore for MongoStore {
         }))
     }
 
-    async fn save_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
+    async fn save_response(&self, response: &StoredResponse) -> Result<bool, StoreError> {
         let body = json_to_bson(&response.body).map_err(|e| refused(&response.key, &e))?;
         let inserted = self
             .responses()
@@ -606,11 +606,36 @@ impl EventStore for MongoStore {
             })
             .await;
         match inserted {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             // The first answer stays.
-            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Ok(()),
+            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Ok(false),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn replace_claim(
+        &self,
+        claim_id: &str,
+        new: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let body = json_to_bson(&new.body).map_err(|e| refused(&new.key, &e))?;
+        let done = self
+            .responses()
+            .update_one(
+                doc! {
+                    "_id": &new.key,
+                    "status": i32::from(StoredResponse::CLAIM),
+                    "body.claim": claim_id,
+                },
+                doc! { "$set": {
+                    "request_hash": &new.request_hash,
+                    "status": i32::from(new.status),
+                    "body": body,
+                } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(done.modified_count == 1)
     }
 
     async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {

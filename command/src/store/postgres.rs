@@ -389,8 +389,8 @@ impl EventStore for PgStore {
         }))
     }
 
-    async fn save_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
-        sqlx::query(&format!(
+    async fn save_response(&self, response: &StoredResponse) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
             "INSERT INTO {}.responses (key, request_hash, status, body) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (key) DO NOTHING",
             self.quoted
@@ -402,7 +402,7 @@ impl EventStore for PgStore {
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
@@ -428,6 +428,28 @@ impl EventStore for PgStore {
             status: u16::try_from(status).map_err(|_| bad(format!("status {status}")))?,
             body: row.try_get("body").map_err(|e| bad(e.to_string()))?,
         }))
+    }
+
+    async fn replace_claim(
+        &self,
+        claim_id: &str,
+        new: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE {}.responses SET request_hash = $3, status = $4, body = $5 \
+             WHERE key = $1 AND status = {} AND body->>'claim' = $2",
+            self.quoted,
+            StoredResponse::CLAIM
+        ))
+        .bind(&new.key)
+        .bind(claim_id)
+        .bind(&new.request_hash)
+        .bind(i32::from(new.status))
+        .bind(&new.body)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
     }
 
     fn backend(&self) -> &'static str {

@@ -336,3 +336,38 @@ pub async fn clean_up(config: &Config) {
             .await;
     }
 }
+
+/// The last version of every account in `stored`, keyed by the account's text form (as on
+/// Kafka).
+pub fn last_versions(stored: &BTreeMap<AccountId, Vec<Envelope>>) -> BTreeMap<String, u64> {
+    stored
+        .iter()
+        .map(|(account, events)| {
+            let last = events.last().map_or(0, |e| e.account_version);
+            (account.to_string(), last)
+        })
+        .collect()
+}
+
+/// Asserts that every stored event's id is among the records read from the topic.
+pub fn assert_every_event_published(
+    records: &[(String, u64, String)],
+    stored: &BTreeMap<AccountId, Vec<Envelope>>,
+) {
+    let published: std::collections::BTreeSet<&str> = records
+        .iter()
+        .map(|(_, _, id)| id.split('@').next().unwrap_or_default())
+        .collect();
+    let missing: Vec<String> = stored
+        .values()
+        .flatten()
+        .filter(|e| !published.contains(e.id.to_string().as_str()))
+        .map(|e| format!("{}@{}v{}", e.id, e.account_id, e.account_version))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} stored events never reached Kafka, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}

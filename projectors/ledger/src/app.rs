@@ -36,14 +36,45 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_decoding(
+        config,
+        listener,
+        shutdown,
+        prism_projector::record::Record::decode,
+    )
+    .await
+}
+
+/// [`run`] with another event contract than this build's: how the tests stand in for a
+/// newer build of the projector (one that knows more event types or schema versions).
+pub async fn run_decoding(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    decode: prism_projector::Decode,
+) -> anyhow::Result<()> {
+    // The compiled-in token and cursor key are public: never on an address other machines
+    // can reach.
+    config
+        .ledger
+        .refuse_local_secrets(listener.local_addr().context("listener address")?)?;
     let registry = Registry::new();
-    let shared = prism_projector::Shared::new(&registry, NAME, &config.projector)?;
+    let mut shared = prism_projector::Shared::new(&registry, NAME, &config.projector)?;
+    shared.decode = decode;
     let ledger = Ledger::open(&config.mysql, &config.ledger)
         .await
         .context("opening the ledger databases")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let poll = Duration::from_millis(config.ledger.generation_poll_ms.max(10));
-    let model = LiveModel::start(ledger, poll, stop_rx.clone())
+    // Unique per running instance (several may share a host and even a process in tests).
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let instance = format!(
+        "{}/{host}/{}/{}",
+        config.ledger.group_id,
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let model = LiveModel::start_instance(ledger, poll, stop_rx.clone(), Some(instance))
         .await
         .context("opening the live ledger generation")?;
 
@@ -54,13 +85,24 @@ pub async fn run(
         stop_rx,
     ));
 
-    let api = ApiState::new(model, &config.ledger, shared.progress.subscribe());
+    let ready_model = model.clone();
+    let api = ApiState::new(
+        model,
+        &config.ledger,
+        shared.progress.subscribe(),
+        &registry,
+    )
+    .context("registering the query API's metrics")?;
     let app = http::router(api)
         .merge(prism_projector::serve::ops_router(
             shared.health.clone(),
             registry,
         ))
-        .fallback(http::not_found);
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            ready_model.clone(),
+            unready_without_the_live_copy,
+        ));
     let address = listener.local_addr().context("listener address")?;
     tracing::info!(%address, "prism-ledger listening");
     let health = shared.health.clone();
@@ -133,9 +175,37 @@ async fn start_runtime(
     }
 }
 
+/// `/readyz` answers 503 while the live generation cannot be opened here, whatever the
+/// runtime says: this instance projects nothing then (see [`project`]).
+async fn unready_without_the_live_copy(
+    axum::extract::State(model): axum::extract::State<LiveModel>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.uri().path() == "/readyz" {
+        if let Some((_, why)) = model.unavailable() {
+            use axum::response::IntoResponse;
+            return prism_platform::http::Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "Not ready",
+            )
+            .detail(why)
+            .retry_after(1)
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
 /// Keeps the runtime writing into the live generation: when a rebuild makes another copy
 /// live, the runtime stops (batches finished, positions stored) and starts again on the new
 /// copy, from the positions stored there.
+///
+/// A live copy this instance cannot open ([`LiveModel::unavailable`]) stops the runtime
+/// too, and it stays stopped until the copy opens: writing the retired copy would stall
+/// this instance's partitions in the live one, while with the runtime stopped the consumer
+/// leaves the group and the other instances take the partitions over. `/readyz` says why.
 async fn project(
     config: Config,
     model: LiveModel,
@@ -144,34 +214,56 @@ async fn project(
 ) -> anyhow::Result<()> {
     let check = Duration::from_millis(config.ledger.generation_poll_ms.max(10));
     loop {
+        if model.unavailable().is_some() {
+            model.set_writing(None);
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(check) => {}
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
+            continue;
+        }
         let generation = model.current();
         let number = generation.number;
         let sink = Arc::new(MySqlSink::new(generation));
         let Some(running) = start_runtime(&config, sink, &shared, &mut stop).await? else {
             return Ok(());
         };
+        model.set_writing(Some(number));
         tracing::info!(generation = number, "projecting into the live generation");
         loop {
             tokio::select! {
                 _ = stop.changed() => {
                     running.shut_down().await;
+                    model.set_writing(None);
                     return Ok(());
                 }
                 () = tokio::time::sleep(check) => {}
             }
             if *stop.borrow() {
                 running.shut_down().await;
+                model.set_writing(None);
                 return Ok(());
             }
-            if model.number() != number {
+            if model.number() != number || model.unavailable().is_some() {
                 break;
             }
         }
-        tracing::info!(
-            from = number,
-            to = model.number(),
-            "a rebuilt generation went live; moving the projector to it"
-        );
+        match model.unavailable() {
+            Some((live, _)) => tracing::error!(
+                retired = number,
+                live,
+                "the live generation cannot be opened here: stopping the projector rather than writing the retired copy"
+            ),
+            None => tracing::info!(
+                from = number,
+                to = model.number(),
+                "a rebuilt generation went live; moving the projector to it"
+            ),
+        }
         running.shut_down().await;
+        model.set_writing(None);
     }
 }

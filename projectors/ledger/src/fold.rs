@@ -176,6 +176,17 @@ pub enum Rejection {
         version: u64,
         stored: u64,
     },
+    /// Folding version n+2 onto n would silently lose version n+1's effect: the model must
+    /// hold every version of an account, in order, or none after a missing one.
+    #[error(
+        "version {version} of account {account_id} does not follow its row (version {stored}): \
+         an earlier version is missing"
+    )]
+    Gap {
+        account_id: Uuid,
+        version: u64,
+        stored: u64,
+    },
     #[error("{field} is {len} characters, longer than the ledger's {max}")]
     TooLong {
         field: &'static str,
@@ -228,6 +239,13 @@ pub fn fold(current: Option<&AccountRow>, envelope: &Envelope) -> Result<Folded,
     let version = envelope.account_version;
 
     let current = match (&envelope.event, current) {
+        (AccountEvent::AccountOpened(_), None) if version != 1 => {
+            return Err(Rejection::Gap {
+                account_id,
+                version,
+                stored: 0,
+            })
+        }
         (AccountEvent::AccountOpened(opened), None) => {
             check_len("holder_name", &opened.holder_name, HOLDER_NAME_MAX)?;
             check_len("email", &opened.email, EMAIL_MAX)?;
@@ -272,9 +290,18 @@ pub fn fold(current: Option<&AccountRow>, envelope: &Envelope) -> Result<Folded,
         }
         (_, Some(row)) => row,
     };
-    // Versions may skip (a dead-lettered event), never go back: that would apply money twice.
+    // Versions never go back (that would apply money twice) and never skip (that would lose
+    // an event's effect for good). An account whose event was dead-lettered therefore takes
+    // no later event either: it waits for a rebuild, visibly, instead of drifting.
     if version <= current.version {
         return Err(Rejection::Stale {
+            account_id,
+            version,
+            stored: current.version,
+        });
+    }
+    if version != current.version + 1 {
+        return Err(Rejection::Gap {
             account_id,
             version,
             stored: current.version,
@@ -734,8 +761,24 @@ mod tests {
                 ..
             }
         ));
-        // A gap (a dead-lettered event) is fine.
-        assert!(fold(Some(&row), &envelope(5, time(1, 12), deposited(10))).is_ok());
+        assert!(fold(Some(&row), &envelope(3, time(1, 12), deposited(10))).is_ok());
+    }
+
+    #[test]
+    fn a_version_that_skips_one_is_refused_on_every_path() {
+        let row = given(vec![opened(), deposited(10)]);
+        let err = fold(Some(&row), &envelope(4, time(1, 12), deposited(10))).expect_err("gap");
+        assert!(matches!(
+            err,
+            Rejection::Gap {
+                version: 4,
+                stored: 2,
+                ..
+            }
+        ));
+        // An opening that is not the account's first event means its history is missing.
+        let err = fold(None, &envelope(2, time(1, 12), opened())).expect_err("late open");
+        assert!(matches!(err, Rejection::Gap { stored: 0, .. }));
     }
 
     #[test]

@@ -6,11 +6,16 @@
 //!   newest first, `from` inclusive, `to` exclusive;
 //! - `GET /v1/accounts?status=&country=&cursor=&limit=`: accounts by id.
 //!
-//! Every endpoint honours `Consistency-Token` (single-account ones also `min_version`): it
-//! waits for that version before reading and answers `202 processing` with `Retry-After`
-//! if it does not arrive within `wait_timeout_ms`, never stale data. Lists answer
-//! `{ "items": [...], "next_cursor": "..." | null }` with signed cursors.
+//! Every endpoint needs `Authorization: Bearer <token>` (`[ledger] tokens`; 401 without),
+//! since the model holds names, emails and balances. Every endpoint honours
+//! `Consistency-Token` (single-account ones also `min_version`): it waits for that version
+//! before reading and answers `202 processing` with `Retry-After` if it does not arrive
+//! within `wait_timeout_ms`, never stale data; at most `max_waiters` wait at once (503
+//! `too_many_waits` beyond). Lists answer `{ "items": [...], "next_cursor": "..." | null }`
+//! with signed cursors. Queries and waits read through the generation's own query pool,
+//! never the projector's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -21,11 +26,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use prism_events::Country;
+use prism_platform::auth::{self, Auth};
 use prism_platform::config::LedgerConfig;
 use prism_platform::http::Problem;
-use prism_projector::consistency::{self, WaitOutcome, WaitTarget};
+use prism_projector::consistency::{self, VersionLookup, WaitOutcome, WaitTarget, Waits};
+use prometheus::Registry;
 use serde::Serialize;
-use sqlx::MySqlPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -47,7 +53,8 @@ pub struct ApiState {
     page_size: u32,
     max_page_size: u32,
     wait_timeout: Duration,
-    progress: watch::Receiver<u64>,
+    waits: Waits,
+    auth: Auth,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -63,45 +70,78 @@ impl std::fmt::Debug for ApiState {
 
 impl ApiState {
     /// `progress` is the runtime's "a batch was written" signal; waits also poll, so a
-    /// receiver whose sender is gone (or never bumped) still works.
-    pub fn new(model: LiveModel, config: &LedgerConfig, progress: watch::Receiver<u64>) -> Self {
+    /// receiver whose sender is gone (or never bumped) still works. The waits' metrics
+    /// (`prism_projector_wait*`) go to `registry`. Starts the waits' shared watcher, so
+    /// it must run inside a tokio runtime.
+    pub fn new(
+        model: LiveModel,
+        config: &LedgerConfig,
+        progress: watch::Receiver<u64>,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
         let max_page_size = config.max_page_size.max(1);
-        Self {
+        let waits = Waits::start(
+            version_lookup(model.clone()),
+            progress,
+            config.max_waiters,
+            registry,
+            crate::app::NAME,
+        )?;
+        Ok(Self {
             model,
             cursors: CursorKey::new(&config.cursor_secret),
             page_size: config.page_size.clamp(1, max_page_size),
             max_page_size,
             wait_timeout: Duration::from_millis(config.wait_timeout_ms),
-            progress,
-        }
+            waits,
+            auth: Auth::new(config.auth_enabled, &config.tokens),
+        })
     }
 
     /// Waits (if asked) until the account's version is in the read model.
-    async fn wait(&self, pool: &MySqlPool, target: Option<WaitTarget>) -> Result<(), Problem> {
+    async fn wait(&self, target: Option<WaitTarget>) -> Result<(), Problem> {
         let Some(target) = target else {
             return Ok(());
         };
         let deadline = tokio::time::Instant::now() + self.wait_timeout;
-        let outcome = consistency::wait_for(
-            target,
-            deadline,
-            || store::account_version(pool, target.account_id),
-            self.progress.clone(),
-        )
-        .await
-        .map_err(|e| database_error(&e))?;
-        match outcome {
-            WaitOutcome::Reached(_) => Ok(()),
-            WaitOutcome::TimedOut(reached) => Err(consistency::processing(target, reached)),
+        match self.waits.wait(target, deadline).await {
+            Ok(WaitOutcome::Reached(_)) => Ok(()),
+            Ok(WaitOutcome::TimedOut(reached)) => Err(consistency::processing(target, reached)),
+            Err(e) => {
+                if let consistency::WaitError::Lookup(cause) = &e {
+                    tracing::warn!(error = %cause, "ledger wait: database unavailable");
+                }
+                Err(e.problem())
+            }
         }
     }
 }
 
+/// The waits' lookup: the versions of the awaited accounts in the live generation, one
+/// query on its query pool.
+fn version_lookup(model: LiveModel) -> VersionLookup {
+    Arc::new(move |accounts| {
+        let reads = model.current().reads;
+        Box::pin(async move {
+            store::account_versions(&reads, &accounts)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// The `/v1` routes, behind the bearer-token check (`/healthz`, `/readyz` and `/metrics`
+/// are merged in by the binary and stay open).
 pub fn router(state: ApiState) -> Router {
+    let auth = state.auth.clone();
     Router::new()
         .route("/v1/accounts", get(list_accounts))
         .route("/v1/accounts/{id}", get(get_account))
         .route("/v1/accounts/{id}/statement", get(get_statement))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_bearer,
+        ))
         .with_state(state)
 }
 
@@ -136,9 +176,9 @@ async fn get_account(
     let params = Params::new(query, &[consistency::MIN_VERSION])?;
     let target =
         consistency::target_for_account(&headers, id, params.get(consistency::MIN_VERSION))?;
+    state.wait(target).await?;
     let generation = state.model.current();
-    state.wait(&generation.pool, target).await?;
-    query::account(&generation.pool, id)
+    query::account(&generation.reads, id)
         .await
         .map_err(|e| database_error(&e))?
         .map(Json)
@@ -177,10 +217,10 @@ async fn get_statement(
         .transpose()?;
     let target =
         consistency::target_for_account(&headers, id, params.get(consistency::MIN_VERSION))?;
+    state.wait(target).await?;
     let generation = state.model.current();
-    state.wait(&generation.pool, target).await?;
     let page = query::statement(
-        &generation.pool,
+        &generation.reads,
         id,
         StatementQuery {
             from,
@@ -224,10 +264,10 @@ async fn list_accounts(
         .map(|c| state.cursors.open::<Uuid>(ACCOUNTS_CURSOR, &scope, c))
         .transpose()?;
     let target = consistency::target_from_headers(&headers)?;
+    state.wait(target).await?;
     let generation = state.model.current();
-    state.wait(&generation.pool, target).await?;
     let page = query::accounts(
-        &generation.pool,
+        &generation.reads,
         &AccountsQuery {
             status,
             country,

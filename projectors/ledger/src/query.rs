@@ -121,15 +121,26 @@ pub struct StatementPage {
     pub next: Option<u64>,
 }
 
+/// Starts a read-only transaction that reads one snapshot of the whole model. Generation
+/// pools run their sessions at READ COMMITTED (the sink's locking reads must take no gap
+/// locks), where every statement sees the latest commits and MySQL/MariaDB ignore `WITH
+/// CONSISTENT SNAPSHOT`; so the next transaction is set to REPEATABLE READ first, in the same
+/// round trip (`SET TRANSACTION` without `SESSION` applies to that one transaction only, and
+/// the session goes back to READ COMMITTED after it).
+pub const BEGIN_SNAPSHOT: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+     START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY";
+
 /// A page of an account's statement, `None` if the ledger does not know the account. The
-/// account and its lines are read in one transaction (one consistent snapshot), so the
-/// account's `version` describes exactly the lines returned.
+/// account and its lines are read in one snapshot ([`BEGIN_SNAPSHOT`]), so the account's
+/// `version` and balance describe exactly the lines returned: no line is newer than the
+/// version, and the newest line's `balance_after_minor` is the balance when it is the
+/// account's last money event.
 pub async fn statement(
     pool: &MySqlPool,
     id: Uuid,
     query: StatementQuery,
 ) -> Result<Option<StatementPage>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(BEGIN_SNAPSHOT).await?;
     let Some(account) = account_in(&mut *tx, id).await? else {
         tx.rollback().await?;
         return Ok(None);

@@ -26,9 +26,15 @@
 //!
 //! Errors: the server being unreachable, an I/O error, a pool timeout, a deadlock (1213), a
 //! lock wait timeout (1205) or the server going away are [`SinkError::Transient`] (logged at
-//! warn by the runtime). Any other server error is `Transient` too, but logged here at
-//! error: bad data is caught by the fold's own checks, so a server error is never blamed
-//! on an event.
+//! warn by the runtime, retried with back-off). Any other server error (a value out of a
+//! column's range, a missing table, a constraint) is deterministic: retrying the same write
+//! fails the same way, so it is [`SinkError::Permanent`] and the runtime holds the
+//! partition, reports it on `/readyz` and in `prismctl status`, and retries slowly until an
+//! operator fixed the store. Bad data in an event is caught by the fold's own checks
+//! ([`SinkError::Rejected`]), so a server error is never blamed on one event.
+//!
+//! The account-row cache is per partition and tagged with the offset it was written at
+//! ([`PartitionRows`]): it is used only by a batch whose fence expects that very offset.
 
 use std::collections::HashMap;
 
@@ -144,15 +150,25 @@ pub fn fold_batch(
 #[derive(Debug, Clone)]
 pub struct MySqlSink {
     generation: Generation,
-    /// Account rows as this sink last committed them, for batches that carry a position.
-    /// Valid because the position fence makes this sink the only writer of a partition's
-    /// accounts between two of its own writes: a fenced write (someone else wrote) clears
-    /// it. Saves the locking read of every batch's accounts.
-    accounts: std::sync::Arc<std::sync::Mutex<HashMap<Uuid, AccountRow>>>,
+    /// Account rows as this sink last committed them, per partition, for batches that carry
+    /// a position. Saves the locking read of every batch's accounts.
+    accounts: std::sync::Arc<std::sync::Mutex<HashMap<i32, PartitionRows>>>,
 }
 
-/// Most account rows kept in [`MySqlSink`]'s cache (about 300 bytes each); when full it
-/// starts over.
+/// One partition's cached account rows, true only while the partition's stored offset is
+/// still `offset` (the one this sink wrote with them). Another writer that owned the
+/// partition in between (a rebalance moved it away and back, a rebuild handed it over)
+/// necessarily moved the offset, so a batch whose fence expects any other offset finds the
+/// rows stale and reads them from MySQL instead. The runtime's [`Sink::release`] on every
+/// assign and revoke drops them earlier still.
+#[derive(Debug, Default)]
+struct PartitionRows {
+    offset: i64,
+    rows: HashMap<Uuid, AccountRow>,
+}
+
+/// Most account rows kept in [`MySqlSink`]'s cache over all partitions (about 300 bytes
+/// each); when full it starts over.
 const ACCOUNT_CACHE_MAX: usize = 200_000;
 
 impl MySqlSink {
@@ -163,13 +179,69 @@ impl MySqlSink {
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, AccountRow>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<i32, PartitionRows>> {
         // A poisoned lock means a panic elsewhere; start the cache over rather than trust it.
         self.accounts.lock().unwrap_or_else(|poisoned| {
             let mut guard = poisoned.into_inner();
             guard.clear();
             guard
         })
+    }
+
+    /// Cached rows of `ids` on `position`'s partition into `state`, if the cache is valid
+    /// for the offset this batch's fence expects; returns the ids still to load.
+    fn cached(
+        &self,
+        position: &PositionUpdate,
+        ids: &[Uuid],
+        state: &mut HashMap<Uuid, AccountRow>,
+    ) -> Vec<Uuid> {
+        let mut cache = self.cache();
+        let valid = match (cache.get(&position.partition), position.expected) {
+            (Some(entry), Some(expected)) => entry.offset == expected,
+            _ => false,
+        };
+        if !valid {
+            cache.remove(&position.partition);
+            return ids.to_vec();
+        }
+        let Some(entry) = cache.get(&position.partition) else {
+            return ids.to_vec();
+        };
+        ids.iter()
+            .filter(|id| match entry.rows.get(id) {
+                Some(row) => {
+                    state.insert(**id, row.clone());
+                    false
+                }
+                None => true,
+            })
+            .copied()
+            .collect()
+    }
+
+    /// After a committed batch: `state`'s rows of `ids` are what the partition holds at
+    /// `offset`.
+    fn remember(
+        &self,
+        partition: i32,
+        offset: i64,
+        ids: &[Uuid],
+        state: &mut HashMap<Uuid, AccountRow>,
+    ) {
+        let mut cache = self.cache();
+        let total: usize = cache.values().map(|e| e.rows.len()).sum();
+        if total + ids.len() > ACCOUNT_CACHE_MAX {
+            cache.clear();
+        }
+        let entry = cache.entry(partition).or_default();
+        entry.offset = offset;
+        for id in ids {
+            match state.remove(id) {
+                Some(row) => entry.rows.insert(*id, row),
+                None => entry.rows.remove(id),
+            };
+        }
     }
 
     pub fn generation(&self) -> &Generation {
@@ -187,7 +259,7 @@ impl MySqlSink {
         write(&mut tx, writes).await?;
         tx.commit()
             .await
-            .map_err(|e| transient("committing", &self.generation, e))
+            .map_err(|e| sink_error("committing", &self.generation, e))
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, MySql>, SinkError> {
@@ -195,7 +267,7 @@ impl MySqlSink {
             .pool
             .begin()
             .await
-            .map_err(|e| transient("starting a transaction", &self.generation, e))
+            .map_err(|e| sink_error("starting a transaction", &self.generation, e))
     }
 }
 
@@ -217,11 +289,11 @@ impl Sink for MySqlSink {
                 .build()
                 .fetch_all(&self.generation.pool)
                 .await
-                .map_err(|e| transient("reading positions", &self.generation, e))?;
+                .map_err(|e| sink_error("reading positions", &self.generation, e))?;
             for row in rows {
                 out.push(
                     decode_position(&row)
-                        .map_err(|e| transient("reading positions", &self.generation, e))?,
+                        .map_err(|e| sink_error("reading positions", &self.generation, e))?,
                 );
             }
         }
@@ -244,7 +316,7 @@ impl Sink for MySqlSink {
                 .build_query_as()
                 .fetch_all(&self.generation.pool)
                 .await
-                .map_err(|e| transient("reading versions", &self.generation, e))?;
+                .map_err(|e| sink_error("reading versions", &self.generation, e))?;
             out.extend(rows);
         }
         Ok(out)
@@ -254,9 +326,7 @@ impl Sink for MySqlSink {
         let mut tx = self.begin().await?;
         if let Some(position) = &batch.position {
             if let Err(e) = fence(&mut tx, position).await {
-                if matches!(e, SinkError::Fenced { .. }) {
-                    self.cache().clear();
-                }
+                self.cache().remove(&position.partition);
                 return Err(e);
             }
         }
@@ -264,27 +334,15 @@ impl Sink for MySqlSink {
         let mut ids: Vec<Uuid> = batch.events.iter().map(|e| e.account_id.0).collect();
         ids.sort_unstable();
         ids.dedup();
-        let cached = batch.position.is_some();
         let mut state: HashMap<Uuid, AccountRow> = HashMap::with_capacity(ids.len());
-        let missing: Vec<Uuid> = if cached {
-            let cache = self.cache();
-            ids.iter()
-                .filter(|id| match cache.get(id) {
-                    Some(row) => {
-                        state.insert(**id, row.clone());
-                        false
-                    }
-                    None => true,
-                })
-                .copied()
-                .collect()
-        } else {
-            ids.clone()
+        let missing: Vec<Uuid> = match &batch.position {
+            Some(position) => self.cached(position, &ids, &mut state),
+            None => ids.clone(),
         };
         if !missing.is_empty() {
             let loaded = load_accounts(&mut tx, &missing)
                 .await
-                .map_err(|e| transient("loading accounts", &self.generation, e))?;
+                .map_err(|e| sink_error("loading accounts", &self.generation, e))?;
             state.extend(loaded);
         }
 
@@ -303,29 +361,25 @@ impl Sink for MySqlSink {
         // The fence already inserted or locked the partition's row.
         writes.position.clone_from(&batch.position);
 
-        write(&mut tx, &writes).await?;
-        let committed = tx
-            .commit()
-            .await
-            .map_err(|e| transient("committing", &self.generation, e));
-        let mut cache = self.cache();
-        if committed.is_ok() && cached {
-            if cache.len() + ids.len() > ACCOUNT_CACHE_MAX {
-                cache.clear();
+        let written = match write(&mut tx, &writes).await {
+            Ok(()) => tx
+                .commit()
+                .await
+                .map_err(|e| sink_error("committing", &self.generation, e)),
+            Err(e) => Err(e),
+        };
+        match (&written, &batch.position) {
+            (Ok(()), Some(position)) => {
+                self.remember(position.partition, position.offset, &ids, &mut state);
             }
-            for id in &ids {
-                match state.remove(id) {
-                    Some(row) => cache.insert(*id, row),
-                    None => cache.remove(id),
-                };
+            // Unknown outcome: forget the partition's rows.
+            (Err(_), Some(position)) => {
+                self.cache().remove(&position.partition);
             }
-        } else {
-            // Unknown outcome (or rows written without a fence): forget these accounts.
-            for id in &ids {
-                cache.remove(id);
-            }
+            // Rows written without a position belong to no partition's cache.
+            (_, None) => {}
         }
-        committed
+        written
     }
 
     /// Upserts nothing: sets `last_error`/`last_error_at` on the partition's row if it has
@@ -343,8 +397,15 @@ impl Sink for MySqlSink {
         .bind(partition)
         .execute(&self.generation.pool)
         .await
-        .map_err(|e| transient("recording an error", &self.generation, e))?;
+        .map_err(|e| sink_error("recording an error", &self.generation, e))?;
         Ok(())
+    }
+
+    fn release(&self, partitions: &[i32]) {
+        let mut cache = self.cache();
+        for partition in partitions {
+            cache.remove(partition);
+        }
     }
 }
 
@@ -594,27 +655,35 @@ const RETRYABLE: &[u16] = &[
     2013, // lost connection during query
 ];
 
-/// Every sink error is transient (see the module documentation); the log level says
-/// whether it was expected.
-fn classify(what: &str, e: sqlx::Error) -> SinkError {
-    let expected = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+/// MySQL errors a retry of the same write cannot cure: the store refuses these values or
+/// this schema (out of range, too long, wrong type, a missing table or column, a constraint).
+fn deterministic(e: &sqlx::Error) -> bool {
+    match e {
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|m| RETRYABLE.contains(&m.number())),
+            .is_none_or(|m| !RETRYABLE.contains(&m.number())),
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::Decode(_) => true,
         _ => false,
-    };
-    if !expected {
-        tracing::error!("ledger sink: unexpected error {what}: {e}");
+    }
+}
+
+/// Server unreachable, I/O, pool timeouts, deadlocks and the like are
+/// [`SinkError::Transient`]; a deterministic error (see [`deterministic`]) is
+/// [`SinkError::Permanent`]: the runtime holds the partition and says so, instead of
+/// retrying it as "unavailable" for ever.
+fn classify(what: &str, e: sqlx::Error) -> SinkError {
+    if deterministic(&e) {
+        tracing::error!("ledger sink: {what}: {e}");
+        return SinkError::Permanent(format!("{what}: {e}"));
     }
     SinkError::Transient(format!("{what}: {e}"))
 }
 
-fn transient(what: &str, generation: &Generation, e: sqlx::Error) -> SinkError {
+fn sink_error(what: &str, generation: &Generation, e: sqlx::Error) -> SinkError {
     classify(&format!("{what} in {}", generation.database), e)
 }
 

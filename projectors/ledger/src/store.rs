@@ -84,6 +84,42 @@ impl PartialEq<&str> for GenerationState {
     }
 }
 
+/// Width of `instances.error`.
+const INSTANCE_ERROR_MAX: usize = 2_000;
+
+/// What an instance says about itself (`instances`, control database).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceReport {
+    /// `<group>/<host>/<pid>/<random>`: unique per running instance.
+    pub instance: String,
+    /// The generation its projector writes; `None`: none.
+    pub writing: Option<u32>,
+    /// The newest `building` generation it could open.
+    pub can_open: Option<u32>,
+    /// Why it cannot open the live or the newest building generation.
+    pub error: Option<String>,
+}
+
+/// One row of `instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceRow {
+    pub instance: String,
+    pub writing: Option<u32>,
+    pub can_open: Option<u32>,
+    pub error: Option<String>,
+    pub seen_at: DateTime<Utc>,
+}
+
+/// `s` cut to at most `max` characters, with a trailing `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// One row of `generations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GenerationInfo {
@@ -94,12 +130,17 @@ pub struct GenerationInfo {
     pub live_since: Option<DateTime<Utc>>,
 }
 
-/// One copy of the read model: its number, database and a pool connected to it.
+/// One copy of the read model: its number, database and two pools connected to it.
 #[derive(Clone)]
 pub struct Generation {
     pub number: u32,
     pub database: String,
+    /// The projector's writers (and maintenance): `[mysql] max_connections`.
     pub pool: MySqlPool,
+    /// The query API's reads and consistency waits, a small pool of their own
+    /// (`[ledger] query_max_connections`, connected on first use), so that however many
+    /// queries arrive they never take a connection the projector needs.
+    pub reads: MySqlPool,
 }
 
 impl fmt::Debug for Generation {
@@ -123,6 +164,8 @@ struct Inner {
     /// Host list of the server, for error messages.
     hosts: String,
     max_connections: u32,
+    /// Size of each generation's query pool.
+    query_max_connections: u32,
     connect_timeout: Duration,
     control_database: String,
     control: MySqlPool,
@@ -208,6 +251,7 @@ impl Ledger {
                 server,
                 hosts,
                 max_connections: mysql.max_connections.max(1),
+                query_max_connections: ledger.query_max_connections.max(1),
                 connect_timeout,
                 control_database,
                 control,
@@ -303,10 +347,12 @@ impl Ledger {
         validate_database_name(&database)
             .with_context(|| format!("generation {number} in {}", self.inner.control_database))?;
         let pool = self.connect_generation(&database).await?;
+        let reads = self.query_pool(&database)?;
         let generation = Generation {
             number,
             database,
             pool,
+            reads,
         };
         Ok(self.cache(generation))
     }
@@ -400,6 +446,69 @@ impl Ledger {
             .await
             .with_context(|| self.at("committing the promotion"))?;
         Ok(())
+    }
+
+    /// The newest generation in state `building`, if any (what instances probe before a
+    /// rebuild promotes it).
+    pub async fn newest_building(&self) -> anyhow::Result<Option<u32>> {
+        sqlx::query_scalar("SELECT MAX(generation) FROM generations WHERE state = 'building'")
+            .fetch_one(&self.inner.control)
+            .await
+            .with_context(|| self.at("reading generations"))
+    }
+
+    /// Records (upserts) what a running prism-ledger instance does: see [`InstanceRow`].
+    pub async fn report_instance(&self, row: &InstanceReport) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO instances (instance, writing, can_open, error, seen_at) \
+             VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE writing = VALUES(writing), \
+             can_open = VALUES(can_open), error = VALUES(error), seen_at = VALUES(seen_at)",
+        )
+        .bind(&row.instance)
+        .bind(row.writing)
+        .bind(row.can_open)
+        .bind(row.error.as_deref().map(|e| clip(e, INSTANCE_ERROR_MAX)))
+        .bind(Utc::now())
+        .execute(&self.inner.control)
+        .await
+        .with_context(|| self.at("recording this instance"))?;
+        Ok(())
+    }
+
+    /// Removes an instance's row (it stopped cleanly).
+    pub async fn forget_instance(&self, instance: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM instances WHERE instance = ?")
+            .bind(instance)
+            .execute(&self.inner.control)
+            .await
+            .with_context(|| self.at("removing this instance"))?;
+        Ok(())
+    }
+
+    /// The instances that reported within `within` (the others are taken as gone).
+    pub async fn instances(&self, within: Duration) -> anyhow::Result<Vec<InstanceRow>> {
+        let since = Utc::now()
+            - chrono::Duration::from_std(within).unwrap_or_else(|_| chrono::Duration::zero());
+        let rows = sqlx::query(
+            "SELECT instance, writing, can_open, error, seen_at FROM instances \
+             WHERE seen_at >= ? ORDER BY instance",
+        )
+        .bind(since)
+        .fetch_all(&self.inner.control)
+        .await
+        .with_context(|| self.at("reading instances"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(InstanceRow {
+                    instance: row.try_get("instance")?,
+                    writing: row.try_get("writing")?,
+                    can_open: row.try_get("can_open")?,
+                    error: row.try_get("error")?,
+                    seen_at: row.try_get("seen_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .with_context(|| self.at("reading instances"))
     }
 
     /// Every generation, by number.
@@ -501,6 +610,7 @@ impl Ledger {
             Err(poisoned) => poisoned.into_inner().drain().map(|(_, g)| g).collect(),
         };
         for generation in open {
+            generation.reads.close().await;
             generation.pool.close().await;
         }
         for database in &databases {
@@ -565,6 +675,32 @@ impl Ledger {
         Ok(pool)
     }
 
+    /// The query API's pool on a generation database (already migrated by its writers'
+    /// pool): lazy, so tools that never query (rebuild, verify) never connect it.
+    fn query_pool(&self, database: &str) -> anyhow::Result<MySqlPool> {
+        validate_database_name(database)?;
+        Ok(MySqlPoolOptions::new()
+            .max_connections(self.inner.query_max_connections)
+            .acquire_timeout(self.inner.connect_timeout)
+            // The same session isolation as the writers' pool; reads that need one snapshot
+            // ask for it per transaction.
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect_lazy_with(
+                self.inner
+                    .server
+                    .clone()
+                    .database(database)
+                    .statement_cache_capacity(32),
+            ))
+    }
+
     fn cached(&self, number: u32) -> Option<Generation> {
         match self.inner.generations.lock() {
             Ok(map) => map.get(&number).cloned(),
@@ -582,8 +718,11 @@ impl Ledger {
         if let Some(existing) = map.get(&generation.number) {
             let existing = existing.clone();
             drop(map);
-            let pool = generation.pool;
-            tokio::spawn(async move { pool.close().await });
+            let (pool, reads) = (generation.pool, generation.reads);
+            tokio::spawn(async move {
+                reads.close().await;
+                pool.close().await;
+            });
             return existing;
         }
         map.insert(generation.number, generation.clone());
@@ -596,6 +735,7 @@ impl Ledger {
             Err(poisoned) => poisoned.into_inner().remove(&number),
         };
         if let Some(generation) = removed {
+            generation.reads.close().await;
             generation.pool.close().await;
         }
     }
@@ -644,18 +784,35 @@ fn is_duplicate_key(e: &sqlx::Error) -> bool {
 
 /// What the query API reads: the live generation, re-read every poll interval by a
 /// background task and swapped atomically. Cheap to clone.
+///
+/// When a rebuild promotes a generation this instance cannot open, the model keeps serving
+/// the one it has but says so ([`LiveModel::unavailable`]): the projector must then stop
+/// writing that retired copy (its partitions belong in the live one, where other instances
+/// can take them over) and the instance is not ready, until the live one opens.
 #[derive(Clone)]
 pub struct LiveModel {
     current: watch::Receiver<Generation>,
+    state: Arc<Mutex<ModelState>>,
+}
+
+#[derive(Debug, Default)]
+struct ModelState {
+    /// The live generation this instance cannot open, and why.
+    unavailable: Option<(u32, String)>,
+    /// The generation the projector writes now (`None`: none), as the projector says.
+    writing: Option<u32>,
 }
 
 impl fmt::Debug for LiveModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LiveModel")
             .field("current", &*self.current.borrow())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
+
+/// How often a poller that keeps failing logs it again at error level.
+const LOUD_EVERY: Duration = Duration::from_secs(30);
 
 impl LiveModel {
     /// Opens the live generation (creating generation 1 on first start) and spawns the
@@ -663,32 +820,45 @@ impl LiveModel {
     pub async fn start(
         ledger: Ledger,
         poll: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<LiveModel> {
+        Self::start_instance(ledger, poll, shutdown, None).await
+    }
+
+    /// [`LiveModel::start`] for a running prism-ledger named `instance`: every poll also
+    /// opens the newest generation being built (so a rebuild knows before it promotes it
+    /// that this instance can switch to it) and records in the control database's
+    /// `instances` what the projector writes and what it cannot open; the row is removed
+    /// when the poller stops.
+    pub async fn start_instance(
+        ledger: Ledger,
+        poll: Duration,
         mut shutdown: watch::Receiver<bool>,
+        instance: Option<String>,
     ) -> anyhow::Result<LiveModel> {
         let first = ledger.live().await?;
         let (tx, rx) = watch::channel(first);
+        let state: Arc<Mutex<ModelState>> = Arc::default();
+        let model = LiveModel {
+            current: rx,
+            state: Arc::clone(&state),
+        };
         let poll = poll.max(Duration::from_millis(10));
+        let poller = model.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(poll);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
+            let mut can_open: Option<u32> = None;
+            let mut last_loud: Option<(String, tokio::time::Instant)> = None;
             loop {
                 if *shutdown.borrow() {
                     break;
                 }
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            break;
-                        }
-                        continue;
-                    }
-                }
                 let current = tx.borrow().number;
-                match ledger.live_number().await {
-                    Ok(Some(number)) if number != current => {
-                        match ledger.generation(number).await {
+                let unavailable =
+                    match ledger.live_number().await {
+                        Ok(Some(number)) if number != current => {
+                            match ledger.generation(number).await {
                             Ok(generation) => {
                                 tracing::info!(
                                     from = current,
@@ -697,19 +867,90 @@ impl LiveModel {
                                     "ledger: serving a new generation"
                                 );
                                 tx.send_replace(generation);
+                                None
                             }
-                            Err(e) => tracing::warn!(
-                                generation = number,
-                                "ledger: cannot open the new live generation: {e:#}"
-                            ),
+                            Err(e) => Some((
+                                number,
+                                format!(
+                                    "cannot open the live generation {number} (still on retired {current}; not projecting): {e:#}"
+                                ),
+                            )),
+                        }
+                        }
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!("ledger: polling the live generation: {e:#}");
+                            poller.unavailable()
+                        }
+                    };
+                if let Some((_, why)) = &unavailable {
+                    // Loud, but not once per poll.
+                    let repeat = last_loud
+                        .as_ref()
+                        .is_none_or(|(said, at)| said != why || at.elapsed() >= LOUD_EVERY);
+                    if repeat {
+                        tracing::error!("ledger: {why}");
+                        last_loud = Some((why.clone(), tokio::time::Instant::now()));
+                    }
+                }
+                poller.lock().unavailable = unavailable;
+                if let Some(instance) = &instance {
+                    let mut probe_error = None;
+                    match ledger.newest_building().await {
+                        Ok(Some(building)) if Some(building) != can_open => {
+                            match ledger.generation(building).await {
+                                Ok(_) => can_open = Some(building),
+                                Err(e) => {
+                                    probe_error = Some(format!(
+                                        "cannot open generation {building}, being built: {e:#}"
+                                    ));
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!("ledger: looking for a generation being built: {e:#}")
                         }
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("ledger: polling the live generation: {e:#}"),
+                    let report = {
+                        let state = poller.lock();
+                        InstanceReport {
+                            instance: instance.clone(),
+                            writing: state.writing,
+                            can_open,
+                            error: state
+                                .unavailable
+                                .as_ref()
+                                .map(|(_, why)| why.clone())
+                                .or(probe_error),
+                        }
+                    };
+                    if let Err(e) = ledger.report_instance(&report).await {
+                        tracing::warn!("ledger: {e:#}");
+                    }
+                }
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(instance) = &instance {
+                if let Err(e) = ledger.forget_instance(instance).await {
+                    tracing::warn!("ledger: {e:#}");
                 }
             }
         });
-        Ok(LiveModel { current: rx })
+        Ok(model)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ModelState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The generation to read now (cheap clone).
@@ -722,11 +963,26 @@ impl LiveModel {
         self.current.borrow().number
     }
 
+    /// The live generation this instance cannot open and why, if so: what it serves is a
+    /// retired copy, which its projector must not write.
+    pub fn unavailable(&self) -> Option<(u32, String)> {
+        self.lock().unavailable.clone()
+    }
+
+    /// Records which generation the projector writes (`None`: it writes none), for the
+    /// `instances` row.
+    pub fn set_writing(&self, generation: Option<u32>) {
+        self.lock().writing = generation;
+    }
+
     /// A model that always serves `generation`, with no poller (tests of the query API).
     #[doc(hidden)]
     pub fn fixed(generation: Generation) -> LiveModel {
         let (_sender, current) = watch::channel(generation);
-        LiveModel { current }
+        LiveModel {
+            current,
+            state: Arc::default(),
+        }
     }
 }
 
@@ -743,8 +999,30 @@ pub struct StoredPositionRow {
     pub last_error_at: Option<DateTime<Utc>>,
 }
 
+/// Last handled versions of `accounts` (applied or dead-lettered), from
+/// `projector_accounts`, in one query; what read-your-writes waits on. An account with
+/// nothing handled yet is absent.
+pub async fn account_versions(
+    pool: &MySqlPool,
+    accounts: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, u64>> {
+    if accounts.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut query = sqlx::QueryBuilder::new(
+        "SELECT account_id, version FROM projector_accounts WHERE account_id IN (",
+    );
+    let mut ids = query.separated(", ");
+    for account in accounts {
+        ids.push_bind(*account);
+    }
+    query.push(")");
+    let rows: Vec<(Uuid, u64)> = query.build_query_as().fetch_all(pool).await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Last handled version of an account (applied or dead-lettered), from
-/// `projector_accounts`; what read-your-writes waits on. `None`: nothing handled yet.
+/// `projector_accounts`. `None`: nothing handled yet.
 pub async fn account_version(pool: &MySqlPool, account_id: Uuid) -> sqlx::Result<Option<u64>> {
     sqlx::query_scalar("SELECT version FROM projector_accounts WHERE account_id = ?")
         .bind(account_id)

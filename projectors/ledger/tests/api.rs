@@ -112,6 +112,7 @@ async fn serve(pool: &MySqlPool, database: &str, wait_ms: u64) -> (Server, watch
         number: 1,
         database: database.to_owned(),
         pool: pool.clone(),
+        reads: pool.clone(),
     });
     let ledger = LedgerConfig {
         cursor_secret: Secret::new("api-test-secret"),
@@ -121,7 +122,10 @@ async fn serve(pool: &MySqlPool, database: &str, wait_ms: u64) -> (Server, watch
         ..LedgerConfig::default()
     };
     let (progress, progress_rx) = watch::channel(0_u64);
-    let app = router(ApiState::new(model, &ledger, progress_rx));
+    let app = router(
+        ApiState::new(model, &ledger, progress_rx, &prometheus::Registry::new())
+            .expect("the API's metrics"),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a local port");
@@ -154,6 +158,7 @@ impl Server {
     ) -> (u16, reqwest::header::HeaderMap, Value) {
         let mut request = reqwest::Client::new()
             .get(format!("{}{path}", self.base))
+            .bearer_auth(prism_platform::config::LOCAL_DEV_TOKEN)
             .query(query);
         if let Some(token) = token {
             request = request.header("Consistency-Token", token);

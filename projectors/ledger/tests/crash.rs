@@ -1,7 +1,8 @@
-//! SIGKILL the real `prism-ledger` binary at random moments while the real write side
-//! (`prism_command::app::run`, PostgreSQL event store in a schema of its own, relay on)
-//! takes ~20,000 events of realistic traffic: after the last restart the read model
-//! catches up and `prismctl verify` finds no drift and no statement line applied twice.
+//! The ledger under the real write side (`prism_command::app::run`, PostgreSQL event store
+//! in a schema of its own, relay on) and realistic traffic, while its instances die or come
+//! and go: SIGKILL of the real `prism-ledger` binary at random moments, and three instances
+//! joining and leaving the group at random. Each ends with `prismctl verify`: the whole
+//! model equals a fold of the event store, no statement line applied twice.
 
 mod support;
 
@@ -199,6 +200,11 @@ impl Drop for CommandService {
 
 /// Sends the seeded traffic until `EVENTS` events are stored; returns the number stored.
 async fn traffic(url: String, stored: Arc<AtomicU64>) -> u64 {
+    traffic_of(url, stored, EVENTS, SEED).await
+}
+
+/// Sends the traffic of `seed` until `events` events are stored; returns the number stored.
+async fn traffic_of(url: String, stored: Arc<AtomicU64>, events: u64, seed: u64) -> u64 {
     let client = up(
         "reqwest",
         Client::new(&url, TOKEN, CONCURRENCY, Duration::from_secs(30), 5),
@@ -209,8 +215,8 @@ async fn traffic(url: String, stored: Arc<AtomicU64>) -> u64 {
     // Opens answer with the account's index and id.
     let mut tasks: JoinSet<Option<(usize, String)>> = JoinSet::new();
     let mut opening = true;
-    for step in Traffic::new(SEED, ACCOUNTS, 0.05) {
-        if stored.load(Ordering::Relaxed) >= EVENTS {
+    for step in Traffic::new(seed, ACCOUNTS, 0.05) {
+        if stored.load(Ordering::Relaxed) >= events {
             break;
         }
         let open = matches!(step.op, Op::Open { .. });
@@ -546,6 +552,7 @@ async fn a_kill_while_the_first_start_creates_the_model_does_not_wedge_the_ledge
             if instance
                 .http
                 .get(format!("{}/v1/accounts/{}", ledger.url, account.id))
+                .bearer_auth(&instance.token)
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
@@ -561,6 +568,125 @@ async fn a_kill_while_the_first_start_creates_the_model_does_not_wedge_the_ledge
         }
         let status = ledger.terminate(Duration::from_secs(30));
         assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    })
+    .await;
+}
+
+/// The scale-out run that once corrupted balances: under load, up to three prism-ledger
+/// instances of one group join and leave (clean stops, like SIGTERM) at random moments, so
+/// partitions move between them again and again, away and back. At the end `prismctl
+/// verify` compares the whole model with a fold of the event store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_joining_and_leaving_at_random_under_load_verify_clean() {
+    const SCALE_SEED: u64 = 0x005c_a1e0;
+    const SCALE_EVENTS: u64 = 20_000;
+    const CHANGES: u32 = 16;
+    let mut config = support::isolated_config(6);
+    config.relay.sweep_interval_ms = 200;
+    config.command.auth_enabled = true;
+    config.command.tokens = vec![prism_platform::secret::Secret::new(TOKEN)];
+    config.projector.session_timeout_ms = 6_000;
+    support::isolated_with(config, |env| async move {
+        let started = Instant::now();
+        let config = env.config.clone();
+        let command = CommandService::start(&config).await;
+        let stored = Arc::new(AtomicU64::new(0));
+        let load = tokio::spawn(traffic_of(
+            command.url.clone(),
+            Arc::clone(&stored),
+            SCALE_EVENTS,
+            SCALE_SEED,
+        ));
+
+        let mut rng = ChaCha8Rng::seed_from_u64(SCALE_SEED);
+        let mut running = vec![env.start_projector().await];
+        let mut changes = 0;
+        let mut log: Vec<String> = Vec::new();
+        while changes < CHANGES || !load.is_finished() {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(300..=2_000))).await;
+            let join = running.len() == 1 || (running.len() < 3 && rng.gen_bool(0.5));
+            if join {
+                running.push(env.start_projector().await);
+            } else {
+                let leaving = running.remove(rng.gen_range(0..running.len()));
+                leaving.stop().await;
+            }
+            changes += 1;
+            // Each change moves partitions for real before the next: every instance
+            // running owns some, and together they own all of them.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut owned = Vec::new();
+                for instance in &running {
+                    owned.push(assigned(instance).await);
+                }
+                if owned.iter().all(|n| *n > 0.0)
+                    && owned.iter().sum::<f64>() == f64::from(config.kafka.topic_partitions)
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the partitions never settled on {} instances: {owned:?}",
+                    running.len()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            log.push(format!(
+                "{:.1}s: {} ({} running, {} events stored)",
+                started.elapsed().as_secs_f64(),
+                if join { "join" } else { "leave" },
+                running.len(),
+                stored.load(Ordering::Relaxed)
+            ));
+        }
+        let stored_events = up("the traffic task", load.await);
+        eprintln!("{stored_events} events stored;\n  {}", log.join("\n  "));
+        assert!(
+            stored_events >= SCALE_EVENTS,
+            "only {stored_events} events stored"
+        );
+
+        command.stop().await;
+        let report = up(
+            "prismctl verify",
+            prismctl::verify::verify_ledger_with(
+                &config,
+                &prismctl::verify::Options {
+                    wait: Duration::from_secs(120),
+                    ..Default::default()
+                },
+            )
+            .await,
+        );
+        eprintln!(
+            "verify after {:.1}s: ok={} events={} accounts={} identical={} drifted={} \
+             double_applied={} missing_lines={}",
+            started.elapsed().as_secs_f64(),
+            report.ok,
+            report.events_read,
+            report.accounts_in_store,
+            report.identical,
+            report.drifted,
+            report.double_applied_lines,
+            report.missing_lines,
+        );
+        assert!(
+            report.ok,
+            "drift after {changes} membership changes: {:#?}",
+            report.mismatches.iter().take(20).collect::<Vec<_>>()
+        );
+        assert_eq!(report.double_applied_lines, 0);
+        assert_eq!(report.missing_lines, 0);
+        let letters = env.dead_letters(0, Duration::from_secs(1));
+        assert!(
+            letters.is_empty(),
+            "dead letters after a scale-out run: {:?}",
+            letters.iter().map(|l| l.error()).collect::<Vec<_>>()
+        );
+        for instance in running {
+            instance.stop().await;
+        }
     })
     .await;
 }

@@ -6,16 +6,26 @@
 //! before it reads, and answers `202 Accepted` with a `processing` problem and `Retry-After`
 //! if the version does not arrive in time: never stale data.
 //!
-//! The wait wakes on the runtime's progress signal (bumped after every batch this instance
-//! writes) and on a short poll, since another instance may own the account's partition.
+//! Waits are bounded so that they can never starve the projector ([`Waits`]): at most
+//! `max_waiters` at once (more get `503 too_many_waits` with `Retry-After`), each ends at
+//! its deadline whatever version it asked for, and they share one watcher. The watcher
+//! re-reads the versions of every awaited account in one lookup per round (a round after
+//! each of the runtime's progress signals, bumped after every batch this instance writes,
+//! and every [`POLL_INTERVAL`], since another instance may own the account's partition;
+//! never two rounds closer than [`MIN_ROUND_GAP`]), so the load a flood of waits puts on
+//! the read model's database does not grow with the number of waits.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use prism_events::ConsistencyToken;
 use prism_platform::http::Problem;
-use tokio::sync::watch;
+use prometheus::{IntCounter, IntGauge, Opts, Registry};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -27,6 +37,11 @@ pub const HEADER_NAME: &str = "Consistency-Token";
 pub const MIN_VERSION: &str = "min_version";
 /// How often a wait re-reads the stored version even without a progress signal.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(40);
+/// Shortest time between two lookup rounds of the shared watcher, however often progress
+/// is signalled.
+pub const MIN_ROUND_GAP: Duration = Duration::from_millis(20);
+/// Most accounts one lookup asks for; a round over more accounts makes several lookups.
+pub const LOOKUP_CHUNK: usize = 500;
 /// `Retry-After` of a `processing` answer, in seconds.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -120,42 +135,328 @@ pub enum WaitOutcome {
     TimedOut(Option<u64>),
 }
 
-/// Waits until `check()` (the stored version of the target's account, `None` when the read
-/// model has none) is at least `target.version`, or `deadline` passes. Wakes on every
-/// change of `progress` and every [`POLL_INTERVAL`]. An error of `check` ends the wait.
-pub async fn wait_for<F, Fut, E>(
-    target: WaitTarget,
-    deadline: Instant,
-    mut check: F,
-    mut progress: watch::Receiver<u64>,
-) -> Result<WaitOutcome, E>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<u64>, E>>,
-{
-    // Changes from before the wait began are covered by the first check.
-    progress.borrow_and_update();
-    let mut signal_open = true;
-    loop {
-        let stored = check().await?;
-        if let Some(version) = stored.filter(|v| *v >= target.version) {
-            return Ok(WaitOutcome::Reached(version));
+/// Reads the handled versions of some accounts in one go (the ledger: one `SELECT … WHERE
+/// account_id IN (…)`); an account with nothing handled is absent from the answer. The
+/// error is shown in logs and problems, so it must not hold secrets.
+pub type VersionLookup = Arc<
+    dyn Fn(Vec<Uuid>) -> Pin<Box<dyn Future<Output = Result<HashMap<Uuid, u64>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why a wait could not be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    /// `max_waiters` waits are running already.
+    #[error("{0} queries are already waiting for a version")]
+    Busy(usize),
+    /// The lookup of the stored versions failed.
+    #[error("reading the stored version: {0}")]
+    Lookup(String),
+}
+
+impl WaitError {
+    /// The problem a query API answers: 503 with `Retry-After` either way.
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::Busy(limit) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_waits",
+                "Too many waiting queries",
+            )
+            .detail(format!(
+                "{limit} queries are already waiting for a version; retry shortly, or read \
+                 without a Consistency-Token or min_version"
+            ))
+            .retry_after(RETRY_AFTER_SECONDS),
+            Self::Lookup(_) => {
+                Problem::unavailable("the read model's database is not answering; retry shortly")
+            }
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(WaitOutcome::TimedOut(stored));
+    }
+}
+
+/// The metrics of the waits, labelled by projector.
+#[derive(Debug, Clone)]
+struct WaitMetrics {
+    waiting: IntGauge,
+    watched: IntGauge,
+    refused: IntCounter,
+    queries: IntCounter,
+}
+
+impl WaitMetrics {
+    fn new(registry: &Registry, projector: &str) -> prometheus::Result<Self> {
+        let opts = |name: &str, help: &str| {
+            Opts::new(name, help).const_label("projector", projector.to_owned())
+        };
+        let waiting = IntGauge::with_opts(opts(
+            "prism_projector_waiting_queries",
+            "Queries waiting for a version (Consistency-Token or min_version) right now.",
+        ))?;
+        let watched = IntGauge::with_opts(opts(
+            "prism_projector_waited_accounts",
+            "Accounts whose version the shared watcher follows right now.",
+        ))?;
+        let refused = IntCounter::with_opts(opts(
+            "prism_projector_waits_refused_total",
+            "Waits refused with 503 because max_waiters were already waiting.",
+        ))?;
+        let queries = IntCounter::with_opts(opts(
+            "prism_projector_wait_queries_total",
+            "Lookups of stored versions made for waiting queries (one per round and chunk).",
+        ))?;
+        registry.register(Box::new(waiting.clone()))?;
+        registry.register(Box::new(watched.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(queries.clone()))?;
+        Ok(Self {
+            waiting,
+            watched,
+            refused,
+            queries,
+        })
+    }
+}
+
+/// What the watcher last saw of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// Not looked up yet.
+    Unknown,
+    /// The handled version (`None`: nothing of the account yet).
+    Version(Option<u64>),
+    /// The last lookup failed.
+    Failed(String),
+}
+
+struct Watched {
+    seen: watch::Sender<Seen>,
+    /// Waits on this account now; the entry goes when the last one ends.
+    waits: usize,
+}
+
+struct WaitsInner {
+    permits: Arc<Semaphore>,
+    max_waiters: usize,
+    accounts: Mutex<HashMap<Uuid, Watched>>,
+    /// Tells the watcher that an account was added (look it up soon).
+    added: Arc<Notify>,
+    metrics: WaitMetrics,
+}
+
+impl WaitsInner {
+    fn accounts(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Watched>> {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The read-your-writes waits of one query API: bounded in number, served by one shared
+/// watcher task (see the module documentation). Cheap to clone; the watcher stops when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Waits {
+    inner: Arc<WaitsInner>,
+}
+
+impl std::fmt::Debug for Waits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waits")
+            .field("max_waiters", &self.inner.max_waiters)
+            .field("waiting", &self.inner.metrics.waiting.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One wait's hold on the watcher: ends the account's entry with the last wait on it.
+struct Registration {
+    inner: Arc<WaitsInner>,
+    account: Uuid,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut accounts = self.inner.accounts();
+        if let Some(watched) = accounts.get_mut(&self.account) {
+            watched.waits = watched.waits.saturating_sub(1);
+            if watched.waits == 0 {
+                accounts.remove(&self.account);
+            }
         }
-        let nap = tokio::time::sleep_until(deadline.min(now + POLL_INTERVAL));
-        if signal_open {
-            tokio::select! {
-                changed = progress.changed() => {
-                    // The runtime is gone: keep polling until the deadline.
-                    signal_open = changed.is_ok();
+        self.inner.metrics.watched.set(accounts.len() as i64);
+        self.inner.metrics.waiting.dec();
+    }
+}
+
+impl Waits {
+    /// Starts the shared watcher (a tokio task) and registers the metrics of projector
+    /// `projector` in `registry`. `progress` is the runtime's "a batch was written" signal;
+    /// a receiver whose sender is gone still works (the poll goes on).
+    pub fn start(
+        lookup: VersionLookup,
+        progress: watch::Receiver<u64>,
+        max_waiters: usize,
+        registry: &Registry,
+        projector: &str,
+    ) -> prometheus::Result<Waits> {
+        let max_waiters = max_waiters.max(1);
+        let added = Arc::new(Notify::new());
+        let inner = Arc::new(WaitsInner {
+            permits: Arc::new(Semaphore::new(max_waiters)),
+            max_waiters,
+            accounts: Mutex::new(HashMap::new()),
+            added: Arc::clone(&added),
+            metrics: WaitMetrics::new(registry, projector)?,
+        });
+        tokio::spawn(watch_versions(
+            Arc::downgrade(&inner),
+            added,
+            lookup,
+            progress,
+        ));
+        Ok(Waits { inner })
+    }
+
+    /// Waits until the read model has handled `target.version` of the account, or
+    /// `deadline` passes. Refused at once (`Busy`) when `max_waiters` are waiting.
+    pub async fn wait(
+        &self,
+        target: WaitTarget,
+        deadline: Instant,
+    ) -> Result<WaitOutcome, WaitError> {
+        let Ok(permit) = Arc::clone(&self.inner.permits).try_acquire_owned() else {
+            self.inner.metrics.refused.inc();
+            return Err(WaitError::Busy(self.inner.max_waiters));
+        };
+        let (registration, mut seen) = self.register(target.account_id, permit);
+        let outcome = loop {
+            let current = seen.borrow_and_update().clone();
+            match current {
+                Seen::Version(Some(version)) if version >= target.version => {
+                    break Ok(WaitOutcome::Reached(version));
                 }
-                () = nap => {}
+                Seen::Failed(e) => break Err(WaitError::Lookup(e)),
+                Seen::Unknown | Seen::Version(_) => {}
+            }
+            tokio::select! {
+                changed = seen.changed() => {
+                    if changed.is_err() {
+                        // Cannot happen while registered (the entry holds the sender); end
+                        // the wait rather than spin.
+                        break Ok(WaitOutcome::TimedOut(version_of(&seen.borrow())));
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    break Ok(WaitOutcome::TimedOut(version_of(&seen.borrow())));
+                }
+            }
+        };
+        drop(registration);
+        outcome
+    }
+
+    fn register(
+        &self,
+        account: Uuid,
+        permit: OwnedSemaphorePermit,
+    ) -> (Registration, watch::Receiver<Seen>) {
+        let mut accounts = self.inner.accounts();
+        let (receiver, new) = match accounts.get_mut(&account) {
+            Some(watched) => {
+                watched.waits += 1;
+                (watched.seen.subscribe(), false)
+            }
+            None => {
+                let (seen, receiver) = watch::channel(Seen::Unknown);
+                accounts.insert(account, Watched { seen, waits: 1 });
+                (receiver, true)
+            }
+        };
+        self.inner.metrics.watched.set(accounts.len() as i64);
+        self.inner.metrics.waiting.inc();
+        drop(accounts);
+        if new {
+            self.inner.added.notify_one();
+        }
+        let registration = Registration {
+            inner: Arc::clone(&self.inner),
+            account,
+            _permit: permit,
+        };
+        (registration, receiver)
+    }
+}
+
+fn version_of(seen: &Seen) -> Option<u64> {
+    match seen {
+        Seen::Version(version) => *version,
+        Seen::Unknown | Seen::Failed(_) => None,
+    }
+}
+
+/// The shared watcher: while any account is awaited, one round of lookups after each
+/// progress signal, each new account and every [`POLL_INTERVAL`], at most one round per
+/// [`MIN_ROUND_GAP`]. Idle (no lookups) while nothing is awaited; ends with the last
+/// [`Waits`] handle.
+async fn watch_versions(
+    inner: Weak<WaitsInner>,
+    added: Arc<Notify>,
+    lookup: VersionLookup,
+    mut progress: watch::Receiver<u64>,
+) {
+    let mut progress_open = true;
+    loop {
+        let (accounts, queries) = {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let accounts: Vec<Uuid> = inner.accounts().keys().copied().collect();
+            (accounts, inner.metrics.queries.clone())
+        };
+        if accounts.is_empty() {
+            // Nothing to watch: sleep until an account is added (checking now and then
+            // whether the API is gone).
+            let _ = tokio::time::timeout(Duration::from_secs(1), added.notified()).await;
+            continue;
+        }
+        let round = Instant::now();
+        progress.borrow_and_update();
+        for chunk in accounts.chunks(LOOKUP_CHUNK) {
+            queries.inc();
+            let found = lookup(chunk.to_vec()).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let watched = inner.accounts();
+            for account in chunk {
+                let Some(entry) = watched.get(account) else {
+                    continue;
+                };
+                let now = match &found {
+                    Ok(versions) => Seen::Version(versions.get(account).copied()),
+                    Err(e) => Seen::Failed(e.clone()),
+                };
+                entry.seen.send_if_modified(|seen| {
+                    let modified = *seen != now;
+                    *seen = now;
+                    modified
+                });
+            }
+        }
+        tokio::time::sleep_until(round + MIN_ROUND_GAP).await;
+        let poll = tokio::time::sleep_until(round + POLL_INTERVAL);
+        if progress_open {
+            tokio::select! {
+                changed = progress.changed() => progress_open = changed.is_ok(),
+                () = added.notified() => {}
+                () = poll => {}
             }
         } else {
-            nap.await;
+            tokio::select! {
+                () = added.notified() => {}
+                () = poll => {}
+            }
         }
     }
 }
@@ -294,15 +595,21 @@ mod tests {
         assert!(detail.contains("version 3") && detail.contains(&target.account_id.to_string()));
     }
 
-    /// A check over a shared counter, as a store's `SELECT version` would see it.
-    fn counter_check(
-        stored: &Arc<AtomicU64>,
-    ) -> impl FnMut() -> std::future::Ready<Result<Option<u64>, ()>> {
+    /// A lookup over one shared counter (the version of every account asked for, as a
+    /// store's `SELECT version` would see it; 0 = nothing yet), counting its calls.
+    fn counter_lookup(stored: &Arc<AtomicU64>, calls: &Arc<AtomicU64>) -> VersionLookup {
         let stored = Arc::clone(stored);
-        move || {
+        let calls = Arc::clone(calls);
+        Arc::new(move |accounts: Vec<Uuid>| {
+            calls.fetch_add(1, Ordering::SeqCst);
             let v = stored.load(Ordering::SeqCst);
-            std::future::ready(Ok((v > 0).then_some(v)))
-        }
+            let found = accounts
+                .into_iter()
+                .filter(|_| v > 0)
+                .map(|a| (a, v))
+                .collect();
+            Box::pin(std::future::ready(Ok(found)))
+        })
     }
 
     fn target(version: u64) -> WaitTarget {
@@ -312,21 +619,34 @@ mod tests {
         }
     }
 
+    fn waits(lookup: VersionLookup, progress: watch::Receiver<u64>, max: usize) -> Waits {
+        Waits::start(lookup, progress, max, &Registry::new(), "test").expect("metrics")
+    }
+
+    fn counters(version: u64) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+        (
+            Arc::new(AtomicU64::new(version)),
+            Arc::new(AtomicU64::new(0)),
+        )
+    }
+
     #[tokio::test]
     async fn a_version_already_there_returns_at_once() {
-        let stored = Arc::new(AtomicU64::new(4));
+        let (stored, calls) = counters(4);
         let (_tx, rx) = watch::channel(0);
+        let waits = waits(counter_lookup(&stored, &calls), rx, 8);
         let deadline = Instant::now() + Duration::from_secs(5);
         let started = std::time::Instant::now();
-        let outcome = wait_for(target(3), deadline, counter_check(&stored), rx).await;
+        let outcome = waits.wait(target(3), deadline).await;
         assert_eq!(outcome, Ok(WaitOutcome::Reached(4)));
-        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(started.elapsed() < Duration::from_millis(500));
     }
 
     #[tokio::test]
     async fn the_progress_signal_wakes_the_wait() {
-        let stored = Arc::new(AtomicU64::new(1));
+        let (stored, calls) = counters(1);
         let (tx, rx) = watch::channel(0);
+        let waits = waits(counter_lookup(&stored, &calls), rx, 8);
         let writer = {
             let stored = Arc::clone(&stored);
             tokio::spawn(async move {
@@ -337,17 +657,18 @@ mod tests {
             })
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        let outcome = wait_for(target(6), deadline, counter_check(&stored), rx).await;
+        let outcome = waits.wait(target(6), deadline).await;
         assert_eq!(outcome, Ok(WaitOutcome::Reached(6)));
         drop(writer.await);
     }
 
     #[tokio::test]
     async fn without_a_signal_the_poll_still_sees_another_instance_s_write() {
-        let stored = Arc::new(AtomicU64::new(0));
+        let (stored, calls) = counters(0);
         // The sender is gone at once: only the poll can notice the change.
         let (tx, rx) = watch::channel(0);
         drop(tx);
+        let waits = waits(counter_lookup(&stored, &calls), rx, 8);
         {
             let stored = Arc::clone(&stored);
             tokio::spawn(async move {
@@ -357,7 +678,7 @@ mod tests {
         }
         let started = Instant::now();
         let deadline = started + Duration::from_secs(5);
-        let outcome = wait_for(target(2), deadline, counter_check(&stored), rx).await;
+        let outcome = waits.wait(target(2), deadline).await;
         assert_eq!(outcome, Ok(WaitOutcome::Reached(2)));
         let waited = started.elapsed();
         // Real time: generous upper bound for a loaded machine.
@@ -369,8 +690,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_version_that_never_comes_times_out_at_the_deadline() {
-        let stored = Arc::new(AtomicU64::new(3));
+        let (stored, calls) = counters(3);
         let (tx, rx) = watch::channel(0);
+        let waits = waits(counter_lookup(&stored, &calls), rx, 8);
         // Progress that is not the awaited account's keeps the wait going.
         let noise = tokio::spawn(async move {
             for _ in 0..20 {
@@ -380,7 +702,7 @@ mod tests {
         });
         let started = Instant::now();
         let deadline = started + Duration::from_millis(300);
-        let outcome = wait_for(target(9), deadline, counter_check(&stored), rx).await;
+        let outcome = waits.wait(target(u64::MAX), deadline).await;
         assert_eq!(outcome, Ok(WaitOutcome::TimedOut(Some(3))));
         let waited = started.elapsed();
         assert!(
@@ -391,16 +713,98 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_check_ends_the_wait_with_its_error() {
+    async fn a_failing_lookup_ends_the_wait_with_its_error() {
         let (_tx, rx) = watch::channel(0);
+        let failing: VersionLookup =
+            Arc::new(|_| Box::pin(std::future::ready(Err("down".to_owned()))));
+        let waits = waits(failing, rx, 8);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let outcome = wait_for(
-            target(1),
-            deadline,
-            || std::future::ready(Err::<Option<u64>, _>("down")),
-            rx,
-        )
-        .await;
-        assert_eq!(outcome, Err("down"));
+        let outcome = waits.wait(target(1), deadline).await;
+        assert_eq!(outcome, Err(WaitError::Lookup("down".into())));
+        assert_eq!(
+            WaitError::Lookup("down".into()).problem().status_code(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn waits_over_the_limit_are_refused_with_a_503_and_retry_after() {
+        let (stored, calls) = counters(1);
+        let (_tx, rx) = watch::channel(0);
+        let waits = waits(counter_lookup(&stored, &calls), rx, 2);
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let (a, b, c) = tokio::join!(
+            waits.wait(target(5), deadline),
+            waits.wait(target(5), deadline),
+            async {
+                // After the first two have taken their places.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waits.wait(target(5), deadline).await
+            }
+        );
+        assert_eq!(a, Ok(WaitOutcome::TimedOut(Some(1))));
+        assert_eq!(b, Ok(WaitOutcome::TimedOut(Some(1))));
+        assert_eq!(c, Err(WaitError::Busy(2)));
+        let problem = WaitError::Busy(2).problem();
+        assert_eq!(problem.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(problem.document().code, "too_many_waits");
+        assert_eq!(problem.document().retry_after_seconds, Some(1));
+        // The places are free again once the waits ended.
+        let again = waits
+            .wait(target(1), Instant::now() + Duration::from_secs(5))
+            .await;
+        assert_eq!(again, Ok(WaitOutcome::Reached(1)));
+    }
+
+    #[tokio::test]
+    async fn many_waits_share_one_lookup_per_round() {
+        let (stored, calls) = counters(1);
+        let (tx, rx) = watch::channel(0);
+        let waits = waits(counter_lookup(&stored, &calls), rx, 1_000);
+        // Progress as fast as it comes: rounds are still at least MIN_ROUND_GAP apart.
+        let noise = tokio::spawn(async move {
+            for _ in 0..400 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(400);
+        let all: Vec<_> = (0..500)
+            .map(|i| {
+                let waits = waits.clone();
+                // 50 accounts, 10 waits each.
+                let account = Uuid::from_u128(i % 50 + 1);
+                tokio::spawn(async move {
+                    waits
+                        .wait(
+                            WaitTarget {
+                                account_id: account,
+                                version: 9,
+                            },
+                            deadline,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for wait in all {
+            assert_eq!(
+                wait.await.expect("a wait panicked"),
+                Ok(WaitOutcome::TimedOut(Some(1)))
+            );
+        }
+        let elapsed = started.elapsed();
+        let rounds = calls.load(Ordering::SeqCst);
+        let bound = elapsed.as_millis() as u64 / MIN_ROUND_GAP.as_millis() as u64 + 2;
+        assert!(
+            rounds >= 1 && rounds <= bound,
+            "{rounds} lookups in {elapsed:?}"
+        );
+        let _ = noise.await;
+        // Nothing is watched any more, so nothing is looked up.
+        let idle = calls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), idle);
     }
 }

@@ -49,12 +49,22 @@ impl DeadLetters {
         let topic = topic_name(source_topic, suffix, projector);
         prism_platform::clients::ensure_topic(kafka, &topic, 1).await?;
         let mut config = prism_platform::clients::kafka_client_config(kafka);
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0");
+        config.set("linger.ms", "0");
         for (key, value) in &kafka.client {
             config.set(key, value);
+        }
+        // Set last, so pass-through settings cannot weaken them: the position moves past a
+        // dead letter once Kafka acknowledged it, so that acknowledgement must be durable.
+        for (key, ours) in [("enable.idempotence", "true"), ("acks", "all")] {
+            if let Some(theirs) = kafka.client.get(key).filter(|v| v.as_str() != ours) {
+                tracing::warn!(
+                    key,
+                    theirs = %theirs,
+                    ours,
+                    "kafka.client may not change the dead-letter producer's durability; ignored"
+                );
+            }
+            config.set(key, ours);
         }
         Ok(Self {
             producer: config.create()?,

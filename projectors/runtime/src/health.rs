@@ -17,6 +17,9 @@ pub struct PartitionHealth {
     pub lag: Option<i64>,
     pub paused: bool,
     pub last_error: Option<String>,
+    /// Why the partition is held, if it is: nothing past the held record is applied until
+    /// the cause is removed (see `worker.rs`). A held partition makes the instance unready.
+    pub held: Option<String>,
 }
 
 #[derive(Debug)]
@@ -103,6 +106,9 @@ impl Health {
         }
         let partitions = self.partitions().clone();
         for (partition, p) in &partitions {
+            if let Some(why) = &p.held {
+                reasons.push(format!("partition {partition} is held: {why}"));
+            }
             if p.lag.is_none() {
                 reasons.push(format!("partition {partition}: lag not measured yet"));
             }
@@ -143,5 +149,19 @@ mod tests {
         assert!(health.report().ready);
         health.sink_ok(false);
         assert!(!health.report().ready);
+    }
+
+    #[test]
+    fn a_held_partition_is_not_ready_and_says_why() {
+        let health = Health::new(10);
+        health.joined();
+        health.update(1, |p| p.lag = Some(0));
+        assert!(health.report().ready);
+        health.update(1, |p| p.held = Some("unknown event type".into()));
+        let report = health.report();
+        assert!(!report.ready);
+        assert!(report.reasons[0].contains("partition 1 is held: unknown event type"));
+        health.update(1, |p| p.held = None);
+        assert!(health.report().ready);
     }
 }

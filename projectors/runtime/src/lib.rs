@@ -7,6 +7,7 @@
 //! with back-off for transient sink errors, the dead-letter topic for poison events, offset
 //! commits, metrics, and a clean stop. See `ARCHITECTURE.md` for the invariants.
 
+mod bounded;
 pub mod consistency;
 pub mod dlq;
 pub mod health;
@@ -49,7 +50,13 @@ pub(crate) struct Settings {
     pub config: ProjectorConfig,
     /// Written into the sink's position rows: `<group>/<host>/<pid>`.
     pub writer: String,
+    pub decode: Decode,
 }
+
+/// How a consumed record becomes an event: the event contract this build knows. Every
+/// projector uses [`record::Record::decode`]; a newer build knows more types or schema
+/// versions, which is what its tests stand in for.
+pub type Decode = fn(&record::Record) -> plan::Decoded;
 
 /// The parts of a projector process that outlive one run of the runtime (a projector that
 /// switches to a rebuilt copy of its read model restarts the runtime, not the process).
@@ -59,6 +66,8 @@ pub struct Shared {
     pub health: Health,
     /// Bumped after every stored batch: query handlers waiting for a version wake on it.
     pub progress: watch::Sender<u64>,
+    /// The event contract the workers decode with ([`record::Record::decode`]).
+    pub decode: Decode,
 }
 
 impl Shared {
@@ -71,6 +80,7 @@ impl Shared {
             metrics: Metrics::new(registry, projector).context("registering projector metrics")?,
             health: Health::new(config.ready_max_lag),
             progress: watch::channel(0).0,
+            decode: record::Record::decode,
         })
     }
 }
@@ -156,6 +166,7 @@ impl Runtime {
             topic: projection.topic.clone(),
             config: config.clone(),
             writer: format!("{}/{}/{}", projection.group_id, host, std::process::id()),
+            decode: shared.decode,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(runtime::Shared::new(

@@ -36,6 +36,8 @@ pub struct Metrics {
     gaps: IntCounterVec,
     paused: IntGaugeVec,
     assigned: IntGaugeVec,
+    held: IntGaugeVec,
+    worker_accounts: IntGaugeVec,
 }
 
 impl Metrics {
@@ -104,7 +106,23 @@ impl Metrics {
             ),
             &["projector"],
         )?;
+        let held = IntGaugeVec::new(
+            Opts::new(
+                "prism_projector_partition_held",
+                "1 while a partition is held: an event this build cannot read (deploy the newer projector) or a write the store refuses for good (fix the store); nothing past it is applied or skipped.",
+            ),
+            &["projector", "partition"],
+        )?;
+        let worker_accounts = IntGaugeVec::new(
+            Opts::new(
+                "prism_projector_worker_accounts",
+                "Accounts remembered by a partition worker (handled versions and quarantine), bounded by [projector] worker_accounts_max.",
+            ),
+            &["projector", "partition"],
+        )?;
         registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(worker_accounts.clone()))?;
         registry.register(Box::new(batch_duration.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(delay.clone()))?;
@@ -124,6 +142,8 @@ impl Metrics {
             gaps,
             paused,
             assigned,
+            held,
+            worker_accounts,
         })
     }
 
@@ -155,9 +175,22 @@ impl Metrics {
     }
 
     pub fn forget_partition(&self, partition: i32) {
-        let _ = self
-            .lag
-            .remove_label_values(&[self.projector.as_str(), &partition.to_string()]);
+        let labels = [self.projector.as_str(), &partition.to_string()];
+        let _ = self.lag.remove_label_values(&labels);
+        let _ = self.held.remove_label_values(&labels);
+        let _ = self.worker_accounts.remove_label_values(&labels);
+    }
+
+    pub fn held(&self, partition: i32, held: bool) {
+        self.held
+            .with_label_values(&[self.projector.as_str(), &partition.to_string()])
+            .set(i64::from(held));
+    }
+
+    pub fn worker_accounts(&self, partition: i32, accounts: usize) {
+        self.worker_accounts
+            .with_label_values(&[self.projector.as_str(), &partition.to_string()])
+            .set(i64::try_from(accounts).unwrap_or(i64::MAX));
     }
 
     pub fn sink_error(&self, kind: &str) {

@@ -1,7 +1,7 @@
 //! Pure batch planning: which consumed records to apply, skip or dead-letter, given the
 //! last handled version of each account. No I/O, so every rule has a unit test.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use prism_events::Envelope;
 use uuid::Uuid;
@@ -13,6 +13,9 @@ pub struct Decoded {
     /// CloudEvents type from the headers, or `undecodable` when there is none.
     pub event_type: String,
     pub envelope: Result<Envelope, String>,
+    /// The record is well formed but from a newer writer (unknown event type, schema version
+    /// above this build's): not poison, the partition waits for an upgraded projector.
+    pub needs_upgrade: bool,
 }
 
 /// How one batch of records is handled.
@@ -36,13 +39,14 @@ fn known(versions: &HashMap<Uuid, u64>, account: &Uuid) -> u64 {
     versions.get(account).copied().unwrap_or(0)
 }
 
-/// Plans `records` (in partition order) against the handled `versions` of their accounts.
-/// Accounts in `quarantined` were reported for a gap earlier: their events are
+/// Plans `records` (in partition order) against the handled `versions` of their accounts
+/// (every account of `records` must be in it, or is taken as never handled). Accounts for
+/// which `quarantined` answers true were reported for a gap earlier: their events are
 /// dead-lettered without retrying.
 pub fn plan(
     records: &[Decoded],
     versions: &HashMap<Uuid, u64>,
-    quarantined: &HashSet<Uuid>,
+    quarantined: &dyn Fn(&Uuid) -> bool,
 ) -> Plan {
     let mut plan = Plan::default();
     for (index, record) in records.iter().enumerate() {
@@ -62,7 +66,7 @@ pub fn plan(
         let version = envelope.account_version;
         if version <= handled {
             plan.skipped.push(index);
-        } else if quarantined.contains(&account) {
+        } else if quarantined(&account) {
             plan.dead.push((
                 index,
                 format!(
@@ -104,18 +108,19 @@ mod tests {
                     description: None,
                 }),
             }),
+            needs_upgrade: false,
         }
     }
 
-    fn none() -> HashSet<Uuid> {
-        HashSet::new()
+    fn none(_: &Uuid) -> bool {
+        false
     }
 
     #[test]
     fn consecutive_versions_of_a_new_account_are_applied() {
         let a = Uuid::now_v7();
         let records = vec![event(a, 1), event(a, 2), event(a, 3)];
-        let plan = plan(&records, &HashMap::new(), &none());
+        let plan = plan(&records, &HashMap::new(), &none);
         assert_eq!(plan.apply, vec![0, 1, 2]);
         assert_eq!(plan.versions[&a].0, 3);
         assert!(plan.skipped.is_empty() && plan.gaps.is_empty() && plan.dead.is_empty());
@@ -126,7 +131,7 @@ mod tests {
         let a = Uuid::now_v7();
         let records = vec![event(a, 4), event(a, 5), event(a, 6)];
         let stored = HashMap::from([(a, 5)]);
-        let plan = plan(&records, &stored, &none());
+        let plan = plan(&records, &stored, &none);
         assert_eq!(plan.skipped, vec![0, 1]);
         assert_eq!(plan.apply, vec![2]);
     }
@@ -135,7 +140,7 @@ mod tests {
     fn a_duplicate_inside_the_batch_is_skipped() {
         let a = Uuid::now_v7();
         let records = vec![event(a, 1), event(a, 2), event(a, 2), event(a, 3)];
-        let plan = plan(&records, &HashMap::new(), &none());
+        let plan = plan(&records, &HashMap::new(), &none);
         assert_eq!(plan.apply, vec![0, 1, 3]);
         assert_eq!(plan.skipped, vec![2]);
     }
@@ -145,7 +150,7 @@ mod tests {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let records = vec![event(a, 3), event(b, 1), event(a, 4)];
         let stored = HashMap::from([(a, 1)]);
-        let plan = plan(&records, &stored, &none());
+        let plan = plan(&records, &stored, &none);
         assert_eq!(plan.gaps, vec![(0, 1), (2, 1)]);
         assert_eq!(plan.apply, vec![1]);
         assert!(!plan.versions.contains_key(&a));
@@ -159,9 +164,10 @@ mod tests {
             offset: 1,
             event_type: "undecodable".into(),
             envelope: Err("missing ce_id".into()),
+            needs_upgrade: false,
         });
         records.push(event(a, 2));
-        let plan = plan(&records, &HashMap::new(), &none());
+        let plan = plan(&records, &HashMap::new(), &none);
         assert_eq!(plan.apply, vec![0, 2]);
         assert_eq!(plan.dead.len(), 1);
         assert_eq!(plan.dead[0].0, 1);
@@ -172,15 +178,11 @@ mod tests {
     fn a_quarantined_account_is_dead_lettered_without_retrying() {
         let a = Uuid::now_v7();
         let records = vec![event(a, 9)];
-        let plan = plan(&records, &HashMap::from([(a, 2)]), &HashSet::from([a]));
+        let plan = plan(&records, &HashMap::from([(a, 2)]), &|x| *x == a);
         assert!(plan.gaps.is_empty());
         assert_eq!(plan.dead.len(), 1);
         // Its duplicates are still just duplicates.
-        let plan2 = super::plan(
-            &[event(a, 1)],
-            &HashMap::from([(a, 2)]),
-            &HashSet::from([a]),
-        );
+        let plan2 = super::plan(&[event(a, 1)], &HashMap::from([(a, 2)]), &|x| *x == a);
         assert_eq!(plan2.skipped, vec![0]);
     }
 }

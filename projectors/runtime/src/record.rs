@@ -49,18 +49,19 @@ impl Record {
             .filter(|t| prism_events::AccountEvent::TYPES.contains(t))
             .unwrap_or("undecodable")
             .to_owned();
-        let envelope = prism_events::kafka::decode(
+        let decoded = prism_events::kafka::decode(
             self.key.as_deref(),
             self.headers
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.as_slice())),
             self.payload.as_deref(),
-        )
-        .map_err(|e| e.to_string());
+        );
+        let needs_upgrade = decoded.as_ref().is_err_and(|e| e.needs_newer_reader());
         Decoded {
             offset: self.offset,
             event_type,
-            envelope,
+            envelope: decoded.map_err(|e| e.to_string()),
+            needs_upgrade,
         }
     }
 }

@@ -20,6 +20,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::bounded::Bounded;
 use crate::dlq::DeadLetters;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -93,11 +94,34 @@ impl Shared {
         tpl
     }
 
-    /// Reads the stored positions, retrying until the sink answers or shutdown.
-    fn positions(&self, partitions: &[i32]) -> Option<HashMap<i32, StoredPosition>> {
+    /// Longest a rebalance callback may spend on one partition-set's I/O.
+    fn rebalance_bound(&self) -> Duration {
+        Duration::from_millis(self.settings.config.rebalance_timeout_ms.max(100))
+    }
+
+    /// Reads the stored positions, retrying until the sink answers, `bound` has passed or
+    /// shutdown (`None` for the last two).
+    fn positions(
+        &self,
+        partitions: &[i32],
+        bound: Duration,
+    ) -> Option<HashMap<i32, StoredPosition>> {
+        let deadline = Instant::now() + bound;
         let mut attempt: u32 = 0;
         loop {
-            match self.handle.block_on(self.sink.positions(partitions)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Timers need the runtime's context: built inside `block_on`.
+            let read = self.handle.block_on(async {
+                tokio::time::timeout(left, self.sink.positions(partitions)).await
+            });
+            let read = match read {
+                Ok(read) => read,
+                Err(_) => Err(crate::SinkError::Transient(format!(
+                    "reading the positions took longer than {} ms",
+                    bound.as_millis()
+                ))),
+            };
+            match read {
                 Ok(found) => {
                     self.health.sink_ok(true);
                     return Some(found.into_iter().map(|p| (p.partition, p)).collect());
@@ -107,20 +131,26 @@ impl Shared {
                     if attempt == 0 || attempt.is_power_of_two() {
                         tracing::warn!(error = %e, "cannot read the stored positions; retrying");
                     }
-                    if self.shutdown.load(Ordering::Relaxed) {
+                    if self.shutdown.load(Ordering::Relaxed) || Instant::now() >= deadline {
                         return None;
                     }
                     let ms = self.settings.config.retry_backoff_ms.max(1) << attempt.min(10);
-                    std::thread::sleep(Duration::from_millis(
+                    let pause = Duration::from_millis(
                         ms.min(self.settings.config.retry_backoff_max_ms.max(1)),
-                    ));
+                    )
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                    std::thread::sleep(pause);
                     attempt += 1;
                 }
             }
         }
     }
 
-    fn start_worker(&self, partition: i32, position: Option<StoredPosition>) {
+    /// Starts `partition`'s worker at `position`; `None` for `position` means the stored
+    /// position is not known yet: the worker reads it and the partition starts over there.
+    fn start_worker(&self, partition: i32, position: Option<Option<StoredPosition>>) {
+        let position_known = position.is_some();
+        let position = position.flatten();
         let capacity = self.settings.config.partition_buffer.max(1);
         let (records_tx, records_rx) = mpsc::channel(capacity);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -144,9 +174,10 @@ impl Shared {
             records: records_rx,
             stop: stop_rx,
             position,
-            versions: HashMap::new(),
-            quarantined: Default::default(),
-            rejections: HashMap::new(),
+            position_known,
+            versions: Bounded::new(self.settings.config.worker_accounts_max),
+            quarantined: Bounded::new(self.settings.config.worker_accounts_max),
+            held: None,
         };
         let task = self.handle.spawn(worker.run());
         lock(&self.workers).insert(
@@ -180,13 +211,31 @@ impl Shared {
         for (_, w) in &handles {
             let _ = w.stop.send(true);
         }
+        // Every worker finishes its batch in hand within one bound, together: a sink that
+        // hangs must not keep this (rebalance) callback past Kafka's poll interval.
+        let deadline = tokio::time::Instant::now() + self.rebalance_bound();
         let mut stored = HashMap::new();
-        for (partition, w) in handles {
-            let offset = match self.handle.block_on(w.task) {
-                Ok(Exit::Stopped(offset)) => offset,
-                Ok(Exit::Rewind(_)) => w.slot.stored.load(Ordering::Acquire),
-                Err(e) => {
+        for (partition, mut w) in handles {
+            let finished = self
+                .handle
+                .block_on(async { tokio::time::timeout_at(deadline, &mut w.task).await });
+            let offset = match finished {
+                Ok(Ok(Exit::Stopped(offset))) => offset,
+                Ok(Ok(Exit::Rewind(_))) => w.slot.stored.load(Ordering::Acquire),
+                Ok(Err(e)) => {
                     tracing::error!(partition, error = %e, "partition worker failed");
+                    w.slot.stored.load(Ordering::Acquire)
+                }
+                Err(_) => {
+                    // Cancelled mid-write: the transaction is rolled back, or it commits and
+                    // the next owner's fenced write sees a moved position and re-reads it.
+                    w.task.abort();
+                    tracing::warn!(
+                        partition,
+                        bound_ms = self.settings.config.rebalance_timeout_ms,
+                        "the partition's batch in hand did not finish in time; cancelled it"
+                    );
+                    self.metrics.sink_error("cancelled");
                     w.slot.stored.load(Ordering::Acquire)
                 }
             };
@@ -196,6 +245,8 @@ impl Shared {
             self.health.remove(partition);
             self.metrics.forget_partition(partition);
         }
+        // Another instance may own these next: nothing cached about them stays trusted.
+        self.sink.release(partitions);
         self.metrics.assigned(lock(&self.workers).len());
         stored
     }
@@ -253,18 +304,34 @@ impl Shared {
         if partitions.is_empty() {
             return;
         }
-        let Some(positions) = self.positions(&partitions) else {
-            return;
-        };
+        // Whatever was cached about these partitions predates their new ownership.
+        self.sink.release(&partitions);
+        // Bounded: a sink that does not answer must not hold the group's rebalance. Without
+        // the positions, each worker reads its own and starts its partition over there.
+        let positions = self.positions(&partitions, self.rebalance_bound());
+        if positions.is_none() {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            tracing::warn!(
+                ?partitions,
+                "the stored positions could not be read within the rebalance bound; \
+                 each partition reads its own and starts over there"
+            );
+        }
         for partition in &partitions {
-            let offset = match positions.get(partition) {
-                Some(p) => Offset::Offset(p.offset + 1),
-                None => Offset::Beginning,
+            let (offset, position) = match &positions {
+                Some(found) => match found.get(partition) {
+                    Some(p) => (Offset::Offset(p.offset + 1), Some(Some(p.clone()))),
+                    None => (Offset::Beginning, Some(None)),
+                },
+                // Kafka's committed offset is only a guess here; the worker corrects it.
+                None => (Offset::Stored, None),
             };
             if let Err(e) = tpl.set_partition_offset(self.topic(), *partition, offset) {
                 tracing::error!(partition, error = %e, "cannot set the start offset");
             }
-            self.start_worker(*partition, positions.get(partition).cloned());
+            self.start_worker(*partition, position);
         }
         tracing::info!(
             ?partitions,
@@ -482,16 +549,23 @@ fn restart_rewound(consumer: &BaseConsumer<Context>, shared: &Shared) {
             Ok(Exit::Stopped(_)) => continue,
             Err(e) => {
                 tracing::error!(partition, error = %e, "partition worker failed; restarting it");
-                shared
-                    .positions(&[partition])
-                    .and_then(|mut p| p.remove(&partition))
+                match shared.positions(&[partition], shared.rebalance_bound()) {
+                    Some(mut found) => found.remove(&partition),
+                    None => {
+                        // Not known yet: the new worker reads it and rewinds again.
+                        shared.sink.release(&[partition]);
+                        shared.start_worker(partition, None);
+                        continue;
+                    }
+                }
             }
         };
+        shared.sink.release(&[partition]);
         let offset = position
             .as_ref()
             .map_or(Offset::Beginning, |p| Offset::Offset(p.offset + 1));
         lock(&shared.committed).remove(&partition);
-        shared.start_worker(partition, position);
+        shared.start_worker(partition, Some(position));
         if let Err(e) = consumer.seek(shared.topic(), partition, offset, Duration::from_secs(10)) {
             tracing::error!(partition, error = %e, "seeking to the stored position");
         }

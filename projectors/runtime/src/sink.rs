@@ -79,6 +79,14 @@ pub enum SinkError {
     /// written; the runtime retries, then dead-letters that event and writes the rest.
     #[error("event {index} of the batch was rejected: {reason}")]
     Rejected { index: usize, reason: String },
+    /// The store refuses the write for good, for a reason not tied to one event (a value
+    /// out of a column's range, a missing table or column): the same write fails the same
+    /// way however often it is retried. Nothing was written. The runtime holds the
+    /// partition (nothing past it is applied or skipped), says so on `/readyz` and through
+    /// [`Sink::record_error`], and retries at its longest back-off, so the partition goes on
+    /// by itself once an operator fixed the store.
+    #[error("the store refuses the write: {0}")]
+    Permanent(String),
 }
 
 /// A read model's store, as the runtime sees it.
@@ -96,4 +104,13 @@ pub trait Sink: Send + Sync + 'static {
     /// Remembers the last error seen on a partition, with its time, for `prismctl status`
     /// (best effort; kept until the next error, so a dead letter stays visible).
     async fn record_error(&self, partition: i32, error: &str) -> Result<(), SinkError>;
+
+    /// Ownership of `partitions` changes (they were assigned to this instance, revoked from
+    /// it, or their worker starts over): anything the sink cached about their accounts is
+    /// no longer known to be current, because another writer may own them in between.
+    /// Called before the first batch of a new owner and after the last batch of an old one.
+    /// A sink that caches nothing keeps this default.
+    fn release(&self, partitions: &[i32]) {
+        let _ = partitions;
+    }
 }

@@ -3,6 +3,8 @@
 //! with the partition's position. Partitions run independently of each other.
 
 use std::collections::{HashMap, HashSet};
+
+use crate::bounded::Bounded;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,18 +62,30 @@ pub(crate) struct Worker {
     pub stop: watch::Receiver<bool>,
     /// Position as last read from or written to the sink.
     pub position: Option<StoredPosition>,
+    /// False when the partition was assigned without its stored position (the sink did not
+    /// answer within the rebalance's time bound): the worker reads it first, then asks the
+    /// polling thread to start the partition over from there ([`Exit::Rewind`]).
+    pub position_known: bool,
     /// Last handled version of accounts seen on this partition (only this partition's
-    /// owner writes them, so the cache stays true while we own it).
-    pub versions: HashMap<Uuid, u64>,
-    /// Accounts reported for a version gap: their later events are dead-lettered at once.
-    pub quarantined: HashSet<Uuid>,
-    /// How often the sink rejected each event (by event id).
-    pub rejections: HashMap<Uuid, u32>,
+    /// owner writes them, so the cache stays true while we own it). Bounded: a forgotten
+    /// account is read from the sink again.
+    pub versions: Bounded<Uuid, u64>,
+    /// Accounts reported for a version gap or a dead-lettered event: their later events are
+    /// dead-lettered at once. Bounded: a forgotten account is found again by the same checks.
+    pub quarantined: Bounded<Uuid, ()>,
+    /// Why the partition is held, while it is (see [`Worker::set_held`]).
+    pub held: Option<String>,
 }
 
 impl Worker {
     /// Runs until stopped or rewound.
     pub(crate) async fn run(mut self) -> Exit {
+        if !self.position_known {
+            return match self.read_position().await {
+                Ok(position) => Exit::Rewind(position),
+                Err(_) => Exit::Stopped(NONE),
+            };
+        }
         let max = self.settings.config.batch_max_events.max(1);
         let linger = Duration::from_millis(self.settings.config.batch_max_wait_ms);
         let mut buffer: Vec<Record> = Vec::with_capacity(max);
@@ -143,8 +157,13 @@ impl Worker {
         Duration::from_millis(base.saturating_mul(1 << attempt.min(16)).min(max))
     }
 
-    /// Reads versions of `accounts` from the sink into the cache, retrying transient errors.
-    async fn load_versions(&mut self, accounts: Vec<Uuid>) -> Result<(), Halt> {
+    /// Reads versions of `accounts` from the sink into `into` (0 for none) and the cache,
+    /// retrying transient errors.
+    async fn load_versions(
+        &mut self,
+        accounts: Vec<Uuid>,
+        into: &mut HashMap<Uuid, u64>,
+    ) -> Result<(), Halt> {
         let mut attempt = 0;
         loop {
             match self.sink.versions(&accounts).await {
@@ -152,8 +171,11 @@ impl Worker {
                     for account in accounts {
                         let version = found.get(&account).copied().unwrap_or(0);
                         self.versions.insert(account, version);
+                        into.insert(account, version);
                     }
                     self.health.sink_ok(true);
+                    self.metrics
+                        .worker_accounts(self.partition, self.versions.len());
                     return Ok(());
                 }
                 Err(e) => {
@@ -177,31 +199,88 @@ impl Worker {
         }
     }
 
+    /// Reads the partition's stored position, retrying transient errors.
+    async fn read_position(&mut self) -> Result<Option<StoredPosition>, Halt> {
+        let mut attempt = 0;
+        loop {
+            match self.sink.positions(&[self.partition]).await {
+                Ok(mut found) => {
+                    self.health.sink_ok(true);
+                    return Ok(found.pop());
+                }
+                Err(e) => {
+                    self.transient(&e.to_string(), attempt).await;
+                    self.pause(self.backoff(attempt)).await?;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
     /// Handles one batch of records from this partition, in order.
     async fn process(&mut self, records: Vec<Record>) -> Result<(), Halt> {
-        let started = Instant::now();
         let stored = self.stored_offset();
-        let records: Vec<Record> = records
+        let mut records: Vec<Record> = records
             .into_iter()
             .filter(|r| stored.is_none_or(|s| r.offset > s))
             .collect();
+        let decode = self.settings.decode;
+        let mut decoded: Vec<Decoded> = records.iter().map(decode).collect();
+        // A record from a newer writer is not poison: everything before it is handled, then
+        // the partition waits (nothing after it may be applied before it, or skipped).
+        let upgrade = decoded.iter().position(|d| d.needs_upgrade).map(|at| {
+            let why = decoded[at]
+                .envelope
+                .as_ref()
+                .err()
+                .cloned()
+                .unwrap_or_default();
+            records.truncate(at);
+            decoded.truncate(at);
+            why
+        });
+        if !records.is_empty() {
+            self.process_decoded(records, decoded).await?;
+        }
+        match upgrade {
+            Some(why) => self.hold_for_upgrade(why).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn process_decoded(
+        &mut self,
+        records: Vec<Record>,
+        decoded: Vec<Decoded>,
+    ) -> Result<(), Halt> {
+        let started = Instant::now();
         let Some(last_offset) = records.last().map(|r| r.offset) else {
             return Ok(());
         };
-        let decoded: Vec<Decoded> = records.iter().map(Record::decode).collect();
 
-        let missing: Vec<Uuid> = decoded
+        // The handled versions of this batch's accounts: from the cache, else the sink.
+        let mut versions: HashMap<Uuid, u64> = HashMap::new();
+        let mut missing: HashSet<Uuid> = HashSet::new();
+        for account in decoded
             .iter()
             .filter_map(|d| d.envelope.as_ref().ok().map(|e| e.account_id.0))
-            .filter(|a| !self.versions.contains_key(a))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        {
+            match self.versions.get(&account) {
+                Some(v) => {
+                    versions.insert(account, *v);
+                }
+                None => {
+                    missing.insert(account);
+                }
+            }
+        }
         if !missing.is_empty() {
-            self.load_versions(missing).await?;
+            self.load_versions(missing.into_iter().collect(), &mut versions)
+                .await?;
         }
 
-        let mut planned = plan(&decoded, &self.versions, &self.quarantined);
+        let quarantined = &self.quarantined;
+        let mut planned = plan(&decoded, &versions, &|a| quarantined.contains_key(a));
         let mut attempt = 0;
         while !planned.gaps.is_empty() && attempt < self.settings.config.gap_retries {
             // The cache may be behind the sink (another writer); look again before blaming Kafka.
@@ -214,8 +293,9 @@ impl Worker {
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect();
-            self.load_versions(accounts).await?;
-            planned = plan(&decoded, &self.versions, &self.quarantined);
+            self.load_versions(accounts, &mut versions).await?;
+            let quarantined = &self.quarantined;
+            planned = plan(&decoded, &versions, &|a| quarantined.contains_key(a));
         }
         let mut dead: Vec<(usize, String)> = std::mem::take(&mut planned.dead);
         for (index, handled) in std::mem::take(&mut planned.gaps) {
@@ -227,7 +307,7 @@ impl Worker {
                 );
                 tracing::error!(partition = self.partition, offset = records[index].offset, %reason, "event not applied");
                 self.metrics.gap();
-                self.quarantined.insert(account);
+                self.quarantined.insert(account, ());
                 dead.push((index, reason));
             }
         }
@@ -237,6 +317,46 @@ impl Worker {
         self.metrics
             .batch(started.elapsed().as_secs_f64(), records.len());
         Ok(())
+    }
+
+    /// Holds the partition at a record this build cannot read, until the worker is stopped
+    /// (a revoke or a shutdown; the projector upgraded to the writer's version then reads it
+    /// from the stored position). Nothing is dead-lettered, skipped or applied past it, so
+    /// no account loses an event and none is quarantined; the partition's later records
+    /// wait in Kafka (the channel fills and the polling thread pauses the partition).
+    async fn hold_for_upgrade(&mut self, why: String) -> Result<(), Halt> {
+        let at = self.stored_offset().map_or(0, |o| o + 1);
+        let reason = format!(
+            "offset {at} holds an event this projector cannot read ({why}): deploy the projector \
+             version that knows it; the partition then goes on by itself"
+        );
+        tracing::error!(partition = self.partition, offset = at, %reason, "partition held");
+        self.set_held(Some(reason.clone()));
+        // Best effort, for `prismctl status`: the store may be what is down.
+        let _ = self.sink.record_error(self.partition, &reason).await;
+        loop {
+            if self.stopping() {
+                return Err(Halt::Stopped);
+            }
+            if self.stop.changed().await.is_err() {
+                return Err(Halt::Stopped);
+            }
+        }
+    }
+
+    /// Marks the partition held (with why) or released, on `/readyz` and in the metrics.
+    fn set_held(&mut self, why: Option<String>) {
+        if self.held == why {
+            return;
+        }
+        self.metrics.held(self.partition, why.is_some());
+        self.health.update(self.partition, |p| {
+            p.held.clone_from(&why);
+            if why.is_some() {
+                p.last_error.clone_from(&why);
+            }
+        });
+        self.held = why;
     }
 
     /// Dead-letters, then writes the batch and the position; retries until it is stored.
@@ -269,6 +389,8 @@ impl Worker {
         };
         let mut attempt = 0;
         let mut dead_sent = 0;
+        // How often the sink rejected each event of this batch (by event id).
+        let mut rejections: HashMap<Uuid, u32> = HashMap::new();
         loop {
             // Dead letters are on Kafka before the position moves past them.
             while dead_sent < dead.len() {
@@ -311,6 +433,13 @@ impl Worker {
             batch.position = Some(position.clone());
             match self.sink.apply(&batch).await {
                 Ok(()) => {
+                    if self.held.is_some() {
+                        tracing::info!(
+                            partition = self.partition,
+                            "the store took the write; partition released"
+                        );
+                        self.set_held(None);
+                    }
                     self.stored(position, &planned, &decoded, &batch.events);
                     if let Some((_, reason)) = dead.last() {
                         // After the write, so it lands on the row the batch just stored.
@@ -324,6 +453,22 @@ impl Worker {
                     self.transient(&e, attempt).await;
                     self.pause(self.backoff(attempt)).await?;
                     attempt += 1;
+                }
+                Err(SinkError::Permanent(e)) => {
+                    self.metrics.sink_error("permanent");
+                    let reason = format!(
+                        "the read model's store refuses a write for good ({e}); nothing past \
+                         offset {} is applied until the store is fixed",
+                        self.stored_offset().map_or(0, |o| o + 1)
+                    );
+                    if self.held.is_none() {
+                        tracing::error!(partition = self.partition, %reason, "partition held");
+                        let _ = self.sink.record_error(self.partition, &reason).await;
+                    }
+                    self.set_held(Some(reason));
+                    // Slowly: the same write fails the same way until someone fixes the store.
+                    let longest = self.settings.config.retry_backoff_max_ms.max(1);
+                    self.pause(Duration::from_millis(longest)).await?;
                 }
                 Err(SinkError::Fenced { stored, .. }) => {
                     self.metrics.sink_error("fenced");
@@ -346,13 +491,35 @@ impl Worker {
                         continue;
                     };
                     let event_id = batch.events[index].id;
-                    let count = self.rejections.entry(event_id).or_insert(0);
+                    let count = rejections.entry(event_id).or_insert(0);
                     *count += 1;
                     if *count > self.settings.config.poison_retries {
-                        self.rejections.remove(&event_id);
+                        rejections.remove(&event_id);
                         planned.apply.remove(index);
-                        batch.events.remove(index);
+                        let rejected = batch.events.remove(index);
                         dead.push((record_index, format!("rejected by the projector: {reason}")));
+                        // The account's later events cannot follow a missing one (the fold
+                        // refuses a version skip): they go to the dead-letter topic too, and
+                        // so will its events in later batches, until a rebuild.
+                        let account = rejected.account_id.0;
+                        self.quarantined.insert(account, ());
+                        let mut i = index;
+                        while i < batch.events.len() {
+                            if batch.events[i].account_id.0 == account {
+                                let later = batch.events.remove(i);
+                                let record_index = planned.apply.remove(i);
+                                dead.push((
+                                    record_index,
+                                    format!(
+                                        "account {account}: its event {} (version {}) was dead-lettered; \
+                                         version {} cannot be applied without it; rebuild the read model",
+                                        rejected.id, rejected.account_version, later.account_version
+                                    ),
+                                ));
+                            } else {
+                                i += 1;
+                            }
+                        }
                     } else {
                         tracing::warn!(partition = self.partition, %event_id, %reason, "sink rejected an event; retrying");
                         self.pause(self.backoff(0)).await?;
@@ -378,6 +545,7 @@ impl Worker {
         let ours = self.stored_offset();
         let theirs = position.as_ref().map(|p| p.offset);
         self.versions.clear();
+        self.sink.release(&[self.partition]);
         if theirs < ours {
             // The stored position went backwards (the read model was reset): this
             // partition starts over from there, with nothing of what is queued.
@@ -413,6 +581,8 @@ impl Worker {
         for (account, (version, _)) in &planned.versions {
             self.versions.insert(*account, *version);
         }
+        self.metrics
+            .worker_accounts(self.partition, self.versions.len());
         self.position = Some(StoredPosition {
             partition: position.partition,
             offset: position.offset,

@@ -125,16 +125,33 @@ impl Env {
 
     /// Starts `prism_ledger::app::run` in-process with `config`.
     pub async fn start_projector_with(&self, config: Config) -> Projector {
+        self.start_projector_decoding(config, prism_projector::record::Record::decode)
+            .await
+    }
+
+    /// Starts the projector with another event contract (`app::run_decoding`): a stand-in
+    /// for a newer build.
+    pub async fn start_projector_decoding(
+        &self,
+        config: Config,
+        decode: prism_projector::Decode,
+    ) -> Projector {
         let listener = up(
             "localhost",
             tokio::net::TcpListener::bind("127.0.0.1:0").await,
         );
         let url = format!("http://{}", up("localhost", listener.local_addr()));
+        let config_token = config.ledger.tokens.first().cloned();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
-            prism_ledger::app::run(config, listener, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
+            prism_ledger::app::run_decoding(
+                config,
+                listener,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+                decode,
+            )
             .await
         });
         let running = Arc::new(Running {
@@ -145,6 +162,7 @@ impl Env {
         let projector = Projector {
             url,
             http: http_client(),
+            token: bearer_token(&config_token),
             running,
         };
         projector.wait_healthy().await;
@@ -489,7 +507,17 @@ impl Running {
 pub struct Projector {
     pub url: String,
     pub http: reqwest::Client,
+    /// Bearer token [`Projector::get`] sends to the query API.
+    pub token: String,
     running: Arc<Running>,
+}
+
+/// The token a test sends: the configuration's first (the compiled local one if none).
+fn bearer_token(configured: &Option<prism_platform::secret::Secret>) -> String {
+    configured.as_ref().map_or_else(
+        || prism_platform::config::LOCAL_DEV_TOKEN.to_owned(),
+        |t| t.expose().to_owned(),
+    )
 }
 
 /// An HTTP answer.
@@ -507,12 +535,13 @@ impl Answer {
 }
 
 impl Projector {
-    /// A projector running elsewhere (a child process) at `url`.
+    /// A projector running elsewhere (a child process) at `url`, with the local token.
     pub fn at(url: String) -> Projector {
         let (stop, _) = watch::channel(false);
         Projector {
             url,
             http: http_client(),
+            token: bearer_token(&None),
             running: Arc::new(Running {
                 stop,
                 task: Mutex::new(None),
@@ -562,7 +591,22 @@ impl Projector {
         }
     }
 
+    /// `GET path` with this projector's bearer token (unless `headers` has its own
+    /// `Authorization`).
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let bearer = format!("Bearer {}", self.token);
+        let mut all = headers.to_vec();
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            all.push(("authorization", bearer.as_str()));
+        }
+        self.get_anonymous(path, &all).await
+    }
+
+    /// `GET path` with exactly `headers` (no token unless given there).
+    pub async fn get_anonymous(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
         let mut request = self.http.get(format!("{}{path}", self.url));
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -1110,6 +1154,22 @@ pub fn assert_same(what: &str, expected: &Snapshot, actual: &Snapshot) {
             a.get(first)
         );
     }
+}
+
+/// The read model one lone projector builds from `events` (on a topic of its own with
+/// `partitions` partitions, each event once, in order): the reference a test of scale-out,
+/// rebalances or failures compares the whole model with.
+pub async fn reference_snapshot(partitions: i32, events: Vec<(Envelope, i32)>) -> Snapshot {
+    isolated(partitions, |env| async move {
+        let projector = env.start_projector().await;
+        env.send_all(&events).await;
+        let pool = env.model_pool().await;
+        wait_versions(&pool, &last_versions(&events), Duration::from_secs(60)).await;
+        let snapshot = snapshot(&pool).await;
+        projector.stop().await;
+        snapshot
+    })
+    .await
 }
 
 /// Last handled version per account, from `projector_accounts`.
