@@ -266,6 +266,36 @@ async fn traffic_of(url: String, stored: Arc<AtomicU64>, events: u64, seed: u64)
     stored.load(Ordering::Relaxed)
 }
 
+/// `prismctl verify` of the whole model against the store (waiting for the model to catch
+/// up), its figures printed.
+async fn verify(config: &Config, started: Instant) -> prismctl::verify::VerifyReport {
+    let report = up(
+        "prismctl verify",
+        prismctl::verify::verify_ledger_with(
+            config,
+            &prismctl::verify::Options {
+                wait: Duration::from_secs(120),
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    eprintln!(
+        "verify after {:.1}s: ok={} events={} accounts={} identical={} drifted={} \
+         double_applied={} missing_lines={} attempts={}",
+        started.elapsed().as_secs_f64(),
+        report.ok,
+        report.events_read,
+        report.accounts_in_store,
+        report.identical,
+        report.drifted,
+        report.double_applied_lines,
+        report.missing_lines,
+        report.attempts
+    );
+    report
+}
+
 /// Partitions the instance owns (0 when it does not answer).
 async fn assigned(instance: &support::Projector) -> f64 {
     match instance
@@ -412,17 +442,7 @@ async fn a_projector_killed_at_random_moments_converges_without_drift() {
 
         // Let the relay publish what is left, then check everything.
         command.stop().await;
-        let report = up(
-            "prismctl verify",
-            prismctl::verify::verify_ledger_with(
-                &config,
-                &prismctl::verify::Options {
-                    wait: Duration::from_secs(120),
-                    ..Default::default()
-                },
-            )
-            .await,
-        );
+        let report = verify(&config, started).await;
         if let Some(status) = ledger.exited() {
             panic!(
                 "prism-ledger exited on its own ({status}):\n{}",
@@ -430,19 +450,6 @@ async fn a_projector_killed_at_random_moments_converges_without_drift() {
             );
         }
         let (events, money) = money_events_in_store(&config).await;
-        eprintln!(
-            "verify after {:.1}s: ok={} events={} accounts={} identical={} drifted={} \
-             double_applied={} missing_lines={} attempts={}",
-            started.elapsed().as_secs_f64(),
-            report.ok,
-            report.events_read,
-            report.accounts_in_store,
-            report.identical,
-            report.drifted,
-            report.double_applied_lines,
-            report.missing_lines,
-            report.attempts
-        );
         assert!(
             report.ok,
             "drift after {kills} kills: {:#?}\nprism-ledger log:\n{}",
@@ -648,29 +655,7 @@ async fn three_instances_joining_and_leaving_at_random_under_load_verify_clean()
         );
 
         command.stop().await;
-        let report = up(
-            "prismctl verify",
-            prismctl::verify::verify_ledger_with(
-                &config,
-                &prismctl::verify::Options {
-                    wait: Duration::from_secs(120),
-                    ..Default::default()
-                },
-            )
-            .await,
-        );
-        eprintln!(
-            "verify after {:.1}s: ok={} events={} accounts={} identical={} drifted={} \
-             double_applied={} missing_lines={}",
-            started.elapsed().as_secs_f64(),
-            report.ok,
-            report.events_read,
-            report.accounts_in_store,
-            report.identical,
-            report.drifted,
-            report.double_applied_lines,
-            report.missing_lines,
-        );
+        let report = verify(&config, started).await;
         assert!(
             report.ok,
             "drift after {changes} membership changes: {:#?}",

@@ -553,12 +553,16 @@ async fn two_instances_share_the_partitions_and_build_the_same_model_as_one() {
         let second = env.start_projector().await;
         // Each instance owns a part; together, all of them, once.
         let (first_ref, second_ref, all_ref) = (&first, &second, &all);
+        // Generous: with every test of this file running at once on two cores, a
+        // cooperative rebalance plus a first lag measurement can take a while.
         let (mine, theirs) = eventually(
             "the partitions split between two instances",
-            CATCH_UP,
+            CATCH_UP * 3,
             || async move {
-                let (s1, p1, _) = first_ref.readyz().await;
-                let (s2, p2, _) = second_ref.readyz().await;
+                let (s1, p1, b1) = first_ref.readyz().await;
+                let (s2, p2, b2) = second_ref.readyz().await;
+                // Shown only if the test fails: what each instance said last.
+                eprintln!("readyz: first {s1} {b1}; second {s2} {b2}");
                 match (s1, p1, s2, p2) {
                     (200, Some(p1), 200, Some(p2))
                         if !p1.is_empty()
@@ -1010,24 +1014,8 @@ async fn an_event_from_a_newer_writer_holds_its_partition_and_loses_nothing() {
 
         // The other partition goes on.
         wait_versions(&pool, &last_versions(&later[2..]), CATCH_UP).await;
-        let projector_ref = &projector;
-        let why = eventually("partition 0 reported held", CATCH_UP, || async move {
-            let (status, _, body) = projector_ref.readyz().await;
-            // Not ready answers a problem document whose detail lists the reasons.
-            let reasons = body["detail"].to_string();
-            (status == 503 && reasons.contains("partition 0 is held")).then_some(reasons)
-        })
-        .await;
+        let why = held(&projector, 0).await;
         assert!(why.contains("interest_paid"), "{why}");
-        let metrics = projector.metrics().await;
-        assert_eq!(
-            support::metric_sum(
-                &metrics,
-                "prism_projector_partition_held",
-                &[("partition", "0")]
-            ),
-            1.0
-        );
 
         let check_nothing_lost = || async {
             let (offset, error): (i64, Option<String>) = sqlx::query_as(
@@ -1074,13 +1062,7 @@ async fn an_event_from_a_newer_writer_holds_its_partition_and_loses_nothing() {
         // A restart of the same build holds at the same place.
         projector.stop().await;
         let again = env.start_projector().await;
-        let again_ref = &again;
-        eventually("held again after a restart", CATCH_UP, || async move {
-            let (status, _, body) = again_ref.readyz().await;
-            (status == 503 && body["detail"].to_string().contains("partition 0 is held"))
-                .then_some(())
-        })
-        .await;
+        held(&again, 0).await;
         check_nothing_lost().await;
         again.stop().await;
 
@@ -1114,6 +1096,32 @@ async fn an_event_from_a_newer_writer_holds_its_partition_and_loses_nothing() {
         upgraded.stop().await;
     })
     .await;
+}
+
+/// Waits until `projector` reports `partition` held, on `/readyz` and in its metrics;
+/// returns the reasons `/readyz` gives.
+async fn held(projector: &support::Projector, partition: i32) -> String {
+    let needle = format!("partition {partition} is held");
+    let needle = needle.as_str();
+    let why = eventually(needle, CATCH_UP, || async move {
+        let (status, _, body) = projector.readyz().await;
+        // Not ready answers a problem document whose detail lists the reasons.
+        let reasons = body["detail"].to_string();
+        (status == 503 && reasons.contains(needle)).then_some(reasons)
+    })
+    .await;
+    let metrics = projector.metrics().await;
+    let label = partition.to_string();
+    assert_eq!(
+        support::metric_sum(
+            &metrics,
+            "prism_projector_partition_held",
+            &[("partition", label.as_str())]
+        ),
+        1.0,
+        "{needle}, says the metric"
+    );
+    why
 }
 
 /// The test's stand-in for a newer projector build: it knows `interest_paid` (read as a
@@ -1167,24 +1175,10 @@ async fn a_write_the_store_refuses_for_good_holds_the_partition_until_it_is_fixe
         wait_versions(&pool, &last_versions(&next[1..]), CATCH_UP).await;
 
         let projector_ref = &projector;
-        let why = eventually("partition 0 reported held", CATCH_UP, || async move {
-            let (status, _, body) = projector_ref.readyz().await;
-            // Not ready answers a problem document whose detail lists the reasons.
-            let reasons = body["detail"].to_string();
-            (status == 503 && reasons.contains("partition 0 is held")).then_some(reasons)
-        })
-        .await;
+        let why = held(&projector, 0).await;
         assert!(why.contains("refuses"), "{why}");
         assert!(why.contains("range"), "names the database's reason: {why}");
         let metrics = projector.metrics().await;
-        assert_eq!(
-            support::metric_sum(
-                &metrics,
-                "prism_projector_partition_held",
-                &[("partition", "0")]
-            ),
-            1.0
-        );
         assert!(
             support::metric_sum(
                 &metrics,
