@@ -20,8 +20,9 @@
 //!   insert wins); a rejected request stores its answer in that same unique key space (or
 //!   turns its own claim into it). So a key never holds both a rejection and a commit:
 //!   whoever stored first decides, the others replay that outcome, and a claim whose owner
-//!   is still working answers 409 "in progress" (taken over after [`CLAIM_LEASE`] if its
-//!   owner died before committing).
+//!   is still working answers 409 "in progress" (taken over after `CLAIM_LEASE` if its
+//!   owner died before committing). An owner appends only within `CLAIM_APPEND_WINDOW`
+//!   of its claim, well inside the lease, so a takeover never races a late commit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -88,7 +89,7 @@ pub enum CommandError {
     #[error("the idempotency key was used for a different request")]
     IdempotencyMismatch,
     /// Another attempt with the same idempotency key holds it and has not finished (or
-    /// crashed less than [`CLAIM_LEASE`] ago): retry shortly.
+    /// crashed less than `CLAIM_LEASE` ago): retry shortly.
     #[error("a request with this idempotency key is in progress")]
     KeyInProgress,
     #[error(transparent)]
@@ -99,6 +100,31 @@ pub enum CommandError {
 /// may take the key over (its owner crashed between the claim and the append).
 const CLAIM_LEASE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
+/// How long after making its claim an attempt may still append with the key: the append is
+/// neither started nor awaited past this, so by the time another instance may take the key
+/// over (after [`CLAIM_LEASE`], by its own clock) no append under the old claim is in
+/// flight, and the new owner's outcome cannot meet a late commit. The margin to the lease
+/// absorbs clock skew between instances.
+const CLAIM_APPEND_WINDOW: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A claim on an idempotency key held by this attempt.
+#[derive(Debug, Clone)]
+struct Claim {
+    /// The claim's id in the store: only its holder may replace the record.
+    id: String,
+    /// Taken just before the claim was stored (so never later than the stored time).
+    since: Instant,
+}
+
+impl Claim {
+    fn new() -> Self {
+        Self {
+            id: Uuid::now_v7().to_string(),
+            since: Instant::now(),
+        }
+    }
+}
+
 /// Where this attempt stands with its idempotency key.
 #[derive(Debug)]
 enum Key {
@@ -106,17 +132,17 @@ enum Key {
     Unkeyed,
     /// Nothing was stored under the key when this attempt looked.
     Free,
-    /// This attempt holds the key's claim with this id: only it may commit with the key or
-    /// turn the claim into a stored rejection.
-    Mine(String),
+    /// This attempt holds the key's claim: only it may commit with the key (within
+    /// [`CLAIM_APPEND_WINDOW`]) or turn the claim into a stored rejection.
+    Mine(Claim),
 }
 
 /// What a record found under a key means for this attempt.
 enum Settled {
     /// The key's outcome (a stored rejection, the stored commit, or why not).
     Answer(Result<Accepted, CommandError>),
-    /// An abandoned claim that this attempt took over: its id.
-    TookOver(String),
+    /// The key's claim, now this attempt's (a fresh one, or an abandoned one taken over).
+    TookOver(Claim),
 }
 
 /// One account's queue and cached state.
@@ -237,7 +263,7 @@ impl CommandService {
                 None => Key::Free,
                 Some(record) => match self.settle(mark, record).await? {
                     Settled::Answer(answer) => return answer,
-                    Settled::TookOver(id) => Key::Mine(id),
+                    Settled::TookOver(claim) => Key::Mine(claim),
                 },
             },
         };
@@ -265,7 +291,7 @@ impl CommandService {
             };
             if let (Some(mark), Key::Free) = (&meta.idempotency, &key) {
                 match self.claim(mark).await? {
-                    Settled::TookOver(id) => key = Key::Mine(id),
+                    Settled::TookOver(claim) => key = Key::Mine(claim),
                     Settled::Answer(answer) => {
                         slot.state = Some(state);
                         return answer;
@@ -273,16 +299,32 @@ impl CommandService {
                 }
             }
             let envelopes = self.envelopes(account_id, state.version(), now, events, meta);
-            match self
-                .store
-                .append(
-                    account_id,
-                    state.version(),
-                    &envelopes,
-                    meta.idempotency.as_ref(),
-                )
-                .await
-            {
+            let append = self.store.append(
+                account_id,
+                state.version(),
+                &envelopes,
+                meta.idempotency.as_ref(),
+            );
+            let appended = match &key {
+                Key::Mine(claim) => {
+                    let deadline = claim.since + CLAIM_APPEND_WINDOW;
+                    if Instant::now() >= deadline {
+                        // Too late to commit under this claim: a retry finds no commit and,
+                        // after the lease, takes the key over.
+                        slot.state = Some(state);
+                        return Err(CommandError::KeyInProgress);
+                    }
+                    tokio::time::timeout_at(deadline.into(), append)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(AppendError::Store(StoreError::Unavailable(
+                                "the append outlasted its idempotency key's claim".into(),
+                            )))
+                        })
+                }
+                Key::Unkeyed | Key::Free => append.await,
+            };
+            match appended {
                 Ok(()) => {
                     let before = state.version();
                     for envelope in &envelopes {
@@ -338,16 +380,18 @@ impl CommandService {
     /// Claims `mark`'s key for a commit: the first record stored under the key wins.
     /// `TookOver` when the claim is this attempt's, else the answer the winner implies.
     async fn claim(&self, mark: &IdempotencyMark) -> Result<Settled, CommandError> {
-        let id = Uuid::now_v7().to_string();
+        let claim = Claim::new();
         let stored = self
             .store
-            .save_response(&StoredResponse::claim(mark, &id, Utc::now()))
+            .save_response(&StoredResponse::claim(mark, &claim.id, Utc::now()))
             .await?;
         if stored {
-            return Ok(Settled::TookOver(id));
+            return Ok(Settled::TookOver(claim));
         }
         match self.store.find_response(&mark.key).await? {
-            Some(record) if record.claim_id() == Some(id.as_str()) => Ok(Settled::TookOver(id)),
+            Some(record) if record.claim_id() == Some(claim.id.as_str()) => {
+                Ok(Settled::TookOver(claim))
+            }
             Some(record) => self.settle(mark, record).await,
             None => Err(CommandError::Store(StoreError::Unavailable(
                 "an idempotency key's claim vanished after it was stored".into(),
@@ -380,12 +424,11 @@ impl CommandService {
             if !abandoned {
                 return Ok(Settled::Answer(Err(CommandError::KeyInProgress)));
             }
-            let id = Uuid::now_v7().to_string();
-            let ours = StoredResponse::claim(mark, &id, Utc::now());
+            let claim = Claim::new();
+            let ours = StoredResponse::claim(mark, &claim.id, Utc::now());
             if self.store.replace_claim(&owner, &ours).await? {
-                // The old owner can no longer commit with the key... unless its append is
-                // still in flight: the commit's own unique key then wins, and ours replays it.
-                return Ok(Settled::TookOver(id));
+                // The old owner no longer appends: its window closed well before the lease.
+                return Ok(Settled::TookOver(claim));
             }
             match self.store.find_response(&mark.key).await? {
                 Some(now) => record = now,
@@ -413,7 +456,7 @@ impl CommandService {
         };
         let mut claim = match key {
             Key::Unkeyed => return Err(CommandError::Rejected(rejection)),
-            Key::Mine(id) => Some(id.clone()),
+            Key::Mine(claim) => Some(claim.id.clone()),
             Key::Free => None,
         };
         if claim.is_none() {
@@ -435,7 +478,7 @@ impl CommandService {
                 }
                 Some(record) => match self.settle(mark, record).await? {
                     Settled::Answer(answer) => return answer,
-                    Settled::TookOver(id) => claim = Some(id),
+                    Settled::TookOver(taken) => claim = Some(taken.id),
                 },
                 None => {
                     return Err(CommandError::Store(StoreError::Unavailable(
@@ -448,6 +491,10 @@ impl CommandService {
         let Some(id) = claim else {
             return Err(CommandError::Rejected(rejection));
         };
+        // A commit under the key (the claim's previous owner, taken over) is the outcome.
+        if let Some(answer) = self.stored_commit(mark).await? {
+            return answer;
+        }
         if self.store.replace_claim(&id, &response).await? {
             return Err(CommandError::Rejected(rejection));
         }

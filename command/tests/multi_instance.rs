@@ -316,3 +316,66 @@ async fn a_retry_with_the_account_id_spelled_otherwise_is_the_same_request() {
     instance.stop().await;
     clean_up(&config).await;
 }
+
+/// The claim an attempt leaves on its key when it dies between the claim and the commit:
+/// while the claim is within its lease a retry answers 409 "in progress" (its owner may
+/// still commit); after the lease a retry takes the key over and commits, once.
+async fn a_claim_is_taken_over_only_after_its_lease(backend: EventStoreBackend) {
+    use sha2::Digest as _;
+    let config = isolated_config(backend);
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let store = up(
+        "the event store",
+        prism_command::app::open_store(&config).await,
+    );
+    let account = api.open("EUR").await;
+    let path = format!("/v1/accounts/{account}/deposits");
+    let body = json!({ "amount_minor": 400 });
+    let mut request = format!("POST {path}\n").into_bytes();
+    request.extend(up("a body", serde_json::to_vec(&body)));
+    let request_hash = hex::encode(sha2::Sha256::digest(&request));
+    let principal = &candidate_principals()[0];
+    let claim_of = |key: &str, age: chrono::TimeDelta| {
+        let mark = prism_command::store::IdempotencyMark {
+            key: format!("{principal}:{key}"),
+            request_hash: request_hash.clone(),
+        };
+        prism_command::store::StoredResponse::claim(&mark, "crashed", chrono::Utc::now() - age)
+    };
+
+    let live = claim_of("live", chrono::TimeDelta::seconds(1));
+    assert!(up("the store", store.save_response(&live).await));
+    let answer = api.post_with_key(&path, "live", body.clone()).await;
+    assert_eq!(answer.status, 409, "{backend:?}: {}", answer.body);
+    assert_eq!(answer.body["code"], "idempotency_key_in_progress");
+
+    let abandoned = claim_of("abandoned", chrono::TimeDelta::seconds(120));
+    assert!(up("the store", store.save_response(&abandoned).await));
+    let first = api.post_with_key(&path, "abandoned", body.clone()).await;
+    assert_eq!(first.status, 200, "{backend:?}: {}", first.body);
+    let retry = api.post_with_key(&path, "abandoned", body.clone()).await;
+    assert_eq!(retry.status, 200, "{}", retry.body);
+    assert_eq!(retry.body["version"], first.body["version"]);
+    let state = api.get(&format!("/v1/accounts/{account}")).await;
+    assert_eq!(
+        state.body["balance_minor"], 400,
+        "committed once: {}",
+        state.body
+    );
+    let scoped = format!("{principal}:abandoned");
+    let commit = up("the store", store.find_idempotent(&scoped).await);
+    assert!(commit.is_some(), "{backend:?}: the key's commit is stored");
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_taken_over_only_after_its_lease_on_mongodb() {
+    a_claim_is_taken_over_only_after_its_lease(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_taken_over_only_after_its_lease_on_postgres() {
+    a_claim_is_taken_over_only_after_its_lease(EventStoreBackend::Postgres).await;
+}
