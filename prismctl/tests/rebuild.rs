@@ -88,26 +88,8 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_under_load_switches_copies_with_no_gap_in_answers() {
     let config = isolated_config();
-    let command = {
-        let config = config.clone();
-        start(move |listener, stopped| async move {
-            prism_command::app::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-        .await
-    };
-    let ledger_service = {
-        let config = config.clone();
-        start(move |listener, stopped| async move {
-            prism_ledger::app::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-        .await
-    };
+    let command = command_instance(&config).await;
+    let ledger_service = ledger_instance(&config).await;
     let http = reqwest::Client::new();
 
     let mut accounts = Vec::new();
@@ -369,26 +351,8 @@ async fn store_rebuild_under_concurrent_writers(backend: EventStoreBackend, page
     config.event_store.backend = backend;
     config.mongodb.database = unique("prism_test_rebuild");
     config.kafka.topic_partitions = 4;
-    let command = {
-        let config = config.clone();
-        start(move |listener, stopped| async move {
-            prism_command::app::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-        .await
-    };
-    let ledger_service = {
-        let config = config.clone();
-        start(move |listener, stopped| async move {
-            prism_ledger::app::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-        .await
-    };
+    let command = command_instance(&config).await;
+    let ledger_service = ledger_instance(&config).await;
     let http = reqwest::Client::new();
     let mut accounts = Vec::new();
     for i in 0..ACCOUNTS {
