@@ -712,8 +712,22 @@ async fn an_instance_that_cannot_open_the_live_copy_stops_writing_the_retired_on
     let stop = Arc::new(AtomicBool::new(false));
     let (_, load) = steady_load(&http, &command, 16, Arc::clone(&stop)).await;
     let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
-    let first = positions(&ledger, 1).await;
-    records_past(&config, &first).await;
+    // The instances write copy 1 on every partition before it is retired: otherwise "at
+    // rest" below could be the calm before their first write.
+    eventually(
+        Duration::from_secs(60),
+        "copy 1 written on every partition that holds records",
+        || async {
+            let written = positions(&ledger, 1).await;
+            let ends = last_offsets(&config).await;
+            let all = ends
+                .iter()
+                .filter(|(_, last)| **last >= 0)
+                .all(|(p, _)| written.contains_key(p));
+            (!written.is_empty() && all).then_some(())
+        },
+    )
+    .await;
 
     // Generation 2 is registered and promoted, but its database does not exist.
     let database = format!("{}_g2", config.ledger.database);
