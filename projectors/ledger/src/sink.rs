@@ -688,7 +688,7 @@ fn sink_error(what: &str, generation: &Generation, e: sqlx::Error) -> SinkError 
 }
 
 /// `s` cut to at most `max` characters, the last being `…` when cut.
-fn clip(s: &str, max: usize) -> String {
+pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }

@@ -110,16 +110,6 @@ pub struct InstanceRow {
     pub seen_at: DateTime<Utc>,
 }
 
-/// `s` cut to at most `max` characters, with a trailing `…` when cut.
-fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 /// One row of `generations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GenerationInfo {
@@ -467,7 +457,11 @@ impl Ledger {
         .bind(&row.instance)
         .bind(row.writing)
         .bind(row.can_open)
-        .bind(row.error.as_deref().map(|e| clip(e, INSTANCE_ERROR_MAX)))
+        .bind(
+            row.error
+                .as_deref()
+                .map(|e| crate::sink::clip(e, INSTANCE_ERROR_MAX)),
+        )
         .bind(Utc::now())
         .execute(&self.inner.control)
         .await
@@ -642,14 +636,14 @@ impl Ledger {
         Ok(())
     }
 
-    /// A pool on a generation database, migrated. Its sessions run at READ COMMITTED.
-    async fn connect_generation(&self, database: &str) -> anyhow::Result<MySqlPool> {
-        validate_database_name(database)?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(self.inner.max_connections)
+    /// Options of every pool on a generation database: its sessions run at READ
+    /// COMMITTED, so locking reads take no gap locks and sink writers of different
+    /// partitions never deadlock on the index's end (see sink.rs); reads that need one
+    /// snapshot ask for it per transaction.
+    fn pool_options(&self, max_connections: u32) -> MySqlPoolOptions {
+        MySqlPoolOptions::new()
+            .max_connections(max_connections)
             .acquire_timeout(self.inner.connect_timeout)
-            // Locking reads take no gap locks at READ COMMITTED, so sink writers of
-            // different partitions never deadlock on the index's end (see sink.rs).
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -658,6 +652,13 @@ impl Ledger {
                         .map(|_| ())
                 })
             })
+    }
+
+    /// A pool on a generation database, migrated. Its sessions run at READ COMMITTED.
+    async fn connect_generation(&self, database: &str) -> anyhow::Result<MySqlPool> {
+        validate_database_name(database)?;
+        let pool = self
+            .pool_options(self.inner.max_connections)
             // Multi-row statements of many lengths would fill sqlx's default cache of 100
             // prepared statements per connection; the sink uses a handful of shapes.
             .connect_with(
@@ -679,19 +680,8 @@ impl Ledger {
     /// pool): lazy, so tools that never query (rebuild, verify) never connect it.
     fn query_pool(&self, database: &str) -> anyhow::Result<MySqlPool> {
         validate_database_name(database)?;
-        Ok(MySqlPoolOptions::new()
-            .max_connections(self.inner.query_max_connections)
-            .acquire_timeout(self.inner.connect_timeout)
-            // The same session isolation as the writers' pool; reads that need one snapshot
-            // ask for it per transaction.
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                        .execute(conn)
-                        .await
-                        .map(|_| ())
-                })
-            })
+        Ok(self
+            .pool_options(self.inner.query_max_connections)
             .connect_lazy_with(
                 self.inner
                     .server
