@@ -39,6 +39,8 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("invalid configuration: {0}")]
     Invalid(Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Section(String),
     #[error(
         "[{section}] {key} holds the compiled-in local value, which is public and refused on \
          {listening} (not a loopback address): set your own with {env}"
@@ -55,7 +57,7 @@ pub enum ConfigError {
 /// Refuses a compiled-in local secret (token, cursor key) on a listener that other machines
 /// can reach: those values are in the source and the README, so anyone could use them.
 /// `in_use` lists the secrets that matter with their key names.
-fn refuse_local_secrets(
+pub fn refuse_local_secrets(
     section: &'static str,
     listening: SocketAddr,
     in_use: &[(&'static str, &'static str, bool)],
@@ -167,6 +169,76 @@ pub struct Config {
     pub relay: RelayConfig,
     pub projector: ProjectorConfig,
     pub ledger: LedgerConfig,
+    /// `prism-search`'s section, owned and parsed by that crate ([`Section`]).
+    pub search: Section,
+}
+
+/// A section owned by a projector crate (`[search]`, …): kept raw here and parsed by that
+/// crate into its own type with [`Section::parse`], still refusing unknown keys. The
+/// section's `projector` table (e.g. `[search.projector]`) overrides `[projector]` for that
+/// projector alone ([`Section::runtime`]): Elasticsearch wants other batch sizes than MySQL.
+/// Naming the section here (one line per projector) keeps a misspelt section an error.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Section(Option<figment::value::Value>);
+
+impl fmt::Debug for Section {
+    /// Keys only: a section may hold tokens and keys, which its own type masks once parsed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self
+            .0
+            .as_ref()
+            .and_then(|v| v.as_dict())
+            .map(|d| d.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        f.debug_struct("Section").field("keys", &keys).finish()
+    }
+}
+
+impl Section {
+    /// A section holding `table` (tests, tools).
+    pub fn from_value(table: figment::value::Value) -> Self {
+        Self(Some(table))
+    }
+
+    /// The section as the crate's type `T` (missing keys from `T::default()` through its
+    /// `#[serde(default)]`), without the `projector` table. Errors name the section and key.
+    pub fn parse<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        let Some(value) = &self.0 else {
+            return Ok(T::default());
+        };
+        let mut dict = value
+            .as_dict()
+            .cloned()
+            .ok_or_else(|| ConfigError::Section(format!("[{name}] must be a table")))?;
+        dict.remove("projector");
+        let table = figment::value::Value::from(dict);
+        T::deserialize(&table).map_err(|e| ConfigError::Section(format!("[{name}] {e}")))
+    }
+
+    /// `[projector]` with this section's `projector` table laid over it.
+    pub fn runtime(
+        &self,
+        name: &str,
+        base: &ProjectorConfig,
+    ) -> Result<ProjectorConfig, ConfigError> {
+        let overrides = self
+            .0
+            .as_ref()
+            .and_then(|v| v.as_dict())
+            .and_then(|d| d.get("projector"));
+        let Some(overrides) = overrides else {
+            return Ok(base.clone());
+        };
+        let merged = Figment::from(figment::providers::Serialized::defaults(base))
+            .merge(figment::providers::Serialized::defaults(overrides));
+        merged
+            .extract()
+            .map_err(|e| ConfigError::Section(format!("[{name}.projector] {e}")))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -543,8 +615,9 @@ impl Default for RelayConfig {
     }
 }
 
-/// The projector runtime's settings, shared by every projector binary.
-#[derive(Debug, Clone, Deserialize)]
+/// The projector runtime's settings, shared by every projector binary (a projector's own
+/// section may override them: [`Section::runtime`]).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProjectorConfig {
     /// Most records in one sink write (one transaction).
@@ -685,6 +758,70 @@ mod tests {
     /// Loads as a binary would, inside a `Jail` (its own cwd and environment).
     fn load_here() -> Result<Config, ConfigError> {
         Sources::from_env().load()
+    }
+
+    /// A projector crate's own section type, as `prism-search` has one.
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Owned {
+        listen: String,
+        replicas: u32,
+    }
+
+    #[test]
+    fn a_projector_section_is_parsed_by_its_owner_and_may_tune_its_runtime() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file(
+                "config/prism.toml",
+                "[projector]\nbatch_max_events = 700\n[search]\nlisten = \"127.0.0.1:9\"\n[search.projector]\nbatch_max_wait_ms = 250\n",
+            )?;
+            jail.set_env("PRISM_SEARCH__REPLICAS", "2");
+            let c = load_here().map_err(|e| e.to_string())?;
+            let owned: Owned = c.search.parse("search").map_err(|e| e.to_string())?;
+            assert_eq!(
+                owned,
+                Owned {
+                    listen: "127.0.0.1:9".into(),
+                    replicas: 2
+                }
+            );
+            let runtime = c
+                .search
+                .runtime("search", &c.projector)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(runtime.batch_max_events, 700, "inherited from [projector]");
+            assert_eq!(
+                runtime.batch_max_wait_ms, 250,
+                "overridden for search alone"
+            );
+            assert_eq!(c.projector.batch_max_wait_ms, 20, "others keep [projector]");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_misspelt_key_in_a_projector_section_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_dir("config")?;
+            jail.create_file(
+                "config/prism.toml",
+                "[search]\nreplica = 1\n[search.projector]\nbatch_max = 1\n",
+            )?;
+            let c = load_here().map_err(|e| e.to_string())?;
+            let err = c.search.parse::<Owned>("search").expect_err("misspelt key");
+            assert!(err.to_string().contains("replica"), "{err}");
+            let err = c
+                .search
+                .runtime("search", &c.projector)
+                .expect_err("misspelt key");
+            assert!(err.to_string().contains("batch_max"), "{err}");
+            assert!(
+                !format!("{:?}", c.search).contains('1'),
+                "Debug shows keys only"
+            );
+            Ok(())
+        });
     }
 
     #[test]

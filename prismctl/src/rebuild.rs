@@ -1,8 +1,10 @@
-//! `prismctl rebuild ledger`: builds a fresh copy of the ledger read model beside the live
-//! one, switches the query API to it once it has caught up, and keeps the old copy until
-//! `--drop-old`.
+//! `prismctl rebuild <model>`: builds a fresh copy of a read model beside the live one,
+//! switches the query API to it once it has caught up, and keeps the old copy until
+//! `--drop-old`. Every read model is rebuilt the same way, through the projector kit's
+//! [`CopiesAdmin`] and its sink: nothing here knows MySQL or Elasticsearch.
 //!
-//! 1. A new generation (database `<ledger.database>_g<N>`, state `building`) is created.
+//! 1. A new copy (state `building`: the ledger's database `<ledger.database>_g<N>`, search's
+//!    indices `<prefix>-*-g<N>`) is created.
 //! 2. It is filled from the start of the topic when Kafka still holds every event (each
 //!    partition's low watermark is 0), otherwise from the event store first, up to its tail.
 //!    The store fill checks every account's version: commands keep landing while it pages,
@@ -10,15 +12,15 @@
 //!    version shows it is missing, so no version is ever skipped. Events the store gave are
 //!    skipped later as duplicates (by account version), so the store fill never needs a
 //!    Kafka position, and whatever it did not reach the topic brings in order.
-//! 3. The projector runtime (consumer group `<ledger.group_id>-rebuild-g<N>`, so the live
+//! 3. The projector runtime (consumer group `<group_id>-rebuild-g<N>`, so the live
 //!    projector keeps its partitions) follows the topic until every partition is within
 //!    `--max-lag` records of its end *and* at or past the live copy's position, so the
 //!    switch never answers with older data than the copy it replaces.
-//! 4. Every running `prism-ledger` (the `instances` rows of the control database, refreshed
-//!    every `ledger.generation_poll_ms`) opens the copy being built on its own; the switch is
+//! 4. Every running instance (as it reports itself to the copies' control store, every
+//!    poll interval) opens the copy being built on its own; the switch is
 //!    refused (the copy dropped) unless all of them have within `--handover-timeout`.
-//! 5. The generation is promoted in one transaction: the query API of every `prism-ledger`
-//!    serves it within `ledger.generation_poll_ms`, and their projectors move to it,
+//! 5. The copy is promoted in one atomic step: the query API of every instance serves it
+//!    within its poll interval, and their projectors move to it,
 //!    resuming from the positions stored in it. Until every instance says it writes the new
 //!    copy and every partition has been written there by one of them (or has nothing left
 //!    to handle), this command keeps it current; two writers on one partition are safe
@@ -34,19 +36,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prism_events::Envelope;
-use prism_ledger::sink::MySqlSink;
-use prism_ledger::store::{partition_positions, Generation, InstanceRow, Ledger};
 use prism_platform::config::Config;
-use prism_projector::{AccountVersion, Batch, Runtime, Sink, SinkError};
+use prism_projector::copies::InstanceRow;
+use prism_projector::{AccountVersion, Batch, Projection, Runtime, Sink, SinkError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 use uuid::Uuid;
 
-/// The read models `rebuild` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Model {
-    Ledger,
-}
+pub use crate::models::Model;
+use crate::models::ReadModel;
 
 /// Where the new copy's history comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -88,7 +86,7 @@ pub struct Args {
     json: bool,
 }
 
-/// How [`rebuild_ledger`] runs.
+/// How [`rebuild`] runs.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub from: Source,
@@ -105,6 +103,7 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub generation: u32,
+    /// Where the new copy lives (database, index names).
     pub database: String,
     pub previous: Option<u32>,
     /// `kafka` or `store` (what `auto` chose).
@@ -124,7 +123,6 @@ pub struct Report {
 }
 
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
-    let Model::Ledger = args.model;
     let options = Options {
         from: args.from,
         drop_old: args.drop_old,
@@ -138,29 +136,31 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
             std::future::pending::<()>().await;
         }
     };
-    match rebuild_ledger(config, &options, interrupted).await {
+    match rebuild(config, args.model, &options, interrupted).await {
         Ok(report) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print_report(&report);
+                let name = args.model.settings(config).map(|s| s.name).unwrap_or("?");
+                print_report(&report, name);
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("prismctl rebuild ledger: {e:#}");
+            let name = args.model.settings(config).map(|s| s.name).unwrap_or("?");
+            eprintln!("prismctl rebuild {name}: {e:#}");
             Ok(ExitCode::from(1))
         }
     }
 }
 
-fn print_report(r: &Report) {
+fn print_report(r: &Report, model: &'static str) {
     let source = match r.source {
         Source::Store => "the event store, then Kafka",
         _ => "Kafka, from the start of the topic",
     };
     println!(
-        "generation {} ({}) is live (was {}); built from {source}",
+        "{model}: copy {} ({}) is live (was {}); built from {source}",
         r.generation,
         r.database,
         r.previous
@@ -171,52 +171,65 @@ fn print_report(r: &Report) {
         r.store_events, r.store_reread, r.kafka_records, r.seconds
     );
     if r.handed_over {
-        println!("  the live prism-ledger now writes the new copy");
+        println!("  the live prism-{model} now writes the new copy");
     } else {
         println!(
-            "  no running prism-ledger took the new copy over yet; it resumes from the new copy's stored positions when it (re)starts"
+            "  no running prism-{model} took the new copy over yet; it resumes from the new copy's stored positions when it (re)starts"
         );
     }
     if r.dropped.is_empty() {
         if r.previous.is_some() {
-            println!("  the previous copy is kept (retired); `prismctl rebuild ledger --drop-old` drops it");
+            println!("  the previous copy is kept (retired); `prismctl rebuild {model} --drop-old` drops it");
         }
     } else {
         println!("  dropped: {}", r.dropped.join(", "));
     }
 }
 
-/// Rebuilds the ledger; `interrupted` resolving abandons the new copy (the live one is
-/// untouched) and returns an error.
+/// Rebuilds the ledger (what the tests call).
 pub async fn rebuild_ledger(
     config: &Config,
     options: &Options,
     interrupted: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Report> {
+    rebuild(config, Model::Ledger, options, interrupted).await
+}
+
+/// Rebuilds `model`; `interrupted` resolving abandons the new copy (the live one is
+/// untouched) and returns an error.
+pub async fn rebuild(
+    config: &Config,
+    model: Model,
+    options: &Options,
+    interrupted: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let ledger = Ledger::open(&config.mysql, &config.ledger)
+    let read_model = model
+        .open(config)
         .await
-        .context("opening the ledger databases (is MySQL up? `dev/stack up`)")?;
-    let previous = ledger.live_number().await?;
-    let generation = ledger.create_next().await?;
-    let number = generation.number;
+        .context("opening the read model (is the stack up? `dev/stack up`)")?;
+    let copies = &read_model.copies;
+    let previous = copies.live_number().await?;
+    let (number, name) = copies.create_next().await?;
+    let sink = copies.sink(number).await?;
     let bars = Bars::new(options.progress);
     bars.note(&format!(
-        "building generation {number} in database {} beside the live one ({})",
-        generation.database,
-        previous.map_or_else(|| "none".to_owned(), |p| format!("generation {p}"))
+        "building copy {number} ({name}) of the {} read model beside the live one ({})",
+        read_model.name(),
+        previous.map_or_else(|| "none".to_owned(), |p| format!("copy {p}"))
     ));
 
     let mut state = Build {
         config,
         options,
-        ledger: &ledger,
-        generation: generation.clone(),
+        model: &read_model,
+        number,
+        sink,
         bars,
         running: None,
         report: Report {
             generation: number,
-            database: generation.database.clone(),
+            database: name,
             previous,
             source: options.from,
             store_events: 0,
@@ -238,19 +251,19 @@ pub async fn rebuild_ledger(
         Ok(()) => {
             let mut report = state.report;
             if options.drop_old {
-                report.dropped = ledger.drop_retired().await?;
+                report.dropped = copies.drop_retired().await?;
             }
             report.seconds = started.elapsed().as_secs_f64();
             Ok(report)
         }
         Err(e) => {
             // Not yet promoted (promotion is the last fallible step that matters): drop it.
-            if ledger.live_number().await.ok().flatten() != Some(number) {
-                if let Err(drop_error) = ledger.abandon(number).await {
+            if copies.live_number().await.ok().flatten() != Some(number) {
+                if let Err(drop_error) = copies.abandon(number).await {
                     tracing::warn!(error = %drop_error, "dropping the abandoned copy");
                 }
                 return Err(e.context(format!(
-                    "rebuild abandoned; generation {number} dropped, the live copy is unchanged"
+                    "rebuild abandoned; copy {number} dropped, the live copy is unchanged"
                 )));
             }
             Err(e)
@@ -261,8 +274,10 @@ pub async fn rebuild_ledger(
 struct Build<'a> {
     config: &'a Config,
     options: &'a Options,
-    ledger: &'a Ledger,
-    generation: Generation,
+    model: &'a ReadModel,
+    /// The copy being built, and its sink.
+    number: u32,
+    sink: Arc<dyn Sink>,
     bars: Bars,
     running: Option<prism_projector::Running>,
     report: Report,
@@ -289,10 +304,11 @@ impl Build<'_> {
         }
         self.follow_topic(&watermarks).await?;
         self.every_instance_can_open().await?;
-        self.ledger.promote(self.generation.number).await?;
+        self.model.copies.promote(self.number).await?;
         self.bars.note(&format!(
-            "generation {} is live: the query API switches within {} ms",
-            self.generation.number, self.config.ledger.generation_poll_ms
+            "copy {} is live: the query API switches within {} ms",
+            self.number,
+            self.model.settings.copy_poll.as_millis()
         ));
         self.hand_over().await
     }
@@ -312,9 +328,9 @@ impl Build<'_> {
         let store = prism_command::app::open_store(self.config)
             .await
             .context("opening the event store")?;
-        let sink = MySqlSink::new(self.generation.clone());
+        let sink = Arc::clone(&self.sink);
         let bar = self.bars.counter("event store");
-        let chunk = self.config.projector.batch_max_events.max(1);
+        let chunk = self.model.settings.runtime.batch_max_events.max(1);
         let mut plan = FillPlan::default();
         let page_size = self.options.store_page_size.max(1);
         let mut after = None;
@@ -385,7 +401,7 @@ impl Build<'_> {
     /// them again and the runtime dead-letters them, as the live projector did.
     async fn apply(
         &self,
-        sink: &MySqlSink,
+        sink: &Arc<dyn Sink>,
         plan: &mut FillPlan,
         mut events: Vec<Envelope>,
     ) -> anyhow::Result<u64> {
@@ -441,22 +457,22 @@ impl Build<'_> {
 
     /// Runs the projector runtime on the new copy until every partition is caught up.
     async fn follow_topic(&mut self, watermarks: &[(i32, i64, i64)]) -> anyhow::Result<()> {
-        let mut projector = self.config.projector.clone();
+        let settings = &self.model.settings;
+        let mut projector = settings.runtime.clone();
         projector.lag_interval_ms = projector.lag_interval_ms.min(500);
         let registry = prometheus::Registry::new();
-        let shared = prism_projector::Shared::new(&registry, prism_ledger::app::NAME, &projector)?;
-        let mut projection = prism_ledger::app::projection(self.config);
-        projection.group_id = format!(
-            "{}-rebuild-g{}",
-            self.config.ledger.group_id, self.generation.number
-        );
-        let sink: Arc<dyn Sink> = Arc::new(MySqlSink::new(self.generation.clone()));
+        let shared = prism_projector::Shared::new(&registry, settings.name, &projector)?;
+        let projection = Projection {
+            name: settings.name.into(),
+            group_id: format!("{}-rebuild-g{}", settings.group_id, self.number),
+            topic: settings.kafka.topic.clone(),
+        };
         self.running = Some(
             Runtime::start(
                 projection,
-                &self.config.kafka,
+                &settings.kafka,
                 &projector,
-                sink,
+                Arc::clone(&self.sink),
                 shared.clone(),
             )
             .await
@@ -515,8 +531,10 @@ impl Build<'_> {
         let Some(live) = self.report.previous else {
             return Ok(true);
         };
-        let live = self.ledger.generation(live).await?;
-        let positions = partition_positions(&live.pool)
+        let positions = self
+            .model
+            .copies
+            .partitions(live)
             .await
             .context("reading the live copy's positions")?;
         Ok(positions.iter().all(|live| {
@@ -528,18 +546,19 @@ impl Build<'_> {
         }))
     }
 
-    /// Refuses the switch unless every running prism-ledger (its `instances` row refreshed
-    /// lately) has opened the new copy: an instance that could not would be left with a
-    /// retired copy and nothing to project into. Waits up to `--handover-timeout` for them
-    /// to probe it (they do every `ledger.generation_poll_ms`).
+    /// Refuses the switch unless every running instance (its report refreshed lately) has
+    /// opened the new copy: an instance that could not would be left with a retired copy
+    /// and nothing to project into. Waits up to `--handover-timeout` for them to probe it
+    /// (they do every poll interval).
     async fn every_instance_can_open(&mut self) -> anyhow::Result<()> {
-        let number = self.generation.number;
+        let number = self.number;
+        let binary = self.model.binary();
         let deadline = Instant::now() + self.options.handover_timeout;
         loop {
-            let instances = match self.ledger.instances(self.alive_window()).await {
+            let instances = match self.model.copies.instances(self.model.alive_window()).await {
                 Ok(instances) => instances,
                 Err(e) if Instant::now() < deadline => {
-                    tracing::warn!("reading the running prism-ledger instances: {e:#}");
+                    tracing::warn!("reading the running {binary} instances: {e:#}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -561,18 +580,12 @@ impl Build<'_> {
                     })
                     .collect();
                 anyhow::bail!(
-                    "switch refused: not every prism-ledger can open generation {number} ({})",
+                    "switch refused: not every {binary} can open copy {number} ({})",
                     why.join("; ")
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-
-    /// How recently an instance must have reported to count as running.
-    fn alive_window(&self) -> Duration {
-        Duration::from_millis(self.config.ledger.generation_poll_ms.saturating_mul(5))
-            .max(Duration::from_secs(5))
     }
 
     /// Keeps the new copy current until the live projectors have taken it over: every
@@ -583,16 +596,24 @@ impl Build<'_> {
     /// and skip what the first one stored. An instance that cannot open the new copy stops
     /// projecting (it never writes the retired one), so its partitions go to the others.
     async fn hand_over(&mut self) -> anyhow::Result<()> {
-        let number = self.generation.number;
-        let live_writer = format!("{}/", self.config.ledger.group_id);
+        let number = self.number;
+        let binary = self.model.binary();
+        let live_writer = format!("{}/", self.model.settings.group_id);
         let deadline = Instant::now() + self.options.handover_timeout;
         let mut waiting_for = String::new();
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
             // A failed look (a busy server) is taken again next round.
             let looked = async {
-                let instances = self.ledger.instances(self.alive_window()).await?;
-                let rows = partition_positions(&self.generation.pool)
+                let instances = self
+                    .model
+                    .copies
+                    .instances(self.model.alive_window())
+                    .await?;
+                let rows = self
+                    .model
+                    .copies
+                    .partitions(number)
                     .await
                     .context("reading the new copy's positions")?;
                 let ends = watermarks(self.config).await?;
@@ -620,7 +641,7 @@ impl Build<'_> {
                 })
             });
             if instances.is_empty() {
-                waiting_for = "no running prism-ledger".into();
+                waiting_for = format!("no running {binary}");
             } else if !behind.is_empty() {
                 waiting_for = behind.join(", ");
             } else if !idle_or_taken {
@@ -628,7 +649,7 @@ impl Build<'_> {
             } else {
                 self.report.handed_over = true;
                 self.bars
-                    .note("every prism-ledger writes the new copy; stopping");
+                    .note(&format!("every {binary} writes the new copy; stopping"));
                 return Ok(());
             }
         }

@@ -1,7 +1,7 @@
 //! `prismctl status`: where each projector stands on each partition of the topic.
 //!
-//! For every projector (today: `ledger`; each one is an entry of [`Projector`] with its own
-//! reader of stored positions) and every partition of `[kafka] topic`:
+//! For every read model (each one an entry of [`Model`], read through the projector kit's
+//! copies interface) and every partition of `[kafka] topic`:
 //! - the **stored position**: offset of the last record the projector handled, as its sink
 //!   stored it (atomically with its writes), with the writer, the time of the last applied
 //!   event and the last error the sink recorded;
@@ -27,16 +27,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use prism_ledger::store::{partition_positions, Ledger, StoredPositionRow};
-use prism_platform::clients;
-use prism_platform::Config;
+use prism_platform::{clients, Config};
+use prism_projector::copies::PartitionStatus as StoredPositionRow;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use sqlx::mysql::MySqlPool;
 
-use crate::verify::database_exists;
+use crate::models::{Model, ReadModel};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -54,88 +52,36 @@ pub struct Args {
     json: bool,
 }
 
-/// The projectors `status` knows about, in display order. A new projector (search,
-/// dashboard, fraud) is one more variant, with its consumer group and a reader of its
-/// stored positions in [`Projector::positions`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Projector {
-    Ledger,
-}
-
-impl Projector {
-    pub const ALL: [Projector; 1] = [Projector::Ledger];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ledger => "ledger",
-        }
-    }
-
-    fn group_id(self, config: &Config) -> String {
-        match self {
-            Self::Ledger => config.ledger.group_id.clone(),
-        }
-    }
-
-    /// The service holding the projector's positions, for error messages.
-    fn service(self) -> &'static str {
-        match self {
-            Self::Ledger => "mysql",
-        }
-    }
-
-    /// Reads the stored positions.
-    async fn positions(self, config: &Config, clients: &mut Clients) -> anyhow::Result<Stored> {
-        match self {
-            Self::Ledger => ledger_positions(config, clients).await,
-        }
-    }
-}
-
-/// Connections kept across `--watch` refreshes.
+/// Read models opened across `--watch` refreshes (`None`: not started yet; looked for
+/// again next time).
 #[derive(Debug, Default)]
 pub struct Clients {
-    mysql: Option<MySqlPool>,
-    ledger: Option<Ledger>,
+    models: BTreeMap<&'static str, ReadModel>,
 }
 
 impl Clients {
-    async fn mysql(&mut self, config: &Config) -> anyhow::Result<MySqlPool> {
-        if let Some(pool) = &self.mysql {
-            return Ok(pool.clone());
+    /// The read model, opened once it exists (opening creates its control store).
+    async fn model(&mut self, config: &Config, model: Model) -> anyhow::Result<Option<ReadModel>> {
+        let name = model.settings(config)?.name;
+        if let Some(opened) = self.models.get(name) {
+            return Ok(Some(opened.clone()));
         }
-        let pool = clients::mysql(&config.mysql).await?;
-        self.mysql = Some(pool.clone());
-        Ok(pool)
-    }
-
-    /// The ledger's control database; only opened once it exists (opening creates it).
-    async fn ledger(&mut self, config: &Config) -> anyhow::Result<Option<Ledger>> {
-        if let Some(ledger) = &self.ledger {
-            return Ok(Some(ledger.clone()));
-        }
-        let pool = self.mysql(config).await?;
-        if !database_exists(&pool, &config.ledger.database).await? {
+        let Some(opened) = model.open_existing(config).await? else {
             return Ok(None);
-        }
-        let ledger = Ledger::open(&config.mysql, &config.ledger).await?;
-        self.ledger = Some(ledger.clone());
-        Ok(Some(ledger))
+        };
+        self.models.insert(name, opened.clone());
+        Ok(Some(opened))
     }
 
-    async fn close(self) {
-        if let Some(pool) = self.mysql {
-            pool.close().await;
-        }
-    }
+    async fn close(self) {}
 }
 
 /// What a projector stored.
 #[derive(Debug, Clone)]
 pub enum Stored {
-    /// No control database: the projector has never run.
+    /// No control store: the projector has never run.
     NotStarted,
-    /// A control database without a live copy of the read model (a first rebuild is running).
+    /// A control store without a live copy of the read model (a first rebuild is running).
     NoLiveGeneration,
     Live {
         generation: u32,
@@ -144,20 +90,30 @@ pub enum Stored {
     },
 }
 
-async fn ledger_positions(config: &Config, clients: &mut Clients) -> anyhow::Result<Stored> {
-    let Some(ledger) = clients.ledger(config).await? else {
+/// Reads the positions stored in the live copy of `model`.
+async fn positions(config: &Config, model: Model, clients: &mut Clients) -> anyhow::Result<Stored> {
+    let Some(opened) = clients.model(config, model).await? else {
         return Ok(Stored::NotStarted);
     };
-    let Some(number) = ledger.live_number().await? else {
+    let Some(number) = opened.copies.live_number().await? else {
         return Ok(Stored::NoLiveGeneration);
     };
-    let generation = ledger.generation(number).await?;
-    let partitions = partition_positions(&generation.pool)
+    let name = opened
+        .copies
+        .list()
+        .await?
+        .into_iter()
+        .find(|copy| copy.number == number)
+        .map(|copy| copy.name)
+        .unwrap_or_else(|| format!("copy {number}"));
+    let partitions = opened
+        .copies
+        .partitions(number)
         .await
-        .with_context(|| format!("reading {}.projector_partitions", generation.database))?;
+        .with_context(|| format!("reading the positions stored in {name}"))?;
     Ok(Stored::Live {
-        generation: generation.number,
-        database: generation.database,
+        generation: number,
+        database: name,
         partitions,
     })
 }
@@ -295,22 +251,32 @@ pub async fn gather(config: &Config, clients: &mut Clients) -> Report {
         }
     };
     let mut projectors = Vec::new();
-    for projector in Projector::ALL {
-        let stored = match tokio::time::timeout(limit, projector.positions(config, clients)).await {
+    for projector in Model::ALL {
+        let name = match projector.settings(config) {
+            Ok(settings) => settings.name,
+            Err(e) => {
+                errors.push(ServiceError {
+                    service: "configuration".into(),
+                    error: format!("{e:#}"),
+                });
+                continue;
+            }
+        };
+        let stored = match tokio::time::timeout(limit, positions(config, projector, clients)).await
+        {
             Ok(Ok(stored)) => Some(stored),
             Ok(Err(e)) => {
                 errors.push(ServiceError {
-                    service: projector.service().into(),
-                    error: format!("{} positions: {e:#}", projector.name()),
+                    service: projector.service(config).into(),
+                    error: format!("{name} positions: {e:#}"),
                 });
                 None
             }
             Err(_) => {
                 errors.push(ServiceError {
-                    service: projector.service().into(),
+                    service: projector.service(config).into(),
                     error: format!(
-                        "{} positions: no answer within {} ms",
-                        projector.name(),
+                        "{name} positions: no answer within {} ms",
                         limit.as_millis()
                     ),
                 });
@@ -319,7 +285,7 @@ pub async fn gather(config: &Config, clients: &mut Clients) -> Report {
         };
         let status =
             projector_status(config, projector, stored, watermarks.as_ref(), &mut errors).await;
-        projectors.push(status);
+        projectors.extend(status);
     }
     Report {
         ok: errors.is_empty(),
@@ -337,12 +303,14 @@ pub async fn gather(config: &Config, clients: &mut Clients) -> Report {
 
 async fn projector_status(
     config: &Config,
-    projector: Projector,
+    projector: Model,
     stored: Option<Stored>,
     watermarks: Option<&Watermarks>,
     errors: &mut Vec<ServiceError>,
-) -> ProjectorStatus {
-    let group_id = projector.group_id(config);
+) -> Option<ProjectorStatus> {
+    let settings = projector.settings(config).ok()?;
+    let group_id = settings.group_id.clone();
+    let name = settings.name;
     let (state, generation, database, rows) = match stored {
         None => (State::Unavailable, None, None, Vec::new()),
         Some(Stored::NotStarted) => (State::NotStarted, None, None, Vec::new()),
@@ -409,13 +377,13 @@ async fn projector_status(
             }
             Ok(Err(e)) => errors.push(ServiceError {
                 service: "kafka".into(),
-                error: format!("{}: {e:#}", projector.name()),
+                error: format!("{name}: {e:#}"),
             }),
             Err(_) => errors.push(ServiceError {
                 service: "kafka".into(),
                 error: format!(
                     "{}: committed offsets: no answer within {} ms",
-                    projector.name(),
+                    name,
                     limit.as_millis()
                 ),
             }),
@@ -438,8 +406,8 @@ async fn projector_status(
             .reduce(f64::max)
     };
     let live = matches!(state, State::Live);
-    ProjectorStatus {
-        name: projector.name(),
+    Some(ProjectorStatus {
+        name,
         group_id,
         state,
         live_generation: generation,
@@ -447,7 +415,7 @@ async fn projector_status(
         lag_events: lag_events.filter(|_| live),
         lag_seconds: lag_seconds.filter(|_| live),
         partitions,
-    }
+    })
 }
 
 /// Partitions of the topic with their (low, high) watermarks; `None` if the topic does not

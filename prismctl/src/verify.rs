@@ -524,7 +524,7 @@ async fn read_model(config: &Config, mysql: &MySqlPool) -> anyhow::Result<ModelV
     })
 }
 
-fn progress_bar(show: bool) -> ProgressBar {
+pub(crate) fn progress_bar(show: bool) -> ProgressBar {
     if !show || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

@@ -772,7 +772,7 @@ async fn an_instance_that_cannot_open_the_live_copy_stops_writing_the_retired_on
                 .ok()?;
             let status = r.status();
             let body = r.text().await.ok()?;
-            (status == 503 && body.contains("cannot open the live generation 2")).then_some(())
+            (status == 503 && body.contains("cannot open the live copy 2")).then_some(())
         })
         .await;
     }

@@ -201,6 +201,24 @@ pub enum Rejection {
     Overflow { what: &'static str },
 }
 
+/// The ledger's fold as the projector kit sees it ([`prism_projector::fold::Fold`]): the
+/// account row is the state; the statement line and the day's increments are the effect.
+#[derive(Debug)]
+pub struct LedgerFold;
+
+impl prism_projector::fold::Fold for LedgerFold {
+    type Account = AccountRow;
+    type Effect = (Option<StatementLine>, Option<DailyDelta>);
+    type Rejection = Rejection;
+
+    fn fold(
+        current: Option<&AccountRow>,
+        event: &Envelope,
+    ) -> Result<(AccountRow, Self::Effect), Rejection> {
+        fold(current, event).map(|f| (f.account, (f.line, f.daily)))
+    }
+}
+
 impl Rejection {
     /// The reason, as a sink reports it.
     pub fn reason(&self) -> String {

@@ -1,9 +1,6 @@
 //! `prism-ledger`: the ledger projector and its query API. See ARCHITECTURE.md.
 
-use std::process::ExitCode;
-
-use anyhow::Context;
-use prism_platform::http::shutdown_signal;
+use prism_ledger::app::LedgerProjector;
 
 /// Every consumed record is copied off the consumer thread and freed on a worker: with
 /// glibc's allocator that cross-thread churn was ~40 % of the projector's CPU in
@@ -12,31 +9,10 @@ use prism_platform::http::shutdown_signal;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let config = match prism_platform::config::load() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("prism-ledger: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = prism_platform::telemetry::init(&config.log) {
-        eprintln!("prism-ledger: {e}");
-        return ExitCode::from(2);
-    }
-    let result = async {
-        let listener = tokio::net::TcpListener::bind(&config.ledger.listen)
-            .await
-            .with_context(|| format!("binding {}", config.ledger.listen))?;
-        prism_ledger::app::run(config, listener, shutdown_signal()).await
-    }
-    .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "prism-ledger failed");
-            eprintln!("prism-ledger: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> std::process::ExitCode {
+    prism_projector::app::main("prism-ledger", |config| {
+        let listen = config.ledger.listen.clone();
+        Ok((LedgerProjector::new(config), listen))
+    })
+    .await
 }

@@ -39,10 +39,11 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use prism_events::Envelope;
+use prism_projector::checkpoint::mysql::{self as checkpoint, classify, fence};
 use prism_projector::{AccountVersion, Batch, PositionUpdate, Sink, SinkError, StoredPosition};
-use sqlx::mysql::{MySql, MySqlDatabaseError};
+use sqlx::mysql::MySql;
 use sqlx::{MySqlConnection, QueryBuilder, Row};
 use uuid::Uuid;
 
@@ -54,8 +55,6 @@ use crate::store::Generation;
 pub const ROWS_PER_STATEMENT: usize = 500;
 /// Most ids per `IN (..)` list.
 const IDS_PER_QUERY: usize = 1_000;
-/// Width of `projector_partitions.last_error`.
-const LAST_ERROR_MAX: usize = 2_000;
 
 /// The rows one batch writes: what [`fold_batch`] produces and [`MySqlSink::write_rows`]
 /// stores.
@@ -274,52 +273,15 @@ impl MySqlSink {
 #[async_trait]
 impl Sink for MySqlSink {
     async fn positions(&self, partitions: &[i32]) -> Result<Vec<StoredPosition>, SinkError> {
-        let mut out = Vec::with_capacity(partitions.len());
-        for chunk in partitions.chunks(IDS_PER_QUERY) {
-            let mut q = QueryBuilder::<MySql>::new(
-                "SELECT partition_id, kafka_offset, event_id, event_time \
-                 FROM projector_partitions WHERE partition_id IN (",
-            );
-            let mut list = q.separated(", ");
-            for p in chunk {
-                list.push_bind(*p);
-            }
-            q.push(")");
-            let rows = q
-                .build()
-                .fetch_all(&self.generation.pool)
-                .await
-                .map_err(|e| sink_error("reading positions", &self.generation, e))?;
-            for row in rows {
-                out.push(
-                    decode_position(&row)
-                        .map_err(|e| sink_error("reading positions", &self.generation, e))?,
-                );
-            }
-        }
-        out.sort_by_key(|p| p.partition);
-        Ok(out)
+        checkpoint::positions(&self.generation.pool, partitions)
+            .await
+            .map_err(|e| sink_error("reading positions", &self.generation, e))
     }
 
     async fn versions(&self, accounts: &[Uuid]) -> Result<HashMap<Uuid, u64>, SinkError> {
-        let mut out = HashMap::with_capacity(accounts.len());
-        for chunk in accounts.chunks(IDS_PER_QUERY) {
-            let mut q = QueryBuilder::<MySql>::new(
-                "SELECT account_id, version FROM projector_accounts WHERE account_id IN (",
-            );
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            let rows: Vec<(Uuid, u64)> = q
-                .build_query_as()
-                .fetch_all(&self.generation.pool)
-                .await
-                .map_err(|e| sink_error("reading versions", &self.generation, e))?;
-            out.extend(rows);
-        }
-        Ok(out)
+        checkpoint::versions(&self.generation.pool, accounts)
+            .await
+            .map_err(|e| sink_error("reading versions", &self.generation, e))
     }
 
     async fn apply(&self, batch: &Batch) -> Result<(), SinkError> {
@@ -382,80 +344,18 @@ impl Sink for MySqlSink {
         written
     }
 
-    /// Upserts nothing: sets `last_error`/`last_error_at` on the partition's row if it has
-    /// one, and does nothing if it has none (a partition never written has no row to show,
-    /// and inserting one would invent an offset). Messages longer than the column are cut
-    /// with a trailing `…` (display only).
+    /// The kit's: the partition's row gets the error if it has a row (see
+    /// [`checkpoint::record_error`]).
     async fn record_error(&self, partition: i32, error: &str) -> Result<(), SinkError> {
-        let message = clip(error, LAST_ERROR_MAX);
-        sqlx::query(
-            "UPDATE projector_partitions SET last_error = ?, last_error_at = ? \
-             WHERE partition_id = ?",
-        )
-        .bind(message)
-        .bind(Utc::now())
-        .bind(partition)
-        .execute(&self.generation.pool)
-        .await
-        .map_err(|e| sink_error("recording an error", &self.generation, e))?;
-        Ok(())
+        checkpoint::record_error(&self.generation.pool, partition, error)
+            .await
+            .map_err(|e| sink_error("recording an error", &self.generation, e))
     }
 
     fn release(&self, partitions: &[i32]) {
         let mut cache = self.cache();
         for partition in partitions {
             cache.remove(partition);
-        }
-    }
-}
-
-/// Checks that the partition is where this writer expects it, inside the transaction.
-async fn fence(tx: &mut MySqlConnection, position: &PositionUpdate) -> Result<(), SinkError> {
-    let partition = position.partition;
-    match position.expected {
-        Some(expected) => {
-            let stored: Option<i64> = sqlx::query_scalar(
-                "SELECT kafka_offset FROM projector_partitions WHERE partition_id = ? FOR UPDATE",
-            )
-            .bind(partition)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| classify("locking the position", e))?;
-            if stored != Some(expected) {
-                return Err(SinkError::Fenced { partition, stored });
-            }
-            Ok(())
-        }
-        None => {
-            // Claim the partition now: a row that exists (or is being inserted by another
-            // writer) is a duplicate key.
-            let inserted = sqlx::query(
-                "INSERT INTO projector_partitions \
-                 (partition_id, kafka_offset, event_id, event_time, writer, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(partition)
-            .bind(position.offset)
-            .bind(position.event_id)
-            .bind(position.event_time)
-            .bind(&position.writer)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Ok(_) => Ok(()),
-                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    let stored: Option<i64> = sqlx::query_scalar(
-                        "SELECT kafka_offset FROM projector_partitions WHERE partition_id = ?",
-                    )
-                    .bind(partition)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .unwrap_or(None);
-                    Err(SinkError::Fenced { partition, stored })
-                }
-                Err(e) => Err(classify("claiming the position", e)),
-            }
         }
     }
 }
@@ -596,115 +496,17 @@ async fn write(tx: &mut MySqlConnection, writes: &Writes) -> Result<(), SinkErro
             .map_err(|e| classify("writing daily totals", e))?;
     }
 
-    for chunk in writes.versions.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<MySql>::new(
-            "INSERT INTO projector_accounts (account_id, version, event_id) ",
-        );
-        q.push_values(chunk, |mut b, v| {
-            b.push_bind(v.account_id)
-                .push_bind(v.version)
-                .push_bind(v.event_id);
-        });
-        q.push(" ON DUPLICATE KEY UPDATE version = VALUES(version), event_id = VALUES(event_id)");
-        q.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify("writing account versions", e))?;
-    }
-
-    if let Some(p) = &writes.position {
+    checkpoint::store_versions(tx, &writes.versions).await?;
+    if let Some(position) = &writes.position {
         // With `expected: None` the fence inserted this row already; updating it again is
         // harmless and keeps one code path.
-        sqlx::query(
-            "UPDATE projector_partitions SET kafka_offset = ?, \
-             event_id = COALESCE(?, event_id), event_time = COALESCE(?, event_time), \
-             writer = ?, updated_at = ? \
-             WHERE partition_id = ?",
-        )
-        .bind(p.offset)
-        .bind(p.event_id)
-        .bind(p.event_time)
-        .bind(&p.writer)
-        .bind(Utc::now())
-        .bind(p.partition)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify("writing the position", e))?;
+        checkpoint::store_position(tx, position).await?;
     }
     Ok(())
-}
-
-fn decode_position(row: &sqlx::mysql::MySqlRow) -> Result<StoredPosition, sqlx::Error> {
-    Ok(StoredPosition {
-        partition: row.try_get("partition_id")?,
-        offset: row.try_get("kafka_offset")?,
-        event_id: row.try_get("event_id")?,
-        event_time: row.try_get::<Option<DateTime<Utc>>, _>("event_time")?,
-    })
-}
-
-/// MySQL/MariaDB error numbers that mean "try again".
-const RETRYABLE: &[u16] = &[
-    1040, // too many connections
-    1053, // server shutdown in progress
-    1205, // lock wait timeout
-    1213, // deadlock
-    1317, // query interrupted
-    1927, // connection killed (MariaDB)
-    2006, // server has gone away
-    2013, // lost connection during query
-];
-
-/// MySQL errors a retry of the same write cannot cure: the store refuses these values or
-/// this schema (out of range, too long, wrong type, a missing table or column, a constraint).
-fn deterministic(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<MySqlDatabaseError>()
-            .is_none_or(|m| !RETRYABLE.contains(&m.number())),
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::TypeNotFound { .. }
-        | sqlx::Error::Decode(_) => true,
-        _ => false,
-    }
-}
-
-/// Server unreachable, I/O, pool timeouts, deadlocks and the like are
-/// [`SinkError::Transient`]; a deterministic error (see [`deterministic`]) is
-/// [`SinkError::Permanent`]: the runtime holds the partition and says so, instead of
-/// retrying it as "unavailable" for ever.
-fn classify(what: &str, e: sqlx::Error) -> SinkError {
-    if deterministic(&e) {
-        tracing::error!("ledger sink: {what}: {e}");
-        return SinkError::Permanent(format!("{what}: {e}"));
-    }
-    SinkError::Transient(format!("{what}: {e}"))
 }
 
 fn sink_error(what: &str, generation: &Generation, e: sqlx::Error) -> SinkError {
     classify(&format!("{what} in {}", generation.database), e)
 }
 
-/// `s` cut to at most `max` characters, the last being `…` when cut.
-pub(crate) fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clip_keeps_short_text_and_marks_a_cut() {
-        assert_eq!(clip("abc", 3), "abc");
-        assert_eq!(clip("abcd", 3), "ab…");
-        assert_eq!(clip("ééé", 3), "ééé");
-    }
-}
+pub(crate) use prism_projector::checkpoint::clip;

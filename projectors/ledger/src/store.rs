@@ -16,14 +16,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use chrono::{DateTime, Utc};
+use async_trait::async_trait;
+use chrono::Utc;
 use prism_platform::config::{LedgerConfig, MysqlConfig};
-use serde::Serialize;
+use prism_projector::copies::{Copies, CopyInfo, LiveCopy, PartitionStatus};
+use prism_projector::Sink;
 use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{MySqlPool, Row};
-use tokio::sync::watch;
 use uuid::Uuid;
+
+use crate::sink::MySqlSink;
 
 /// migrations/control, embedded at build time.
 pub static CONTROL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/control");
@@ -35,90 +38,14 @@ const MAX_DATABASE_NAME: usize = 64;
 /// The control database needs few connections: it is read by pollers and written by admins.
 const CONTROL_POOL_MAX: u32 = 4;
 
-/// State of a generation, as stored in `generations.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GenerationState {
-    /// Being filled by a rebuild; not served.
-    Building,
-    /// Served by the query API and kept current by prism-ledger.
-    Live,
-    /// Replaced by a newer generation; kept until dropped.
-    Retired,
-}
-
-impl GenerationState {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Building => "building",
-            Self::Live => "live",
-            Self::Retired => "retired",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "building" => Some(Self::Building),
-            "live" => Some(Self::Live),
-            "retired" => Some(Self::Retired),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for GenerationState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<str> for GenerationState {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for GenerationState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
+/// One row of `generations`: the kit's description of a copy (its `name` is the database).
+pub use prism_projector::copies::CopyInfo as GenerationInfo;
+/// State of a generation, as stored in `generations.state`: the kit's copy state.
+pub use prism_projector::copies::CopyState as GenerationState;
+pub use prism_projector::copies::{InstanceReport, InstanceRow};
 
 /// Width of `instances.error`.
 const INSTANCE_ERROR_MAX: usize = 2_000;
-
-/// What an instance says about itself (`instances`, control database).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InstanceReport {
-    /// `<group>/<host>/<pid>/<random>`: unique per running instance.
-    pub instance: String,
-    /// The generation its projector writes; `None`: none.
-    pub writing: Option<u32>,
-    /// The newest `building` generation it could open.
-    pub can_open: Option<u32>,
-    /// Why it cannot open the live or the newest building generation.
-    pub error: Option<String>,
-}
-
-/// One row of `instances`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstanceRow {
-    pub instance: String,
-    pub writing: Option<u32>,
-    pub can_open: Option<u32>,
-    pub error: Option<String>,
-    pub seen_at: DateTime<Utc>,
-}
-
-/// One row of `generations`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GenerationInfo {
-    pub number: u32,
-    pub database: String,
-    pub state: GenerationState,
-    pub created_at: DateTime<Utc>,
-    pub live_since: Option<DateTime<Utc>>,
-}
 
 /// One copy of the read model: its number, database and two pools connected to it.
 #[derive(Clone)]
@@ -248,6 +175,28 @@ impl Ledger {
                 generations: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Whether the control database exists (the ledger has ever run), without creating it.
+    pub async fn exists(mysql: &MysqlConfig, ledger: &LedgerConfig) -> anyhow::Result<bool> {
+        let hosts = mysql.url.hosts().to_owned();
+        let server = MySqlConnectOptions::from_str(mysql.url.expose())
+            .map_err(|_| anyhow!("[mysql] url is not a valid MySQL URL: {}", mysql.url))?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(mysql.connect_timeout_ms))
+            .connect_with(server.database("information_schema"))
+            .await
+            .with_context(|| format!("connecting to mysql at {hosts}"))?;
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+        )
+        .bind(&ledger.database)
+        .fetch_optional(&pool)
+        .await
+        .with_context(|| format!("looking for database {} on {hosts}", ledger.database))?;
+        pool.close().await;
+        Ok(found.is_some())
     }
 
     /// Name of the control database.
@@ -519,7 +468,7 @@ impl Ledger {
                 let state: String = row.try_get("state")?;
                 Ok(GenerationInfo {
                     number: row.try_get("generation")?,
-                    database: row.try_get("database_name")?,
+                    name: row.try_get("database_name")?,
                     state: GenerationState::parse(&state)
                         .ok_or_else(|| anyhow!("unknown generation state {state:?}"))?,
                     created_at: row.try_get("created_at")?,
@@ -772,222 +721,79 @@ fn is_duplicate_key(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// What the query API reads: the live generation, re-read every poll interval by a
-/// background task and swapped atomically. Cheap to clone.
-///
-/// When a rebuild promotes a generation this instance cannot open, the model keeps serving
-/// the one it has but says so ([`LiveModel::unavailable`]): the projector must then stop
-/// writing that retired copy (its partitions belong in the live one, where other instances
-/// can take them over) and the instance is not ready, until the live one opens.
-#[derive(Clone)]
-pub struct LiveModel {
-    current: watch::Receiver<Generation>,
-    state: Arc<Mutex<ModelState>>,
-}
+/// What the query API reads and the projector writes: the live generation, re-read every
+/// poll interval and swapped atomically (the kit's [`LiveCopy`] over [`Ledger`]).
+pub type LiveModel = LiveCopy<Ledger>;
 
-#[derive(Debug, Default)]
-struct ModelState {
-    /// The live generation this instance cannot open, and why.
-    unavailable: Option<(u32, String)>,
-    /// The generation the projector writes now (`None`: none), as the projector says.
-    writing: Option<u32>,
-}
+#[async_trait]
+impl Copies for Ledger {
+    type Copy = Generation;
 
-impl fmt::Debug for LiveModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LiveModel")
-            .field("current", &*self.current.borrow())
-            .finish_non_exhaustive()
-    }
-}
-
-/// How often a poller that keeps failing logs it again at error level.
-const LOUD_EVERY: Duration = Duration::from_secs(30);
-
-impl LiveModel {
-    /// Opens the live generation (creating generation 1 on first start) and spawns the
-    /// poller, which stops when `shutdown` turns true (or its sender is dropped).
-    pub async fn start(
-        ledger: Ledger,
-        poll: Duration,
-        shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<LiveModel> {
-        Self::start_instance(ledger, poll, shutdown, None).await
+    fn number(copy: &Generation) -> u32 {
+        copy.number
     }
 
-    /// [`LiveModel::start`] for a running prism-ledger named `instance`: every poll also
-    /// opens the newest generation being built (so a rebuild knows before it promotes it
-    /// that this instance can switch to it) and records in the control database's
-    /// `instances` what the projector writes and what it cannot open; the row is removed
-    /// when the poller stops.
-    pub async fn start_instance(
-        ledger: Ledger,
-        poll: Duration,
-        mut shutdown: watch::Receiver<bool>,
-        instance: Option<String>,
-    ) -> anyhow::Result<LiveModel> {
-        let first = ledger.live().await?;
-        let (tx, rx) = watch::channel(first);
-        let state: Arc<Mutex<ModelState>> = Arc::default();
-        let model = LiveModel {
-            current: rx,
-            state: Arc::clone(&state),
-        };
-        let poll = poll.max(Duration::from_millis(10));
-        let poller = model.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(poll);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut can_open: Option<u32> = None;
-            let mut last_loud: Option<(String, tokio::time::Instant)> = None;
-            loop {
-                if *shutdown.borrow() {
-                    break;
-                }
-                let current = tx.borrow().number;
-                let unavailable =
-                    match ledger.live_number().await {
-                        Ok(Some(number)) if number != current => {
-                            match ledger.generation(number).await {
-                            Ok(generation) => {
-                                tracing::info!(
-                                    from = current,
-                                    to = number,
-                                    database = %generation.database,
-                                    "ledger: serving a new generation"
-                                );
-                                tx.send_replace(generation);
-                                None
-                            }
-                            Err(e) => Some((
-                                number,
-                                format!(
-                                    "cannot open the live generation {number} (still on retired {current}; not projecting): {e:#}"
-                                ),
-                            )),
-                        }
-                        }
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::warn!("ledger: polling the live generation: {e:#}");
-                            poller.unavailable()
-                        }
-                    };
-                if let Some((_, why)) = &unavailable {
-                    // Loud, but not once per poll.
-                    let repeat = last_loud
-                        .as_ref()
-                        .is_none_or(|(said, at)| said != why || at.elapsed() >= LOUD_EVERY);
-                    if repeat {
-                        tracing::error!("ledger: {why}");
-                        last_loud = Some((why.clone(), tokio::time::Instant::now()));
-                    }
-                }
-                poller.lock().unavailable = unavailable;
-                if let Some(instance) = &instance {
-                    let mut probe_error = None;
-                    match ledger.newest_building().await {
-                        Ok(Some(building)) if Some(building) != can_open => {
-                            match ledger.generation(building).await {
-                                Ok(_) => can_open = Some(building),
-                                Err(e) => {
-                                    probe_error = Some(format!(
-                                        "cannot open generation {building}, being built: {e:#}"
-                                    ));
-                                }
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!("ledger: looking for a generation being built: {e:#}")
-                        }
-                    }
-                    let report = {
-                        let state = poller.lock();
-                        InstanceReport {
-                            instance: instance.clone(),
-                            writing: state.writing,
-                            can_open,
-                            error: state
-                                .unavailable
-                                .as_ref()
-                                .map(|(_, why)| why.clone())
-                                .or(probe_error),
-                        }
-                    };
-                    if let Err(e) = ledger.report_instance(&report).await {
-                        tracing::warn!("ledger: {e:#}");
-                    }
-                }
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            break;
-                        }
-                    }
-                }
-            }
-            if let Some(instance) = &instance {
-                if let Err(e) = ledger.forget_instance(instance).await {
-                    tracing::warn!("ledger: {e:#}");
-                }
-            }
-        });
-        Ok(model)
+    fn sink(copy: &Generation) -> Arc<dyn Sink> {
+        Arc::new(MySqlSink::new(copy.clone()))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ModelState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    async fn live(&self) -> anyhow::Result<Generation> {
+        Ledger::live(self).await
     }
 
-    /// The generation to read now (cheap clone).
-    pub fn current(&self) -> Generation {
-        self.current.borrow().clone()
+    async fn live_number(&self) -> anyhow::Result<Option<u32>> {
+        Ledger::live_number(self).await
     }
 
-    /// Number of the generation served now.
-    pub fn number(&self) -> u32 {
-        self.current.borrow().number
+    async fn open(&self, number: u32) -> anyhow::Result<Generation> {
+        self.generation(number).await
     }
 
-    /// The live generation this instance cannot open and why, if so: what it serves is a
-    /// retired copy, which its projector must not write.
-    pub fn unavailable(&self) -> Option<(u32, String)> {
-        self.lock().unavailable.clone()
+    async fn create_next(&self) -> anyhow::Result<Generation> {
+        Ledger::create_next(self).await
     }
 
-    /// Records which generation the projector writes (`None`: it writes none), for the
-    /// `instances` row.
-    pub fn set_writing(&self, generation: Option<u32>) {
-        self.lock().writing = generation;
+    async fn promote(&self, number: u32) -> anyhow::Result<()> {
+        Ledger::promote(self, number).await
     }
 
-    /// A model that always serves `generation`, with no poller (tests of the query API).
-    #[doc(hidden)]
-    pub fn fixed(generation: Generation) -> LiveModel {
-        let (_sender, current) = watch::channel(generation);
-        LiveModel {
-            current,
-            state: Arc::default(),
-        }
+    async fn abandon(&self, number: u32) -> anyhow::Result<()> {
+        Ledger::abandon(self, number).await
+    }
+
+    async fn newest_building(&self) -> anyhow::Result<Option<u32>> {
+        Ledger::newest_building(self).await
+    }
+
+    async fn list(&self) -> anyhow::Result<Vec<CopyInfo>> {
+        Ledger::list(self).await
+    }
+
+    async fn drop_retired(&self) -> anyhow::Result<Vec<String>> {
+        Ledger::drop_retired(self).await
+    }
+
+    async fn report_instance(&self, report: &InstanceReport) -> anyhow::Result<()> {
+        Ledger::report_instance(self, report).await
+    }
+
+    async fn forget_instance(&self, instance: &str) -> anyhow::Result<()> {
+        Ledger::forget_instance(self, instance).await
+    }
+
+    async fn instances(&self, within: Duration) -> anyhow::Result<Vec<InstanceRow>> {
+        Ledger::instances(self, within).await
+    }
+
+    async fn partitions(&self, copy: &Generation) -> anyhow::Result<Vec<PartitionStatus>> {
+        partition_positions(&copy.pool)
+            .await
+            .with_context(|| format!("reading positions in {}", copy.database))
     }
 }
 
 /// Where the projector stands on one partition, with what `prismctl status` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoredPositionRow {
-    pub partition: i32,
-    pub offset: i64,
-    pub event_id: Option<Uuid>,
-    pub event_time: Option<DateTime<Utc>>,
-    pub writer: String,
-    pub updated_at: DateTime<Utc>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<DateTime<Utc>>,
-}
+pub use prism_projector::copies::PartitionStatus as StoredPositionRow;
 
 /// Last handled versions of `accounts` (applied or dead-lettered), from
 /// `projector_accounts`, in one query; what read-your-writes waits on. An account with
@@ -1020,28 +826,10 @@ pub async fn account_version(pool: &MySqlPool, account_id: Uuid) -> sqlx::Result
         .await
 }
 
-/// Every stored partition position of a generation, by partition.
+/// Every stored partition position of a generation, by partition (the kit's checkpoint
+/// tables).
 pub async fn partition_positions(pool: &MySqlPool) -> sqlx::Result<Vec<StoredPositionRow>> {
-    let rows = sqlx::query(
-        "SELECT partition_id, kafka_offset, event_id, event_time, writer, updated_at, \
-         last_error, last_error_at FROM projector_partitions ORDER BY partition_id",
-    )
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(StoredPositionRow {
-                partition: row.try_get("partition_id")?,
-                offset: row.try_get("kafka_offset")?,
-                event_id: row.try_get("event_id")?,
-                event_time: row.try_get("event_time")?,
-                writer: row.try_get("writer")?,
-                updated_at: row.try_get("updated_at")?,
-                last_error: row.try_get("last_error")?,
-                last_error_at: row.try_get("last_error_at")?,
-            })
-        })
-        .collect()
+    prism_projector::checkpoint::mysql::partitions(pool).await
 }
 
 #[cfg(test)]
@@ -1056,6 +844,15 @@ mod tests {
             assert!(validate_database_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(generation_database("prism_ledger", 3), "prism_ledger_g3");
+    }
+
+    #[test]
+    fn the_model_migration_holds_the_kit_s_checkpoint_tables_unchanged() {
+        let model = include_str!("../migrations/model/0001_ledger.sql");
+        assert!(
+            model.contains(prism_projector::checkpoint::mysql::MIGRATION.trim()),
+            "migrations/model must create the kit's checkpoint tables as the kit defines them"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
@@ -566,10 +567,15 @@ async fn promote_switches_the_live_generation_atomically() {
         assert_eq!(first.database, format!("{}_g1", ledger.control_database()));
         assert_eq!(ledger.live().await.expect("again").number, 1);
 
-        let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let model = LiveModel::start(ledger.clone(), Duration::from_millis(20), shutdown)
-            .await
-            .expect("live model");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let _stop_poller = shutdown.clone().drop_guard();
+        let model = LiveModel::start(
+            Arc::new(ledger.clone()),
+            Duration::from_millis(20),
+            shutdown,
+        )
+        .await
+        .expect("live model");
         assert_eq!(model.current().number, 1);
 
         let next = ledger.create_next().await.expect("next");

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 
 /// One assigned partition as this instance sees it.
@@ -56,12 +57,9 @@ impl Health {
         }))
     }
 
-    fn partitions(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, PartitionHealth>> {
-        // A poisoned lock only means a panic elsewhere; the map itself is still usable.
-        self.0
-            .partitions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn partitions(&self) -> MutexGuard<'_, BTreeMap<i32, PartitionHealth>> {
+        // `parking_lot` locks are not poisoned by a panic elsewhere.
+        self.0.partitions.lock()
     }
 
     pub(crate) fn joined(&self) {

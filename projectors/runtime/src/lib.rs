@@ -1,15 +1,31 @@
-//! The projector runtime: everything a projector needs except its fold and its sink.
+//! The projector kit: everything a projector needs except its fold, its store and its
+//! query endpoints. A projector is a pure fold + a [`Sink`] + its [`copies::Copies`] + a
+//! query router; [`app::run`] does the rest. See `ARCHITECTURE.md` ("How to add a
+//! projector") for the steps and the invariants.
 //!
-//! A projector supplies a [`Sink`] (whose `apply` runs the projector's pure fold and writes
-//! the result together with the position); [`Runtime::start`] does the rest: the Kafka
-//! consumer group `prism-<name>`, per-partition ordered batches with backpressure, resuming
-//! from the sink's stored position, duplicate and gap detection by account version, retries
-//! with back-off for transient sink errors, the dead-letter topic for poison events, offset
-//! commits, metrics, and a clean stop. See `ARCHITECTURE.md` for the invariants.
+//! # Layout
+//! - [`app`]: the process shell (`Projector`, `run`, `main`): live copy, runtime restarts
+//!   and copy switching, ops endpoints, clean shutdown.
+//! - [`Runtime`] (`runtime.rs`, `worker.rs`, [`plan`], [`record`], [`dlq`]): the Kafka
+//!   consumer group `prism-<name>`, per-partition ordered batches with backpressure,
+//!   resuming from the sink's stored position, duplicate and gap detection by account
+//!   version, retries with [`backoff`], dead letters, offset commits, a clean stop.
+//! - [`fold`]: the pure part of a projector (`Fold`), runnable without a store.
+//! - [`sink`]: the contract between the runtime and a read model's store.
+//! - [`checkpoint`]: positions, versions and last errors in the store, transactional or
+//!   idempotent by version.
+//! - [`copies`]: blue/green copies of a read model, the live copy a process serves.
+//! - [`consistency`]: read-your-writes waits for query APIs.
+//! - [`health`], [`metrics`], [`serve`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`verify`]: comparing a read model with a fold of the event store.
 
+pub mod app;
 mod bounded;
+pub mod checkpoint;
 pub mod consistency;
+pub mod copies;
 pub mod dlq;
+pub mod fold;
 pub mod health;
 pub mod metrics;
 pub mod plan;
@@ -17,9 +33,9 @@ pub mod record;
 mod runtime;
 pub mod serve;
 pub mod sink;
+pub mod verify;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +43,7 @@ use anyhow::Context as _;
 use prism_platform::config::{KafkaConfig, ProjectorConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use health::{Health, HealthReport};
 pub use metrics::Metrics;
@@ -88,7 +105,7 @@ impl Shared {
 /// A running projector runtime.
 #[derive(Debug)]
 pub struct Running {
-    shutdown: Arc<AtomicBool>,
+    shutdown: CancellationToken,
     done: oneshot::Receiver<()>,
 }
 
@@ -96,7 +113,7 @@ impl Running {
     /// Asks the runtime to stop: workers finish their batch in hand, positions are stored
     /// and committed, the consumer leaves the group.
     pub fn stop(&self) {
-        self.shutdown.store(true, Ordering::Relaxed);
+        self.shutdown.cancel();
     }
 
     /// Waits until the runtime has stopped (after [`Running::stop`]).
@@ -136,6 +153,14 @@ pub fn consumer_config(
     client
 }
 
+/// The one back-off of the runtime and the process shell: `retry_backoff_ms` doubled per
+/// attempt up to `retry_backoff_max_ms` (attempt 0 waits `retry_backoff_ms`).
+pub fn backoff(config: &ProjectorConfig, attempt: u32) -> Duration {
+    let base = config.retry_backoff_ms.max(1);
+    let max = config.retry_backoff_max_ms.max(base);
+    Duration::from_millis(base.saturating_mul(1 << attempt.min(16)).min(max))
+}
+
 /// The runtime's entry point.
 #[derive(Debug)]
 pub struct Runtime;
@@ -168,14 +193,14 @@ impl Runtime {
             writer: format!("{}/{}/{}", projection.group_id, host, std::process::id()),
             decode: shared.decode,
         });
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
         let state = Arc::new(runtime::Shared::new(
             settings,
             tokio::runtime::Handle::current(),
             sink,
             dlq,
             shared,
-            Arc::clone(&stop),
+            stop.clone(),
         ));
 
         let consumer: BaseConsumer<runtime::Context> =

@@ -9,16 +9,18 @@
 //!   synchronously on revoke and shutdown, after the workers finished their batch in hand.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, MutexGuard};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::bounded::Bounded;
 use crate::dlq::DeadLetters;
@@ -45,7 +47,7 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub health: Health,
     pub progress: watch::Sender<u64>,
-    pub shutdown: Arc<AtomicBool>,
+    pub shutdown: CancellationToken,
     workers: Mutex<HashMap<i32, WorkerHandle>>,
     /// Records of paused partitions, oldest first.
     pending: Mutex<HashMap<i32, VecDeque<Record>>>,
@@ -53,9 +55,10 @@ pub(crate) struct Shared {
     committed: Mutex<HashMap<i32, i64>>,
 }
 
+/// `parking_lot`'s locks are not poisoned by a panic elsewhere; the data is still
+/// consistent for our use.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock means a panic elsewhere; the data is still consistent for our use.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock()
 }
 
 impl Shared {
@@ -65,7 +68,7 @@ impl Shared {
         sink: Arc<dyn Sink>,
         dlq: DeadLetters,
         parts: crate::Shared,
-        shutdown: Arc<AtomicBool>,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             settings,
@@ -131,14 +134,11 @@ impl Shared {
                     if attempt == 0 || attempt.is_power_of_two() {
                         tracing::warn!(error = %e, "cannot read the stored positions; retrying");
                     }
-                    if self.shutdown.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                    if self.shutdown.is_cancelled() || Instant::now() >= deadline {
                         return None;
                     }
-                    let ms = self.settings.config.retry_backoff_ms.max(1) << attempt.min(10);
-                    let pause = Duration::from_millis(
-                        ms.min(self.settings.config.retry_backoff_max_ms.max(1)),
-                    )
-                    .min(deadline.saturating_duration_since(Instant::now()));
+                    let pause = crate::backoff(&self.settings.config, attempt)
+                        .min(deadline.saturating_duration_since(Instant::now()));
                     std::thread::sleep(pause);
                     attempt += 1;
                 }
@@ -310,7 +310,7 @@ impl Shared {
         // the positions, each worker reads its own and starts its partition over there.
         let positions = self.positions(&partitions, self.rebalance_bound());
         if positions.is_none() {
-            if self.shutdown.load(Ordering::Relaxed) {
+            if self.shutdown.is_cancelled() {
                 return;
             }
             tracing::warn!(
@@ -431,7 +431,7 @@ impl ConsumerContext for Context {
 pub(crate) fn poll(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
     let commit_every = Duration::from_millis(200);
     let mut last_commit = Instant::now();
-    while !shared.shutdown.load(Ordering::Relaxed) {
+    while !shared.shutdown.is_cancelled() {
         match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Ok(message)) => {
@@ -576,7 +576,7 @@ fn restart_rewound(consumer: &BaseConsumer<Context>, shared: &Shared) {
 /// Measures each assigned partition's lag every `interval` on its own thread (watermark
 /// requests block), until shutdown.
 pub(crate) fn measure_lag(client: BaseConsumer, shared: Arc<Shared>, interval: Duration) {
-    while !shared.shutdown.load(Ordering::Relaxed) {
+    while !shared.shutdown.is_cancelled() {
         let partitions: Vec<(i32, i64)> = lock(&shared.workers)
             .iter()
             .map(|(p, w)| (*p, w.slot.stored.load(Ordering::Acquire)))
@@ -601,7 +601,7 @@ pub(crate) fn measure_lag(client: BaseConsumer, shared: Arc<Shared>, interval: D
         }
         shared.health.kafka_ok(ok);
         let deadline = Instant::now() + interval;
-        while Instant::now() < deadline && !shared.shutdown.load(Ordering::Relaxed) {
+        while Instant::now() < deadline && !shared.shutdown.is_cancelled() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }

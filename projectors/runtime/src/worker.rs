@@ -152,9 +152,7 @@ impl Worker {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.settings.config.retry_backoff_ms.max(1);
-        let max = self.settings.config.retry_backoff_max_ms.max(base);
-        Duration::from_millis(base.saturating_mul(1 << attempt.min(16)).min(max))
+        crate::backoff(&self.settings.config, attempt)
     }
 
     /// Reads versions of `accounts` from the sink into `into` (0 for none) and the cache,

@@ -1,0 +1,98 @@
+//! The read models `prismctl` knows, each reached through the projector kit only: its
+//! [`Projector`](prism_projector::app::Projector) says its name, consumer group and runtime
+//! settings, and opens its copies as a [`CopiesAdmin`]. `status`, `rebuild` and the
+//! benches use this, never a projector's store or sink types, so a new read model is one
+//! line in [`Model`] and one arm in [`Model::open`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prism_platform::config::Config;
+use prism_projector::app::{Projector, Settings};
+use prism_projector::copies::CopiesAdmin;
+
+/// A read model, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// `prism-ledger`: balances and statements in MySQL.
+    Ledger,
+}
+
+impl Model {
+    /// Every read model, in the order `status` shows them.
+    pub const ALL: [Model; 1] = [Model::Ledger];
+
+    /// Connects to the read model's store and opens its copies.
+    pub async fn open(self, config: &Config) -> anyhow::Result<ReadModel> {
+        match self {
+            Model::Ledger => {
+                ReadModel::open(prism_ledger::app::LedgerProjector::new(config.clone())).await
+            }
+        }
+    }
+
+    /// Opens the read model only if it has ever run (opening would create its control
+    /// store): `None` when it has not.
+    pub async fn open_existing(self, config: &Config) -> anyhow::Result<Option<ReadModel>> {
+        match self {
+            Model::Ledger => {
+                ReadModel::open_existing(prism_ledger::app::LedgerProjector::new(config.clone()))
+                    .await
+            }
+        }
+    }
+
+    /// The backing service its copies live in (`mysql`, …).
+    pub fn service(self, config: &Config) -> &'static str {
+        match self {
+            Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone()).service(),
+        }
+    }
+
+    /// The projector's settings, without connecting to anything.
+    pub fn settings(self, config: &Config) -> anyhow::Result<Settings> {
+        Ok(match self {
+            Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone()).settings(),
+        })
+    }
+}
+
+/// One read model, opened.
+#[derive(Debug, Clone)]
+pub struct ReadModel {
+    pub settings: Settings,
+    pub copies: Arc<dyn CopiesAdmin>,
+}
+
+impl ReadModel {
+    async fn open<P: Projector>(projector: P) -> anyhow::Result<Self> {
+        let settings = projector.settings();
+        let copies = projector.open().await?;
+        Ok(Self {
+            settings,
+            copies: Arc::new(copies),
+        })
+    }
+
+    async fn open_existing<P: Projector>(projector: P) -> anyhow::Result<Option<Self>> {
+        if !projector.exists().await? {
+            return Ok(None);
+        }
+        Self::open(projector).await.map(Some)
+    }
+
+    /// Short name: `ledger`, `search`.
+    pub fn name(&self) -> &'static str {
+        self.settings.name
+    }
+
+    /// The binary that serves it: `prism-ledger`.
+    pub fn binary(&self) -> String {
+        format!("prism-{}", self.settings.name)
+    }
+
+    /// How recently an instance must have reported to count as running.
+    pub fn alive_window(&self) -> Duration {
+        (self.settings.copy_poll * 5).max(Duration::from_secs(5))
+    }
+}
