@@ -11,12 +11,15 @@
 //! - [`upcast`]: upgrades old schema versions when an event is read.
 //! - [`token`]: the consistency token a client hands to a read model.
 //! - [`schema`]: JSON Schemas of every event type, checked in under `events/schemas/`.
+//! - `testing` (feature `testing`): event builders and seeded histories for tests.
 
 pub mod codes;
 pub mod envelope;
 pub mod event;
 pub mod kafka;
 pub mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod token;
 pub mod upcast;
 

@@ -201,6 +201,19 @@ impl Section {
         Self(Some(table))
     }
 
+    /// Sets `key` to `value` (tools and tests that point a projector at scratch names,
+    /// as `PRISM_<SECTION>__<KEY>` would).
+    pub fn set(&mut self, key: &str, value: impl Into<figment::value::Value>) {
+        let mut dict = self
+            .0
+            .as_ref()
+            .and_then(|v| v.as_dict())
+            .cloned()
+            .unwrap_or_default();
+        dict.insert(key.to_owned(), value.into());
+        self.0 = Some(figment::value::Value::from(dict));
+    }
+
     /// The section as the crate's type `T` (missing keys from `T::default()` through its
     /// `#[serde(default)]`), without the `projector` table. Errors name the section and key.
     pub fn parse<T: serde::de::DeserializeOwned + Default>(
@@ -796,6 +809,10 @@ mod tests {
                 "overridden for search alone"
             );
             assert_eq!(c.projector.batch_max_wait_ms, 20, "others keep [projector]");
+            let mut section = c.search.clone();
+            section.set("replicas", 5_u32);
+            let owned: Owned = section.parse("search").map_err(|e| e.to_string())?;
+            assert_eq!((owned.listen.as_str(), owned.replicas), ("127.0.0.1:9", 5));
             Ok(())
         });
     }

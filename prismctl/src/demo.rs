@@ -2,20 +2,24 @@
 //!
 //! 1. Checks that the backing services it needs answer (Kafka, the event store, MySQL);
 //!    if not, says `dev/stack up` and exits 1.
-//! 2. Starts prism-command and prism-ledger in this process — their `app::run`, the code of
-//!    the binaries — on `command.listen` and `ledger.listen` (127.0.0.1:8080 and :8081;
-//!    `--command-listen`, `--ledger-listen` change them, port 0 takes any free port). A port
-//!    in use is named, exit 2. They use the configuration as it is (the topic
-//!    `account-events`, the event store and ledger databases), so what the demo writes is
-//!    there for the binaries afterwards.
+//! 2. Starts prism-command, prism-ledger and prism-search in this process — their
+//!    `app::run`, the code of the binaries — on `command.listen`, `ledger.listen` and
+//!    `search.listen` (127.0.0.1:8080, :8081, :8082; `--command-listen`, `--ledger-listen`,
+//!    `--search-listen` change them, port 0 takes any free port). A port in use is named,
+//!    exit 2. They use the configuration as it is (the topic `account-events`, the event
+//!    store, ledger databases and search indices), so what the demo writes is there for
+//!    the binaries afterwards.
 //! 3. Sends seeded loadgen traffic (the [`crate::traffic`] model through
 //!    [`crate::loadgen::Client`], open loop at `--rate`), with a progress bar on stderr.
 //! 4. Shows, through the ledger's query API only: a page of accounts and the next one (its
 //!    cursor), the busiest account of the run, its statement newest first (a page and the
 //!    next), and read-your-writes: a deposit, then the same account read with the deposit's
 //!    `Consistency-Token` (and, side by side, without it), with how long the wait took.
-//! 5. Prints what to try next, stops both services cleanly (the relay drains to Kafka, the
-//!    ledger stores its positions and commits) and exits 0. `--keep-running` leaves them up
+//! 5. Runs a few analyst searches through prism-search's API once it has indexed the
+//!    traffic: declined payments with facets, the busiest holder's name typed without its
+//!    accents, online card payments by category and merchant country, an autocomplete.
+//! 6. Prints what to try next, stops the services cleanly (the relay drains to Kafka, the
+//!    projectors store their positions and commit) and exits 0. `--keep-running` leaves them up
 //!    until Ctrl-C instead, to try the curl commands.
 //!
 //! The report goes to stdout, progress to stderr. Exit codes: 0 all went well, 1 a service
@@ -25,13 +29,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use chrono::DateTime;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
 use prism_events::Currency;
 use prism_platform::config::EventStoreBackend;
 use prism_platform::Config;
@@ -41,6 +46,7 @@ use tokio::task::JoinSet;
 
 use crate::loadgen::{parse_duration, Client, Latency, Outcome, TokenBucket};
 use crate::services::{self, Api, Kind, QueryReply, Service, STOP_TIMEOUT};
+use crate::table::{self, Align};
 use crate::traffic::{Op, Traffic, COMMANDS, MARKETS};
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +59,10 @@ pub struct Args {
     /// picks a free port.
     #[arg(long, value_name = "HOST:PORT")]
     pub ledger_listen: Option<String>,
+    /// Address prism-search listens on (default: `search.listen`, 127.0.0.1:8082); port 0
+    /// picks a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub search_listen: Option<String>,
     /// Accounts the traffic opens.
     #[arg(long, default_value_t = 100)]
     pub accounts: usize,
@@ -68,7 +78,7 @@ pub struct Args {
     /// Most commands in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// After the report, keep both services running until Ctrl-C (to try the curl commands).
+    /// After the report, keep the services running until Ctrl-C (to try the curl commands).
     #[arg(long)]
     pub keep_running: bool,
 }
@@ -79,6 +89,11 @@ const PAGE: u32 = 5;
 const COMMAND_READY: Duration = Duration::from_secs(60);
 /// How long prism-ledger may take to become ready: it first catches up with the topic.
 const LEDGER_READY: Duration = Duration::from_secs(300);
+/// How long prism-search may take to become ready (it catches up with the topic first).
+const SEARCH_READY: Duration = Duration::from_secs(300);
+/// How long the demo waits for prism-search to have indexed the traffic.
+const SEARCH_CATCH_UP: Duration = Duration::from_secs(60);
+
 /// The bearer token the README documents for local use (safe to print).
 const LOCAL_TOKEN: &str = "prism-local-dev-token";
 
@@ -89,6 +104,17 @@ fn ledger_token(config: &Config, command_token: &str) -> anyhow::Result<String> 
         Some(token) => Ok(token.expose().to_owned()),
         None if !config.ledger.auth_enabled => Ok(command_token.to_owned()),
         None => bail!("[ledger] tokens is empty while auth_enabled: the demo has no token to send"),
+    }
+}
+
+/// The token the demo sends to prism-search: its first `[search] tokens` entry.
+fn search_token(config: &Config, command_token: &str) -> anyhow::Result<String> {
+    let search = prism_search::app::SearchProjector::new(config.clone())?;
+    let search = search.search_config();
+    match search.tokens.first() {
+        Some(token) => Ok(token.expose().to_owned()),
+        None if !search.auth_enabled => Ok(command_token.to_owned()),
+        None => bail!("[search] tokens is empty while auth_enabled: the demo has no token to send"),
     }
 }
 
@@ -111,6 +137,11 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .ledger_listen
         .clone()
         .unwrap_or_else(|| config.ledger.listen.clone());
+    let search = prism_search::app::SearchProjector::new(config.clone())?;
+    let search_listen = args
+        .search_listen
+        .clone()
+        .unwrap_or_else(|| search.search_config().listen.clone());
 
     // 1. The stack.
     let spinner = spinner("checking the stack (Kafka, event store, MySQL)");
@@ -144,10 +175,22 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let search_listener = match services::bind(Kind::Search, &search_listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("prismctl: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let listeners = Listeners {
+        command: command_listener,
+        ledger: ledger_listener,
+        search: search_listener,
+    };
 
     let mut running = Running::default();
     let outcome = tokio::select! {
-        outcome = demo(&config, args, &token, command_listener, ledger_listener, &mut running) => outcome,
+        outcome = demo(&config, args, &token, listeners, &mut running) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     let mut failed = false;
@@ -166,10 +209,11 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "\nBoth services keep running (prism-command at {}, prism-ledger at {}). Press \
-             Ctrl-C to stop them.",
+            "\nThe services keep running (prism-command at {}, prism-ledger at {}, \
+             prism-search at {}). Press Ctrl-C to stop them.",
             running.url(Kind::Command),
-            running.url(Kind::Ledger)
+            running.url(Kind::Ledger),
+            running.url(Kind::Search)
         );
         let _ = out.flush();
         drop(out);
@@ -210,11 +254,19 @@ enum Finish {
 struct Running {
     command: Option<Service>,
     ledger: Option<Service>,
+    search: Option<Service>,
+}
+
+/// The services' listeners, bound before anything starts (a port in use is exit 2).
+struct Listeners {
+    command: tokio::net::TcpListener,
+    ledger: tokio::net::TcpListener,
+    search: tokio::net::TcpListener,
 }
 
 impl Running {
     fn all_up(&self) -> bool {
-        [&self.command, &self.ledger]
+        [&self.command, &self.ledger, &self.search]
             .iter()
             .all(|s| s.as_ref().is_some_and(|s| !s.has_stopped()))
     }
@@ -223,24 +275,30 @@ impl Running {
         let service = match kind {
             Kind::Command => &self.command,
             Kind::Ledger => &self.ledger,
+            // The demo does not start prism-search.
+            Kind::Search => &self.search,
         };
         service
             .as_ref()
             .map_or_else(String::new, |s| s.url().to_owned())
     }
 
-    /// Stops prism-command (its relay drains to Kafka), then prism-ledger (it projects what
-    /// it has, stores its positions and commits). Whether both stopped cleanly.
+    /// Stops prism-command (its relay drains to Kafka), then the projectors (each projects
+    /// what it has, stores its positions and commits). Whether all stopped cleanly.
     async fn stop(&mut self) -> bool {
-        if self.command.is_none() && self.ledger.is_none() {
+        if self.command.is_none() && self.ledger.is_none() && self.search.is_none() {
             return true;
         }
-        let bar = spinner("stopping prism-command (relay drains) and prism-ledger");
+        let bar = spinner("stopping prism-command (relay drains), prism-ledger and prism-search");
         let began = Instant::now();
         let mut errors = Vec::new();
-        for service in [self.command.as_mut(), self.ledger.as_mut()]
-            .into_iter()
-            .flatten()
+        for service in [
+            self.command.as_mut(),
+            self.ledger.as_mut(),
+            self.search.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let stopped = tokio::select! {
                 stopped = service.stop(STOP_TIMEOUT) => stopped,
@@ -255,14 +313,21 @@ impl Running {
         bar.finish_and_clear();
         let mut out = std::io::stdout().lock();
         if errors.is_empty() {
-            let names: Vec<&str> = [&self.command, &self.ledger]
+            let mut names: Vec<&str> = [&self.command, &self.ledger, &self.search]
                 .iter()
                 .filter_map(|s| s.as_ref().map(|s| s.kind().name()))
                 .collect();
+            // `a and b`, `a, b and c`.
+            let last = names.pop().unwrap_or_default();
+            let names: Vec<String> = if names.is_empty() {
+                vec![last.to_owned()]
+            } else {
+                vec![names.join(", "), last.to_owned()]
+            };
             let _ = writeln!(
                 out,
                 "\nStopped {} cleanly in {:.1} s (the relay published everything stored; the \
-                 ledger stored its positions and committed).",
+                 projectors stored their positions and committed).",
                 names.join(" and "),
                 began.elapsed().as_secs_f64()
             );
@@ -281,10 +346,14 @@ async fn demo(
     config: &Config,
     args: &Args,
     token: &str,
-    command_listener: tokio::net::TcpListener,
-    ledger_listener: tokio::net::TcpListener,
+    listeners: Listeners,
     running: &mut Running,
 ) -> anyhow::Result<Finish> {
+    let Listeners {
+        command: command_listener,
+        ledger: ledger_listener,
+        search: search_listener,
+    } = listeners;
     // prism-command first: it creates the topic the ledger subscribes to.
     let command = running.command.insert(Service::start(
         Kind::Command,
@@ -312,8 +381,21 @@ async fn demo(
     ready?;
     let ledger_url = ledger.url().to_owned();
 
+    let search = running.search.insert(Service::start(
+        Kind::Search,
+        config.clone(),
+        search_listener,
+    )?);
+    let bar = spinner("starting prism-search (it catches up with the topic first)");
+    let ready = search
+        .wait_ready(SEARCH_READY, |why| bar.set_message(why.to_owned()))
+        .await;
+    bar.finish_and_clear();
+    ready?;
+    let search_url = search.url().to_owned();
+
     let mut out = Report::new();
-    print_header(&mut out, config, &command_url, &ledger_url);
+    print_header(&mut out, config, [&command_url, &ledger_url, &search_url]);
 
     // 3. Traffic.
     let client = Client::new(
@@ -335,12 +417,14 @@ async fn demo(
 
     // 4. The ledger's query API.
     let api = Api::new(&command_url, &ledger_url, token, Duration::from_secs(30), 4)?
-        .with_ledger_token(&ledger_token(config, token)?);
+        .with_ledger_token(&ledger_token(config, token)?)
+        .with_search(&search_url, &search_token(config, token)?);
     let known: Vec<&str> = traffic.ids.iter().flatten().map(String::as_str).collect();
     show_accounts(&mut out, &api, &known).await?;
     let account = show_account(&mut out, &api, &chosen).await?;
     show_statement(&mut out, &api, &chosen).await?;
     let visible = read_your_writes(&mut out, &api, &chosen, &account).await?;
+    let searched = show_searches(&mut out, &api, &account, SEARCH_CATCH_UP).await;
     // Once the demo ends, the binaries would listen where the configuration says.
     let (try_command, try_ledger) = if args.keep_running {
         (command_url.clone(), ledger_url.clone())
@@ -363,6 +447,9 @@ async fn demo(
     }
     if let Err(why) = visible {
         problems.push(why);
+    }
+    if let Err(e) = searched {
+        problems.push(format!("the analyst searches: {e:#}"));
     }
     Ok(if problems.is_empty() {
         Finish::Clean
@@ -463,10 +550,6 @@ impl TrafficRun {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Sends the seeded traffic open loop at `--rate` for `--duration`: every account is
 /// opened first (their ids come from the server), then the everyday sequence.
 async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
@@ -492,7 +575,7 @@ async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
                 tick.tick().await;
                 let elapsed = started.elapsed();
                 let message = {
-                    let s = lock(&stats);
+                    let s = stats.lock();
                     format!(
                         "sent {} | {:.0}/s | accepted {} | rejected {} | failed {}",
                         s.sent,
@@ -517,7 +600,7 @@ async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
         if !is_open && opened.is_none() {
             // Every account must exist before its first command.
             while tasks.join_next().await.is_some() {}
-            let ids = lock(&stats).ids.clone();
+            let ids = stats.lock().ids.clone();
             if ids.iter().all(Option::is_none) {
                 break;
             }
@@ -528,7 +611,7 @@ async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
             Some(ids) => match ids.get(step.account).cloned().flatten() {
                 Some(id) => id,
                 None => {
-                    lock(&stats).skipped += 1;
+                    stats.lock().skipped += 1;
                     continue;
                 }
             },
@@ -538,12 +621,12 @@ async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
             .acquire_owned()
             .await
             .context("the in-flight limit closed")?;
-        lock(&stats).sent += 1;
+        stats.lock().sent += 1;
         let key = format!("demo-{run_id}-{}", step.seq);
         let (client, stats) = (client.clone(), Arc::clone(&stats));
         tasks.spawn(async move {
             let answer = client.send(&step.op, &account_id, Some(&key)).await;
-            let mut s = lock(&stats);
+            let mut s = stats.lock();
             if let (Op::Open { .. }, Some(id)) = (&step.op, &answer.account_id) {
                 if answer.outcome.stored() {
                     if let Some(slot) = s.ids.get_mut(step.account) {
@@ -565,7 +648,7 @@ async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
     while tasks.join_next().await.is_some() {}
     ticker.abort();
     bar.finish_and_clear();
-    let mut stats = lock(&stats);
+    let mut stats = stats.lock();
     stats.elapsed = started.elapsed();
     let mut result = TrafficRun::new(0)?;
     std::mem::swap(&mut *stats, &mut result);
@@ -935,60 +1018,20 @@ impl Report {
     }
 
     fn table(&mut self, headers: &[(&str, Align)], rows: &[Vec<String>]) {
-        for line in table(headers, rows) {
+        for line in table::lines(headers, rows) {
             self.line(&line);
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Align {
-    Left,
-    Right,
-}
-
-/// Lines of a table, columns two spaces apart, widths in characters.
-fn table(headers: &[(&str, Align)], rows: &[Vec<String>]) -> Vec<String> {
-    let mut widths: Vec<usize> = headers.iter().map(|(h, _)| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-    }
-    let render = |cells: Vec<&str>| {
-        let mut line = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let (width, align) = (
-                widths.get(i).copied().unwrap_or(0),
-                headers.get(i).map_or(Align::Left, |h| h.1),
-            );
-            let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
-            if i > 0 {
-                line.push_str("  ");
-            }
-            match align {
-                Align::Left => {
-                    line.push_str(cell);
-                    line.push_str(&pad);
-                }
-                Align::Right => {
-                    line.push_str(&pad);
-                    line.push_str(cell);
-                }
-            }
-        }
-        line.trim_end().to_owned()
-    };
-    let mut lines = vec![render(headers.iter().map(|(h, _)| *h).collect())];
-    for row in rows {
-        lines.push(render(row.iter().map(String::as_str).collect()));
-    }
-    lines
-}
-
-fn print_header(out: &mut Report, config: &Config, command_url: &str, ledger_url: &str) {
+fn print_header(out: &mut Report, config: &Config, urls: [&str; 3]) {
+    let [command_url, ledger_url, search_url] = urls;
+    let (search_prefix, search_group) = prism_search::app::SearchProjector::new(config.clone())
+        .map(|p| {
+            let s = p.search_config();
+            (s.index_prefix.clone(), s.group_id.clone())
+        })
+        .unwrap_or_default();
     let store = match config.event_store.backend {
         EventStoreBackend::Mongodb => format!(
             "MongoDB database {:?} at {}",
@@ -1001,7 +1044,7 @@ fn print_header(out: &mut Report, config: &Config, command_url: &str, ledger_url
             config.postgres.url.hosts()
         ),
     };
-    out.raw("Prism demo: commands in, events through Kafka, a read model out.");
+    out.raw("Prism demo: commands in, events through Kafka, read models out.");
     out.blank();
     out.table(
         &[
@@ -1033,10 +1076,18 @@ fn print_header(out: &mut Report, config: &Config, command_url: &str, ledger_url
                     config.mysql.url.hosts()
                 ),
             ],
+            vec![
+                "prism-search".into(),
+                search_url.into(),
+                format!(
+                    "consumes it too (group {search_group:?}) into the indices {search_prefix:?}-* at {}, serves searches",
+                    config.elasticsearch.url.hosts()
+                ),
+            ],
         ],
     );
     out.line(
-        "Both run in this process with the code of their binaries and stop when the demo ends.",
+        "All three run in this process with the code of their binaries and stop when the demo ends.",
     );
 }
 
@@ -1224,15 +1275,7 @@ fn shorten(s: &str, max: usize) -> String {
 
 /// Percent-encodes a query parameter value.
 fn encode(value: &str) -> String {
-    let mut encoded = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            encoded.push(char::from(b));
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    encoded
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 fn spinner(message: &str) -> ProgressBar {
@@ -1243,6 +1286,198 @@ fn spinner(message: &str) -> ProgressBar {
     bar.set_prefix(message.to_owned());
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
+}
+
+// ---------- analyst searches ----------
+
+/// Letters an analyst types without their accents (`Zoë Müller` → `zoe muller`), so the
+/// demo shows that the search model folds them. Only a display aid: the engine's own
+/// `asciifolding` does the real work.
+fn without_accents(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            'á' | 'à' | 'â' | 'ä' | 'ã' | 'å' => 'a',
+            'é' | 'è' | 'ê' | 'ë' => 'e',
+            'í' | 'ì' | 'î' | 'ï' => 'i',
+            'ó' | 'ò' | 'ô' | 'ö' | 'õ' | 'ø' => 'o',
+            'ú' | 'ù' | 'û' | 'ü' => 'u',
+            'ñ' => 'n',
+            'ç' => 'c',
+            other => other.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Waits until prism-search has indexed everything on the topic: every partition of its
+/// `/readyz` at lag 0, twice in a row (the relay may still be publishing the last commits).
+async fn search_caught_up(api: &Api, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut settled = 0;
+    loop {
+        let reply = api.search_get("/readyz").await?;
+        let lagging = reply.body["partitions"]
+            .as_object()
+            .map_or(usize::MAX, |p| {
+                p.values()
+                    .filter(|p| p["lag"].as_i64().is_none_or(|lag| lag > 0))
+                    .count()
+            });
+        settled = if reply.status == 200 && lagging == 0 {
+            settled + 1
+        } else {
+            0
+        };
+        if settled >= 2 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("prism-search has not caught up after {} s", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn search_ok(api: &Api, path: &str) -> anyhow::Result<Value> {
+    let reply = api.search_get(path).await?;
+    if reply.status != 200 {
+        bail!("GET {path}: {}", reply.describe());
+    }
+    Ok(reply.body)
+}
+
+/// A transactions page as rows: time, holder, merchant or kind, amount, decision.
+fn transaction_rows(page: &Value) -> Vec<Vec<String>> {
+    page["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|t| {
+                    let what = match t["merchant_name"].as_str() {
+                        Some(merchant) => format!(
+                            "{} ({}, {})",
+                            merchant,
+                            text(&t["category_description"]),
+                            text(&t["merchant_country"])
+                        ),
+                        None => text(&t["kind"]),
+                    };
+                    let amount = t["amount_minor"].as_i64().unwrap_or(0);
+                    let decision = match t["decline_reason"].as_str() {
+                        Some(reason) => format!("declined: {reason}"),
+                        None => text(&t["decision"]),
+                    };
+                    vec![
+                        time(&text(&t["time"])),
+                        shorten(&text(&t["holder_name"]), 22),
+                        shorten(&what, 44),
+                        money(amount, &text(&t["currency"])),
+                        decision,
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn facet_line(page: &Value, facet: &str, top: usize) -> String {
+    page["facets"][facet]
+        .as_array()
+        .map(|buckets| {
+            buckets
+                .iter()
+                .take(top)
+                .map(|b| format!("{} {}", text(&b["value"]), number(&b["count"])))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// A few searches an analyst would run, through prism-search's API.
+async fn show_searches(
+    out: &mut Report,
+    api: &Api,
+    account: &Value,
+    catch_up: Duration,
+) -> anyhow::Result<()> {
+    out.section("Analyst searches (prism-search)");
+    search_caught_up(api, catch_up).await?;
+    let headers = [
+        ("time (UTC)", Align::Left),
+        ("holder", Align::Left),
+        ("merchant / kind", Align::Left),
+        ("amount", Align::Right),
+        ("decision", Align::Left),
+    ];
+
+    let declined = search_ok(
+        api,
+        &format!("/v1/search/transactions?decision=declined&facets=true&limit={PAGE}"),
+    )
+    .await?;
+    out.line(&format!(
+        "Declined card payments: {} in all; by channel: {}; by category: {}",
+        number(&declined["total"]),
+        facet_line(&declined, "channel", 4),
+        facet_line(&declined, "category", 4)
+    ));
+    out.table(&headers, &transaction_rows(&declined));
+
+    let holder = text(&account["holder_name"]);
+    let typed = without_accents(&holder);
+    let theirs = search_ok(
+        api,
+        &format!(
+            "/v1/search/transactions?q={}&sort=-amount&facets=true&limit={PAGE}",
+            encode(&typed)
+        ),
+    )
+    .await?;
+    out.blank();
+    out.line(&format!(
+        "Typed \"{typed}\" (no accents) for {holder}: {} transactions, largest first; \
+         merchant countries: {}",
+        number(&theirs["total"]),
+        facet_line(&theirs, "merchant_country", 5)
+    ));
+    out.table(&headers, &transaction_rows(&theirs));
+
+    let online = search_ok(
+        api,
+        &format!(
+            "/v1/search/transactions?channel=online&kind=card_payment&facets=true&limit={PAGE}"
+        ),
+    )
+    .await?;
+    out.blank();
+    out.line(&format!(
+        "Approved online card payments: {}; top categories: {}; top merchant countries: {}",
+        number(&online["total"]),
+        facet_line(&online, "category", 4),
+        facet_line(&online, "merchant_country", 4)
+    ));
+
+    let prefix: String = typed.chars().take(3).collect();
+    let suggested = search_ok(
+        api,
+        &format!("/v1/search/accounts?q={}&limit={PAGE}", encode(&prefix)),
+    )
+    .await?;
+    let names: Vec<String> = suggested["items"]
+        .as_array()
+        .map(|items| items.iter().map(|a| text(&a["holder_name"])).collect())
+        .unwrap_or_default();
+    out.blank();
+    out.line(&format!(
+        "Autocomplete \"{prefix}\": {}",
+        if names.is_empty() {
+            "no account".to_owned()
+        } else {
+            names.join(", ")
+        }
+    ));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1262,20 +1497,8 @@ mod tests {
     }
 
     #[test]
-    fn tables_align_columns_by_characters() {
-        let lines = table(
-            &[("NAME", Align::Left), ("N", Align::Right)],
-            &[
-                vec!["Müller".into(), "7".into()],
-                vec!["Li".into(), "1234".into()],
-            ],
-        );
-        assert_eq!(lines, vec!["NAME       N", "Müller     7", "Li      1234"]);
-    }
-
-    #[test]
     fn cursors_are_percent_encoded_and_text_is_shortened() {
-        assert_eq!(encode("a+b/c=d_e-f.g~"), "a%2Bb%2Fc%3Dd_e-f.g~");
+        assert_eq!(encode("a+b/c=d_e-f.g~ "), "a%2Bb%2Fc%3Dd_e-f.g%7E+");
         assert_eq!(shorten("abcdef", 4), "abc…");
         assert_eq!(shorten("abc", 4), "abc");
         assert_eq!(
@@ -1286,10 +1509,18 @@ mod tests {
     }
 
     #[test]
+    fn an_analyst_types_names_without_their_accents() {
+        assert_eq!(without_accents("Zoë Müller"), "zoe muller");
+        assert_eq!(without_accents("João Gonçalves"), "joao goncalves");
+        assert_eq!(without_accents("Ørsted Åse"), "orsted ase");
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         let args = |accounts, rate, duration| Args {
             command_listen: None,
             ledger_listen: None,
+            search_listen: None,
             accounts,
             rate,
             duration,

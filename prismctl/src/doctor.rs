@@ -17,6 +17,8 @@ use prism_platform::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 
+use crate::table::{self, Align};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Print the report as JSON instead of a table.
@@ -352,7 +354,7 @@ async fn prometheus(config: &Config) -> anyhow::Result<Answer> {
 }
 
 fn print_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
-    let rows: Vec<[String; 5]> = report
+    let rows: Vec<Vec<String>> = report
         .services
         .iter()
         .map(|c| {
@@ -364,7 +366,7 @@ fn print_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
                     c.error.as_deref().unwrap_or("")
                 ),
             };
-            [
+            vec![
                 c.service.to_owned(),
                 c.address.clone(),
                 c.version.clone().unwrap_or_else(|| "-".into()),
@@ -375,31 +377,15 @@ fn print_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             ]
         })
         .collect();
-    let header = ["SERVICE", "ADDRESS", "VERSION", "RTT", "STATUS"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, cells: [&str; 5]| -> std::io::Result<()> {
-        writeln!(
-            out,
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-        )
-    };
-    line(out, header)?;
-    for row in &rows {
-        line(out, [&row[0], &row[1], &row[2], &row[3], &row[4]])?;
+    let headers = [
+        ("SERVICE", Align::Left),
+        ("ADDRESS", Align::Left),
+        ("VERSION", Align::Left),
+        ("RTT", Align::Right),
+        ("STATUS", Align::Left),
+    ];
+    for line in table::lines(&headers, &rows) {
+        writeln!(out, "{line}")?;
     }
     let failed: Vec<&str> = report
         .services

@@ -3,7 +3,10 @@
 //!
 //! # Layout
 //! - `doctor`: connects to every configured backing service and prints a health table.
-//! - `bench`: `bench command` measures prism-command next to its store's raw append ceiling.
+//! - `bench`: `bench command` (prism-command next to its store's raw append ceiling),
+//!   `bench ledger` (replay throughput next to the raw Kafka and MySQL ceilings) and
+//!   `bench visibility` (acceptance → visible in the ledger); `sample` reads the CPU and
+//!   memory figures they report from `/proc`.
 //! - `loadgen`: seeded, reproducible traffic through prism-command's HTTP API.
 //! - `traffic`: the pure, seeded traffic model `loadgen` sends.
 //! - `demo`: runs the write side and the ledger in-process (`services`), sends a short load
@@ -11,19 +14,17 @@
 //! - `status`: each projector's stored positions against Kafka's end offsets.
 //! - `verify`: re-folds the event store independently and compares it with a read model.
 //! - `rebuild`: builds a new copy of a read model beside the live one and switches to it.
-//! - `bench_ledger`, `bench_visibility`: `bench ledger` (replay throughput next to the raw
-//!   Kafka and MySQL ceilings) and `bench visibility` (acceptance → visible in the ledger).
 
 pub mod bench;
-pub mod bench_ledger;
-pub mod bench_visibility;
 pub mod demo;
 pub mod doctor;
 pub mod loadgen;
 pub mod models;
 pub mod rebuild;
+pub mod sample;
 pub mod services;
 pub mod status;
+pub mod table;
 pub mod traffic;
 pub mod verify;
 pub mod verify_model;

@@ -22,12 +22,15 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use backon::{ExponentialBuilder, Retryable};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -83,28 +86,15 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, or a plain number of seconds.
+/// Parses a duration for a command-line flag: `500ms`, `30s`, `2m`, `1h 30m` (any unit
+/// [`humantime`] knows), or a plain number of seconds, as earlier versions took.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration like 500ms, 30s, 2m or 1h"))?;
-    let millis = match unit {
-        "ms" => number,
-        "" | "s" => number.saturating_mul(1_000),
-        "m" => number.saturating_mul(60_000),
-        "h" => number.saturating_mul(3_600_000),
-        _ => {
-            return Err(format!(
-                "{value:?}: unknown unit {unit:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    Ok(Duration::from_millis(millis))
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{value:?} is not a duration like 500ms, 30s, 2m or 1h: {e}"))
 }
 
 /// What one command came to, after retries.
@@ -237,8 +227,8 @@ impl Client {
         let body = op.body().to_string();
         let started = Instant::now();
         let retries = if key.is_some() { self.retries } else { 0 };
-        let mut attempt = 0;
-        loop {
+        let attempts = AtomicU32::new(0);
+        let once = || async {
             let mut request = self
                 .http
                 .post(&url)
@@ -247,45 +237,45 @@ impl Client {
             if let Some(key) = key {
                 request = request.header("idempotency-key", key);
             }
-            let response = match request.body(body.clone()).send().await {
-                Ok(response) => response,
-                Err(_) if attempt < retries => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
-                    continue;
-                }
-                Err(e) => return self.transport(started, attempt, &e),
-            };
+            let response = request.body(body.clone()).send().await?;
             let status = response.status();
             let replayed = response.headers().contains_key("idempotent-replayed");
-            let bytes = match response.bytes().await {
-                Ok(bytes) => bytes,
-                Err(_) if attempt < retries => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
-                    continue;
-                }
-                Err(e) => return self.transport(started, attempt, &e),
-            };
-            let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let text = |field: &str| json[field].as_str().unwrap_or("").to_owned();
-            let (outcome, detail) = classify(op, status, &json);
-            let detail = detail.map(|d| {
-                if d.is_empty() {
-                    format!("{} {}: {}", op.command(), status, text("detail"))
-                } else {
-                    d
-                }
-            });
-            let account_id = json["account_id"].as_str().map(str::to_owned);
-            return Answer {
-                outcome,
-                latency: started.elapsed(),
-                retries: attempt,
-                replayed,
-                account_id,
-                detail,
-            };
+            Ok::<_, reqwest::Error>((status, replayed, response.bytes().await?))
+        };
+        // 100 ms, doubling up to 3.2 s between attempts.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_millis(3_200))
+            .with_max_times(usize::try_from(retries).unwrap_or(usize::MAX));
+        let sent = once
+            .retry(backoff)
+            .notify(|_, _| {
+                attempts.fetch_add(1, Ordering::Relaxed);
+            })
+            .await;
+        let attempt = attempts.into_inner();
+        let (status, replayed, bytes) = match sent {
+            Ok(answer) => answer,
+            Err(e) => return self.transport(started, attempt, &e),
+        };
+        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let text = |field: &str| json[field].as_str().unwrap_or("").to_owned();
+        let (outcome, detail) = classify(op, status, &json);
+        let detail = detail.map(|d| {
+            if d.is_empty() {
+                format!("{} {}: {}", op.command(), status, text("detail"))
+            } else {
+                d
+            }
+        });
+        let account_id = json["account_id"].as_str().map(str::to_owned);
+        Answer {
+            outcome,
+            latency: started.elapsed(),
+            retries: attempt,
+            replayed,
+            account_id,
+            detail,
         }
     }
 
@@ -584,7 +574,7 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
             // Every account must exist before its first command.
             opening = false;
             while tasks.join_next().await.is_some() {}
-            let ids = lock(&ids).clone();
+            let ids = ids.lock().clone();
             if ids.iter().all(Option::is_none) {
                 break;
             }
@@ -595,7 +585,7 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
             Some(ids) => match &ids[step.account] {
                 Some(id) => id.clone(),
                 None => {
-                    lock(&stats).skipped += 1;
+                    stats.lock().skipped += 1;
                     continue;
                 }
             },
@@ -608,7 +598,7 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
             } => permit?,
         };
         {
-            let mut s = lock(&stats);
+            let mut s = stats.lock();
             s.sent += 1;
             s.suspicious += u64::from(step.pattern.is_suspicious());
         }
@@ -619,10 +609,10 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
             let answer = client.send(&op, &account_id, Some(&key)).await;
             if let (Op::Open { .. }, Some(id)) = (&op, &answer.account_id) {
                 if answer.outcome.stored() {
-                    lock(&ids)[account] = Some(id.clone());
+                    ids.lock()[account] = Some(id.clone());
                 }
             }
-            lock(&stats).record(op.command(), &answer);
+            stats.lock().record(op.command(), &answer);
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -632,8 +622,8 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
     ticker.abort();
     bar.finish_and_clear();
 
-    let stats = lock(&stats);
-    let accounts_opened = lock(&ids).iter().filter(|id| id.is_some()).count();
+    let stats = stats.lock();
+    let accounts_opened = ids.lock().iter().filter(|id| id.is_some()).count();
     let mut failures = stats.failures.clone();
     if accounts_opened == 0 && failures.is_empty() {
         failures.push("no account could be opened".into());
@@ -683,11 +673,6 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
     })
 }
 
-/// Locks a mutex that no task holds across a panic (a poisoned one is still consistent).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn progress_bar(args: &Args) -> ProgressBar {
     let bar = match args.commands {
         Some(n) => ProgressBar::new(n),
@@ -717,7 +702,7 @@ fn spawn_ticker(
             tick.tick().await;
             let elapsed = started.elapsed();
             let message = {
-                let s = lock(&stats);
+                let s = stats.lock();
                 if by_count {
                     bar.set_position(s.sent);
                 }
@@ -810,9 +795,11 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("1.5s").is_err());
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1_500)));
         assert!(parse_duration("s").is_err());
-        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
     }
 
     #[test]

@@ -10,23 +10,29 @@ use std::time::Duration;
 use prism_platform::config::Config;
 use prism_projector::app::{Projector, Settings};
 use prism_projector::copies::CopiesAdmin;
+use prism_projector::verify::Verify;
 
 /// A read model, as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
     /// `prism-ledger`: balances and statements in MySQL.
     Ledger,
+    /// `prism-search`: transactions and accounts in Elasticsearch/OpenSearch.
+    Search,
 }
 
 impl Model {
     /// Every read model, in the order `status` shows them.
-    pub const ALL: [Model; 1] = [Model::Ledger];
+    pub const ALL: [Model; 2] = [Model::Ledger, Model::Search];
 
     /// Connects to the read model's store and opens its copies.
     pub async fn open(self, config: &Config) -> anyhow::Result<ReadModel> {
         match self {
             Model::Ledger => {
                 ReadModel::open(prism_ledger::app::LedgerProjector::new(config.clone())).await
+            }
+            Model::Search => {
+                ReadModel::open(prism_search::app::SearchProjector::new(config.clone())?).await
             }
         }
     }
@@ -39,13 +45,31 @@ impl Model {
                 ReadModel::open_existing(prism_ledger::app::LedgerProjector::new(config.clone()))
                     .await
             }
+            Model::Search => {
+                ReadModel::open_existing(prism_search::app::SearchProjector::new(config.clone())?)
+                    .await
+            }
         }
+    }
+
+    /// The projector's side of `verify` for read models checked through the kit's
+    /// [`Verify`]; `None` for the ledger, whose `verify` has its own independent fold.
+    pub async fn verifier(self, config: &Config) -> anyhow::Result<Option<Box<dyn Verify>>> {
+        Ok(match self {
+            Model::Ledger => None,
+            Model::Search => {
+                let projector = prism_search::app::SearchProjector::new(config.clone())?;
+                let copies = projector.open().await?;
+                Some(Box::new(prism_search::verify::SearchVerify::new(&copies)))
+            }
+        })
     }
 
     /// The backing service its copies live in (`mysql`, …).
     pub fn service(self, config: &Config) -> &'static str {
         match self {
             Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone()).service(),
+            Model::Search => "elasticsearch",
         }
     }
 
@@ -53,6 +77,7 @@ impl Model {
     pub fn settings(self, config: &Config) -> anyhow::Result<Settings> {
         Ok(match self {
             Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone()).settings(),
+            Model::Search => prism_search::app::SearchProjector::new(config.clone())?.settings(),
         })
     }
 }

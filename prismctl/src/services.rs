@@ -1,6 +1,7 @@
 //! Prism's services inside this process, and the HTTP calls the demo and the benches make.
 //!
-//! [`Service`] runs `prism-command` or `prism-ledger` through its crate's `app::run` — the
+//! [`Service`] runs `prism-command`, `prism-ledger` or `prism-search` through its crate's
+//! `app::run` — the
 //! very code of the binary — on a listener this process bound (a fixed port or port 0),
 //! with a shutdown trigger. [`Service::stop`] pulls the trigger and waits for `run` to
 //! return: prism-command first stops taking requests and lets its relay publish what is
@@ -40,6 +41,7 @@ use crate::traffic::Op;
 pub enum Kind {
     Command,
     Ledger,
+    Search,
 }
 
 impl Kind {
@@ -48,6 +50,7 @@ impl Kind {
         match self {
             Self::Command => "prism-command",
             Self::Ledger => "prism-ledger",
+            Self::Search => "prism-search",
         }
     }
 
@@ -56,6 +59,7 @@ impl Kind {
         match self {
             Self::Command => "--command-listen",
             Self::Ledger => "--ledger-listen",
+            Self::Search => "--search-listen",
         }
     }
 }
@@ -139,6 +143,7 @@ impl Service {
         let task = match kind {
             Kind::Command => tokio::spawn(prism_command::app::run(config, listener, shutdown)),
             Kind::Ledger => tokio::spawn(prism_ledger::app::run(config, listener, shutdown)),
+            Kind::Search => tokio::spawn(prism_search::app::run(config, listener, shutdown)),
         };
         Ok(Self {
             kind,
@@ -361,6 +366,8 @@ pub struct Scratch {
     pub topic: String,
     pub ledger_database: String,
     pub group_id: String,
+    /// `[search] index_prefix` (lower case, `-`); the search group is `<group_id>-search`.
+    pub search_prefix: String,
 }
 
 impl Scratch {
@@ -375,6 +382,7 @@ impl Scratch {
             topic: name.clone(),
             ledger_database: name.clone(),
             group_id: name.replace('_', "-"),
+            search_prefix: name.replace('_', "-"),
         }
     }
 
@@ -388,6 +396,15 @@ impl Scratch {
         config.kafka.topic = self.topic.clone();
         config.ledger.database = self.ledger_database.clone();
         config.ledger.group_id = self.group_id.clone();
+        config
+            .search
+            .set("index_prefix", self.search_prefix.as_str());
+        config.search.set("group_id", self.search_group());
+    }
+
+    /// The consumer group of prism-search on these names.
+    pub fn search_group(&self) -> String {
+        format!("{}-search", self.group_id)
     }
 
     /// Drops everything these names hold (`config` gives the servers): the ledger's
@@ -411,8 +428,29 @@ impl Scratch {
                 self.ledger_database
             ));
         }
+        let mut search_config = config.clone();
+        self.apply(&mut search_config);
+        let search = async {
+            let projector = prism_search::app::SearchProjector::new(search_config)?;
+            let settings = projector.search_config();
+            if prism_search::copies::SearchCopies::exists(&config.elasticsearch, settings).await? {
+                prism_search::copies::SearchCopies::connect(&config.elasticsearch, settings)
+                    .await?
+                    .drop_everything()
+                    .await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = search.await {
+            failures.push(format!(
+                "the search indices {}-*: {e:#}",
+                self.search_prefix
+            ));
+        }
         let dlq = format!("{}.{}.ledger", self.topic, config.projector.dlq_suffix);
-        if let Err(e) = delete_kafka(config, &[&self.topic, &dlq], &self.group_id).await {
+        let search_dlq = format!("{}.{}.search", self.topic, config.projector.dlq_suffix);
+        let groups = [self.group_id.as_str(), &self.search_group()];
+        if let Err(e) = delete_kafka(config, &[&self.topic, &dlq, &search_dlq], &groups).await {
             failures.push(format!("the Kafka topic {}: {e:#}", self.topic));
         }
         if keep_store {
@@ -445,8 +483,8 @@ impl Scratch {
     }
 }
 
-/// Deletes `topics` (missing ones are fine) and the consumer group `group`.
-async fn delete_kafka(config: &Config, topics: &[&str], group: &str) -> anyhow::Result<()> {
+/// Deletes `topics` (missing ones are fine) and the consumer `groups`.
+async fn delete_kafka(config: &Config, topics: &[&str], groups: &[&str]) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
@@ -459,7 +497,7 @@ async fn delete_kafka(config: &Config, topics: &[&str], group: &str) -> anyhow::
         .request_timeout(timeout);
     // The group first: it is empty once the ledger stopped. A group that never committed
     // may not exist; that is fine.
-    let _ = admin.delete_groups(&[group], &options).await;
+    let _ = admin.delete_groups(groups, &options).await;
     for result in admin.delete_topics(topics, &options).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
@@ -540,6 +578,8 @@ pub struct Api {
     ledger_url: String,
     token: String,
     ledger_token: String,
+    /// prism-search's address and token, if it runs (`with_search`).
+    search: Option<(String, String)>,
 }
 
 impl Api {
@@ -563,7 +603,27 @@ impl Api {
             ledger_url: ledger_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             ledger_token: token.to_owned(),
+            search: None,
         })
+    }
+
+    /// Also talks to prism-search at `url`, with `token` (`[search] tokens`).
+    pub fn with_search(mut self, url: &str, token: &str) -> Self {
+        self.search = Some((url.trim_end_matches('/').to_owned(), token.to_owned()));
+        self
+    }
+
+    /// `GET path` (with its query string) on prism-search, authenticated.
+    pub async fn search_get(&self, path: &str) -> anyhow::Result<QueryReply> {
+        let (base, token) = self
+            .search
+            .as_ref()
+            .context("prism-search is not running")?;
+        let request = self
+            .http
+            .get(format!("{base}{path}"))
+            .header(AUTHORIZATION, format!("Bearer {token}"));
+        self.query(request, path, "prism-search").await
     }
 
     /// Sends `token` to the ledger instead of prism-command's token (`[ledger] tokens` may

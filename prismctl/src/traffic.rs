@@ -20,13 +20,29 @@
 //! The model keeps a shadow of each account (balance, withdrawn today, frozen) assuming its
 //! own requests succeed, to keep most withdrawals within the rules; with requests in flight
 //! concurrently the server may still decide some differently, which is fine.
+//!
+//! # Commands or events
+//! [`Traffic`] yields commands ([`Op`]) for a client to send. [`Events`] runs the same
+//! sequence through the command service's own rules ([`prism_command::account::decide`])
+//! and yields the envelopes it would store, with seeded ids and times: what a projector
+//! (or a bench of one) consumes, without a command service. Both are deterministic from
+//! the seed and use only the event contract's and the account rules' types, so they can
+//! serve any crate's tests and benches.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+use prism_command::account::{
+    decide, evolve, Account, Command, DepositMoney, FreezeAccount, OpenAccount, PayByCard,
+    WithdrawMoney,
+};
+use prism_events::event::{CardChannel, CardPayment, WithdrawalChannel};
+use prism_events::{AccountId, Country, Currency, Envelope};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 /// A country accounts are opened in: its currency and how money looks there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +77,7 @@ impl Market {
 }
 
 const GERMAN_FIRST: &[&str] = &[
-    "Lukas", "Anna", "Jonas", "Lea", "Felix", "Mia", "Paul", "Sophie", "Emil", "Hannah",
+    "Lukas", "Anna", "Jonas", "Lea", "Felix", "Mia", "Paul", "Sophie", "Emil", "Hannah", "Zoë",
 ];
 const GERMAN_LAST: &[&str] = &[
     "Müller",
@@ -661,6 +677,71 @@ impl Op {
         }
     }
 
+    /// The command the server decides for this request; `None` if a code in it is not a
+    /// valid country, currency or channel (never for the model's own tables: a unit test
+    /// parses them all).
+    pub fn to_command(&self) -> Option<Command> {
+        Some(match self {
+            Self::Open {
+                holder_name,
+                email,
+                country,
+                currency,
+                daily_withdrawal_limit_minor,
+            } => Command::Open(OpenAccount {
+                holder_name: holder_name.clone(),
+                email: email.clone(),
+                country: Country::parse(country).ok()?,
+                currency: Currency::parse(currency).ok()?,
+                daily_withdrawal_limit_minor: Some(*daily_withdrawal_limit_minor),
+            }),
+            Self::Deposit {
+                amount_minor,
+                description,
+            } => Command::Deposit(DepositMoney {
+                amount_minor: *amount_minor,
+                description: Some((*description).to_owned()),
+            }),
+            Self::Withdraw {
+                amount_minor,
+                channel,
+                description,
+            } => Command::Withdraw(WithdrawMoney {
+                amount_minor: *amount_minor,
+                description: Some((*description).to_owned()),
+                channel: match *channel {
+                    "atm" => WithdrawalChannel::Atm,
+                    "branch" => WithdrawalChannel::Branch,
+                    "online" => WithdrawalChannel::Online,
+                    _ => return None,
+                },
+            }),
+            Self::Pay {
+                amount_minor,
+                merchant_name,
+                merchant_category,
+                merchant_country,
+                channel,
+            } => Command::PayByCard(PayByCard {
+                payment: CardPayment {
+                    amount_minor: *amount_minor,
+                    merchant_name: merchant_name.clone(),
+                    merchant_category: (*merchant_category).to_owned(),
+                    merchant_country: Country::parse(merchant_country).ok()?,
+                    channel: match *channel {
+                        "pos" => CardChannel::Pos,
+                        "online" => CardChannel::Online,
+                        _ => return None,
+                    },
+                },
+            }),
+            Self::Freeze { reason } => Command::Freeze(FreezeAccount {
+                reason: (*reason).to_owned(),
+            }),
+            Self::Unfreeze => Command::Unfreeze,
+        })
+    }
+
     /// The amount, for the commands that move money.
     #[cfg(test)]
     pub fn amount_minor(&self) -> Option<i64> {
@@ -1138,6 +1219,112 @@ impl Iterator for Traffic {
     }
 }
 
+/// `source` of the envelopes [`Events`] yields: the command service's.
+pub const EVENT_SOURCE: &str = "/prism/command";
+
+/// The seeded sequence as stored events: every [`Traffic`] step decided by the account
+/// rules against the state the earlier events built, rejected steps (over the limit, …)
+/// leaving no event, like the command service. Declines (insufficient funds, a frozen
+/// account) are events. Yields `(account index, envelope)` forever; the same arguments give
+/// the same envelopes, ids included.
+#[derive(Debug, Clone)]
+pub struct Events {
+    traffic: Traffic,
+    /// Account ids and event ids come from here (the traffic's generator decides the steps).
+    rng: ChaCha8Rng,
+    /// Each account's id and its state as the command service would hold it.
+    accounts: Vec<(AccountId, Account)>,
+    start_us: i64,
+    step_us: i64,
+    yielded: i64,
+}
+
+impl Events {
+    /// `accounts` accounts (opened first, then funded, then everyday traffic with a
+    /// `suspicious_share` of suspicious episodes). The n-th event is timed `start + n·step`,
+    /// so a run spread over days exercises the daily withdrawal limit and daily totals.
+    pub fn new(
+        seed: u64,
+        accounts: usize,
+        suspicious_share: f64,
+        start: DateTime<Utc>,
+        step: chrono::Duration,
+    ) -> Self {
+        let traffic = Traffic::new(seed, accounts, suspicious_share);
+        // A separate stream for ids, so that they do not shift the traffic's choices.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1d5_1d5);
+        let accounts = (0..traffic.accounts.len())
+            .map(|_| {
+                let id = AccountId(uuid::Builder::from_random_bytes(rng.gen()).into_uuid());
+                (id, Account::default())
+            })
+            .collect();
+        Self {
+            traffic,
+            rng,
+            accounts,
+            start_us: start.timestamp_micros(),
+            step_us: step.num_microseconds().unwrap_or(1).max(1),
+            yielded: 0,
+        }
+    }
+
+    /// The id of account `index` (in opening order).
+    pub fn account_id(&self, index: usize) -> Option<AccountId> {
+        self.accounts.get(index).map(|(id, _)| *id)
+    }
+
+    /// A UUIDv7 at `time`, its random part from the seeded generator.
+    fn uuid_at(&mut self, time: DateTime<Utc>) -> Uuid {
+        let millis = u64::try_from(time.timestamp_millis()).unwrap_or(0);
+        uuid::Builder::from_unix_timestamp_millis(millis, &self.rng.gen()).into_uuid()
+    }
+}
+
+impl Iterator for Events {
+    type Item = (usize, Envelope);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let micros = self
+            .start_us
+            .checked_add(self.yielded.checked_mul(self.step_us)?)?;
+        let time = DateTime::from_timestamp_micros(micros)?;
+        // Rejected steps leave no event; the model rarely asks for one (a few percent of
+        // withdrawals deliberately), so this loop ends after a step or two.
+        loop {
+            let step = self.traffic.next()?;
+            let Some(command) = step.op.to_command() else {
+                continue;
+            };
+            let Some((account_id, state)) = self.accounts.get(step.account) else {
+                continue;
+            };
+            let (account_id, account_version) = (*account_id, state.version() + 1);
+            let Ok(events) = decide(state, &command, time) else {
+                continue;
+            };
+            let Some(event) = events.into_iter().next() else {
+                continue;
+            };
+            let envelope = Envelope {
+                id: self.uuid_at(time),
+                source: EVENT_SOURCE.to_owned(),
+                account_id,
+                time,
+                account_version,
+                correlation_id: Some(self.uuid_at(time).to_string()),
+                causation_id: Some(self.uuid_at(time).to_string()),
+                event,
+            };
+            if let Some((_, state)) = self.accounts.get_mut(step.account) {
+                evolve(state, &envelope);
+            }
+            self.yielded += 1;
+            return Some((step.account, envelope));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{HashMap, HashSet};
@@ -1427,5 +1614,139 @@ mod tests {
             (300..30_000).contains(&yen),
             "median card payment {yen} JPY"
         );
+    }
+
+    fn events(seed: u64, accounts: usize, n: usize) -> Vec<(usize, Envelope)> {
+        let start = DateTime::<Utc>::from_timestamp(1_735_689_600, 0).expect("start");
+        Events::new(seed, accounts, 0.05, start, chrono::Duration::minutes(1))
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn every_op_of_the_model_is_a_valid_command() {
+        for step in Traffic::new(3, 200, 0.1).take(50_000) {
+            assert!(step.op.to_command().is_some(), "{:?}", step.op);
+        }
+    }
+
+    #[test]
+    fn events_are_reproducible_and_depend_on_the_seed() {
+        let a = events(7, 40, 5_000);
+        assert_eq!(a.len(), 5_000);
+        assert_eq!(a, events(7, 40, 5_000));
+        assert_ne!(a, events(8, 40, 5_000));
+    }
+
+    #[test]
+    fn events_are_valid_histories_the_rules_accept() {
+        use prism_command::account::replay;
+        use prism_events::AccountEvent;
+
+        let all = events(11, 50, 20_000);
+        let mut histories: HashMap<usize, Vec<Envelope>> = HashMap::new();
+        let mut last_time = None;
+        for (account, envelope) in &all {
+            assert!(last_time < Some(envelope.time), "times increase");
+            last_time = Some(envelope.time);
+            let history = histories.entry(*account).or_default();
+            assert_eq!(envelope.account_version, history.len() as u64 + 1);
+            assert_eq!(
+                matches!(envelope.event, AccountEvent::AccountOpened(_)),
+                history.is_empty(),
+                "opened first and only once: {envelope:?}"
+            );
+            history.push(envelope.clone());
+            // The state after every event is one the rules allow: never below zero, never
+            // more withdrawn on a day than the limit.
+            let state = replay(history.iter());
+            assert!(state.balance_minor() >= 0, "{envelope:?}");
+            assert!(
+                state.withdrawn_on(envelope.time.date_naive())
+                    <= state.daily_withdrawal_limit_minor(),
+                "{envelope:?}"
+            );
+        }
+        assert_eq!(histories.len(), 50, "every account is opened");
+        let ids: HashSet<Uuid> = all.iter().map(|(_, e)| e.id).collect();
+        assert_eq!(ids.len(), all.len(), "event ids are unique");
+    }
+
+    #[test]
+    fn events_have_what_a_search_needs_to_find() {
+        use prism_events::event::DeclineReason;
+        use prism_events::AccountEvent;
+
+        let all = events(5, 400, 30_000);
+        let mut types = HashSet::new();
+        let (mut declines, mut categories, mut countries, mut channels) = (
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+        );
+        let mut accented_holders = 0;
+        let mut accented_merchants = 0;
+        for (_, envelope) in &all {
+            types.insert(envelope.event_type());
+            let payment = match &envelope.event {
+                AccountEvent::AccountOpened(opened) => {
+                    accented_holders += usize::from(!opened.holder_name.is_ascii());
+                    None
+                }
+                AccountEvent::CardPaymentApproved(approved) => Some(&approved.payment),
+                AccountEvent::CardPaymentDeclined(declined) => {
+                    declines.insert(declined.decline_reason);
+                    Some(&declined.payment)
+                }
+                AccountEvent::MoneyWithdrawn(withdrawn) => {
+                    channels.insert(format!("{:?}", withdrawn.channel));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(payment) = payment {
+                categories.insert(payment.merchant_category.clone());
+                countries.insert(payment.merchant_country);
+                channels.insert(format!("{:?}", payment.channel));
+                accented_merchants += usize::from(!payment.merchant_name.is_ascii());
+            }
+        }
+        for t in [
+            "prism.account.opened",
+            "prism.account.money_deposited",
+            "prism.account.money_withdrawn",
+            "prism.account.card_payment_approved",
+            "prism.account.card_payment_declined",
+            "prism.account.frozen",
+            "prism.account.unfrozen",
+        ] {
+            assert!(types.contains(t), "no {t} in {types:?}");
+        }
+        assert!(
+            declines.contains(&DeclineReason::InsufficientFunds),
+            "{declines:?}"
+        );
+        assert!(
+            declines.contains(&DeclineReason::AccountFrozen),
+            "{declines:?}"
+        );
+        assert!(categories.len() >= 10, "{categories:?}");
+        assert!(countries.len() >= 10, "{countries:?}");
+        assert!(channels.len() >= 4, "{channels:?}"); // Pos, Online, Atm, Branch
+        assert!(accented_holders > 0 && accented_merchants > 0);
+    }
+
+    #[test]
+    fn a_name_with_accents_in_two_words_is_among_the_holders() {
+        // "Zoë Müller": a search for "zoe muller" must have something to fold and find.
+        let holders: HashSet<String> = Traffic::new(1, 5_000, 0.0)
+            .take(5_000)
+            .filter_map(|step| match step.op {
+                Op::Open { holder_name, .. } => Some(holder_name),
+                _ => None,
+            })
+            .collect();
+        assert!(holders.contains("Zoë Müller"), "{} holders", holders.len());
     }
 }

@@ -50,11 +50,7 @@ const MAX_DETAILED_ACCOUNTS: usize = 200;
 /// Mismatches kept in the report (the counts are always complete).
 const MAX_MISMATCHES: usize = 10_000;
 
-/// The read models `verify` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Model {
-    Ledger,
-}
+pub use crate::models::Model;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -202,8 +198,19 @@ fn backend_name(config: &Config) -> &'static str {
 }
 
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
-    match args.model {
-        Model::Ledger => {}
+    if let Some(verifier) = args.model.verifier(config).await.ok().flatten() {
+        return run_model(config, args, verifier.as_ref()).await;
+    }
+    if args.model != Model::Ledger {
+        // The read model's store did not answer: say so like a failed verification.
+        let name = args.model.settings(config).map(|s| s.name).unwrap_or("?");
+        return match args.model.verifier(config).await {
+            Err(e) => {
+                eprintln!("prismctl: verify {name}: {e:#}\n(is the stack up? `dev/stack up`)");
+                Ok(ExitCode::FAILURE)
+            }
+            Ok(_) => anyhow::bail!("verify {name} is not available"),
+        };
     }
     // A bad name is a configuration error (exit 2), not drift.
     validate_database_name(&config.ledger.database).context("[ledger] database")?;
@@ -226,6 +233,40 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         writeln!(out).context("writing the report")?;
     } else {
         print_text(&mut out, &report).context("writing the report")?;
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `verify <model>` through the kit's [`Verify`](prism_projector::verify::Verify).
+async fn run_model(
+    config: &Config,
+    args: &Args,
+    verifier: &dyn prism_projector::verify::Verify,
+) -> anyhow::Result<ExitCode> {
+    let name = args.model.settings(config)?.name;
+    let options = Options {
+        page_size: usize::try_from(args.page_size).unwrap_or(DEFAULT_PAGE_SIZE),
+        progress: !args.json,
+        wait: Duration::from_secs(args.wait),
+        allow_behind: args.allow_behind,
+    };
+    let report = match crate::verify_model::verify_model(config, name, verifier, &options).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("prismctl: verify {name}: {e:#}\n(is the stack up? `dev/stack up`)");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report).context("writing the report")?;
+        writeln!(out).context("writing the report")?;
+    } else {
+        crate::verify_model::print_text(&mut out, &report).context("writing the report")?;
     }
     Ok(if report.ok {
         ExitCode::SUCCESS

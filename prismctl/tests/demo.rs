@@ -42,6 +42,8 @@ fn scratch_env(scratch: &Scratch) -> Vec<(&'static str, String)> {
         ("PRISM_KAFKA__TOPIC_PARTITIONS", "3".into()),
         ("PRISM_LEDGER__DATABASE", scratch.ledger_database.clone()),
         ("PRISM_LEDGER__GROUP_ID", scratch.group_id.clone()),
+        ("PRISM_SEARCH__INDEX_PREFIX", scratch.search_prefix.clone()),
+        ("PRISM_SEARCH__GROUP_ID", scratch.search_group()),
     ]
 }
 
@@ -94,6 +96,8 @@ async fn the_demo_runs_end_to_end_and_stops_cleanly() {
             "127.0.0.1:0",
             "--ledger-listen",
             "127.0.0.1:0",
+            "--search-listen",
+            "127.0.0.1:0",
             "--duration",
             "3s",
             "--rate",
@@ -118,6 +122,14 @@ async fn the_demo_runs_end_to_end_and_stops_cleanly() {
         "{stdout}"
     );
     assert!(stdout.contains(&scratch.topic), "{stdout}");
+    // The analyst searches ran on prism-search, caught up with the same traffic.
+    assert!(
+        stdout.contains("Analyst searches (prism-search)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Declined card payments:"), "{stdout}");
+    assert!(stdout.contains("(no accents) for"), "{stdout}");
+    assert!(stdout.contains("Autocomplete"), "{stdout}");
     assert!(stdout.contains("10 of 10 accounts opened"), "{stdout}");
     // Accounts: a page of 5 and the next through the cursor, all opened by this demo (the
     // ledger database is new).
@@ -159,7 +171,7 @@ async fn the_demo_runs_end_to_end_and_stops_cleanly() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("Stopped prism-command and prism-ledger cleanly"),
+        stdout.contains("Stopped prism-command, prism-ledger and prism-search cleanly"),
         "{stdout}"
     );
 }

@@ -1,7 +1,6 @@
 //! The ledger read model (MySQL) and its query API.
 
 pub mod app;
-pub mod cursor;
 pub mod fold;
 pub mod http;
 pub mod query;

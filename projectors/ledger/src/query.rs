@@ -21,7 +21,7 @@ fn time(naive: NaiveDateTime) -> String {
 }
 
 /// An account as the ledger holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AccountView {
     pub account_id: Uuid,
     pub holder_name: String,
@@ -81,7 +81,7 @@ pub async fn account(pool: &MySqlPool, id: Uuid) -> Result<Option<AccountView>, 
 }
 
 /// One money movement of an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StatementLine {
     /// The account version of the event that made this line.
     pub version: u64,

@@ -301,6 +301,46 @@ async fn scenario(admin: &MySqlPool, pool: &MySqlPool, database: &str) {
     let account_path = format!("/v1/accounts/{}", main.id);
     let statement_path = format!("{account_path}/statement");
 
+    // ---- the description: open (no token), JSON, every endpoint with its parameters ----
+    let response = reqwest::get(format!("{}/openapi.json", api.base))
+        .await
+        .expect("the API answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let doc: Value = response.json().await.expect("a JSON description");
+    assert_eq!(doc["info"]["title"], "prism-ledger", "{doc}");
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "/v1/accounts",
+            "/v1/accounts/{id}",
+            "/v1/accounts/{id}/statement"
+        ]
+    );
+    let statement_params: Vec<&str> = doc["paths"]["/v1/accounts/{id}/statement"]["get"]
+        ["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for name in ["id", "from", "to", "cursor", "limit", "min_version"] {
+        assert!(
+            statement_params.contains(&name),
+            "{name}: {statement_params:?}"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+
     // ---- one account ----
     let (status, _, body) = api.get(&account_path, &[]).await;
     assert_eq!(status, 200, "{body}");

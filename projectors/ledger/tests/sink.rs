@@ -12,14 +12,16 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use futures::FutureExt;
 use prism_events::event::{
-    AccountFrozen, AccountOpened, CardChannel, CardPayment, CardPaymentApproved,
-    CardPaymentDeclined, DeclineReason, MoneyDeposited, MoneyWithdrawn, WithdrawalChannel,
+    AccountFrozen, CardPayment, CardPaymentApproved, CardPaymentDeclined, DeclineReason,
+    MoneyDeposited,
 };
-use prism_events::{AccountEvent, AccountId, Country, Currency, Envelope};
+use prism_events::testing::{self, deposited, withdrawn};
+use prism_events::{AccountEvent, AccountId, Envelope};
 use prism_ledger::sink::{fold_batch, MySqlSink};
 use prism_ledger::store::{
     account_version, partition_positions, GenerationState, Ledger, LiveModel,
 };
+use prism_projector::testing::batch;
 use prism_projector::{AccountVersion, Batch, PositionUpdate, Sink, SinkError};
 use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
@@ -48,86 +50,20 @@ fn at(day: u32, h: u32, m: u32, s: u32) -> DateTime<Utc> {
 }
 
 fn envelope(account: Uuid, version: u64, time: DateTime<Utc>, event: AccountEvent) -> Envelope {
-    Envelope {
-        id: Uuid::now_v7(),
-        source: "/prism/command".into(),
-        account_id: AccountId(account),
-        time,
-        account_version: version,
-        correlation_id: None,
-        causation_id: None,
-        event,
-    }
+    testing::envelope(event)
+        .account(AccountId(account))
+        .version(version)
+        .at(time)
+        .correlation(None)
+        .build()
 }
 
 fn opened(name: &str) -> AccountEvent {
-    AccountEvent::AccountOpened(AccountOpened {
-        holder_name: name.into(),
-        email: format!("{}@example.org", name.to_lowercase()),
-        country: Country::parse("DE").expect("DE"),
-        currency: Currency::parse("EUR").expect("EUR"),
-        daily_withdrawal_limit_minor: 100_000,
-    })
-}
-
-fn deposited(amount_minor: i64) -> AccountEvent {
-    AccountEvent::MoneyDeposited(MoneyDeposited {
-        amount_minor,
-        description: Some("salary".into()),
-    })
-}
-
-fn withdrawn(amount_minor: i64) -> AccountEvent {
-    AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
-        amount_minor,
-        description: None,
-        channel: WithdrawalChannel::Online,
-    })
+    testing::opened(name, "DE", "EUR")
 }
 
 fn payment(amount_minor: i64) -> CardPayment {
-    CardPayment {
-        amount_minor,
-        merchant_name: "Café Rosa".into(),
-        merchant_category: "5814".into(),
-        merchant_country: Country::parse("PT").expect("PT"),
-        channel: CardChannel::Pos,
-    }
-}
-
-/// The last version of every account in `events`, as the runtime would pass it.
-fn versions_of(events: &[Envelope]) -> Vec<AccountVersion> {
-    let mut last: Vec<AccountVersion> = Vec::new();
-    for e in events {
-        match last.iter_mut().find(|v| v.account_id == e.account_id.0) {
-            Some(v) => {
-                v.version = e.account_version;
-                v.event_id = e.id;
-            }
-            None => last.push(AccountVersion {
-                account_id: e.account_id.0,
-                version: e.account_version,
-                event_id: e.id,
-            }),
-        }
-    }
-    last
-}
-
-fn batch(events: Vec<Envelope>, partition: i32, expected: Option<i64>, offset: i64) -> Batch {
-    let last = events.last().map(|e| (e.id, e.time));
-    Batch {
-        versions: versions_of(&events),
-        events,
-        position: Some(PositionUpdate {
-            partition,
-            expected,
-            offset,
-            event_id: last.map(|l| l.0),
-            event_time: last.map(|l| l.1),
-            writer: "prism-ledger/test".into(),
-        }),
-    }
+    testing::payment(amount_minor).0
 }
 
 /// version, kind, amount, balance after, channel, merchant.
@@ -254,7 +190,7 @@ async fn a_batch_is_folded_and_stored_with_its_position() {
                     "withdrawal".into(),
                     -2_500,
                     7_500,
-                    Some("online".into()),
+                    Some("atm".into()),
                     None
                 ),
                 (
@@ -531,7 +467,7 @@ async fn positions_versions_and_errors_round_trip() {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].last_error.as_deref(), Some("kafka: broker down"));
         assert!(rows[0].last_error_at.is_some());
-        assert_eq!(rows[0].writer, "prism-ledger/test");
+        assert_eq!(rows[0].writer, "prism-projector/test");
         assert_eq!(
             rows[1].last_error.as_ref().map(|e| e.chars().count()),
             Some(2_000)

@@ -4,6 +4,8 @@
 //! projector") for the steps and the invariants.
 //!
 //! # Layout
+//! - [`api`]: the query-API kit: parameters that name the bad field, signed cursors,
+//!   consistency-token waits, `/openapi.json`, the 404 problem.
 //! - [`app`]: the process shell (`Projector`, `run`, `main`): live copy, runtime restarts
 //!   and copy switching, ops endpoints, clean shutdown.
 //! - [`Runtime`] (`runtime.rs`, `worker.rs`, [`plan`], [`record`], [`dlq`]): the Kafka
@@ -18,7 +20,10 @@
 //! - [`consistency`]: read-your-writes waits for query APIs.
 //! - [`health`], [`metrics`], [`serve`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`verify`]: comparing a read model with a fold of the event store.
+//! - `testing` (feature `testing`): the sink contract suite, the in-memory reference sink
+//!   and a Kafka test environment.
 
+pub mod api;
 pub mod app;
 mod bounded;
 pub mod checkpoint;
@@ -33,6 +38,8 @@ pub mod record;
 mod runtime;
 pub mod serve;
 pub mod sink;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod verify;
 mod worker;
 

@@ -13,19 +13,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeZone, Utc};
 use futures::FutureExt as _;
-use prism_events::event::{
-    AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, CardChannel, CardPayment,
-    CardPaymentApproved, CardPaymentDeclined, DeclineReason, MoneyDeposited, MoneyWithdrawn,
-    WithdrawalChannel,
-};
-use prism_events::{AccountEvent, AccountId, Country, Currency, Envelope};
+use prism_events::{AccountId, Envelope};
 use prism_ledger::store::Ledger;
 use prism_platform::config::{Config, EventStoreBackend};
 use prism_tests::{unique, up};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -861,217 +853,13 @@ pub fn read_topic(config: &Config, topic: &str, at_least: usize, limit: Duration
 // Events
 // ---------------------------------------------------------------------------------------
 
-pub fn day(d: u32, h: u32, m: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 3, d, h, m, 0)
-        .single()
-        .expect("a valid time")
-}
-
-pub fn country(code: &str) -> Country {
-    Country::parse(code).expect("a valid country")
-}
-
-pub fn opened(name: &str, country_code: &str, currency: &str) -> AccountEvent {
-    AccountEvent::AccountOpened(AccountOpened {
-        holder_name: name.into(),
-        email: format!("{}@example.org", name.to_lowercase().replace(' ', ".")),
-        country: self::country(country_code),
-        currency: Currency::parse(currency).expect("a valid currency"),
-        daily_withdrawal_limit_minor: 500_000,
-    })
-}
-
-pub fn deposited(amount_minor: i64) -> AccountEvent {
-    AccountEvent::MoneyDeposited(MoneyDeposited {
-        amount_minor,
-        description: Some("salary".into()),
-    })
-}
-
-pub fn withdrawn(amount_minor: i64) -> AccountEvent {
-    AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
-        amount_minor,
-        description: Some("cash".into()),
-        channel: WithdrawalChannel::Atm,
-    })
-}
-
-fn card(amount_minor: i64, merchant: &str) -> CardPayment {
-    CardPayment {
-        amount_minor,
-        merchant_name: merchant.into(),
-        merchant_category: "5814".into(),
-        merchant_country: country("PT"),
-        channel: CardChannel::Pos,
-    }
-}
-
-pub fn paid(amount_minor: i64, merchant: &str) -> AccountEvent {
-    AccountEvent::CardPaymentApproved(CardPaymentApproved {
-        payment: card(amount_minor, merchant),
-    })
-}
-
-pub fn declined(amount_minor: i64, reason: DeclineReason) -> AccountEvent {
-    AccountEvent::CardPaymentDeclined(CardPaymentDeclined {
-        payment: card(amount_minor, "Café Rosa"),
-        decline_reason: reason,
-    })
-}
-
-pub fn frozen(reason: &str) -> AccountEvent {
-    AccountEvent::AccountFrozen(AccountFrozen {
-        reason: reason.into(),
-    })
-}
-
-pub fn unfrozen() -> AccountEvent {
-    AccountEvent::AccountUnfrozen(AccountUnfrozen {})
-}
-
-pub fn closed() -> AccountEvent {
-    AccountEvent::AccountClosed(AccountClosed {})
-}
-
-/// One account's event stream: versions 1, 2, 3… on a fixed partition.
-#[derive(Debug, Clone)]
-pub struct Account {
-    pub id: AccountId,
-    pub partition: i32,
-    pub version: u64,
-}
-
-impl Account {
-    pub fn new(partition: i32) -> Account {
-        Account {
-            id: AccountId::generate(),
-            partition,
-            version: 0,
-        }
-    }
-
-    /// The next event of this account, at time `at`.
-    pub fn next(&mut self, at: DateTime<Utc>, event: AccountEvent) -> (Envelope, i32) {
-        self.version += 1;
-        (self.envelope(self.version, at, event), self.partition)
-    }
-
-    /// An event at any version (for gaps), leaving the account's counter alone.
-    pub fn envelope(&self, version: u64, at: DateTime<Utc>, event: AccountEvent) -> Envelope {
-        Envelope {
-            id: Uuid::now_v7(),
-            source: "/prism/command".into(),
-            account_id: self.id,
-            time: at,
-            account_version: version,
-            correlation_id: Some(format!("test-{}", Uuid::new_v4().simple())),
-            causation_id: None,
-            event,
-        }
-    }
-
-    /// The consistency token for `version` of this account.
-    pub fn token(&self, version: u64) -> String {
-        format!("v1.{}.{version}", self.id.0.simple())
-    }
-}
-
-/// Seeded, valid event streams over many accounts (balances never go negative, frozen
-/// accounts only get declines and unfreezes), spread over partitions round-robin and over
-/// several UTC days.
-#[derive(Debug)]
-pub struct Feed {
-    rng: ChaCha8Rng,
-    accounts: Vec<FeedAccount>,
-}
-
-#[derive(Debug)]
-struct FeedAccount {
-    account: Account,
-    balance: i64,
-    frozen: bool,
-    at: DateTime<Utc>,
-}
-
-impl Feed {
-    pub fn new(seed: u64, accounts: usize, partitions: i32) -> Feed {
-        let accounts = (0..accounts)
-            .map(|i| FeedAccount {
-                account: Account::new(i32::try_from(i).unwrap_or(0) % partitions.max(1)),
-                balance: 0,
-                frozen: false,
-                at: day(1, 8, 0),
-            })
-            .collect();
-        Feed {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            accounts,
-        }
-    }
-
-    pub fn accounts(&self) -> Vec<Account> {
-        self.accounts.iter().map(|a| a.account.clone()).collect()
-    }
-
-    /// The next `n` events (the first events open every account).
-    pub fn take(&mut self, n: usize) -> Vec<(Envelope, i32)> {
-        (0..n).map(|_| self.one()).collect()
-    }
-
-    fn one(&mut self) -> (Envelope, i32) {
-        let index = match self.accounts.iter().position(|a| a.account.version == 0) {
-            Some(unopened) => unopened,
-            None => self.rng.gen_range(0..self.accounts.len()),
-        };
-        let roll: u32 = self.rng.gen_range(0..100);
-        let amount: i64 = self.rng.gen_range(1..=50_000);
-        let minutes: i64 = self.rng.gen_range(10..=400);
-        let a = &mut self.accounts[index];
-        a.at += chrono::Duration::minutes(minutes);
-        let at = a.at;
-        let event = if a.account.version == 0 {
-            opened(&format!("Holder {index}"), "DE", "EUR")
-        } else if a.frozen {
-            if roll < 60 {
-                a.frozen = false;
-                unfrozen()
-            } else {
-                declined(amount, DeclineReason::AccountFrozen)
-            }
-        } else {
-            match roll {
-                0..=34 => {
-                    a.balance += amount;
-                    deposited(amount)
-                }
-                35..=54 if a.balance >= amount => {
-                    a.balance -= amount;
-                    withdrawn(amount)
-                }
-                55..=84 if a.balance >= amount => {
-                    a.balance -= amount;
-                    paid(amount, "Café Rosa")
-                }
-                35..=94 => declined(amount, DeclineReason::InsufficientFunds),
-                _ => {
-                    a.frozen = true;
-                    frozen("suspected card testing")
-                }
-            }
-        };
-        a.account.next(at, event)
-    }
-}
-
-/// The last version of every account in `events`.
-pub fn last_versions(events: &[(Envelope, i32)]) -> HashMap<Uuid, u64> {
-    let mut out = HashMap::new();
-    for (e, _) in events {
-        let v = out.entry(e.account_id.0).or_insert(0);
-        *v = (*v).max(e.account_version);
-    }
-    out
-}
+// The shared test data of the contract crate: builders and the seeded history generator.
+// (Not every test binary that includes this module uses all of them.)
+#[allow(unused_imports)]
+pub use prism_events::testing::{
+    card_payment as paid, closed, country, day, declined_payment as declined, deposited, frozen,
+    last_versions, opened, unfrozen, withdrawn, Account, Feed,
+};
 
 // ---------------------------------------------------------------------------------------
 // The read model, row by row

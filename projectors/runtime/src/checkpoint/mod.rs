@@ -30,6 +30,15 @@
 #[cfg(feature = "mysql")]
 pub mod mysql;
 
+/// How a sink keeps its position with its writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Position, versions and read-model rows in one transaction.
+    Transactional,
+    /// Idempotent writes first, the fenced position last.
+    IdempotentByVersion,
+}
+
 /// `s` cut to at most `max` characters, the last being `…` when cut (display only: the
 /// last error a status shows).
 pub fn clip(s: &str, max: usize) -> String {

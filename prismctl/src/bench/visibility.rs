@@ -31,12 +31,13 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
 use prism_platform::config::EventStoreBackend;
 use prism_platform::secret::Secret;
 use prism_platform::Config;
@@ -44,8 +45,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::bench::machine_jiffies;
 use crate::loadgen::{parse_duration, Latency, TokenBucket};
+use crate::sample;
 use crate::services::{self, Api, Kind, Scratch, Service, STOP_TIMEOUT};
 use crate::traffic::{Op, Step, Traffic};
 
@@ -407,10 +408,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 async fn measure(api: &Api, config: &Config, args: &Args) -> anyhow::Result<Report> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let mut traffic = Traffic::new(args.seed, args.accounts, 0.02).peekable();
@@ -438,14 +435,9 @@ async fn measure(api: &Api, config: &Config, args: &Args) -> anyhow::Result<Repo
     );
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
-        let before = machine_jiffies();
+        let before = sample::machine_jiffies();
         tokio::time::sleep_until(end.into()).await;
-        match (before, machine_jiffies()) {
-            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
-                Some(b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
-            }
-            _ => None,
-        }
+        sample::busy_since(before)
     });
 
     for step in traffic {
@@ -462,7 +454,7 @@ async fn measure(api: &Api, config: &Config, args: &Args) -> anyhow::Result<Repo
             Ok(permit) => permit,
             Err(_) => {
                 if measured {
-                    lock(&stats).send_waits += 1;
+                    stats.lock().send_waits += 1;
                 }
                 Arc::clone(&semaphore)
                     .acquire_owned()
@@ -471,7 +463,7 @@ async fn measure(api: &Api, config: &Config, args: &Args) -> anyhow::Result<Repo
             }
         };
         if measured {
-            lock(&stats).sent += 1;
+            stats.lock().sent += 1;
         }
         let key = format!("vis-{run_id}-{}", step.seq);
         let (api, stats, in_flight) = (api.clone(), Arc::clone(&stats), Arc::clone(&in_flight));
@@ -492,7 +484,7 @@ async fn measure(api: &Api, config: &Config, args: &Args) -> anyhow::Result<Repo
     ticker.abort();
     bar.finish_and_clear();
 
-    let s = lock(&stats);
+    let s = stats.lock();
     let secs = window.as_secs_f64();
     Ok(Report {
         ok: s.errors == 0 && s.never_visible == 0 && s.visible > 0,
@@ -547,7 +539,7 @@ async fn command_until_visible(
         Ok(reply) => reply,
         Err(e) => {
             if measured {
-                lock(stats).error(format!("{e:#}"));
+                stats.lock().error(format!("{e:#}"));
             }
             return;
         }
@@ -556,33 +548,33 @@ async fn command_until_visible(
         (200..=299, Some(token)) => token.to_owned(),
         (422, _) => {
             if measured {
-                lock(stats).rejected += 1;
+                stats.lock().rejected += 1;
             }
             return;
         }
         (409, _) => {
             if measured {
-                lock(stats).conflicts += 1;
+                stats.lock().conflicts += 1;
             }
             return;
         }
         _ => {
             if measured {
                 let what = format!("{} answered {}", step.op.command(), reply.describe());
-                lock(stats).error(what);
+                stats.lock().error(what);
             }
             return;
         }
     };
     if measured {
-        lock(stats).accepted += 1;
+        stats.lock().accepted += 1;
     }
     let path = format!("/v1/accounts/{account}");
     loop {
         let answer = api.ledger_get(&path, Some(&token)).await;
         // Whether to pause before reading again; the stats' lock ends with this block.
         let pause = {
-            let mut s = lock(stats);
+            let mut s = stats.lock();
             match answer {
                 Ok(q) if q.status == 200 => {
                     if measured {
@@ -751,7 +743,7 @@ fn ticker(
             }
             let elapsed = now.duration_since(measure_from);
             let message = {
-                let s = lock(&stats);
+                let s = stats.lock();
                 let p99 = if s.delay_us.is_empty() {
                     0.0
                 } else {

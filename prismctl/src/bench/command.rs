@@ -56,29 +56,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::loadgen::{parse_duration, Client, Latency, Outcome};
+use crate::sample;
 use crate::traffic::Op;
-
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    target: Target,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum Target {
-    /// prism-command's commands/s and latency, next to the raw append ceiling of its store.
-    ///
-    /// Starts prism-command in this process with a fresh database/schema and topic, drives
-    /// it over HTTP and, alternately, inserts the same commits directly into another fresh
-    /// database/schema; prints both, their ratio, and drops everything it created.
-    Command(CommandArgs),
-    /// prism-ledger's replay rate (events/s), next to the raw Kafka consume and raw MySQL
-    /// write ceilings of the same events on this machine. See `bench_ledger.rs`.
-    Ledger(crate::bench_ledger::Args),
-    /// The delay from a command's acceptance to its visibility in the ledger, under a steady
-    /// open-loop rate. See `bench_visibility.rs`.
-    Visibility(crate::bench_visibility::Args),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Backend {
@@ -96,7 +75,7 @@ impl From<Backend> for EventStoreBackend {
 }
 
 #[derive(Debug, clap::Args)]
-struct CommandArgs {
+pub struct Args {
     /// Event store to measure (default: `event_store.backend` of the configuration).
     #[arg(long, value_enum)]
     backend: Option<Backend>,
@@ -177,14 +156,6 @@ pub struct Report {
 }
 
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
-    match &args.target {
-        Target::Command(args) => bench_command(config, args).await,
-        Target::Ledger(args) => crate::bench_ledger::run(config, args).await,
-        Target::Visibility(args) => crate::bench_visibility::run(config, args).await,
-    }
-}
-
-async fn bench_command(config: &Config, args: &CommandArgs) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 || args.accounts == 0 {
         bail!("--concurrency and --accounts must be at least 1");
     }
@@ -251,7 +222,7 @@ async fn bench_command(config: &Config, args: &CommandArgs) -> anyhow::Result<Ex
 /// whatever happens here.
 async fn measure(
     config: &Config,
-    args: &CommandArgs,
+    args: &Args,
     backend: EventStoreBackend,
     name: &str,
     raw_name: &str,
@@ -349,6 +320,23 @@ async fn measure(
     })
 }
 
+/// CPU counters at the start of a slice.
+struct CpuSample {
+    /// This process's user + system time, in clock ticks.
+    process_ticks: Option<u64>,
+    /// The machine's (busy, total) ticks.
+    machine: Option<(u64, u64)>,
+}
+
+impl CpuSample {
+    fn now() -> Self {
+        Self {
+            process_ticks: sample::own_ticks(),
+            machine: sample::machine_jiffies(),
+        }
+    }
+}
+
 /// One side's slices added up.
 struct Phase {
     tally: Tally,
@@ -388,7 +376,7 @@ impl Phase {
     fn figures(&self) -> Figures {
         let mut figures = self.tally.figures(self.elapsed);
         if let Some(ticks) = self.process_ticks.filter(|_| self.tally.ok > 0) {
-            let ms = ticks as f64 / TICKS_PER_SECOND * 1_000.0;
+            let ms = ticks as f64 / sample::ticks_per_second() * 1_000.0;
             figures.process_cpu_ms_per_op = Some(ms / self.tally.ok as f64);
         }
         if let Some((busy, total)) = self.machine.filter(|(_, total)| *total > 0) {
@@ -585,7 +573,7 @@ impl Window {
     }
 
     /// Slice `round` of `rounds` of the measured time (or of --commands).
-    fn slice(args: &CommandArgs, round: u32, rounds: u32) -> Self {
+    fn slice(args: &Args, round: u32, rounds: u32) -> Self {
         let limit = args.commands.map(|n| {
             let each = n / u64::from(rounds);
             if round + 1 == rounds {
@@ -729,7 +717,7 @@ async fn open_accounts(
 async fn drive_commands(
     client: &Client,
     ids: &Arc<Vec<String>>,
-    args: &CommandArgs,
+    args: &Args,
     window: Window,
     label: &str,
     keys: bool,
@@ -884,7 +872,7 @@ fn envelope(account_id: AccountId, account_version: u64, event: AccountEvent) ->
 async fn drive_raw(
     store: &RawStore,
     streams: Vec<Vec<Stream>>,
-    args: &CommandArgs,
+    args: &Args,
     window: Window,
     label: &str,
 ) -> anyhow::Result<(Vec<Vec<Stream>>, Tally, Duration)> {
@@ -1007,52 +995,6 @@ async fn delete_topic(config: &Config, topic: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-// ---------- CPU accounting (Linux; absent elsewhere) ----------
-
-/// CPU counters at the start of a window.
-struct CpuSample {
-    /// This process's user + system time, in clock ticks.
-    process_ticks: Option<u64>,
-    /// The machine's (busy, total) jiffies.
-    machine: Option<(u64, u64)>,
-}
-
-/// `USER_HZ`: 100 on every Linux architecture Prism runs on.
-const TICKS_PER_SECOND: f64 = 100.0;
-
-impl CpuSample {
-    fn now() -> Self {
-        Self {
-            process_ticks: process_ticks(),
-            machine: machine_jiffies(),
-        }
-    }
-}
-
-fn process_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// The machine's (busy, total) CPU jiffies, from `/proc/stat` (Linux; `None` elsewhere).
-pub(crate) fn machine_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().next()?.strip_prefix("cpu ")?;
-    let values: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = values.iter().take(8).sum();
-    // idle + iowait are not busy.
-    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
-    Some((total.saturating_sub(idle), total))
 }
 
 // ---------- progress and output ----------

@@ -1,10 +1,11 @@
 //! Opaque, tamper-evident paging cursors.
 //!
 //! A cursor is `<payload>.<tag>`, both base64url without padding: the payload is the JSON
-//! of the page's last key, and the tag is HMAC-SHA256 over a version label, the cursor's
-//! kind (which list it pages), its scope (the filters of the request that made it) and the
-//! payload. So a cursor that was edited, signed with another key, made by another list or
-//! sent back with other filters fails verification and is refused as `invalid_cursor`.
+//! of the page's last key, and the tag is HMAC-SHA256 over a label naming the projector
+//! (`prism-<name>-cursor-v1`), the cursor's kind (which list it pages), its scope (the
+//! filters of the request that made it) and the payload. So a cursor that was edited,
+//! signed with another key, made by another projector or list, or sent back with other
+//! filters fails verification and is refused as `invalid_cursor`.
 
 use axum::http::StatusCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,17 +19,17 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Domain separation: a tag made for anything else never verifies here.
-const LABEL: &[u8] = b"prism-ledger-cursor-v1";
-/// Longest cursor text accepted (ours are well under this).
-const MAX_LEN: usize = 1_024;
+/// Longest cursor text accepted by default (a key of a few integers or ids is far below).
+pub const DEFAULT_MAX_LEN: usize = 1_024;
 /// The query parameter carrying a cursor.
 pub const FIELD: &str = "cursor";
 
-/// The key that signs and verifies cursors (`[ledger] cursor_secret`).
+/// The key that signs and verifies one projector's cursors (its `cursor_secret`).
 #[derive(Clone)]
 pub struct CursorKey {
+    /// The keyed MAC, already fed with the projector's label (domain separation).
     mac: HmacSha256,
+    max_len: usize,
 }
 
 impl std::fmt::Debug for CursorKey {
@@ -38,20 +39,35 @@ impl std::fmt::Debug for CursorKey {
 }
 
 impl CursorKey {
-    pub fn new(secret: &Secret) -> Self {
-        Self::from_bytes(secret.expose().as_bytes())
+    /// The cursor key of projector `projector` (`ledger`, `search`…): a tag made by
+    /// another projector, or for anything else, never verifies here.
+    pub fn new(projector: &str, secret: &Secret) -> Self {
+        Self::from_bytes(projector, secret.expose().as_bytes())
     }
 
-    pub fn from_bytes(key: &[u8]) -> Self {
+    pub fn from_bytes(projector: &str, key: &[u8]) -> Self {
         // HMAC takes a key of any length: `new_from_slice` cannot fail for it.
-        let mac = <HmacSha256 as Mac>::new_from_slice(key)
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
             .unwrap_or_else(|_| <HmacSha256 as Mac>::new(&Default::default()));
-        Self { mac }
+        let label = format!("prism-{projector}-cursor-v1");
+        mac.update(&(label.len() as u64).to_be_bytes());
+        mac.update(label.as_bytes());
+        Self {
+            mac,
+            max_len: DEFAULT_MAX_LEN,
+        }
+    }
+
+    /// Accepts cursors up to `max_len` characters (a cursor carrying an engine's
+    /// point-in-time id is longer than one carrying a number).
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
     }
 
     fn tagger(&self, kind: &str, scope: &str, payload: &[u8]) -> HmacSha256 {
         let mut mac = self.mac.clone();
-        for part in [LABEL, kind.as_bytes(), scope.as_bytes()] {
+        for part in [kind.as_bytes(), scope.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
@@ -61,7 +77,7 @@ impl CursorKey {
 
     /// The cursor text for `position` on list `kind` with filters `scope`.
     pub fn seal<P: Serialize>(&self, kind: &str, scope: &str, position: &P) -> String {
-        // Serialising a plain key (an integer, a UUID) cannot fail.
+        // Serialising a plain key (integers, ids, strings) cannot fail.
         let payload = serde_json::to_vec(position).unwrap_or_default();
         let tag = self.tagger(kind, scope, &payload).finalize().into_bytes();
         format!(
@@ -79,7 +95,7 @@ impl CursorKey {
         scope: &str,
         text: &str,
     ) -> Result<P, Problem> {
-        if text.len() > MAX_LEN {
+        if text.len() > self.max_len {
             return Err(invalid_cursor());
         }
         let (payload, tag) = text.split_once('.').ok_or_else(invalid_cursor)?;
@@ -106,12 +122,13 @@ pub fn invalid_cursor() -> Problem {
 
 #[cfg(test)]
 mod tests {
+    use hmac::Mac as _;
     use uuid::Uuid;
 
     use super::*;
 
     fn key() -> CursorKey {
-        CursorKey::new(&Secret::new("test-secret"))
+        CursorKey::new("ledger", &Secret::new("test-secret"))
     }
 
     fn refused<P: DeserializeOwned + std::fmt::Debug>(r: Result<P, Problem>) {
@@ -136,6 +153,23 @@ mod tests {
         assert_eq!(k.open::<Uuid>("accounts", "", &text), Ok(id));
     }
 
+    /// The tag is computed exactly as the ledger computed it before the kit held this code
+    /// (label, kind, scope length-prefixed, then the payload), so cursors handed out
+    /// before an upgrade still open after it.
+    #[test]
+    fn the_tag_layout_is_stable() {
+        let text = key().seal("statement", "s", &42u64);
+        let (_, tag) = text.split_once('.').expect("two parts");
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(b"test-secret").expect("any key");
+        for part in [&b"prism-ledger-cursor-v1"[..], b"statement", b"s"] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(b"42");
+        let expected = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        assert_eq!(tag, expected);
+    }
+
     #[test]
     fn a_tampered_cursor_is_refused() {
         let k = key();
@@ -157,9 +191,20 @@ mod tests {
     }
 
     #[test]
-    fn a_foreign_key_kind_or_scope_is_refused() {
+    fn a_foreign_key_projector_kind_or_scope_is_refused() {
         let text = key().seal("statement", "s", &42u64);
-        refused(CursorKey::new(&Secret::new("other")).open::<u64>("statement", "s", &text));
+        refused(CursorKey::new("ledger", &Secret::new("other")).open::<u64>(
+            "statement",
+            "s",
+            &text,
+        ));
+        refused(
+            CursorKey::new("search", &Secret::new("test-secret")).open::<u64>(
+                "statement",
+                "s",
+                &text,
+            ),
+        );
         refused(key().open::<u64>("accounts", "s", &text));
         refused(key().open::<u64>("statement", "s2", &text));
         // Kind and scope are length-prefixed: moving a boundary does not verify.
@@ -171,6 +216,17 @@ mod tests {
     fn a_valid_tag_over_the_wrong_type_is_refused() {
         let text = key().seal("statement", "s", &"not a number");
         refused(key().open::<u64>("statement", "s", &text));
+    }
+
+    #[test]
+    fn longer_cursors_need_a_larger_limit() {
+        let long = "x".repeat(2_000);
+        let text = key().seal("pages", "", &long);
+        refused(key().open::<String>("pages", "", &text));
+        assert_eq!(
+            key().max_len(8_192).open::<String>("pages", "", &text),
+            Ok(long)
+        );
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //! and go: SIGKILL of the real `prism-ledger` binary at random moments, and three instances
 //! joining and leaving the group at random. Each ends with `prismctl verify`: the whole
 //! model equals a fold of the event store, no statement line applied twice.
+//!
+//! It lives with `prismctl` (the top floor: it drives the write side and verifies with
+//! `prismctl`), so the ledger's own tests never depend on either. It shares the ledger's
+//! test support module, and runs the `prism-ledger` binary built next to `prismctl`
+//! (`cargo test --workspace` builds it; alone: `cargo build -p prism-ledger` first).
 
+#[path = "../../projectors/ledger/tests/support/mod.rs"]
 mod support;
 
 use std::fs::File;
@@ -31,6 +37,18 @@ const ACCOUNTS: usize = 400;
 const CONCURRENCY: usize = 16;
 const KILLS: u32 = 4;
 const TOKEN: &str = "prism-local-dev-token";
+
+/// The `prism-ledger` binary next to the `prismctl` under test.
+fn ledger_binary() -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_prismctl")).with_file_name("prism-ledger");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p prism-ledger` \
+         (`cargo test --workspace` builds it too)",
+        path.display()
+    );
+    path
+}
 
 fn free_port() -> u16 {
     let listener = up("localhost", std::net::TcpListener::bind("127.0.0.1:0"));
@@ -67,7 +85,7 @@ impl LedgerProcess {
             File::options().create(true).append(true).open(&self.log),
         );
         let config = &self.config;
-        let child = Command::new(env!("CARGO_BIN_EXE_prism-ledger"))
+        let child = Command::new(ledger_binary())
             .current_dir(&root)
             .env("PRISM_CONFIG", root.join("config/prism.toml"))
             .env_remove("PRISM_PROFILE")

@@ -1,0 +1,44 @@
+//! `prismctl bench …`: measures a Prism component on this machine, next to the ceiling its
+//! backing service reaches with the same work.
+//!
+//! - [`command`]: prism-command's commands/s next to its store's raw append ceiling.
+//! - [`ledger`]: prism-ledger's replay rate next to the raw Kafka and MySQL ceilings.
+//! - [`visibility`]: the delay from a command's acceptance to its visibility in the ledger.
+
+pub mod command;
+pub mod ledger;
+pub mod visibility;
+
+use std::process::ExitCode;
+
+use prism_platform::Config;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Target {
+    /// prism-command's commands/s and latency, next to the raw append ceiling of its store.
+    ///
+    /// Starts prism-command in this process with a fresh database/schema and topic, drives
+    /// it over HTTP and, alternately, inserts the same commits directly into another fresh
+    /// database/schema; prints both, their ratio, and drops everything it created.
+    Command(command::Args),
+    /// prism-ledger's replay rate (events/s), next to the raw Kafka consume and raw MySQL
+    /// write ceilings of the same events on this machine. See `bench/ledger/mod.rs`.
+    Ledger(ledger::Args),
+    /// The delay from a command's acceptance to its visibility in the ledger, under a steady
+    /// open-loop rate. See `bench/visibility.rs`.
+    Visibility(visibility::Args),
+}
+
+pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
+    match &args.target {
+        Target::Command(args) => command::run(config, args).await,
+        Target::Ledger(args) => ledger::run(config, args).await,
+        Target::Visibility(args) => visibility::run(config, args).await,
+    }
+}

@@ -1,0 +1,294 @@
+//! The runtime's own tests, on real Kafka with the in-memory reference sink: the runtime's
+//! rules without any projector. Every test has a topic and a consumer group of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt as _;
+use prism_events::testing::{deposited, opened, Account, Feed};
+use prism_events::Envelope;
+use prism_projector::testing::contract::{self, ContractSubject, Outage};
+use prism_projector::testing::kafka::{wait_offset, wait_versions, KafkaEnv};
+use prism_projector::testing::{batch, eventually, unpositioned, MemorySink};
+use prism_projector::Sink;
+use serde_json::Value;
+
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// The contract subject of the reference sink.
+struct Memory;
+
+struct Off(MemorySink);
+
+#[async_trait]
+impl Outage for Off {
+    async fn end(self: Box<Self>) {
+        self.0.set_unavailable(false);
+    }
+}
+
+#[async_trait]
+impl ContractSubject for Memory {
+    type Copy = MemorySink;
+
+    async fn fresh(&self) -> MemorySink {
+        MemorySink::new()
+    }
+
+    fn sink(&self, copy: &MemorySink) -> Arc<dyn Sink> {
+        Arc::new(copy.clone())
+    }
+
+    async fn snapshot(&self, copy: &MemorySink) -> Value {
+        copy.snapshot()
+    }
+
+    async fn outage(&self, copy: &MemorySink) -> Option<Box<dyn Outage>> {
+        copy.set_unavailable(true);
+        Some(Box::new(Off(copy.clone())))
+    }
+}
+
+#[tokio::test]
+async fn the_memory_sink_passes_the_sink_checks() {
+    contract::sink_checks(&Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_sink_passes_the_kafka_gap_check() {
+    contract::kafka_gap_is_dead_lettered(&Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_sink_passes_the_kafka_poison_check() {
+    contract::kafka_poison_is_dead_lettered_before_the_position_moves(&Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_sink_passes_the_kafka_transient_check() {
+    contract::kafka_transient_errors_are_retried(&Memory).await;
+}
+
+/// Runs `body` with a Kafka environment and cleans it up afterwards.
+async fn with_kafka<F, Fut>(partitions: i32, body: F)
+where
+    F: FnOnce(Arc<KafkaEnv>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let env = Arc::new(KafkaEnv::new(partitions).await);
+    let outcome = std::panic::AssertUnwindSafe(body(Arc::clone(&env)))
+        .catch_unwind()
+        .await;
+    env.clean_up().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn envelopes(events: &[(Envelope, i32)]) -> Vec<Envelope> {
+    events.iter().map(|(e, _)| e.clone()).collect()
+}
+
+fn reference(events: Vec<Envelope>) -> Value {
+    let sink = MemorySink::new();
+    let outcome = sink
+        .apply(&unpositioned(events))
+        .now_or_never()
+        .expect("the memory sink answers at once");
+    outcome.expect("the reference events are valid");
+    sink.snapshot()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_resumes_from_the_stored_position_not_the_committed_offset() {
+    with_kafka(1, |env| async move {
+        // Offsets 0..=2 hold poison: a runtime starting before offset 3 dead-letters it.
+        let mut junk = Account::new(0);
+        for _ in 0..3 {
+            let (e, _) = junk.next_now(deposited(1));
+            env.send_poison(&e, b"{never read", 0).await;
+        }
+        let mut ada = Account::new(0);
+        let events: Vec<(Envelope, i32)> = vec![
+            ada.next_now(opened("Ada", "DE", "EUR")),
+            ada.next_now(deposited(500)),
+            ada.next_now(deposited(700)),
+        ];
+        let offsets = env.send_all(&events).await;
+        assert_eq!(offsets, vec![3, 4, 5]);
+
+        // The sink says offsets up to 2 are handled; Kafka's committed offset says 6 (past
+        // everything): the runtime must go by the sink.
+        let sink = MemorySink::new();
+        sink.apply(&batch(Vec::new(), 0, None, 2))
+            .await
+            .expect("seeding the position");
+        env.commit_offset(0, 6);
+        let started = env.start(Arc::new(sink.clone())).await;
+        wait_offset(&sink, 0, 5, CATCH_UP).await;
+        started.stop().await;
+
+        assert_eq!(sink.snapshot(), reference(envelopes(&events)));
+        assert!(
+            env.dead_letters(0, Duration::from_millis(200)).is_empty(),
+            "records before the stored position were read"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_skipped_and_counted() {
+    with_kafka(1, |env| async move {
+        let mut ada = Account::new(0);
+        let first = ada.next_now(opened("Ada", "DE", "EUR"));
+        let second = ada.next_now(deposited(500));
+        let third = ada.next_now(deposited(700));
+        // A relay that published twice: the same events again, and an old one late.
+        let sent = vec![
+            first.clone(),
+            second.clone(),
+            second.clone(),
+            third.clone(),
+            first.clone(),
+        ];
+        let sink = MemorySink::new();
+        let started = env.start(Arc::new(sink.clone())).await;
+        let offsets = env.send_all(&sent).await;
+        wait_offset(&sink, 0, offsets[4], CATCH_UP).await;
+        assert_eq!(started.events("skipped"), 2);
+        assert_eq!(started.events("applied"), 3);
+        started.stop().await;
+        assert_eq!(sink.snapshot(), reference(vec![first.0, second.0, third.0]));
+        assert!(env.dead_letters(0, Duration::from_millis(200)).is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_sink_error_holds_the_partition_until_the_store_is_fixed() {
+    with_kafka(2, |env| async move {
+        let sink = MemorySink::new();
+        let started = env.start(Arc::new(sink.clone())).await;
+        let mut feed = Feed::new(31, 4, 2);
+        let first = feed.take(8);
+        env.send_all(&first).await;
+        wait_versions(
+            &sink,
+            &prism_events::testing::last_versions(&first),
+            CATCH_UP,
+        )
+        .await;
+        let before = sink.snapshot();
+        let positions = (sink.position(0), sink.position(1));
+
+        sink.set_refusing(Some("column balance_minor out of range"));
+        let held = feed.take(8);
+        env.send_all(&held).await;
+        let report = eventually("both partitions held", CATCH_UP, || {
+            let report = started.health();
+            async move {
+                (report
+                    .partitions
+                    .values()
+                    .filter(|p| p.held.is_some())
+                    .count()
+                    == 2)
+                    .then_some(report)
+            }
+        })
+        .await;
+        assert!(
+            !report.ready,
+            "a held partition is not ready: {:?}",
+            report.reasons
+        );
+        assert!(
+            report.reasons.iter().any(|r| r.contains("out of range")),
+            "{:?}",
+            report.reasons
+        );
+        assert_eq!(started.metric("prism_projector_partition_held", &[]), 2.0);
+        // Held: nothing applied, skipped or dead-lettered; the positions stay.
+        assert_eq!(sink.snapshot(), before);
+        assert_eq!((sink.position(0), sink.position(1)), positions);
+        assert!(sink
+            .last_error(0)
+            .is_some_and(|e| e.contains("refuses a write for good")));
+        let permanent = sink
+            .attempts()
+            .iter()
+            .filter(|a| a.outcome == "permanent")
+            .count();
+        assert!(permanent >= 2, "{permanent} refused writes");
+
+        sink.set_refusing(None);
+        let mut all = first;
+        all.extend(held);
+        wait_versions(&sink, &prism_events::testing::last_versions(&all), CATCH_UP).await;
+        eventually("the partitions are released", CATCH_UP, || {
+            let report = started.health();
+            async move {
+                report
+                    .partitions
+                    .values()
+                    .all(|p| p.held.is_none())
+                    .then_some(())
+            }
+        })
+        .await;
+        assert_eq!(started.metric("prism_projector_partition_held", &[]), 0.0);
+        assert_eq!(started.events("dead_lettered"), 0);
+        started.stop().await;
+        assert_eq!(sink.snapshot(), reference(envelopes(&all)));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_are_retried_with_a_growing_back_off() {
+    with_kafka(1, |env| async move {
+        let sink = MemorySink::new();
+        let started = env.start(Arc::new(sink.clone())).await;
+        let mut feed = Feed::new(32, 2, 1);
+        let events = feed.take(6);
+        sink.set_unavailable(true);
+        env.send_all(&events).await;
+        // Long enough for the back-off (50 ms doubling to 400 ms) to reach its ceiling.
+        // The worker's retried calls (reading versions, then writing), not the best-effort
+        // `record_error` that follows a failure at once.
+        let retried = |a: &prism_projector::testing::memory::Attempt| {
+            a.outcome == "transient" && a.call != "record_error"
+        };
+        eventually("five failed calls", CATCH_UP, || {
+            let failed = sink.attempts().iter().filter(|a| retried(a)).count();
+            async move { (failed >= 5).then_some(()) }
+        })
+        .await;
+        sink.set_unavailable(false);
+        wait_versions(
+            &sink,
+            &prism_events::testing::last_versions(&events),
+            CATCH_UP,
+        )
+        .await;
+        started.stop().await;
+
+        let failed: Vec<_> = sink.attempts().into_iter().filter(|a| retried(a)).collect();
+        let gaps: Vec<Duration> = failed.windows(2).map(|w| w[1].at - w[0].at).collect();
+        // Without a back-off the writes would follow each other within microseconds; with
+        // it the waits grow to `retry_backoff_max_ms` (400 ms).
+        assert!(
+            gaps.iter().all(|g| *g >= Duration::from_millis(40)),
+            "retried without waiting: {gaps:?}"
+        );
+        assert!(
+            gaps.iter().any(|g| *g >= Duration::from_millis(350)),
+            "the back-off never grew: {gaps:?}"
+        );
+        assert!(env.dead_letters(0, Duration::from_millis(200)).is_empty());
+        assert_eq!(sink.snapshot(), reference(envelopes(&events)));
+    })
+    .await;
+}
