@@ -19,8 +19,9 @@
 //! the text, filters and order. Later pages read that PIT, so documents indexed while an
 //! analyst pages are neither shown twice nor shift what was not yet shown; the last page
 //! closes the PIT, an expired one (`PIT_KEEP_ALIVE` after the previous page) makes the
-//! cursor `invalid_cursor`. Elasticsearch and OpenSearch open and close PITs at different
-//! paths: the engine is asked once (`GET /`, [`Engine`]).
+//! cursor `invalid_cursor`, and so does one closed because more than [`UNPAGED_PITS_MAX`]
+//! first pages were not paged on since. Elasticsearch and OpenSearch open and close PITs
+//! at different paths: the engine is asked once (`GET /`, [`Engine`]).
 //!
 //! **Limits**, each a 400 naming its field: `limit` ≤ `max_page_size`, `facet_size` ≤
 //! `max_facet_size`, `q` ≤ `max_query_chars` characters without control characters, and a
