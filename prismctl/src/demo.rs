@@ -426,15 +426,25 @@ async fn demo(
     let visible = read_your_writes(&mut out, &api, &chosen, &account).await?;
     let searched = show_searches(&mut out, &api, &account, SEARCH_CATCH_UP).await;
     // Once the demo ends, the binaries would listen where the configuration says.
-    let (try_command, try_ledger) = if args.keep_running {
-        (command_url.clone(), ledger_url.clone())
+    let (try_command, try_ledger, try_search) = if args.keep_running {
+        (command_url.clone(), ledger_url.clone(), search_url.clone())
     } else {
+        let search_listen = prism_search::app::SearchProjector::new(config.clone())
+            .map(|p| p.search_config().listen.clone())
+            .unwrap_or_default();
         (
             format!("http://{}", config.command.listen),
             format!("http://{}", config.ledger.listen),
+            format!("http://{search_listen}"),
         )
     };
-    print_next_steps(&mut out, args, token, &try_command, &try_ledger, &chosen);
+    print_next_steps(
+        &mut out,
+        args,
+        token,
+        [&try_command, &try_ledger, &try_search],
+        &chosen,
+    );
 
     let mut problems = Vec::new();
     if traffic.failed > 0 {
@@ -1154,30 +1164,26 @@ fn print_traffic(out: &mut Report, args: &Args, t: &TrafficRun) {
     }
 }
 
-fn print_next_steps(
-    out: &mut Report,
-    args: &Args,
-    token: &str,
-    command_url: &str,
-    ledger_url: &str,
-    id: &str,
-) {
+fn print_next_steps(out: &mut Report, args: &Args, token: &str, urls: [&str; 3], id: &str) {
+    let [command_url, ledger_url, search_url] = urls;
     out.section("Try it yourself");
     if args.keep_running {
         out.line("The services keep running below; in another terminal:");
     } else {
         out.line("Start the services (or run `prismctl demo --keep-running`), then:");
         out.line(
-            "  cargo run --release -p prism-command &   cargo run --release -p prism-ledger &",
+            "  cargo run --release -p prism-command &   cargo run --release -p prism-ledger &   \
+             cargo run --release -p prism-search &",
         );
     }
     let shown_token = if token == LOCAL_TOKEN {
         token
     } else {
-        "<a token from [command] and [ledger] tokens>"
+        "<a token from [command], [ledger] and [search] tokens>"
     };
     let c = command_url.trim_start_matches("http://");
     let l = ledger_url.trim_start_matches("http://");
+    let s = search_url.trim_start_matches("http://");
     for line in [
         format!("ID={id}"),
         format!("T='Authorization: Bearer {shown_token}'"),
@@ -1189,13 +1195,19 @@ fn print_next_steps(
              -d '{{\"amount_minor\":1000}}'"
         ),
         format!("curl -s -H \"$T\" -H 'Consistency-Token: <consistency_token of that answer>' {l}/v1/accounts/$ID"),
-        "prismctl status                   # where the ledger stands on each Kafka partition".into(),
+        format!("curl -s -H \"$T\" '{s}/v1/search/transactions?q=cafe&channel=online&facets=true&limit=5'"),
+        format!("curl -s -H \"$T\" '{s}/v1/search/accounts?q=zoe'"),
+        "prismctl status                   # where each projector stands on each Kafka partition".into(),
         "prismctl verify ledger            # re-fold the event store and compare".into(),
+        "prismctl verify search            # every search document against the event store".into(),
         "prismctl bench visibility --rate 500 --duration 30s   # command → visible delay".into(),
     ] {
         out.line(&format!("  {line}"));
     }
-    out.line(&format!("The API descriptions: {command_url}/openapi.json"));
+    out.line(&format!(
+        "The API descriptions: {command_url}/openapi.json, {ledger_url}/openapi.json, \
+         {search_url}/openapi.json"
+    ));
 }
 
 // ---------- formatting ----------
@@ -1294,7 +1306,8 @@ fn spinner(message: &str) -> ProgressBar {
 /// demo shows that the search model folds them. Only a display aid: the engine's own
 /// `asciifolding` does the real work.
 fn without_accents(text: &str) -> String {
-    text.chars()
+    text.to_lowercase()
+        .chars()
         .map(|c| match c {
             'á' | 'à' | 'â' | 'ä' | 'ã' | 'å' => 'a',
             'é' | 'è' | 'ê' | 'ë' => 'e',
@@ -1303,7 +1316,7 @@ fn without_accents(text: &str) -> String {
             'ú' | 'ù' | 'û' | 'ü' => 'u',
             'ñ' => 'n',
             'ç' => 'c',
-            other => other.to_ascii_lowercase(),
+            other => other,
         })
         .collect()
 }

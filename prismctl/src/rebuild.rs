@@ -210,8 +210,8 @@ pub async fn rebuild(
         .context("opening the read model (is the stack up? `dev/stack up`)")?;
     let copies = &read_model.copies;
     let previous = copies.live_number().await?;
-    let (number, name) = copies.create_next().await?;
-    let sink = copies.sink(number).await?;
+    let created = copies.create_next().await?;
+    let (number, name, sink) = (created.number, created.name, created.sink);
     let bars = Bars::new(options.progress);
     bars.note(&format!(
         "building copy {number} ({name}) of the {} read model beside the live one ({})",

@@ -36,6 +36,10 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
+/// The tests of this file run one at a time: one of them stops the search engine for
+/// 30 s, which the others (and their child processes) must not meet halfway.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const TOKEN: &str = "prism-local-dev-token";
 
 // ---------------------------------------------------------------------------------------
@@ -648,6 +652,7 @@ const KILL_SEED: u64 = 0x5ea2_c4e1_d1e5;
 /// still equal the store's fold, with nothing dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkills_at_random_moments_leave_the_search_model_equal_to_the_store() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     const EVENTS: u64 = 12_000;
     const KILLS: u32 = 5;
     isolated(Setup::default(), |env| async move {
@@ -779,6 +784,7 @@ fn stack(args: &[&str]) {
 /// the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_projector_converges_after_the_search_engine_was_down() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     isolated(
         Setup {
             partitions: 2,
@@ -871,7 +877,10 @@ async fn the_projector_converges_after_the_search_engine_was_down() {
 /// after `wait_timeout_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consistency_token_makes_the_first_search_answer_show_the_write() {
-    const WAIT_MS: u64 = 1_500;
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    // Generous: under load (2 cores shared with other work) a payment took 1.5 s to be
+    // applied; the wait must outlast that, and the never-coming version waits all of it.
+    const WAIT_MS: u64 = 10_000;
     const PAYMENTS: usize = 10;
     isolated(
         Setup {
@@ -1030,6 +1039,7 @@ async fn a_consistency_token_makes_the_first_search_answer_show_the_write() {
 /// store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_search_rebuild_swaps_copies_without_a_failed_query() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     isolated(Setup::default(), |env| async move {
         let command = CommandService::start(&env.config).await;
         let mut search = SearchProcess::start(&env);
@@ -1185,6 +1195,7 @@ async fn a_search_rebuild_swaps_copies_without_a_failed_query() {
 /// the session timeout) and the model ends equal to the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_surviving_instance_takes_over_when_one_of_two_is_killed() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     const EVENTS: u64 = 3_000;
     isolated(
         Setup {
@@ -1265,6 +1276,7 @@ async fn the_surviving_instance_takes_over_when_one_of_two_is_killed() {
 /// find them being created and wait for them instead of failing on shards not yet active.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instances_starting_together_on_a_fresh_prefix_all_open_the_live_copy() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     const INSTANCES: usize = 6;
     isolated(Setup::default(), |env| async move {
         let projector = up(
@@ -1331,6 +1343,7 @@ async fn open_pits(env: &Env, index: &str) -> u64 {
 /// cursor still pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn first_pages_nobody_pages_on_do_not_pile_up_points_in_time() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     const FIRST_PAGES: usize = 80;
     isolated(Setup::default(), |env| async move {
         let command = CommandService::start(&env.config).await;

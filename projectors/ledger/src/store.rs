@@ -690,21 +690,34 @@ impl Ledger {
 /// Runs `migrator`. MySQL commits DDL statement by statement, so a process killed during a
 /// migration leaves it recorded as unfinished ("dirty") and sqlx refuses to go on. Our
 /// migrations are idempotent (`IF NOT EXISTS`), so the unfinished record is removed and the
-/// migration runs again, once.
+/// migration runs again. Two processes opening the same new copy at once (a rebuild
+/// creating it while running instances probe it) can also meet as a dirty record or as a
+/// duplicate one (the other recorded it first): the run is then simply repeated, and the
+/// repeat finds the migration applied.
 async fn migrate(migrator: &Migrator, pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
-    match migrator.run(pool).await {
-        Err(sqlx::migrate::MigrateError::Dirty(version)) => {
-            tracing::warn!(
-                version,
-                "re-running a migration a killed process left unfinished"
-            );
-            sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ? AND success = FALSE")
-                .bind(version)
-                .execute(pool)
-                .await?;
-            migrator.run(pool).await
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match migrator.run(pool).await {
+            Err(sqlx::migrate::MigrateError::Dirty(version)) if attempt < ATTEMPTS => {
+                tracing::warn!(
+                    version,
+                    "re-running a migration another process left unfinished"
+                );
+                sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ? AND success = FALSE")
+                    .bind(version)
+                    .execute(pool)
+                    .await?;
+            }
+            Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db)))
+                if db.is_unique_violation() && attempt < ATTEMPTS =>
+            {
+                tracing::info!("another process recorded the same migration first; checking again");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            other => return other,
         }
-        other => other,
     }
 }
 

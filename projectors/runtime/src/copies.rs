@@ -179,13 +179,32 @@ pub trait Copies: Send + Sync + fmt::Debug + 'static {
     async fn partitions(&self, copy: &Self::Copy) -> anyhow::Result<Vec<PartitionStatus>>;
 }
 
+/// A copy [`CopiesAdmin::create_next`] made.
+#[derive(Clone)]
+pub struct CreatedCopy {
+    pub number: u32,
+    /// Where it lives (database, index names).
+    pub name: String,
+    /// Its sink.
+    pub sink: Arc<dyn Sink>,
+}
+
+impl fmt::Debug for CreatedCopy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedCopy")
+            .field("number", &self.number)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// [`Copies`] by copy number, object-safe: what `prismctl` holds (`Box<dyn CopiesAdmin>`)
 /// for any read model. Every [`Copies`] is one.
 #[async_trait]
 pub trait CopiesAdmin: Send + Sync + fmt::Debug {
     async fn live_number(&self) -> anyhow::Result<Option<u32>>;
-    /// Creates the next copy; returns its number and name.
-    async fn create_next(&self) -> anyhow::Result<(u32, String)>;
+    /// Creates the next copy; returns it with its sink (no second open).
+    async fn create_next(&self) -> anyhow::Result<CreatedCopy>;
     /// The sink of copy `number` (opening it).
     async fn sink(&self, number: u32) -> anyhow::Result<Arc<dyn Sink>>;
     async fn promote(&self, number: u32) -> anyhow::Result<()>;
@@ -203,7 +222,7 @@ impl<C: Copies> CopiesAdmin for C {
         Copies::live_number(self).await
     }
 
-    async fn create_next(&self) -> anyhow::Result<(u32, String)> {
+    async fn create_next(&self) -> anyhow::Result<CreatedCopy> {
         let copy = Copies::create_next(self).await?;
         let number = C::number(&copy);
         let name = Copies::list(self)
@@ -212,7 +231,11 @@ impl<C: Copies> CopiesAdmin for C {
             .find(|info| info.number == number)
             .map(|info| info.name)
             .unwrap_or_else(|| format!("copy {number}"));
-        Ok((number, name))
+        Ok(CreatedCopy {
+            number,
+            name,
+            sink: C::sink(&copy),
+        })
     }
 
     async fn sink(&self, number: u32) -> anyhow::Result<Arc<dyn Sink>> {
