@@ -3,10 +3,13 @@
 //!
 //! - [`command`]: prism-command's commands/s next to its store's raw append ceiling.
 //! - [`ledger`]: prism-ledger's replay rate next to the raw Kafka and MySQL ceilings.
+//! - [`search`]: prism-search's projection rate next to the raw `_bulk` ceiling, its query
+//!   latency and the delay until a command is searchable.
 //! - [`visibility`]: the delay from a command's acceptance to its visibility in the ledger.
 
 pub mod command;
 pub mod ledger;
+pub mod search;
 pub mod visibility;
 
 use std::process::ExitCode;
@@ -30,6 +33,9 @@ enum Target {
     /// prism-ledger's replay rate (events/s), next to the raw Kafka consume and raw MySQL
     /// write ceilings of the same events on this machine. See `bench/ledger/mod.rs`.
     Ledger(ledger::Args),
+    /// prism-search's projection rate next to the raw `_bulk` ceiling of the same documents,
+    /// its faceted query latency and command-to-searchable delay. See `bench/search/mod.rs`.
+    Search(search::Args),
     /// The delay from a command's acceptance to its visibility in the ledger, under a steady
     /// open-loop rate. See `bench/visibility.rs`.
     Visibility(visibility::Args),
@@ -39,6 +45,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     match &args.target {
         Target::Command(args) => command::run(config, args).await,
         Target::Ledger(args) => ledger::run(config, args).await,
+        Target::Search(args) => search::run(config, args).await,
         Target::Visibility(args) => visibility::run(config, args).await,
     }
 }

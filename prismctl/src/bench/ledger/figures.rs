@@ -29,7 +29,7 @@ pub struct Rate {
 
 /// CPU counters at the start of a measured window.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct CpuSnapshot {
+pub(in crate::bench) struct CpuSnapshot {
     /// The machine's (busy, total) jiffies.
     machine: Option<(u64, u64)>,
     /// The client's and the local MySQL server's user + system ticks.
@@ -38,7 +38,7 @@ pub(super) struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    pub(super) fn take(client: u32, mysql: &[u32]) -> Self {
+    pub(in crate::bench) fn take(client: u32, mysql: &[u32]) -> Self {
         Self {
             machine: sample::machine_jiffies(),
             client: sample::process_ticks(client),
@@ -48,7 +48,7 @@ impl CpuSnapshot {
 }
 
 impl Rate {
-    pub(super) fn of(events: u64, elapsed: Duration) -> Self {
+    pub(in crate::bench) fn of(events: u64, elapsed: Duration) -> Self {
         let secs = elapsed.as_secs_f64().max(1e-6);
         Self {
             events,
@@ -61,7 +61,7 @@ impl Rate {
     }
 
     /// Several runs as one: their events over their time; busy shares weighted by time.
-    pub(super) fn combined(runs: &[Rate]) -> Self {
+    pub(in crate::bench) fn combined(runs: &[Rate]) -> Self {
         let events = runs.iter().map(|r| r.events).sum();
         let secs: f64 = runs.iter().map(|r| r.elapsed_s).sum();
         let mut rate = Self::of(events, Duration::from_secs_f64(secs.max(1e-6)));
@@ -82,7 +82,7 @@ impl Rate {
     }
 
     /// Fills the CPU figures of the window that started at `since`.
-    pub(super) fn cpu(mut self, since: &CpuSnapshot, client: u32, mysql: &[u32]) -> Self {
+    pub(in crate::bench) fn cpu(mut self, since: &CpuSnapshot, client: u32, mysql: &[u32]) -> Self {
         self.machine_cpu_busy = sample::busy_since(since.machine);
         let per_event = |before: Option<u64>, after: Option<u64>| {
             let ticks = after?.checked_sub(before?)?;

@@ -38,7 +38,7 @@ pub(super) fn admin(
     Ok((admin, options))
 }
 
-pub(super) async fn create_topic(
+pub(in crate::bench) async fn create_topic(
     config: &Config,
     topic: &str,
     partitions: i32,
@@ -57,7 +57,10 @@ pub(super) async fn create_topic(
     Ok(())
 }
 
-pub(super) async fn delete_topics(config: &Config, topics: &[&str]) -> anyhow::Result<()> {
+pub(in crate::bench) async fn delete_topics(
+    config: &Config,
+    topics: &[&str],
+) -> anyhow::Result<()> {
     let (admin, options) = admin(config)?;
     for result in admin.delete_topics(topics, &options).await? {
         match result {
@@ -68,7 +71,10 @@ pub(super) async fn delete_topics(config: &Config, topics: &[&str]) -> anyhow::R
     Ok(())
 }
 
-pub(super) async fn delete_groups(config: &Config, groups: &[&str]) -> anyhow::Result<()> {
+pub(in crate::bench) async fn delete_groups(
+    config: &Config,
+    groups: &[&str],
+) -> anyhow::Result<()> {
     let (admin, options) = admin(config)?;
     for result in admin.delete_groups(groups, &options).await? {
         match result {
@@ -101,7 +107,7 @@ pub(super) async fn consume_once(
 }
 
 /// End offset of every partition (the fill leaves them at 0 .. count).
-pub(super) async fn end_offsets(
+pub(in crate::bench) async fn end_offsets(
     config: &Config,
     topic: &str,
     partitions: usize,
@@ -132,10 +138,10 @@ pub(super) async fn end_offsets(
 
 // ---------- 1. the fill ----------
 
-pub(super) struct Filled {
-    pub(super) rate: Rate,
+pub(in crate::bench) struct Filled {
+    pub(in crate::bench) rate: Rate,
     /// Partition of each account's records (from the delivery reports).
-    pub(super) partition_of: Vec<i32>,
+    pub(in crate::bench) partition_of: Vec<i32>,
 }
 
 /// Delivery reports: where each account's records went, and failures.
@@ -176,7 +182,20 @@ pub(super) fn produce(
     topic: &str,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Filled> {
-    let accounts = usize::try_from(args.accounts)?;
+    produce_workload(config, args.seed, args.accounts, args.events, topic, cancel)
+}
+
+/// Produces `events` events of the seeded workload over `accounts` accounts to `topic`
+/// (blocking; runs on its own thread). Shared by the benches that replay a topic.
+pub(in crate::bench) fn produce_workload(
+    config: &Config,
+    seed: u64,
+    accounts: u64,
+    events: u64,
+    topic: &str,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Filled> {
+    let accounts = usize::try_from(accounts)?;
     let mut client = prism_platform::clients::kafka_client_config(&config.kafka);
     client
         .set("enable.idempotence", "true")
@@ -199,10 +218,10 @@ pub(super) fn produce(
         })
         .context("creating the Kafka producer")?;
 
-    let bar = bar("filling the topic", Some(args.events));
+    let bar = bar("filling the topic", Some(events));
     let cpu = CpuSnapshot::take(std::process::id(), &[]);
     let started = Instant::now();
-    let workload = workload(args.seed, accounts, args.events);
+    let workload = workload(seed, accounts, events);
     for (sent, (account, envelope)) in workload.enumerate() {
         let record = prism_events::kafka::encode(&envelope);
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -252,11 +271,8 @@ pub(super) fn produce(
         );
     }
     let delivered = context.delivered.load(Ordering::Relaxed);
-    if delivered != args.events {
-        bail!(
-            "Kafka acknowledged {delivered} bench events of {}",
-            args.events
-        );
+    if delivered != events {
+        bail!("Kafka acknowledged {delivered} bench events of {}", events);
     }
     let partition_of: Vec<i32> = context
         .partition_of
@@ -264,7 +280,7 @@ pub(super) fn produce(
         .map(|p| p.load(Ordering::Relaxed))
         .collect();
     Ok(Filled {
-        rate: Rate::of(args.events, elapsed).cpu(&cpu, std::process::id(), &[]),
+        rate: Rate::of(events, elapsed).cpu(&cpu, std::process::id(), &[]),
         partition_of,
     })
 }

@@ -64,11 +64,12 @@
 //! is measured, `report` the progress bars and the printed report.
 
 mod child;
-mod figures;
-mod kafka;
+// The topic, the figures, the bars and the workload serve `bench search` too.
+pub(super) mod figures;
+pub(super) mod kafka;
 mod mysql;
-mod report;
-mod workload;
+pub(super) mod report;
+pub(super) mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

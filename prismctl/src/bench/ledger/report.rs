@@ -11,7 +11,7 @@ use super::figures::{Rate, Report};
 
 // ---------- progress and output ----------
 
-pub(super) fn bar(label: &str, len: Option<u64>) -> ProgressBar {
+pub(in crate::bench) fn bar(label: &str, len: Option<u64>) -> ProgressBar {
     let (bar, template) = match len {
         Some(n) => (
             ProgressBar::new(n),
@@ -31,7 +31,10 @@ pub(super) fn bar(label: &str, len: Option<u64>) -> ProgressBar {
     bar
 }
 
-pub(super) fn tick(bar: ProgressBar, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+pub(in crate::bench) fn tick(
+    bar: ProgressBar,
+    done: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_millis(200));
         loop {

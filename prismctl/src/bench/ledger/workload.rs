@@ -16,7 +16,7 @@ const SUSPICIOUS_SHARE: f64 = 0.02;
 
 /// `events` events over `accounts` accounts (each opened before its other events) as
 /// `(account index, envelope)`; the same arguments give the same events, ids included.
-pub(super) fn workload(
+pub(in crate::bench) fn workload(
     seed: u64,
     accounts: usize,
     events: u64,
