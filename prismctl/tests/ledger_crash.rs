@@ -9,6 +9,7 @@
 //! test support module, and runs the `prism-ledger` binary built next to `prismctl`
 //! (`cargo test --workspace` builds it; alone: `cargo build -p prism-ledger` first).
 
+mod e2e;
 #[path = "../../projectors/ledger/tests/support/mod.rs"]
 mod support;
 
@@ -19,16 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::{CommandService, TOKEN};
 use prism_command::store::Position;
 use prism_events::AccountEvent;
 use prism_platform::config::Config;
 use prism_tests::{repo_root, unique, up};
-use prismctl::loadgen::Client;
-use prismctl::traffic::{Op, Traffic};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinSet;
 
 /// The seed of the kill schedule and of the traffic.
 const SEED: u64 = 0x1ed6_e4c0_ffee;
@@ -36,7 +34,6 @@ const EVENTS: u64 = 20_000;
 const ACCOUNTS: usize = 400;
 const CONCURRENCY: usize = 16;
 const KILLS: u32 = 4;
-const TOKEN: &str = "prism-local-dev-token";
 
 /// The `prism-ledger` binary next to the `prismctl` under test.
 fn ledger_binary() -> PathBuf {
@@ -154,68 +151,6 @@ impl Drop for LedgerProcess {
     }
 }
 
-/// prism-command in-process; stopped when dropped (also when the test fails).
-struct CommandService {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl CommandService {
-    async fn start(config: &Config) -> CommandService {
-        let listener = up(
-            "localhost",
-            tokio::net::TcpListener::bind("127.0.0.1:0").await,
-        );
-        let url = format!("http://{}", up("localhost", listener.local_addr()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let config = config.clone();
-        let task = tokio::spawn(async move {
-            prism_command::app::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        let http = support::http_client();
-        for _ in 0..300 {
-            if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
-                if r.status().is_success() {
-                    return CommandService {
-                        url,
-                        stop: Some(stop),
-                        task: Some(task),
-                    };
-                }
-            }
-            if task.is_finished() {
-                panic!("prism-command stopped during start-up: {:?}", task.await);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("prism-command did not become ready at {url}");
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            match tokio::time::timeout(Duration::from_secs(60), task).await {
-                Ok(Ok(Ok(()))) => {}
-                other => panic!("prism-command did not stop cleanly: {other:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for CommandService {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
 /// Sends the seeded traffic until `EVENTS` events are stored; returns the number stored.
 async fn traffic(url: String, stored: Arc<AtomicU64>) -> u64 {
     traffic_of(url, stored, EVENTS, SEED).await
@@ -223,65 +158,7 @@ async fn traffic(url: String, stored: Arc<AtomicU64>) -> u64 {
 
 /// Sends the traffic of `seed` until `events` events are stored; returns the number stored.
 async fn traffic_of(url: String, stored: Arc<AtomicU64>, events: u64, seed: u64) -> u64 {
-    let client = up(
-        "reqwest",
-        Client::new(&url, TOKEN, CONCURRENCY, Duration::from_secs(30), 5),
-    );
-    let run = unique("crash");
-    let mut ids: Vec<Option<String>> = vec![None; ACCOUNTS];
-    let semaphore = Arc::new(Semaphore::new(CONCURRENCY));
-    // Opens answer with the account's index and id.
-    let mut tasks: JoinSet<Option<(usize, String)>> = JoinSet::new();
-    let mut opening = true;
-    for step in Traffic::new(seed, ACCOUNTS, 0.05) {
-        if stored.load(Ordering::Relaxed) >= events {
-            break;
-        }
-        let open = matches!(step.op, Op::Open { .. });
-        if opening && !open {
-            // Every account exists before its first command.
-            opening = false;
-            while let Some(done) = tasks.join_next().await {
-                if let Some((index, id)) = up("a traffic task", done) {
-                    ids[index] = Some(id);
-                }
-            }
-        }
-        let account_id = match (open, &ids[step.account]) {
-            (true, _) => String::new(),
-            (false, Some(id)) => id.clone(),
-            (false, None) => continue,
-        };
-        let permit = up(
-            "the semaphore",
-            Arc::clone(&semaphore).acquire_owned().await,
-        );
-        let client = client.clone();
-        let stored = Arc::clone(&stored);
-        let key = format!("{run}-{}", step.seq);
-        tasks.spawn(async move {
-            let answer = client.send(&step.op, &account_id, Some(&key)).await;
-            drop(permit);
-            if answer.outcome.stored() {
-                stored.fetch_add(1, Ordering::Relaxed);
-            } else if answer.outcome.is_failure() {
-                eprintln!("traffic: {:?} {:?}", answer.outcome, answer.detail);
-            }
-            match (open && answer.outcome.stored(), answer.account_id) {
-                (true, Some(id)) => Some((step.account, id)),
-                _ => None,
-            }
-        });
-        while let Some(done) = tasks.try_join_next() {
-            if let Some((index, id)) = up("a traffic task", done) {
-                ids[index] = Some(id);
-            }
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        up("a traffic task", done);
-    }
-    stored.load(Ordering::Relaxed)
+    e2e::seeded_load(url, seed, ACCOUNTS, events, CONCURRENCY, stored).await
 }
 
 /// `prismctl verify` of the whole model against the store (waiting for the model to catch

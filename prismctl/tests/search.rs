@@ -12,6 +12,8 @@
 //! `cargo test --workspace` builds it; with `cargo test -p prismctl` alone, build it first
 //! with `cargo build -p prism-search`. The tests fail with that message when it is missing.
 
+mod e2e;
+
 use std::fs::File;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -21,26 +23,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::{CommandService, TOKEN};
 use futures::FutureExt as _;
 use prism_platform::config::{Config, Sources};
 use prism_search::copies::SearchCopies;
 use prism_tests::{repo_root, unique, up};
-use prismctl::loadgen::Client;
 use prismctl::models::Model;
 use prismctl::rebuild::{Options as RebuildOptions, Source};
-use prismctl::traffic::{Op, Traffic};
 use prismctl::verify_model::{verify_model, ModelReport};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
-use tokio::sync::{oneshot, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 /// The tests of this file run one at a time: one of them stops the search engine for
 /// 30 s, which the others (and their child processes) must not meet halfway.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const TOKEN: &str = "prism-local-dev-token";
 
 // ---------------------------------------------------------------------------------------
 // The test's world: a configuration of its own, written as a profile file
@@ -356,137 +354,16 @@ fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// prism-command in-process; stopped when dropped (also when the test fails).
-struct CommandService {
-    url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl CommandService {
-    async fn start(config: &Config) -> CommandService {
-        let listener = up(
-            "localhost",
-            tokio::net::TcpListener::bind("127.0.0.1:0").await,
-        );
-        let url = format!("http://{}", up("localhost", listener.local_addr()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let config = config.clone();
-        let task = tokio::spawn(async move {
-            prism_command::app::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
-                if r.status().is_success() {
-                    return CommandService {
-                        url,
-                        stop: Some(stop),
-                        task: Some(task),
-                    };
-                }
-            }
-            if task.is_finished() {
-                panic!("prism-command stopped during start-up: {:?}", task.await);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("prism-command did not become ready at {url}");
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            match tokio::time::timeout(Duration::from_secs(60), task).await {
-                Ok(Ok(Ok(()))) => {}
-                other => panic!("prism-command did not stop cleanly: {other:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for CommandService {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Traffic, checks
 // ---------------------------------------------------------------------------------------
 
-/// Sends the seeded, realistic traffic of `seed` (opens, deposits, withdrawals, card
-/// payments, freezes) over `accounts` accounts until `events` commands are stored; returns
-/// the number stored.
+/// Sends the seeded, realistic traffic of `seed` over `accounts` accounts until `events`
+/// commands are stored; returns the number stored.
 async fn seeded_load(url: String, seed: u64, accounts: usize, events: u64) -> u64 {
     const CONCURRENCY: usize = 8;
-    let client = up(
-        "reqwest",
-        Client::new(&url, TOKEN, CONCURRENCY, Duration::from_secs(30), 5),
-    );
-    let run = unique("search-e2e");
     let stored = Arc::new(AtomicU64::new(0));
-    let mut ids: Vec<Option<String>> = vec![None; accounts];
-    let semaphore = Arc::new(Semaphore::new(CONCURRENCY));
-    // Opens answer with the account's index and id.
-    let mut tasks: JoinSet<Option<(usize, String)>> = JoinSet::new();
-    let mut opening = true;
-    for step in Traffic::new(seed, accounts, 0.05) {
-        if stored.load(Ordering::Relaxed) >= events {
-            break;
-        }
-        let open = matches!(step.op, Op::Open { .. });
-        if opening && !open {
-            // Every account exists before its first command.
-            opening = false;
-            while let Some(done) = tasks.join_next().await {
-                if let Some((index, id)) = up("a traffic task", done) {
-                    ids[index] = Some(id);
-                }
-            }
-        }
-        let account_id = match (open, &ids[step.account]) {
-            (true, _) => String::new(),
-            (false, Some(id)) => id.clone(),
-            (false, None) => continue,
-        };
-        let permit = up(
-            "the semaphore",
-            Arc::clone(&semaphore).acquire_owned().await,
-        );
-        let (client, stored) = (client.clone(), Arc::clone(&stored));
-        let key = format!("{run}-{}", step.seq);
-        tasks.spawn(async move {
-            let answer = client.send(&step.op, &account_id, Some(&key)).await;
-            drop(permit);
-            if answer.outcome.stored() {
-                stored.fetch_add(1, Ordering::Relaxed);
-            } else if answer.outcome.is_failure() {
-                eprintln!("traffic: {:?} {:?}", answer.outcome, answer.detail);
-            }
-            match (open && answer.outcome.stored(), answer.account_id) {
-                (true, Some(id)) => Some((step.account, id)),
-                _ => None,
-            }
-        });
-        while let Some(done) = tasks.try_join_next() {
-            if let Some((index, id)) = up("a traffic task", done) {
-                ids[index] = Some(id);
-            }
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        up("a traffic task", done);
-    }
-    stored.load(Ordering::Relaxed)
+    e2e::seeded_load(url, seed, accounts, events, CONCURRENCY, stored).await
 }
 
 /// POSTs a command; the answer's JSON (a failed command fails the test).
