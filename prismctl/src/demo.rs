@@ -40,6 +40,7 @@ use parking_lot::Mutex;
 use prism_events::Currency;
 use prism_platform::config::EventStoreBackend;
 use prism_platform::Config;
+use prism_search::SearchConfig;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -108,9 +109,7 @@ fn ledger_token(config: &Config, command_token: &str) -> anyhow::Result<String> 
 }
 
 /// The token the demo sends to prism-search: its first `[search] tokens` entry.
-fn search_token(config: &Config, command_token: &str) -> anyhow::Result<String> {
-    let search = prism_search::app::SearchProjector::new(config.clone())?;
-    let search = search.search_config();
+fn search_token(search: &SearchConfig, command_token: &str) -> anyhow::Result<String> {
     match search.tokens.first() {
         Some(token) => Ok(token.expose().to_owned()),
         None if !search.auth_enabled => Ok(command_token.to_owned()),
@@ -137,11 +136,14 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .ledger_listen
         .clone()
         .unwrap_or_else(|| config.ledger.listen.clone());
-    let search = prism_search::app::SearchProjector::new(config.clone())?;
+    // The `[search]` section, parsed once (prism-search parses it again when it starts).
+    let search = prism_search::app::SearchProjector::new(config.clone())?
+        .search_config()
+        .clone();
     let search_listen = args
         .search_listen
         .clone()
-        .unwrap_or_else(|| search.search_config().listen.clone());
+        .unwrap_or_else(|| search.listen.clone());
 
     // 1. The stack.
     let spinner = spinner("checking the stack (Kafka, event store, MySQL)");
@@ -190,7 +192,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
 
     let mut running = Running::default();
     let outcome = tokio::select! {
-        outcome = demo(&config, args, &token, listeners, &mut running) => outcome,
+        outcome = demo(&config, &search, args, &token, listeners, &mut running) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     let mut failed = false;
@@ -344,6 +346,7 @@ impl Running {
 
 async fn demo(
     config: &Config,
+    search_config: &SearchConfig,
     args: &Args,
     token: &str,
     listeners: Listeners,
@@ -395,7 +398,12 @@ async fn demo(
     let search_url = search.url().to_owned();
 
     let mut out = Report::new();
-    print_header(&mut out, config, [&command_url, &ledger_url, &search_url]);
+    print_header(
+        &mut out,
+        config,
+        search_config,
+        [&command_url, &ledger_url, &search_url],
+    );
 
     // 3. Traffic.
     let client = Client::new(
@@ -418,7 +426,7 @@ async fn demo(
     // 4. The ledger's query API.
     let api = Api::new(&command_url, &ledger_url, token, Duration::from_secs(30), 4)?
         .with_ledger_token(&ledger_token(config, token)?)
-        .with_search(&search_url, &search_token(config, token)?);
+        .with_search(&search_url, &search_token(search_config, token)?);
     let known: Vec<&str> = traffic.ids.iter().flatten().map(String::as_str).collect();
     show_accounts(&mut out, &api, &known).await?;
     let account = show_account(&mut out, &api, &chosen).await?;
@@ -429,13 +437,10 @@ async fn demo(
     let (try_command, try_ledger, try_search) = if args.keep_running {
         (command_url.clone(), ledger_url.clone(), search_url.clone())
     } else {
-        let search_listen = prism_search::app::SearchProjector::new(config.clone())
-            .map(|p| p.search_config().listen.clone())
-            .unwrap_or_default();
         (
             format!("http://{}", config.command.listen),
             format!("http://{}", config.ledger.listen),
-            format!("http://{search_listen}"),
+            format!("http://{}", search_config.listen),
         )
     };
     print_next_steps(
@@ -1034,14 +1039,9 @@ impl Report {
     }
 }
 
-fn print_header(out: &mut Report, config: &Config, urls: [&str; 3]) {
+fn print_header(out: &mut Report, config: &Config, search: &SearchConfig, urls: [&str; 3]) {
     let [command_url, ledger_url, search_url] = urls;
-    let (search_prefix, search_group) = prism_search::app::SearchProjector::new(config.clone())
-        .map(|p| {
-            let s = p.search_config();
-            (s.index_prefix.clone(), s.group_id.clone())
-        })
-        .unwrap_or_default();
+    let (search_prefix, search_group) = (&search.index_prefix, &search.group_id);
     let store = match config.event_store.backend {
         EventStoreBackend::Mongodb => format!(
             "MongoDB database {:?} at {}",

@@ -69,7 +69,8 @@ impl Model {
     pub fn service(self, config: &Config) -> &'static str {
         match self {
             Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone()).service(),
-            Model::Search => "elasticsearch",
+            Model::Search => prism_search::app::SearchProjector::new(config.clone())
+                .map_or("elasticsearch", |p| p.service()),
         }
     }
 

@@ -176,13 +176,11 @@ async fn send(
             body,
             None,
         )
+        .await;
+    // The sink's reading of an answer: status and JSON (or the text of a non-JSON body).
+    let (status, value) = crate::sink::read(response)
         .await
         .with_context(|| format!("{path} on elasticsearch"))?;
-    let status = response.status_code().as_u16();
-    let value: Value = response
-        .json()
-        .await
-        .with_context(|| format!("reading the answer of {path}"))?;
     if !(200..300).contains(&status) {
         bail!(
             "{path} answered {status}: {}",
