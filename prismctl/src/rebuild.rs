@@ -22,10 +22,11 @@
 //! 5. The copy is promoted in one atomic step: the query API of every instance serves it
 //!    within its poll interval, and their projectors move to it,
 //!    resuming from the positions stored in it. Until every instance says it writes the new
-//!    copy and every partition has been written there by one of them (or has nothing left
-//!    to handle), this command keeps it current; two writers on one partition are safe
-//!    (the position fence). An instance that still cannot open the live copy stops
-//!    projecting rather than write the retired one, so its partitions go to the others.
+//!    copy, this command keeps it current (two writers on one partition are safe: the
+//!    position fence); then its own projector stops, and it waits until every partition
+//!    has been written there by a live instance (or has nothing left to handle). An
+//!    instance that still cannot open the live copy stops projecting rather than write the
+//!    retired one, so its partitions go to the others.
 //!
 //! Commands are never blocked: only the read side is involved.
 
@@ -119,6 +120,8 @@ pub struct Report {
     /// Every partition's position in the new copy was written by the live projector
     /// before this command stopped.
     pub handed_over: bool,
+    /// What the handover still waited for when `--handover-timeout` ran out.
+    pub waiting_for: Option<String>,
     pub dropped: Vec<String>,
 }
 
@@ -174,7 +177,8 @@ fn print_report(r: &Report, model: &'static str) {
         println!("  the live prism-{model} now writes the new copy");
     } else {
         println!(
-            "  no running prism-{model} took the new copy over yet; it resumes from the new copy's stored positions when it (re)starts"
+            "  no running prism-{model} took the new copy over yet ({}); it resumes from the new copy's stored positions when it (re)starts",
+            r.waiting_for.as_deref().unwrap_or("none running")
         );
     }
     if r.dropped.is_empty() {
@@ -237,6 +241,7 @@ pub async fn rebuild(
             kafka_records: 0,
             seconds: 0.0,
             handed_over: false,
+            waiting_for: None,
             dropped: Vec::new(),
         },
     };
@@ -589,12 +594,14 @@ impl Build<'_> {
     }
 
     /// Keeps the new copy current until the live projectors have taken it over: every
-    /// running prism-ledger says it writes the new copy (each restarts its runtime on a
-    /// promoted copy), and every partition either holds a position a live projector wrote
-    /// there or has nothing left to handle. Until this command stops, both may write a
-    /// partition; the position fence makes the second writer of a batch re-read the position
-    /// and skip what the first one stored. An instance that cannot open the new copy stops
-    /// projecting (it never writes the retired one), so its partitions go to the others.
+    /// running instance says it writes the new copy (each restarts its runtime on a
+    /// promoted copy). From then on this command's runtime stops (its batches finished,
+    /// positions stored), so the instances no longer race it for each batch, and it waits
+    /// until every partition holds a position a live projector wrote there or has nothing
+    /// left to handle. While both run, both may write a partition; the position fence makes
+    /// the second writer of a batch re-read the position and skip what the first one
+    /// stored. An instance that cannot open the new copy stops projecting (it never writes
+    /// the retired one), so its partitions go to the others.
     async fn hand_over(&mut self) -> anyhow::Result<()> {
         let number = self.number;
         let binary = self.model.binary();
@@ -634,29 +641,47 @@ impl Build<'_> {
                     None => format!("{} (writes {:?})", i.instance, i.writing),
                 })
                 .collect();
-            let idle_or_taken = ends.iter().all(|(partition, _, high)| {
-                rows.iter().any(|r| {
-                    r.partition == *partition
-                        && (r.writer.starts_with(&live_writer) || r.offset + 1 >= *high)
-                })
-            });
             if instances.is_empty() {
                 waiting_for = format!("no running {binary}");
-            } else if !behind.is_empty() {
+                continue;
+            }
+            if !behind.is_empty() {
                 waiting_for = behind.join(", ");
-            } else if !idle_or_taken {
-                waiting_for = "partitions the live projectors have not written yet".into();
-            } else {
+                continue;
+            }
+            if let Some(running) = self.running.take() {
+                running.shut_down().await;
+                self.bars.note(&format!(
+                    "every {binary} writes the new copy; this command's projector stopped"
+                ));
+            }
+            let untaken: Vec<String> = ends
+                .iter()
+                .filter(|(partition, _, high)| {
+                    !rows.iter().any(|r| {
+                        r.partition == *partition
+                            && (r.writer.starts_with(&live_writer) || r.offset + 1 >= *high)
+                    })
+                })
+                .map(|(partition, _, _)| partition.to_string())
+                .collect();
+            if untaken.is_empty() {
                 self.report.handed_over = true;
+                self.report.waiting_for = None;
                 self.bars
                     .note(&format!("every {binary} writes the new copy; stopping"));
                 return Ok(());
             }
+            waiting_for = format!(
+                "partitions {} not yet written by a live {binary}",
+                untaken.join(", ")
+            );
         }
         self.bars.note(&format!(
             "handover not complete after {} s: waiting for {waiting_for}",
             self.options.handover_timeout.as_secs()
         ));
+        self.report.waiting_for = Some(waiting_for);
         Ok(())
     }
 }
