@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::SearchConfig;
 use crate::index::{self, Names};
-use crate::sink::{describe, partition_statuses, read};
+use crate::sink::{checkpoints, describe, read};
 
 /// Most control documents read at once (copies and instances are a handful).
 const CONTROL_MAX: usize = 1_000;
@@ -411,7 +411,7 @@ impl SearchCopies {
 
     /// The positions stored in `copy`, with their last errors.
     pub async fn partitions(&self, copy: &SearchCopy) -> anyhow::Result<Vec<PartitionStatus>> {
-        partition_statuses(copy).await
+        Ok(checkpoints(copy).statuses().await?)
     }
 
     /// Deletes every index under the prefix, the control index included (tests, resets).

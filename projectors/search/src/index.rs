@@ -93,16 +93,13 @@ fn analysis() -> Value {
     })
 }
 
-fn index_settings(config: &SearchConfig, shards: u32, with_analysis: bool) -> Value {
-    let mut settings = json!({
-        "number_of_shards": shards,
+fn index_settings(config: &SearchConfig) -> Value {
+    json!({
+        "number_of_shards": config.shards,
         "number_of_replicas": config.replicas,
         "refresh_interval": format!("{}ms", config.refresh_interval_ms),
-    });
-    if with_analysis {
-        settings["analysis"] = analysis();
-    }
-    settings
+        "analysis": analysis(),
+    })
 }
 
 fn keyword() -> Value {
@@ -146,7 +143,7 @@ fn text_with_suggest() -> Value {
 /// [`crate::fold::TransactionDoc`].
 pub fn transactions_index_body(config: &SearchConfig) -> Value {
     json!({
-        "settings": index_settings(config, config.shards, true),
+        "settings": index_settings(config),
         "mappings": {
             "dynamic": "strict",
             "properties": {
@@ -176,7 +173,7 @@ pub fn transactions_index_body(config: &SearchConfig) -> Value {
 /// [`crate::fold::AccountDoc`].
 pub fn accounts_index_body(config: &SearchConfig) -> Value {
     json!({
-        "settings": index_settings(config, config.shards, true),
+        "settings": index_settings(config),
         "mappings": {
             "dynamic": "strict",
             "properties": {
@@ -195,30 +192,15 @@ pub fn accounts_index_body(config: &SearchConfig) -> Value {
     })
 }
 
-/// The body of `PUT <checkpoints index>`: one document per partition (`partition-<p>`)
-/// and one per account whose handled version is ahead of its account document
-/// (`account-<uuid>`, after dead letters), see [`crate::sink`]. One shard: it is small and
-/// read by id.
+/// The body of `PUT <checkpoints index>`: the kit's checkpoint index (one document per
+/// partition, `partition-<p>`, and one per account whose handled version is ahead of its
+/// account document, `account-<uuid>`, after dead letters; see [`crate::sink`]), with this
+/// model's replicas and refresh interval. The kit owns its mapping.
 pub fn checkpoints_index_body(config: &SearchConfig) -> Value {
-    json!({
-        "settings": index_settings(config, 1, false),
-        "mappings": {
-            "dynamic": "strict",
-            "properties": {
-                "kind": keyword(),
-                "partition": { "type": "integer" },
-                "offset": long(),
-                "event_id": keyword(),
-                "event_time": date(),
-                "writer": keyword(),
-                "updated_at": date(),
-                "last_error": stored_only(),
-                "last_error_at": date(),
-                "account_id": keyword(),
-                "version": long()
-            }
-        }
-    })
+    prism_projector::checkpoint::elasticsearch::index_body(
+        config.replicas,
+        config.refresh_interval_ms,
+    )
 }
 
 /// The body of `PUT <control index>`: one document per copy (`copy-<n>`) and one per

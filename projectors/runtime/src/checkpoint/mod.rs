@@ -6,12 +6,13 @@
 //! - **transactional** ([`mysql`]): the position, the versions and the read-model rows are
 //!   written in one transaction; the fence is a locking read of the position row inside
 //!   it. Nothing is visible before the commit, so a fenced or failed write leaves nothing.
-//! - **idempotent by version** (Elasticsearch: `prism-search`'s checkpoint index): the store
-//!   has no transaction across documents, so every read-model write must be harmless to
-//!   repeat (document id = event id; per-account documents versioned by account version,
-//!   so an older write loses), the versions and the position are written only after every
-//!   read-model write succeeded, and the position write is fenced by a compare-and-set on
-//!   its own document. A crash in between leaves writes that the replay repeats unchanged.
+//! - **idempotent by version** ([`elasticsearch`]: a checkpoint index beside the read
+//!   model's indices): the store has no transaction across documents, so every read-model
+//!   write must be harmless to repeat (document id = event id; per-account documents
+//!   versioned by account version, so an older write loses), the versions and the position
+//!   are written only after every read-model write succeeded, and the position write is
+//!   fenced by a compare-and-set on its own document. A crash in between leaves writes that
+//!   the replay repeats unchanged.
 //!
 //! Both store the same [`crate::StoredPosition`] and versions, and both answer
 //! [`crate::SinkError::Fenced`] when another writer moved the partition.
@@ -27,6 +28,8 @@
 //!   reader drops duplicates), then the online state and the position in one atomic step.
 //!   A crash between the two repeats the offline write, which changes nothing.
 
+#[cfg(feature = "elasticsearch")]
+pub mod elasticsearch;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 
