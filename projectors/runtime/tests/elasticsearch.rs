@@ -101,7 +101,7 @@ async fn of_two_writers_storing_from_the_same_read_the_second_is_fenced_and_the_
         assert_eq!(read_a, read_b);
         let a = update(Some(10), 20, "writer-a");
         let b = update(Some(10), 30, "writer-b");
-        checkpoints
+        let written_a = checkpoints
             .store_position(&a, Some(&read_a))
             .await
             .expect("the first writer's position");
@@ -121,6 +121,10 @@ async fn of_two_writers_storing_from_the_same_read_the_second_is_fenced_and_the_
             .expect("a doc");
         assert_eq!(stored.doc.offset, 20);
         assert_eq!(stored.doc.writer, "writer-a");
+        // What the store answered is what a read finds: the same write, the same document.
+        assert!(written_a.same_write(&stored), "{written_a:?} vs {stored:?}");
+        assert_eq!(written_a, stored);
+        assert!(!read_a.same_write(&stored));
         assert_eq!(stored.doc.event_id, a.event_id);
         let positions = checkpoints.positions(&[3, 4]).await.expect("positions");
         assert_eq!(positions.len(), 1, "{positions:?}");
@@ -146,6 +150,8 @@ async fn of_two_writers_storing_from_the_same_read_the_second_is_fenced_and_the_
             (stored.doc.offset, stored.doc.writer.as_str()),
             (30, "writer-b")
         );
+        // The first writer's last write is no longer what is stored.
+        assert!(!written_a.same_write(&stored));
     })
     .await;
 }
@@ -154,7 +160,7 @@ async fn of_two_writers_storing_from_the_same_read_the_second_is_fenced_and_the_
 async fn recording_an_error_keeps_the_offset_and_invents_no_position() {
     with_checkpoints(|checkpoints| async move {
         let position = update(None, 7, "writer-a");
-        checkpoints
+        let written = checkpoints
             .store_position(&position, None)
             .await
             .expect("the position");
@@ -176,6 +182,9 @@ async fn recording_an_error_keeps_the_offset_and_invents_no_position() {
         assert_eq!(error.chars().count(), LAST_ERROR_MAX);
         assert!(error.ends_with('…'));
         assert!(stored.doc.last_error_at.is_some());
+        // An error recorded is a write of the document: state kept since the position was
+        // stored is no longer known to be current.
+        assert!(!written.same_write(&stored));
 
         // A partition never written: no document appears.
         checkpoints

@@ -36,6 +36,11 @@ pub struct SearchConfig {
     /// Largest `_bulk` request body the sink sends, in bytes; a batch larger than this is
     /// sent in several requests (the position still moves only after all of them).
     pub bulk_max_bytes: usize,
+    /// Most account documents the sink keeps in memory between batches (per process, all
+    /// partitions together), so a batch need not read back the documents the previous
+    /// batch of its partition wrote. Kept only while the partition's stored position is
+    /// the one this sink wrote last; 0 reads every batch's accounts from the engine.
+    pub account_cache_max: usize,
     /// Whether the query API (`/v1`) needs `Authorization: Bearer <token>`.
     pub auth_enabled: bool,
     /// Accepted bearer tokens of the query API (masked in logs).
@@ -72,6 +77,8 @@ impl Default for SearchConfig {
             // Elastic's guidance for bulk requests is a few MiB; larger ones gain nothing
             // and hold more memory on both sides.
             bulk_max_bytes: 5 * 1024 * 1024,
+            // About 60 MB of account documents.
+            account_cache_max: 200_000,
             auth_enabled: true,
             tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
             cursor_secret: Secret::new(LOCAL_DEV_CURSOR_SECRET),

@@ -56,6 +56,9 @@ pub struct SearchCopy {
     pub client: Elasticsearch,
     /// Largest `_bulk` body the sink sends (`[search] bulk_max_bytes`).
     pub bulk_max_bytes: usize,
+    /// Most account documents the sink remembers between batches
+    /// (`[search] account_cache_max`).
+    pub account_cache_max: usize,
 }
 
 /// A copy's control document (`copy-<n>`).
@@ -450,6 +453,7 @@ impl SearchCopies {
             checkpoints_index: self.names.checkpoints_index(number),
             client: self.client.clone(),
             bulk_max_bytes: self.config.bulk_max_bytes,
+            account_cache_max: self.config.account_cache_max,
         };
         self.create_index(
             &copy.transactions_index,

@@ -14,8 +14,9 @@
 //! - [`fold`]: pure: an account document and one event in, the new account document and
 //!   the event's transaction document out; the MCC descriptions.
 //! - [`index`]: index and alias names, mappings and settings (one place for both).
-//! - [`sink`]: `EsSink`, the kit's `Sink` over one copy: fence, bulk writes checked item
-//!   by item, the checkpoint index, error classification; `write_raw` for the benchmark.
+//! - [`sink`]: `EsSink`, the kit's `Sink` over one copy: the transaction and account
+//!   documents of a batch on the kit's `checkpoint::elasticsearch` (fence, item checks,
+//!   the checkpoint index); `write_raw` for the benchmark.
 //! - [`query`]: pure: the engine requests of the search API from validated parameters.
 //! - [`http`]: the search API (axum): transactions with facets and stable paging,
 //!   account autocomplete, NDJSON/CSV export, read-your-writes.

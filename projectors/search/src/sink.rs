@@ -17,7 +17,11 @@
 //! 1. one realtime `mget` reads the partition's position document, the batch's account
 //!    documents, and probes the transactions index (both engines would create a missing
 //!    index on a bulk `index`, with a dynamic mapping); a stored offset other than
-//!    `batch.position.expected` is [`SinkError::Fenced`] before anything is written;
+//!    `batch.position.expected` is [`SinkError::Fenced`] before anything is written.
+//!    Accounts the previous batch of the partition wrote are not read again: the sink
+//!    remembers them (up to `[search] account_cache_max`) for as long as the position it
+//!    reads is the very write it made after them (same `_seq_no`), i.e. nobody else wrote
+//!    the partition since; otherwise, or after any error, it reads them;
 //! 2. fold the batch ([`fold_batch`]); an event not newer than its account's document was
 //!    applied by an earlier attempt, so only its transaction document is made again; a
 //!    fold rejection of event `i` is [`SinkError::Rejected`] with `index: i`;
@@ -38,8 +42,10 @@
 //! raw `_bulk` ceiling `prismctl bench search` measures the projector against.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use prism_projector::checkpoint::elasticsearch::{
     external_version, fence, ndjson, position_from, BulkLine, Checkpoints, Origin, ReadPosition,
     Store,
@@ -68,12 +74,68 @@ pub fn checkpoints(copy: &SearchCopy) -> Checkpoints {
 pub struct EsSink {
     copy: SearchCopy,
     checkpoints: Checkpoints,
+    memory: Arc<Mutex<Memory>>,
+}
+
+/// The account documents this sink wrote, per partition, with the position it stored
+/// after them: while a batch's read of the position finds that very write
+/// ([`ReadPosition::same_write`]), nobody else wrote the partition since, so its accounts
+/// are what the engine holds and need not be read back (realtime gets of documents just
+/// written cost the engine a refresh). Anything else, an error included, forgets the
+/// partition.
+#[derive(Debug, Default)]
+struct Memory {
+    partitions: HashMap<i32, Remembered>,
+    /// Accounts remembered over all partitions.
+    accounts: usize,
+}
+
+#[derive(Debug)]
+struct Remembered {
+    stored: ReadPosition,
+    accounts: HashMap<Uuid, AccountDoc>,
+}
+
+impl Memory {
+    /// Takes `partition`'s memory out (a batch that fails leaves it out: forgotten).
+    fn take(&mut self, partition: i32) -> Option<Remembered> {
+        let taken = self.partitions.remove(&partition)?;
+        self.accounts -= taken.accounts.len();
+        Some(taken)
+    }
+
+    /// Remembers `partition`'s accounts after a batch stored `stored`. Over `max` accounts
+    /// in all, the partition keeps only this batch's accounts (those are the likeliest to
+    /// come again; a partition at rest is forgotten when its next batch meets a new
+    /// writer anyway).
+    fn keep(
+        &mut self,
+        partition: i32,
+        stored: ReadPosition,
+        mut accounts: HashMap<Uuid, AccountDoc>,
+        batch: &HashMap<Uuid, AccountDoc>,
+        max: usize,
+    ) {
+        if self.accounts + accounts.len() > max {
+            accounts = batch.clone();
+            if self.accounts + accounts.len() > max {
+                return;
+            }
+        }
+        self.accounts += accounts.len();
+        self.partitions
+            .insert(partition, Remembered { stored, accounts });
+    }
 }
 
 impl EsSink {
     pub fn new(copy: SearchCopy) -> Self {
         let checkpoints = checkpoints(&copy);
-        Self { copy, checkpoints }
+        Self {
+            copy,
+            checkpoints,
+            memory: Arc::default(),
+        }
     }
 
     pub fn copy(&self) -> &SearchCopy {
@@ -161,15 +223,44 @@ impl Sink for EsSink {
     }
 
     async fn apply(&self, batch: &Batch) -> Result<(), SinkError> {
-        // 1 and 2. One read: the fence, the accounts, the transactions index is there.
+        // 1 and 2. One read: the fence, the accounts not remembered, the transactions
+        // index is there.
         let mut ids: Vec<Uuid> = batch.events.iter().map(|e| e.account_id.0).collect();
         ids.sort_unstable();
         ids.dedup();
         let partition = batch.position.as_ref().map(|p| p.partition);
-        let (read, mut state) = self.load(partition, &ids).await?;
+        let remembered = partition.and_then(|p| self.memory.lock().take(p));
+        let unknown: Vec<Uuid> = match &remembered {
+            Some(r) => ids
+                .iter()
+                .filter(|id| !r.accounts.contains_key(id))
+                .copied()
+                .collect(),
+            None => ids.clone(),
+        };
+        let (read, loaded) = self.load(partition, &unknown).await?;
+        let mut known = match (remembered, &read) {
+            (Some(r), Some(found)) if r.stored.same_write(found) => r.accounts,
+            // Another write of the position came in between: what was remembered may be
+            // old. Read the rest too (a fenced batch stops below without writing).
+            (Some(r), _) => {
+                let rest: Vec<Uuid> = ids
+                    .iter()
+                    .filter(|id| r.accounts.contains_key(id))
+                    .copied()
+                    .collect();
+                self.load(None, &rest).await?.1
+            }
+            (None, _) => HashMap::new(),
+        };
         if let Some(position) = &batch.position {
             fence(position, read.as_ref())?;
         }
+        let mut state: HashMap<Uuid, AccountDoc> = ids
+            .iter()
+            .filter_map(|id| known.remove(id).map(|doc| (*id, doc)))
+            .collect();
+        state.extend(loaded);
         let writes = fold_batch(&mut state, &batch.events).map_err(|r| SinkError::Rejected {
             index: r.index,
             reason: r.rejection.to_string(),
@@ -193,9 +284,21 @@ impl Sink for EsSink {
 
         // 5. The position, last and fenced.
         if let Some(position) = &batch.position {
-            self.checkpoints
+            let stored = self
+                .checkpoints
                 .store_position(position, read.as_ref())
                 .await?;
+            if self.copy.account_cache_max > 0 {
+                let mut accounts = known;
+                accounts.extend(state.iter().map(|(id, doc)| (*id, doc.clone())));
+                self.memory.lock().keep(
+                    position.partition,
+                    stored,
+                    accounts,
+                    &state,
+                    self.copy.account_cache_max,
+                );
+            }
         }
         Ok(())
     }

@@ -405,6 +405,60 @@ async fn a_fenced_writer_writes_no_position_and_leaves_the_model_equal() {
     assert_eq!(sink.positions(&[0]).await.expect("positions")[0].offset, 1);
 }
 
+/// A sink remembers the accounts it wrote only while the partition's stored position is
+/// its own last write: once another instance wrote the partition (a rebalance moved it
+/// away and back) or an error was recorded on it, the accounts are read again, and every
+/// document ends as the fold of all the events.
+#[tokio::test]
+async fn remembered_accounts_are_read_again_once_the_partition_was_written_by_another() {
+    let model = Model::new().await;
+    let (copy, first) = model.live().await;
+    let second = EsSink::new(copy.clone());
+    let x = Uuid::now_v7();
+    let events = [
+        opened(x, "Ada Lovelace"),
+        deposited(x, 2, 1_000),
+        deposited(x, 3, 500),
+        withdrawn(x, 4, 200),
+        deposited(x, 5, 50),
+        deposited(x, 6, 10),
+    ];
+    let mut offset = 0;
+    let mut send = |sink: &EsSink, from: usize, to: usize| {
+        let expected = (offset > 0).then_some(offset);
+        offset = to as i64;
+        let batch = batch(events[from..to].to_vec(), expected, offset);
+        let sink = sink.clone();
+        async move { sink.apply(&batch).await }
+    };
+    send(&first, 0, 2).await.expect("the first instance");
+    send(&second, 2, 3).await.expect("another instance");
+    send(&first, 3, 4)
+        .await
+        .expect("the first instance, after the other");
+    send(&first, 4, 5).await.expect("the first instance again");
+    first.record_error(0, "a retried failure").await.expect("an error recorded");
+    send(&first, 5, 6)
+        .await
+        .expect("the first instance, after the error");
+
+    let mut state = HashMap::new();
+    let all = fold_batch(&mut state, &events).expect("folds");
+    let model_now = snapshot(model.client(), &copy).await;
+    let accounts: Vec<AccountDoc> = model_now
+        .accounts
+        .iter()
+        .map(|(_, s, _)| serde_json::from_value(s.clone()).expect("an account"))
+        .collect();
+    assert_eq!(accounts, all.accounts);
+    assert_eq!(accounts[0].balance_minor, 1_360);
+    assert_eq!(model_now.transactions.len(), all.transactions.len());
+    assert_eq!(
+        first.versions(&[x]).await.expect("versions"),
+        HashMap::from([(x, 6)])
+    );
+}
+
 #[tokio::test]
 async fn a_batch_applied_again_after_a_crash_before_its_position_ends_as_a_clean_apply() {
     let model = Model::new().await;

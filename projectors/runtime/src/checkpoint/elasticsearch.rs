@@ -139,12 +139,23 @@ pub fn index_body(replicas: u32, refresh_interval_ms: u64) -> Value {
     })
 }
 
-/// A position document as read, with what the fence compares and swaps.
+/// A position document as read (or as [`Checkpoints::store_position`] wrote it), with
+/// what the fence compares and swaps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadPosition {
     pub doc: PartitionDoc,
     seq_no: i64,
     primary_term: i64,
+}
+
+impl ReadPosition {
+    /// Whether `other` is the very same write of the document (same sequence number and
+    /// primary term): nobody wrote the partition's position in between, not even with the
+    /// same offset. A sink that keeps state between batches of a partition may trust it
+    /// only while the position it reads is the one it stored last.
+    pub fn same_write(&self, other: &ReadPosition) -> bool {
+        self.seq_no == other.seq_no && self.primary_term == other.primary_term
+    }
 }
 
 /// What made one line of a bulk request: how its item's status is judged, and the event a
@@ -436,11 +447,14 @@ impl Checkpoints {
     /// `None`: there was no document, so it is created and must not exist by then). The
     /// event and the last error are kept from `found` where the update has none. A 409 is
     /// [`SinkError::Fenced`] with the offset stored now; the stored document is untouched.
+    /// Returns the document as written, with its new sequence number: what the next
+    /// batch's read finds unless another writer came in between
+    /// ([`ReadPosition::same_write`]).
     pub async fn store_position(
         &self,
         position: &PositionUpdate,
         found: Option<&ReadPosition>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<ReadPosition, SinkError> {
         let what = "writing the position";
         let previous = found.map(|r| &r.doc);
         let doc = PartitionDoc {
@@ -459,7 +473,7 @@ impl Checkpoints {
             .store
             .client
             .index(IndexParts::IndexId(&self.index, &id))
-            .body(doc);
+            .body(&doc);
         let request = match found {
             Some(r) => request.if_seq_no(r.seq_no).if_primary_term(r.primary_term),
             None => request.op_type(OpType::Create),
@@ -468,7 +482,17 @@ impl Checkpoints {
             .await
             .map_err(|e| self.store.transport(what, e))?;
         match status {
-            200..=299 => Ok(()),
+            200..=299 => match (body["_seq_no"].as_i64(), body["_primary_term"].as_i64()) {
+                (Some(seq_no), Some(primary_term)) => Ok(ReadPosition {
+                    doc,
+                    seq_no,
+                    primary_term,
+                }),
+                _ => Err(SinkError::Permanent(format!(
+                    "{what} in {}: the engine returned no _seq_no/_primary_term",
+                    self.store.label
+                ))),
+            },
             409 => {
                 // Only to name it in the error: the fence already held.
                 let stored = self
