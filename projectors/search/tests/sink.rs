@@ -437,7 +437,10 @@ async fn remembered_accounts_are_read_again_once_the_partition_was_written_by_an
         .await
         .expect("the first instance, after the other");
     send(&first, 4, 5).await.expect("the first instance again");
-    first.record_error(0, "a retried failure").await.expect("an error recorded");
+    first
+        .record_error(0, "a retried failure")
+        .await
+        .expect("an error recorded");
     send(&first, 5, 6)
         .await
         .expect("the first instance, after the error");
