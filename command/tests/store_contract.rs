@@ -8,7 +8,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
-use chrono::{DateTime, SubsecRound, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
 use futures::FutureExt;
 use prism_command::store::mongo::MongoStore;
@@ -21,7 +21,8 @@ use prism_events::event::{
     CardPaymentApproved, CardPaymentDeclined, DeclineReason, MoneyDeposited, MoneyWithdrawn,
     WithdrawalChannel,
 };
-use prism_events::{AccountEvent, AccountId, Country, Currency, Envelope};
+use prism_events::testing::{self, country, currency};
+use prism_events::{AccountEvent, AccountId, Envelope};
 use prism_platform::clients;
 use prism_tests::{config, unique, up};
 use serde_json::json;
@@ -129,20 +130,15 @@ fn at(rfc3339: &str) -> DateTime<Utc> {
     }
 }
 
-fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
-fn country(code: &str) -> Country {
-    Country::parse(code).expect("test country")
-}
+// Unusual values on purpose (every script, quotes, the largest amounts): what a store
+// must round-trip unchanged. Everything else comes from `prism_events::testing`.
 
 fn opened() -> AccountEvent {
     AccountEvent::AccountOpened(AccountOpened {
         holder_name: "Zoë Ångström-Nakamura 中村 🏦".into(),
         email: "zoe@example.org".into(),
         country: country("SE"),
-        currency: Currency::parse("SEK").expect("SEK"),
+        currency: currency("SEK"),
         daily_withdrawal_limit_minor: 9_007_199_254_740_993,
     })
 }
@@ -188,16 +184,11 @@ fn every_type() -> Vec<AccountEvent> {
 }
 
 fn envelope(account: AccountId, version: u64, event: AccountEvent) -> Envelope {
-    Envelope {
-        id: Uuid::now_v7(),
-        source: "/prism/command".into(),
-        account_id: account,
-        time: now(),
-        account_version: version,
-        correlation_id: Some(format!("req-{version}")),
-        causation_id: None,
-        event,
-    }
+    testing::envelope(event)
+        .account(account)
+        .version(version)
+        .correlation(Some(&format!("req-{version}")))
+        .build()
 }
 
 /// A commit of `count` deposits after `expected` (amounts tell the commits apart).

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{SubsecRound, Utc};
-use prism_events::event::{AccountOpened, MoneyDeposited};
-use prism_events::{AccountEvent, AccountId, Country, Currency, Envelope};
+use prism_events::testing::{deposited, opened, Account};
+use prism_events::{AccountId, Envelope};
 use prism_platform::config::EventStoreBackend;
 use prism_tests::up;
 use support::{
@@ -30,39 +29,21 @@ const LEFTOVER_ACCOUNTS: usize = 5;
 /// busy two-core machine).
 const BOUND: Duration = Duration::from_secs(30);
 
-fn envelope(account: AccountId, version: u64, event: AccountEvent) -> Envelope {
-    Envelope {
-        id: Uuid::now_v7(),
-        source: "/prism/command-dead-instance".into(),
-        account_id: account,
-        time: Utc::now().trunc_subsecs(6),
-        account_version: version,
-        correlation_id: None,
-        causation_id: None,
-        event,
-    }
-}
-
 /// An opening and two deposits, as one commit a crashed instance stored but never published.
 fn leftover_commit(account: AccountId) -> Vec<Envelope> {
-    let opened = AccountEvent::AccountOpened(AccountOpened {
-        holder_name: "Left Behind".into(),
-        email: "left@example.org".into(),
-        country: up("country", Country::parse("DE")),
-        currency: up("currency", Currency::parse("EUR")),
-        daily_withdrawal_limit_minor: 100_000,
-    });
-    let deposit = |amount_minor| {
-        AccountEvent::MoneyDeposited(MoneyDeposited {
-            amount_minor,
-            description: None,
-        })
+    let mut dead = Account {
+        id: account,
+        partition: 0,
+        version: 0,
     };
-    vec![
-        envelope(account, 1, opened),
-        envelope(account, 2, deposit(10)),
-        envelope(account, 3, deposit(20)),
+    [
+        opened("Left Behind", "DE", "EUR"),
+        deposited(10),
+        deposited(20),
     ]
+    .into_iter()
+    .map(|event| dead.next_now(event).0)
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

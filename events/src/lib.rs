@@ -11,7 +11,9 @@
 //! - [`upcast`]: upgrades old schema versions when an event is read.
 //! - [`token`]: the consistency token a client hands to a read model.
 //! - [`schema`]: JSON Schemas of every event type, checked in under `events/schemas/`.
-//! - `testing` (feature `testing`): event builders and seeded histories for tests.
+//! - `testing` (feature `testing`): event builders for tests, and `testing::traffic`, the one
+//!   seeded traffic model (command API requests, or the events they give) behind `Feed`,
+//!   `prismctl loadgen` and the benches.
 
 pub mod codes;
 pub mod envelope;

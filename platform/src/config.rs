@@ -168,7 +168,8 @@ pub struct Config {
     pub command: CommandConfig,
     pub relay: RelayConfig,
     pub projector: ProjectorConfig,
-    pub ledger: LedgerConfig,
+    /// `prism-ledger`'s section, owned and parsed by that crate ([`Section`]).
+    pub ledger: Section,
     /// `prism-search`'s section, owned and parsed by that crate ([`Section`]).
     pub search: Section,
 }
@@ -686,80 +687,6 @@ impl Default for ProjectorConfig {
     }
 }
 
-/// `prism-ledger`: the MySQL read model and its query API.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LedgerConfig {
-    /// Address of the query API.
-    pub listen: String,
-    /// Kafka consumer group (one per projector; instances of it share the partitions).
-    pub group_id: String,
-    /// Name of the control database; each copy of the read model is the database
-    /// `<database>_g<generation>` on the server of `[mysql] url`.
-    pub database: String,
-    /// Whether the query API (`/v1`) needs `Authorization: Bearer <token>`.
-    pub auth_enabled: bool,
-    /// Accepted bearer tokens of the query API (masked in logs).
-    pub tokens: Vec<Secret>,
-    /// Key that signs paging cursors (so a tampered cursor is refused).
-    pub cursor_secret: Secret,
-    /// Longest a query waits for a `Consistency-Token` or `min_version`, in milliseconds.
-    pub wait_timeout_ms: u64,
-    /// Most queries waiting for a version at once; more get 503 with `Retry-After`, so
-    /// waits can never crowd out the projector.
-    pub max_waiters: usize,
-    /// Connections of the query API's own MySQL pool (the projector's writes have theirs,
-    /// `[mysql] max_connections`, which queries never touch).
-    pub query_max_connections: u32,
-    /// Default and largest page sizes of the list endpoints.
-    pub page_size: u32,
-    pub max_page_size: u32,
-    /// How often the query API re-reads which copy of the read model is live, in ms.
-    pub generation_poll_ms: u64,
-}
-
-impl Default for LedgerConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8081".into(),
-            group_id: "prism-ledger".into(),
-            database: "prism_ledger".into(),
-            auth_enabled: true,
-            tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
-            cursor_secret: Secret::new(LOCAL_DEV_CURSOR_SECRET),
-            wait_timeout_ms: 5_000,
-            max_waiters: 256,
-            query_max_connections: 4,
-            page_size: 50,
-            max_page_size: 500,
-            generation_poll_ms: 1_000,
-        }
-    }
-}
-
-impl LedgerConfig {
-    /// Refuses to serve on `listening` (the bound address) with the compiled-in token or
-    /// cursor key unless that is a loopback address. Call it once the listener is bound.
-    pub fn refuse_local_secrets(&self, listening: SocketAddr) -> Result<(), ConfigError> {
-        refuse_local_secrets(
-            "ledger",
-            listening,
-            &[
-                (
-                    "tokens",
-                    "PRISM_LEDGER__TOKENS='[\"<token>\"]'",
-                    self.auth_enabled && self.tokens.iter().any(|t| t.expose() == LOCAL_DEV_TOKEN),
-                ),
-                (
-                    "cursor_secret",
-                    "PRISM_LEDGER__CURSOR_SECRET=<random text>",
-                    self.cursor_secret.expose() == LOCAL_DEV_CURSOR_SECRET,
-                ),
-            ],
-        )
-    }
-}
-
 #[cfg(test)]
 // figment's `Jail` closures must return its (large) `figment::Error`.
 #[allow(clippy::result_large_err)]
@@ -1009,8 +936,8 @@ sasl.mechanism = "PLAIN"
 
     #[test]
     fn compiled_in_secrets_are_refused_off_loopback_naming_the_key() {
+        // The projectors' sections ([ledger], [search]) are checked by their own crates.
         let command = CommandConfig::default();
-        let ledger = LedgerConfig::default();
         for loopback in [
             "127.0.0.1:8080",
             "127.9.9.9:1",
@@ -1019,10 +946,6 @@ sasl.mechanism = "PLAIN"
         ] {
             assert!(
                 command.refuse_local_secrets(at(loopback)).is_ok(),
-                "{loopback}"
-            );
-            assert!(
-                ledger.refuse_local_secrets(at(loopback)).is_ok(),
                 "{loopback}"
             );
         }
@@ -1039,31 +962,12 @@ sasl.mechanism = "PLAIN"
             assert!(shown.contains("[command] tokens"), "{shown}");
             assert!(shown.contains("PRISM_COMMAND__TOKENS"), "{shown}");
             assert!(shown.contains(exposed), "{shown}");
-            let err = ledger
-                .refuse_local_secrets(at(exposed))
-                .expect_err("the local token off loopback");
-            assert!(err.to_string().contains("[ledger] tokens"), "{err}");
         }
     }
 
     #[test]
-    fn each_compiled_in_secret_is_refused_on_its_own() {
-        let exposed = at("0.0.0.0:8081");
-        let own_tokens = LedgerConfig {
-            tokens: vec![Secret::new("a-real-token")],
-            ..LedgerConfig::default()
-        };
-        let err = own_tokens
-            .refuse_local_secrets(exposed)
-            .expect_err("the local cursor key off loopback");
-        let shown = err.to_string();
-        assert!(shown.contains("[ledger] cursor_secret"), "{shown}");
-        assert!(shown.contains("PRISM_LEDGER__CURSOR_SECRET"), "{shown}");
-        let own_both = LedgerConfig {
-            cursor_secret: Secret::new("a-real-key"),
-            ..own_tokens
-        };
-        assert!(own_both.refuse_local_secrets(exposed).is_ok());
+    fn the_local_token_is_refused_among_others_and_unused_without_auth() {
+        let exposed = at("0.0.0.0:8080");
         // The local token among others is still refused: it would still be let in.
         let mixed = CommandConfig {
             tokens: vec![Secret::new("a-real-token"), Secret::new(LOCAL_DEV_TOKEN)],
@@ -1075,7 +979,7 @@ sasl.mechanism = "PLAIN"
             ..CommandConfig::default()
         };
         assert!(own.refuse_local_secrets(exposed).is_ok());
-        // Without authentication no token is used (the cursor key still is).
+        // Without authentication no token is used.
         let open = CommandConfig {
             auth_enabled: false,
             ..CommandConfig::default()
@@ -1084,22 +988,12 @@ sasl.mechanism = "PLAIN"
     }
 
     #[test]
-    fn tokens_and_cursor_key_can_come_from_the_environment() {
+    fn tokens_can_come_from_the_environment() {
         Jail::expect_with(|jail| {
-            jail.set_env("PRISM_LEDGER__TOKENS", r#"["from-env-1", "from-env-2"]"#);
-            jail.set_env("PRISM_COMMAND__TOKENS", r#"["from-env-1"]"#);
-            jail.set_env("PRISM_LEDGER__CURSOR_SECRET", "key-from-env");
+            jail.set_env("PRISM_COMMAND__TOKENS", r#"["from-env-1", "from-env-2"]"#);
             let c = load_here().map_err(|e| e.to_string())?;
-            let shown = |tokens: &[Secret]| {
-                tokens
-                    .iter()
-                    .map(|t| t.expose().to_owned())
-                    .collect::<Vec<_>>()
-            };
-            assert_eq!(shown(&c.ledger.tokens), ["from-env-1", "from-env-2"]);
-            assert_eq!(shown(&c.command.tokens), ["from-env-1"]);
-            assert_eq!(c.ledger.cursor_secret.expose(), "key-from-env");
-            assert!(c.ledger.refuse_local_secrets(at("0.0.0.0:8081")).is_ok());
+            let shown: Vec<&str> = c.command.tokens.iter().map(|t| t.expose()).collect();
+            assert_eq!(shown, ["from-env-1", "from-env-2"]);
             assert!(c.command.refuse_local_secrets(at("0.0.0.0:8080")).is_ok());
             Ok(())
         });

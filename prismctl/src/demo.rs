@@ -38,6 +38,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use prism_events::Currency;
+use prism_ledger::LedgerConfig;
 use prism_platform::config::EventStoreBackend;
 use prism_platform::Config;
 use prism_search::SearchConfig;
@@ -100,10 +101,10 @@ const LOCAL_TOKEN: &str = "prism-local-dev-token";
 
 /// The token the demo sends to the ledger: its first `[ledger] tokens` entry (prism-command's
 /// token when the ledger takes none).
-fn ledger_token(config: &Config, command_token: &str) -> anyhow::Result<String> {
-    match config.ledger.tokens.first() {
+fn ledger_token(ledger: &LedgerConfig, command_token: &str) -> anyhow::Result<String> {
+    match ledger.tokens.first() {
         Some(token) => Ok(token.expose().to_owned()),
-        None if !config.ledger.auth_enabled => Ok(command_token.to_owned()),
+        None if !ledger.auth_enabled => Ok(command_token.to_owned()),
         None => bail!("[ledger] tokens is empty while auth_enabled: the demo has no token to send"),
     }
 }
@@ -132,11 +133,15 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .command_listen
         .clone()
         .unwrap_or_else(|| config.command.listen.clone());
+    // The `[ledger]` and `[search]` sections, parsed once (each projector parses its own
+    // again when it starts).
+    let ledger = prism_ledger::app::LedgerProjector::new(config.clone())?
+        .ledger_config()
+        .clone();
     let ledger_listen = args
         .ledger_listen
         .clone()
-        .unwrap_or_else(|| config.ledger.listen.clone());
-    // The `[search]` section, parsed once (prism-search parses it again when it starts).
+        .unwrap_or_else(|| ledger.listen.clone());
     let search = prism_search::app::SearchProjector::new(config.clone())?
         .search_config()
         .clone();
@@ -192,7 +197,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
 
     let mut running = Running::default();
     let outcome = tokio::select! {
-        outcome = demo(&config, &search, args, &token, listeners, &mut running) => outcome,
+        outcome = demo(&config, &ledger, &search, args, &token, listeners, &mut running) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     let mut failed = false;
@@ -346,6 +351,7 @@ impl Running {
 
 async fn demo(
     config: &Config,
+    ledger_config: &LedgerConfig,
     search_config: &SearchConfig,
     args: &Args,
     token: &str,
@@ -401,6 +407,7 @@ async fn demo(
     print_header(
         &mut out,
         config,
+        ledger_config,
         search_config,
         [&command_url, &ledger_url, &search_url],
     );
@@ -425,7 +432,7 @@ async fn demo(
 
     // 4. The ledger's query API.
     let api = Api::new(&command_url, &ledger_url, token, Duration::from_secs(30), 4)?
-        .with_ledger_token(&ledger_token(config, token)?)
+        .with_ledger_token(&ledger_token(ledger_config, token)?)
         .with_search(&search_url, &search_token(search_config, token)?);
     let known: Vec<&str> = traffic.ids.iter().flatten().map(String::as_str).collect();
     show_accounts(&mut out, &api, &known).await?;
@@ -439,7 +446,7 @@ async fn demo(
     } else {
         (
             format!("http://{}", config.command.listen),
-            format!("http://{}", config.ledger.listen),
+            format!("http://{}", ledger_config.listen),
             format!("http://{}", search_config.listen),
         )
     };
@@ -1039,7 +1046,13 @@ impl Report {
     }
 }
 
-fn print_header(out: &mut Report, config: &Config, search: &SearchConfig, urls: [&str; 3]) {
+fn print_header(
+    out: &mut Report,
+    config: &Config,
+    ledger: &LedgerConfig,
+    search: &SearchConfig,
+    urls: [&str; 3],
+) {
     let [command_url, ledger_url, search_url] = urls;
     let (search_prefix, search_group) = (&search.index_prefix, &search.group_id);
     let store = match config.event_store.backend {
@@ -1081,8 +1094,8 @@ fn print_header(out: &mut Report, config: &Config, search: &SearchConfig, urls: 
                 ledger_url.into(),
                 format!(
                     "consumes the topic (group {:?}) into MySQL {:?} at {}, serves queries",
-                    config.ledger.group_id,
-                    config.ledger.database,
+                    ledger.group_id,
+                    ledger.database,
                     config.mysql.url.hosts()
                 ),
             ],

@@ -8,7 +8,8 @@
 //!   `bench visibility` (acceptance → visible in the ledger); `sample` reads the CPU and
 //!   memory figures they report from `/proc`.
 //! - `loadgen`: seeded, reproducible traffic through prism-command's HTTP API.
-//! - `traffic`: the pure, seeded traffic model `loadgen` sends.
+//! - `traffic`: the pure, seeded traffic model `loadgen` sends (the event contract's
+//!   `testing::traffic`, shared with projector tests), held to the command service's rules.
 //! - `demo`: runs the write side and the ledger in-process (`services`), sends a short load
 //!   and shows the query API, including a read-your-writes query.
 //! - `status`: each projector's stored positions against Kafka's end offsets.

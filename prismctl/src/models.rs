@@ -29,7 +29,7 @@ impl Model {
     pub async fn open(self, config: &Config) -> anyhow::Result<ReadModel> {
         match self {
             Model::Ledger => {
-                ReadModel::open(prism_ledger::app::LedgerProjector::new(config.clone())).await
+                ReadModel::open(prism_ledger::app::LedgerProjector::new(config.clone())?).await
             }
             Model::Search => {
                 ReadModel::open(prism_search::app::SearchProjector::new(config.clone())?).await
@@ -42,7 +42,7 @@ impl Model {
     pub async fn open_existing(self, config: &Config) -> anyhow::Result<Option<ReadModel>> {
         match self {
             Model::Ledger => {
-                ReadModel::open_existing(prism_ledger::app::LedgerProjector::new(config.clone()))
+                ReadModel::open_existing(prism_ledger::app::LedgerProjector::new(config.clone())?)
                     .await
             }
             Model::Search => {
@@ -68,7 +68,8 @@ impl Model {
     /// The backing service its copies live in (`mysql`, …).
     pub fn service(self, config: &Config) -> &'static str {
         match self {
-            Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone()).service(),
+            Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone())
+                .map_or("mysql", |p| p.service()),
             Model::Search => prism_search::app::SearchProjector::new(config.clone())
                 .map_or("elasticsearch", |p| p.service()),
         }
@@ -77,7 +78,7 @@ impl Model {
     /// The projector's settings, without connecting to anything.
     pub fn settings(self, config: &Config) -> anyhow::Result<Settings> {
         Ok(match self {
-            Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone()).settings(),
+            Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone())?.settings(),
             Model::Search => prism_search::app::SearchProjector::new(config.clone())?.settings(),
         })
     }
@@ -120,5 +121,61 @@ impl ReadModel {
     /// How recently an instance must have reported to count as running.
     pub fn alive_window(&self) -> Duration {
         (self.settings.copy_poll * 5).max(Duration::from_secs(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prism_platform::config::Sources;
+
+    use super::*;
+
+    /// The configuration `file` gives, loaded as every binary loads it.
+    fn load(file: &str) -> Config {
+        let path = std::env::temp_dir().join(format!(
+            "prismctl-models-{}.toml",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, file).expect("writing the test configuration");
+        let loaded = Sources {
+            base: Some(path.clone()),
+            profile: None,
+        }
+        .load();
+        let _ = std::fs::remove_file(&path);
+        loaded.expect("the test configuration loads")
+    }
+
+    #[test]
+    fn each_projector_section_tunes_its_own_runtime_only() {
+        let config = load(
+            "[projector]\nbatch_max_events = 700\n\
+             [ledger.projector]\nbatch_max_events = 123\n\
+             [search.projector]\nbatch_max_wait_ms = 250\n",
+        );
+        let ledger = Model::Ledger.settings(&config).expect("ledger settings");
+        let search = Model::Search.settings(&config).expect("search settings");
+        assert_eq!(ledger.runtime.batch_max_events, 123);
+        assert_eq!(
+            ledger.runtime.batch_max_wait_ms, 20,
+            "[projector]'s default"
+        );
+        assert_eq!(search.runtime.batch_max_events, 700, "[projector]");
+        assert_eq!(search.runtime.batch_max_wait_ms, 250);
+    }
+
+    #[test]
+    fn a_misspelt_ledger_key_fails_naming_it() {
+        let config = load("[ledger]\ngroupid = \"x\"\n");
+        let err = Model::Ledger.settings(&config).expect_err("a misspelt key");
+        let shown = format!("{err:#}");
+        assert!(
+            shown.contains("[ledger]") && shown.contains("groupid"),
+            "{shown}"
+        );
+        assert!(
+            Model::Search.settings(&config).is_ok(),
+            "search is not affected"
+        );
     }
 }

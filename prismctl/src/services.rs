@@ -394,8 +394,8 @@ impl Scratch {
             EventStoreBackend::Postgres => config.event_store.postgres_schema = self.store.clone(),
         }
         config.kafka.topic = self.topic.clone();
-        config.ledger.database = self.ledger_database.clone();
-        config.ledger.group_id = self.group_id.clone();
+        config.ledger.set("database", self.ledger_database.as_str());
+        config.ledger.set("group_id", self.group_id.as_str());
         config
             .search
             .set("index_prefix", self.search_prefix.as_str());
@@ -414,9 +414,10 @@ impl Scratch {
     /// be dropped, as messages.
     pub async fn remove(&self, config: &Config, keep_store: bool) -> Vec<String> {
         let mut failures = Vec::new();
-        let mut ledger_config = config.ledger.clone();
-        ledger_config.database = self.ledger_database.clone();
+        let mut named = config.clone();
+        self.apply(&mut named);
         let ledger = async {
+            let ledger_config = prism_ledger::LedgerConfig::from_config(&named)?;
             prism_ledger::store::Ledger::open(&config.mysql, &ledger_config)
                 .await?
                 .drop_everything()
@@ -428,10 +429,8 @@ impl Scratch {
                 self.ledger_database
             ));
         }
-        let mut search_config = config.clone();
-        self.apply(&mut search_config);
         let search = async {
-            let projector = prism_search::app::SearchProjector::new(search_config)?;
+            let projector = prism_search::app::SearchProjector::new(named.clone())?;
             let settings = projector.search_config();
             if prism_search::copies::SearchCopies::exists(&config.elasticsearch, settings).await? {
                 prism_search::copies::SearchCopies::connect(&config.elasticsearch, settings)

@@ -36,6 +36,7 @@ use prism_command::store::{EventStore, Position};
 use prism_events::{AccountEvent, AccountId, Envelope};
 use prism_ledger::query::BEGIN_SNAPSHOT;
 use prism_ledger::store::{validate_database_name, Ledger};
+use prism_ledger::LedgerConfig;
 use prism_platform::Config;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -166,7 +167,8 @@ pub async fn verify_ledger_with(
     config: &Config,
     options: &Options,
 ) -> anyhow::Result<VerifyReport> {
-    validate_database_name(&config.ledger.database).context("[ledger] database")?;
+    validate_database_name(&LedgerConfig::from_config(config)?.database)
+        .context("[ledger] database")?;
     let started = Instant::now();
     let store = prism_command::app::open_store(config)
         .await
@@ -213,7 +215,8 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         };
     }
     // A bad name is a configuration error (exit 2), not drift.
-    validate_database_name(&config.ledger.database).context("[ledger] database")?;
+    validate_database_name(&LedgerConfig::from_config(config)?.database)
+        .context("[ledger] database")?;
     let options = Options {
         page_size: usize::try_from(args.page_size).unwrap_or(DEFAULT_PAGE_SIZE),
         progress: true,
@@ -446,10 +449,11 @@ pub async fn database_exists(pool: &MySqlPool, database: &str) -> anyhow::Result
 
 async fn read_model(config: &Config, mysql: &MySqlPool) -> anyhow::Result<ModelView> {
     // Ledger::open would create the control database: look first.
-    if !database_exists(mysql, &config.ledger.database).await? {
+    let ledger_config = LedgerConfig::from_config(config)?;
+    if !database_exists(mysql, &ledger_config.database).await? {
         return Ok(ModelView::default());
     }
-    let ledger = Ledger::open(&config.mysql, &config.ledger).await?;
+    let ledger = Ledger::open(&config.mysql, &ledger_config).await?;
     let Some(number) = ledger.live_number().await? else {
         return Ok(ModelView::default());
     };

@@ -82,12 +82,13 @@ impl LedgerProcess {
             File::options().create(true).append(true).open(&self.log),
         );
         let config = &self.config;
+        let ledger = support::ledger_config(config);
         let child = Command::new(ledger_binary())
             .current_dir(&root)
             .env("PRISM_CONFIG", root.join("config/prism.toml"))
             .env_remove("PRISM_PROFILE")
-            .env("PRISM_LEDGER__DATABASE", &config.ledger.database)
-            .env("PRISM_LEDGER__GROUP_ID", &config.ledger.group_id)
+            .env("PRISM_LEDGER__DATABASE", &ledger.database)
+            .env("PRISM_LEDGER__GROUP_ID", &ledger.group_id)
             .env("PRISM_LEDGER__LISTEN", format!("127.0.0.1:{port}"))
             .env("PRISM_KAFKA__TOPIC", &config.kafka.topic)
             .env(
@@ -401,7 +402,8 @@ async fn a_kill_while_the_first_start_creates_the_model_does_not_wedge_the_ledge
     support::isolated(1, |env| async move {
         let config = env.config.clone();
         let admin = up("mysql", prism_platform::clients::mysql(&config.mysql).await);
-        let generation = prism_ledger::store::generation_database(&config.ledger.database, 1);
+        let generation =
+            prism_ledger::store::generation_database(&support::ledger_config(&config).database, 1);
         let mut ledger = LedgerProcess::new(&config);
         ledger.spawn();
         // Kill the moment the migration of generation 1 is recorded as begun but not done.

@@ -24,15 +24,20 @@ fn isolated_config() -> Config {
     config.event_store.postgres_schema = unique("prism_test_rebuild");
     config.kafka.topic = unique("prism-test-rebuild");
     config.kafka.topic_partitions = 3;
-    config.ledger.database = unique("prism_test_rebuild");
-    config.ledger.group_id = unique("prism-test-rebuild");
-    config.ledger.generation_poll_ms = 200;
+    config.ledger.set("database", unique("prism_test_rebuild"));
+    config.ledger.set("group_id", unique("prism-test-rebuild"));
+    config.ledger.set("generation_poll_ms", 200);
     config.relay.sweep_interval_ms = 200;
     config.projector.batch_max_wait_ms = 10;
     config.projector.lag_interval_ms = 200;
     config.projector.session_timeout_ms = 6_000;
     config.log.level = "warn".into();
     config
+}
+
+/// `config`'s `[ledger]` section, parsed as prism-ledger parses it.
+fn ledger_config(config: &Config) -> prism_ledger::LedgerConfig {
+    prism_ledger::LedgerConfig::from_config(config).expect("the test configuration's [ledger]")
 }
 
 struct Service {
@@ -188,7 +193,10 @@ async fn a_rebuild_under_load_switches_copies_with_no_gap_in_answers() {
     };
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let ledger = up(
+        "mysql",
+        Ledger::open(&config.mysql, &ledger_config(&config)).await,
+    );
     let first = up("mysql", ledger.live_number().await);
     let options = |from| Options {
         from,
@@ -269,11 +277,9 @@ async fn a_rebuild_under_load_switches_copies_with_no_gap_in_answers() {
     let _ = admin
         .delete_topics(&[&config.kafka.topic, &dlq], &options)
         .await;
-    let groups: Vec<String> = std::iter::once(config.ledger.group_id.clone())
-        .chain(
-            [by_kafka.generation, by_store.generation]
-                .map(|g| format!("{}-rebuild-g{g}", config.ledger.group_id)),
-        )
+    let group = ledger_config(&config).group_id;
+    let groups: Vec<String> = std::iter::once(group.clone())
+        .chain([by_kafka.generation, by_store.generation].map(|g| format!("{group}-rebuild-g{g}")))
         .collect();
     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
     let _ = admin.delete_groups(&groups, &options).await;
@@ -301,12 +307,9 @@ async fn clean_up(config: &Config, ledger: &Ledger, generations: &[u32]) {
         let _ = admin
             .delete_topics(&[&config.kafka.topic, &dlq], &options)
             .await;
-        let groups: Vec<String> = std::iter::once(config.ledger.group_id.clone())
-            .chain(
-                generations
-                    .iter()
-                    .map(|g| format!("{}-rebuild-g{g}", config.ledger.group_id)),
-            )
+        let group = ledger_config(config).group_id;
+        let groups: Vec<String> = std::iter::once(group.clone())
+            .chain(generations.iter().map(|g| format!("{group}-rebuild-g{g}")))
             .collect();
         let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
         let _ = admin.delete_groups(&groups, &options).await;
@@ -367,7 +370,10 @@ async fn store_rebuild_under_concurrent_writers(backend: EventStoreBackend, page
         accounts.push(id.expect("account_id"));
     }
 
-    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let ledger = up(
+        "mysql",
+        Ledger::open(&config.mysql, &ledger_config(&config)).await,
+    );
     let options = Options {
         from: Source::Store,
         drop_old: true,
@@ -623,7 +629,10 @@ async fn a_rebuild_hands_over_to_every_ledger_instance() {
     let http = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
     let (_, load) = steady_load(&http, &command, 16, Arc::clone(&stop)).await;
-    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let ledger = up(
+        "mysql",
+        Ledger::open(&config.mysql, &ledger_config(&config)).await,
+    );
     eventually(
         Duration::from_secs(60),
         "two instances writing generation 1",
@@ -711,7 +720,10 @@ async fn an_instance_that_cannot_open_the_live_copy_stops_writing_the_retired_on
     let http = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
     let (_, load) = steady_load(&http, &command, 16, Arc::clone(&stop)).await;
-    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let ledger = up(
+        "mysql",
+        Ledger::open(&config.mysql, &ledger_config(&config)).await,
+    );
     // The instances write copy 1 on every partition before it is retired: otherwise "at
     // rest" below could be the calm before their first write.
     eventually(
@@ -730,7 +742,7 @@ async fn an_instance_that_cannot_open_the_live_copy_stops_writing_the_retired_on
     .await;
 
     // Generation 2 is registered and promoted, but its database does not exist.
-    let database = format!("{}_g2", config.ledger.database);
+    let database = format!("{}_g2", ledger_config(&config).database);
     up(
         "mysql",
         sqlx::query(

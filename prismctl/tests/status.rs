@@ -23,9 +23,14 @@ use serde_json::Value;
 fn isolated_config() -> Config {
     let mut config = prism_tests::config();
     config.kafka.topic = unique("prism-test-status");
-    config.ledger.database = unique("prism_test_status");
-    config.ledger.group_id = unique("prism-test-status");
+    config.ledger.set("database", unique("prism_test_status"));
+    config.ledger.set("group_id", unique("prism-test-status"));
     config
+}
+
+/// `config`'s `[ledger]` section, parsed as prism-ledger parses it.
+fn ledger_config(config: &Config) -> prism_ledger::LedgerConfig {
+    prism_ledger::LedgerConfig::from_config(config).expect("the test configuration's [ledger]")
 }
 
 fn prismctl(config: &Config, envs: &[(&str, &str)], args: &[&str]) -> Output {
@@ -37,8 +42,8 @@ fn prismctl(config: &Config, envs: &[(&str, &str)], args: &[&str]) -> Output {
         .env("PRISM_CONFIG", root.join("config/prism.toml"))
         .env_remove("PRISM_PROFILE")
         .env("PRISM_KAFKA__TOPIC", &config.kafka.topic)
-        .env("PRISM_LEDGER__DATABASE", &config.ledger.database)
-        .env("PRISM_LEDGER__GROUP_ID", &config.ledger.group_id);
+        .env("PRISM_LEDGER__DATABASE", ledger_config(config).database)
+        .env("PRISM_LEDGER__GROUP_ID", ledger_config(config).group_id);
     for (k, v) in envs {
         command.env(k, v);
     }
@@ -105,7 +110,7 @@ async fn topic_with_records(config: &Config) {
 fn commit_group_offset(config: &Config) {
     let mut client = prism_platform::clients::kafka_client_config(&config.kafka);
     client
-        .set("group.id", &config.ledger.group_id)
+        .set("group.id", &ledger_config(config).group_id)
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = up("kafka", client.create());
     let mut tpl = TopicPartitionList::new();
@@ -185,7 +190,10 @@ async fn scenario(config: &Config, ledger: &Ledger) {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_stored_offsets_end_offsets_and_lag() {
     let config = isolated_config();
-    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let ledger = up(
+        "mysql",
+        Ledger::open(&config.mysql, &ledger_config(&config)).await,
+    );
     let outcome = AssertUnwindSafe(scenario(&config, &ledger))
         .catch_unwind()
         .await;
@@ -195,7 +203,7 @@ async fn status_shows_stored_offsets_end_offsets_and_lag() {
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let _ = admin.delete_topics(&[&config.kafka.topic], &options).await;
     let _ = admin
-        .delete_groups(&[&config.ledger.group_id], &options)
+        .delete_groups(&[&ledger_config(&config).group_id], &options)
         .await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
@@ -220,7 +228,7 @@ async fn a_ledger_that_never_ran_is_not_started_and_stays_uncreated() {
         sqlx::query_scalar(
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
         )
-        .bind(&config.ledger.database)
+        .bind(&ledger_config(&config).database)
         .fetch_optional(&mysql)
         .await,
     );

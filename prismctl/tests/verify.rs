@@ -13,11 +13,9 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::FutureExt;
 use prism_command::store::EventStore;
-use prism_events::event::{
-    AccountClosed, AccountFrozen, AccountOpened, CardChannel, CardPayment, CardPaymentApproved,
-    CardPaymentDeclined, DeclineReason, MoneyDeposited, MoneyWithdrawn, WithdrawalChannel,
-};
-use prism_events::{AccountEvent, AccountId, Country, Currency, Envelope};
+use prism_events::event::{DeclineReason, MoneyWithdrawn, WithdrawalChannel};
+use prism_events::testing::{closed, deposited, envelope, frozen, opened, payment, withdrawn};
+use prism_events::{AccountEvent, AccountId, Envelope};
 use prism_ledger::sink::MySqlSink;
 use prism_ledger::store::{Generation, Ledger};
 use prism_platform::config::{Config, EventStoreBackend};
@@ -31,49 +29,19 @@ fn isolated_config() -> Config {
     let mut config = prism_tests::config();
     config.event_store.backend = EventStoreBackend::Postgres;
     config.event_store.postgres_schema = unique("prism_test_verify");
-    config.ledger.database = unique("prism_test_verify");
+    config.ledger.set("database", unique("prism_test_verify"));
     config.log.level = "warn".into();
     config
 }
 
-fn envelope(account: AccountId, version: u64, event: AccountEvent) -> Envelope {
-    Envelope {
-        id: Uuid::now_v7(),
-        source: "/prism/command".into(),
-        account_id: account,
-        time: Utc::now(),
-        account_version: version,
-        correlation_id: None,
-        causation_id: None,
-        event,
-    }
+/// `config`'s `[ledger]` section, parsed as prism-ledger parses it.
+fn ledger_config(config: &Config) -> prism_ledger::LedgerConfig {
+    prism_ledger::LedgerConfig::from_config(config).expect("the test configuration's [ledger]")
 }
 
-fn opened() -> AccountEvent {
-    AccountEvent::AccountOpened(AccountOpened {
-        holder_name: "Ada Lovelace".into(),
-        email: "ada@example.org".into(),
-        country: up("codes", Country::parse("GB")),
-        currency: up("codes", Currency::parse("GBP")),
-        daily_withdrawal_limit_minor: 100_000,
-    })
-}
-
-fn payment(amount_minor: i64) -> CardPayment {
-    CardPayment {
-        amount_minor,
-        merchant_name: "Café Rosa".into(),
-        merchant_category: "5814".into(),
-        merchant_country: up("codes", Country::parse("PT")),
-        channel: CardChannel::Pos,
-    }
-}
-
-fn deposit(amount_minor: i64) -> AccountEvent {
-    AccountEvent::MoneyDeposited(MoneyDeposited {
-        amount_minor,
-        description: None,
-    })
+/// The account the tests open (the repairs below restore its values).
+fn ada() -> AccountEvent {
+    opened("Ada Lovelace", "GB", "GBP")
 }
 
 /// Appends `events` as one commit after `expected`.
@@ -85,7 +53,7 @@ async fn append(
 ) -> Vec<Envelope> {
     let envelopes: Vec<Envelope> = (1..)
         .zip(events)
-        .map(|(i, e)| envelope(account, expected + i, e))
+        .map(|(i, e)| envelope(e).account(account).version(expected + i).build())
         .collect();
     up(
         "postgres",
@@ -141,33 +109,16 @@ async fn scenario(config: Config, ledger: Ledger) {
         a,
         0,
         vec![
-            opened(),
-            deposit(10_000),
-            AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
-                amount_minor: 3_000,
-                description: Some("rent".into()),
-                channel: WithdrawalChannel::Atm,
-            }),
-            AccountEvent::CardPaymentApproved(CardPaymentApproved {
-                payment: payment(1_250),
-            }),
-            AccountEvent::CardPaymentDeclined(CardPaymentDeclined {
-                payment: payment(99_999),
-                decline_reason: DeclineReason::InsufficientFunds,
-            }),
+            ada(),
+            deposited(10_000),
+            withdrawn(3_000),
+            payment(1_250).approved(),
+            payment(99_999).declined(DeclineReason::InsufficientFunds),
         ],
     )
     .await;
-    let a_more = append(
-        &store,
-        a,
-        5,
-        vec![AccountEvent::AccountFrozen(AccountFrozen {
-            reason: "card stolen".into(),
-        })],
-    )
-    .await;
-    let b_events = append(&store, b, 0, vec![opened(), deposit(500)]).await;
+    let a_more = append(&store, a, 5, vec![frozen("card stolen")]).await;
+    let b_events = append(&store, b, 0, vec![ada(), deposited(500)]).await;
     let a_all: Vec<Envelope> = a_events.into_iter().chain(a_more).collect();
     write_model(&generation, &a_all).await;
     write_model(&generation, &b_events).await;
@@ -203,7 +154,7 @@ async fn scenario(config: Config, ledger: Ledger) {
         .execute(&pool)
         .await,
     );
-    append(&store, b, 2, vec![deposit(25)]).await;
+    append(&store, b, 2, vec![deposited(25)]).await;
 
     let report = up("stack", verify::verify_ledger(&config).await);
     assert!(!report.ok, "drift not reported: {report:#?}");
@@ -244,7 +195,7 @@ async fn scenario(config: Config, ledger: Ledger) {
                 "PRISM_EVENT_STORE__POSTGRES_SCHEMA",
                 &config.event_store.postgres_schema,
             )
-            .env("PRISM_LEDGER__DATABASE", &config.ledger.database)
+            .env("PRISM_LEDGER__DATABASE", &ledger_config(&config).database)
             .output(),
     );
     let json: Value = match serde_json::from_slice(&output.stdout) {
@@ -306,7 +257,10 @@ async fn scenario(config: Config, ledger: Ledger) {
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_reports_a_clean_ledger_then_every_kind_of_drift() {
     let config = isolated_config();
-    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let ledger = up(
+        "mysql",
+        Ledger::open(&config.mysql, &ledger_config(&config)).await,
+    );
     // The clean-up below also runs when the scenario panics.
     let outcome = AssertUnwindSafe(scenario(config.clone(), ledger.clone()))
         .catch_unwind()
@@ -342,7 +296,7 @@ async fn a_ledger_that_never_ran_is_compared_as_empty_and_not_created() {
     let mysql = up("mysql", prism_platform::clients::mysql(&config.mysql).await);
     let created = up(
         "mysql",
-        verify::database_exists(&mysql, &config.ledger.database).await,
+        verify::database_exists(&mysql, &ledger_config(&config).database).await,
     );
     assert!(!created, "verify created the ledger's control database");
     mysql.close().await;
@@ -370,7 +324,10 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let config = isolated_config();
-    let ledger = up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let ledger = up(
+        "mysql",
+        Ledger::open(&config.mysql, &ledger_config(&config)).await,
+    );
     let outcome = AssertUnwindSafe(body(config.clone(), ledger.clone()))
         .catch_unwind()
         .await;
@@ -403,23 +360,16 @@ async fn verify_names_every_field_of_the_model_that_drifted() {
             a,
             0,
             vec![
-                opened(),
-                deposit(10_000),
+                ada(),
+                deposited(10_000),
                 AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
                     amount_minor: 3_000,
                     description: None,
                     channel: WithdrawalChannel::Online,
                 }),
-                AccountEvent::CardPaymentApproved(CardPaymentApproved {
-                    payment: payment(1_250),
-                }),
-                AccountEvent::CardPaymentDeclined(CardPaymentDeclined {
-                    payment: payment(99_999),
-                    decline_reason: DeclineReason::InsufficientFunds,
-                }),
-                AccountEvent::AccountFrozen(AccountFrozen {
-                    reason: "card stolen".into(),
-                }),
+                payment(1_250).approved(),
+                payment(99_999).declined(DeclineReason::InsufficientFunds),
+                frozen("card stolen"),
             ],
         )
         .await;
@@ -429,14 +379,14 @@ async fn verify_names_every_field_of_the_model_that_drifted() {
                 c,
                 0,
                 vec![
-                    opened(),
-                    deposit(700),
+                    ada(),
+                    deposited(700),
                     AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
                         amount_minor: 700,
                         description: None,
                         channel: WithdrawalChannel::Branch,
                     }),
-                    AccountEvent::AccountClosed(AccountClosed {}),
+                    closed(),
                 ],
             )
             .await,
@@ -450,7 +400,7 @@ async fn verify_names_every_field_of_the_model_that_drifted() {
             ("holder_name", a, "UPDATE accounts SET holder_name = 'Eve' WHERE account_id = ?",
              "UPDATE accounts SET holder_name = 'Ada Lovelace' WHERE account_id = ?"),
             ("email", a, "UPDATE accounts SET email = 'eve@example.org' WHERE account_id = ?",
-             "UPDATE accounts SET email = 'ada@example.org' WHERE account_id = ?"),
+             "UPDATE accounts SET email = 'ada.lovelace@example.org' WHERE account_id = ?"),
             ("country", a, "UPDATE accounts SET country = 'FR' WHERE account_id = ?",
              "UPDATE accounts SET country = 'GB' WHERE account_id = ?"),
             ("currency", a, "UPDATE accounts SET currency = 'EUR' WHERE account_id = ?",
@@ -514,7 +464,13 @@ async fn deposit_loop(
 ) -> u64 {
     let mut version = 1;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let events = append(&store, account, version, vec![deposit(1 + version as i64)]).await;
+        let events = append(
+            &store,
+            account,
+            version,
+            vec![deposited(1 + version as i64)],
+        )
+        .await;
         write_model(&generation, &events).await;
         version += 1;
     }
@@ -529,7 +485,7 @@ async fn a_statement_under_concurrent_writes_never_shows_lines_newer_than_its_ve
         let store = up("postgres", prism_command::app::open_store(&config).await);
         let generation = up("mysql", ledger.live().await);
         let account = AccountId::generate();
-        let events = append(&store, account, 0, vec![opened()]).await;
+        let events = append(&store, account, 0, vec![ada()]).await;
         write_model(&generation, &events).await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = tokio::spawn(deposit_loop(
@@ -608,7 +564,7 @@ async fn verify_under_concurrent_writes_reports_no_false_drift() {
         let mut writers = Vec::new();
         for _ in 0..4 {
             let account = AccountId::generate();
-            let events = append(&store, account, 0, vec![opened()]).await;
+            let events = append(&store, account, 0, vec![ada()]).await;
             write_model(&generation, &events).await;
             writers.push(tokio::spawn(deposit_loop(
                 Arc::clone(&store),

@@ -261,8 +261,8 @@ async fn in_process(config: &Config, args: &Args) -> anyhow::Result<Option<Repor
     let token = uuid::Uuid::new_v4().simple().to_string();
     cfg.command.auth_enabled = true;
     cfg.command.tokens = vec![Secret::new(token.clone())];
-    cfg.ledger.auth_enabled = true;
-    cfg.ledger.tokens = vec![Secret::new(token.clone())];
+    cfg.ledger.set("auth_enabled", true);
+    cfg.ledger.set("tokens", vec![token.clone()]);
 
     let down: Vec<_> = services::check_stack(&cfg)
         .await
@@ -519,7 +519,7 @@ async fn measure(api: &Api, config: &Config, args: &Args) -> anyhow::Result<Repo
         max_in_flight: args.max_in_flight,
         machine_cpu_busy,
         batch_max_wait_ms: config.projector.batch_max_wait_ms,
-        ledger_wait_timeout_ms: config.ledger.wait_timeout_ms,
+        ledger_wait_timeout_ms: prism_ledger::LedgerConfig::from_config(config)?.wait_timeout_ms,
         relay_linger_ms: config.relay.linger_ms,
         error_examples: s.examples.clone(),
     })

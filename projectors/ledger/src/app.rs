@@ -1,5 +1,5 @@
-//! Wiring of `prism-ledger` on the projector kit: the MySQL read model's copies, its sink
-//! and its query API. The kit's [`prism_projector::app::run`] does the rest (runtime,
+//! Wiring of `prism-ledger` on the projector kit: the `[ledger]` section, the MySQL read
+//! model's copies, its sink and its query API. The kit's [`prism_projector::app::run`] does the rest (runtime,
 //! restarts, copy switching, ops endpoints, shutdown). `main.rs` and the tests both start
 //! the service through [`run`].
 
@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use prism_platform::config::Config;
+use prism_platform::config::{Config, ProjectorConfig};
 use prism_projector::app::{Projector, Settings};
 use prism_projector::copies::LiveCopy;
-use prism_projector::{Projection, Shared};
+use prism_projector::Shared;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
+use crate::config::LedgerConfig;
 use crate::http::{self, ApiState};
 use crate::store::Ledger;
 
@@ -23,25 +24,31 @@ use crate::store::Ledger;
 /// `account-events.dlq.ledger`, metric label `ledger`.
 pub const NAME: &str = "ledger";
 
-/// The runtime's view of this projector (what tools that run the runtime themselves, such
-/// as a rebuild, need).
-pub fn projection(config: &Config) -> Projection {
-    Projection {
-        name: NAME.into(),
-        group_id: config.ledger.group_id.clone(),
-        topic: config.kafka.topic.clone(),
-    }
-}
-
 /// The ledger as the kit runs it.
 #[derive(Debug, Clone)]
 pub struct LedgerProjector {
     config: Config,
+    ledger: LedgerConfig,
+    runtime: ProjectorConfig,
 }
 
 impl LedgerProjector {
-    pub fn new(config: Config) -> Self {
-        Self { config }
+    /// Parses the `[ledger]` section once, and `[projector]` with `[ledger.projector]`
+    /// laid over it: the ledger's batches are MySQL transactions, sized apart from other
+    /// projectors'. Errors name the section and the key.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let ledger = LedgerConfig::from_config(&config)?;
+        let runtime = config.ledger.runtime(NAME, &config.projector)?;
+        Ok(Self {
+            config,
+            ledger,
+            runtime,
+        })
+    }
+
+    /// The parsed `[ledger]` section.
+    pub fn ledger_config(&self) -> &LedgerConfig {
+        &self.ledger
     }
 }
 
@@ -52,27 +59,27 @@ impl Projector for LedgerProjector {
     fn settings(&self) -> Settings {
         Settings {
             name: NAME,
-            group_id: self.config.ledger.group_id.clone(),
+            group_id: self.ledger.group_id.clone(),
             kafka: self.config.kafka.clone(),
-            runtime: self.config.projector.clone(),
-            copy_poll: Duration::from_millis(self.config.ledger.generation_poll_ms.max(10)),
+            runtime: self.runtime.clone(),
+            copy_poll: Duration::from_millis(self.ledger.generation_poll_ms.max(10)),
         }
     }
 
     fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()> {
         // The compiled-in token and cursor key are public: never on an address other
         // machines can reach.
-        Ok(self.config.ledger.refuse_local_secrets(address)?)
+        Ok(self.ledger.refuse_local_secrets(address)?)
     }
 
     async fn open(&self) -> anyhow::Result<Ledger> {
-        Ledger::open(&self.config.mysql, &self.config.ledger)
+        Ledger::open(&self.config.mysql, &self.ledger)
             .await
             .context("opening the ledger databases")
     }
 
     async fn exists(&self) -> anyhow::Result<bool> {
-        Ledger::exists(&self.config.mysql, &self.config.ledger).await
+        Ledger::exists(&self.config.mysql, &self.ledger).await
     }
 
     fn service(&self) -> &'static str {
@@ -85,13 +92,8 @@ impl Projector for LedgerProjector {
         shared: &Shared,
         registry: &Registry,
     ) -> anyhow::Result<axum::Router> {
-        let state = ApiState::new(
-            live,
-            &self.config.ledger,
-            shared.progress.subscribe(),
-            registry,
-        )
-        .context("registering the query API's metrics")?;
+        let state = ApiState::new(live, &self.ledger, shared.progress.subscribe(), registry)
+            .context("registering the query API's metrics")?;
         Ok(http::router(state))
     }
 }
@@ -103,7 +105,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    prism_projector::app::run(LedgerProjector::new(config), listener, shutdown).await
+    prism_projector::app::run(LedgerProjector::new(config)?, listener, shutdown).await
 }
 
 /// [`run`] with another event contract than this build's: how the tests stand in for a
@@ -114,6 +116,77 @@ pub async fn run_decoding(
     shutdown: impl Future<Output = ()> + Send + 'static,
     decode: prism_projector::Decode,
 ) -> anyhow::Result<()> {
-    prism_projector::app::run_decoding(LedgerProjector::new(config), listener, shutdown, decode)
+    prism_projector::app::run_decoding(LedgerProjector::new(config)?, listener, shutdown, decode)
         .await
+}
+
+#[cfg(test)]
+// figment's `Jail` closures must return its (large) `figment::Error`.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use figment::Jail;
+    use prism_platform::config::Sources;
+
+    use super::*;
+
+    /// The projector built from `file` as `config/prism.toml`, as the binary would build it.
+    fn projector_from(jail: &mut Jail, file: &str) -> anyhow::Result<LedgerProjector> {
+        jail.create_dir("config")?;
+        jail.create_file("config/prism.toml", file)?;
+        LedgerProjector::new(Sources::from_env().load()?)
+    }
+
+    #[test]
+    fn ledger_projector_table_overrides_the_shared_runtime_settings_for_the_ledger_alone() {
+        Jail::expect_with(|jail| {
+            let file = "[projector]\nbatch_max_events = 700\nbatch_max_wait_ms = 30\n\
+                        [ledger]\ngroup_id = \"g-ledger\"\n\
+                        [ledger.projector]\nbatch_max_events = 123\n";
+            let projector = projector_from(jail, file).map_err(|e| format!("{e:#}"))?;
+            let settings = projector.settings();
+            assert_eq!(settings.runtime.batch_max_events, 123, "[ledger.projector]");
+            assert_eq!(settings.runtime.batch_max_wait_ms, 30, "from [projector]");
+            assert_eq!(settings.group_id, "g-ledger");
+            // [projector] itself, what every other projector starts from, is unchanged.
+            assert_eq!(projector.config.projector.batch_max_events, 700);
+            let search = projector
+                .config
+                .search
+                .runtime("search", &projector.config.projector)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(search.batch_max_events, 700, "search keeps [projector]");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn without_a_ledger_projector_table_the_shared_settings_apply() {
+        Jail::expect_with(|jail| {
+            let projector = projector_from(jail, "[projector]\nbatch_max_events = 700\n")
+                .map_err(|e| format!("{e:#}"))?;
+            assert_eq!(projector.settings().runtime.batch_max_events, 700);
+            assert_eq!(projector.ledger_config().listen, "127.0.0.1:8081");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_in_the_ledger_sections_are_errors_naming_them() {
+        Jail::expect_with(|jail| {
+            let err = projector_from(jail, "[ledger]\nmax_waiter = 3\n")
+                .expect_err("a misspelt [ledger] key");
+            let shown = format!("{err:#}");
+            assert!(shown.contains("[ledger]"), "{shown}");
+            assert!(shown.contains("max_waiter"), "{shown}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            let err = projector_from(jail, "[ledger.projector]\nbatch_max = 3\n")
+                .expect_err("a misspelt [ledger.projector] key");
+            let shown = format!("{err:#}");
+            assert!(shown.contains("[ledger.projector]"), "{shown}");
+            assert!(shown.contains("batch_max"), "{shown}");
+            Ok(())
+        });
+    }
 }

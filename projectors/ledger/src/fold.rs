@@ -454,68 +454,27 @@ fn card_channel(channel: prism_events::event::CardChannel) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-    use prism_events::event::{
-        AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, CardChannel, CardPayment,
-        CardPaymentApproved, CardPaymentDeclined, DeclineReason, MoneyDeposited, MoneyWithdrawn,
-        WithdrawalChannel,
-    };
-    use prism_events::{AccountId, Country, Currency};
+    use prism_events::event::{DeclineReason, MoneyDeposited};
+    use prism_events::testing::{self, closed, deposited, payment, withdrawn, DAILY_LIMIT};
+    use prism_events::AccountId;
 
     const ACCOUNT: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
 
     fn time(day: u32, hour: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 3, day, hour, 30, 0)
-            .single()
-            .expect("valid time")
+        testing::day(day, hour, 30)
     }
 
     fn envelope(version: u64, at: DateTime<Utc>, event: AccountEvent) -> Envelope {
-        Envelope {
-            id: Uuid::now_v7(),
-            source: "/prism/command".into(),
-            account_id: AccountId(ACCOUNT),
-            time: at,
-            account_version: version,
-            correlation_id: None,
-            causation_id: None,
-            event,
-        }
+        testing::envelope(event)
+            .account(AccountId(ACCOUNT))
+            .version(version)
+            .at(at)
+            .build()
     }
 
+    /// The account of these tests.
     fn opened() -> AccountEvent {
-        AccountEvent::AccountOpened(AccountOpened {
-            holder_name: "Ada Lovelace".into(),
-            email: "ada@example.org".into(),
-            country: Country::parse("GB").expect("GB"),
-            currency: Currency::parse("GBP").expect("GBP"),
-            daily_withdrawal_limit_minor: 50_000,
-        })
-    }
-
-    fn deposited(amount_minor: i64) -> AccountEvent {
-        AccountEvent::MoneyDeposited(MoneyDeposited {
-            amount_minor,
-            description: Some("salary".into()),
-        })
-    }
-
-    fn withdrawn(amount_minor: i64) -> AccountEvent {
-        AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
-            amount_minor,
-            description: None,
-            channel: WithdrawalChannel::Atm,
-        })
-    }
-
-    fn payment(amount_minor: i64) -> CardPayment {
-        CardPayment {
-            amount_minor,
-            merchant_name: "Café Rosa".into(),
-            merchant_category: "5814".into(),
-            merchant_country: Country::parse("PT").expect("PT"),
-            channel: CardChannel::Pos,
-        }
+        testing::opened("Ada Lovelace", "GB", "GBP")
     }
 
     /// Given the events folded in order from no row, the resulting row.
@@ -541,11 +500,11 @@ mod tests {
         let a = &folded.account;
         assert_eq!(a.account_id, ACCOUNT);
         assert_eq!(a.holder_name, "Ada Lovelace");
-        assert_eq!(a.email, "ada@example.org");
+        assert_eq!(a.email, "ada.lovelace@example.org");
         assert_eq!((a.country.as_str(), a.currency.as_str()), ("GB", "GBP"));
         assert_eq!(a.status, AccountStatus::Open);
         assert_eq!(a.balance_minor, 0);
-        assert_eq!(a.daily_withdrawal_limit_minor, 50_000);
+        assert_eq!(a.daily_withdrawal_limit_minor, DAILY_LIMIT);
         assert_eq!((a.opened_at, a.updated_at, a.closed_at), (at, at, None));
         assert_eq!(a.version, 1);
         assert_eq!((folded.line, folded.daily), (None, None));
@@ -562,11 +521,7 @@ mod tests {
 
     #[test]
     fn any_other_event_for_an_unknown_account_is_rejected() {
-        for event in [
-            deposited(1),
-            withdrawn(1),
-            AccountEvent::AccountClosed(AccountClosed {}),
-        ] {
+        for event in [deposited(1), withdrawn(1), closed()] {
             let err = fold(None, &envelope(2, time(1, 9), event)).expect_err("unknown account");
             assert!(matches!(err, Rejection::UnknownAccount { .. }), "{err}");
             assert!(err.reason().contains("never opened"), "{err}");
@@ -612,10 +567,7 @@ mod tests {
     #[test]
     fn an_approved_card_payment_debits_with_the_merchant_on_the_line() {
         let row = given(vec![opened(), deposited(5_000)]);
-        let event = AccountEvent::CardPaymentApproved(CardPaymentApproved {
-            payment: payment(1_250),
-        });
-        let folded = when(&row, time(1, 12), event).expect("folds");
+        let folded = when(&row, time(1, 12), payment(1_250).approved()).expect("folds");
         assert_eq!(folded.account.balance_minor, 3_750);
         let line = folded.line.expect("a line");
         assert_eq!(line.kind, StatementKind::CardPayment);
@@ -634,10 +586,7 @@ mod tests {
     #[test]
     fn a_declined_card_payment_moves_no_money_and_is_counted() {
         let row = given(vec![opened()]);
-        let event = AccountEvent::CardPaymentDeclined(CardPaymentDeclined {
-            payment: payment(i64::MAX),
-            decline_reason: DeclineReason::AmountOutOfRange,
-        });
+        let event = payment(i64::MAX).declined(DeclineReason::AmountOutOfRange);
         let folded = when(&row, time(1, 12), event).expect("folds");
         assert_eq!(folded.account.balance_minor, 0);
         assert_eq!(folded.account.version, 2);
@@ -650,24 +599,12 @@ mod tests {
     #[test]
     fn frozen_then_unfrozen_sets_and_clears_the_reason() {
         let row = given(vec![opened()]);
-        let frozen = when(
-            &row,
-            time(1, 12),
-            AccountEvent::AccountFrozen(AccountFrozen {
-                reason: "card stolen".into(),
-            }),
-        )
-        .expect("folds");
+        let frozen = when(&row, time(1, 12), testing::frozen("card stolen")).expect("folds");
         assert_eq!(frozen.account.status, AccountStatus::Frozen);
         assert_eq!(frozen.account.frozen_reason.as_deref(), Some("card stolen"));
         assert_eq!((frozen.line, frozen.daily), (None, None));
 
-        let unfrozen = when(
-            &frozen.account,
-            time(1, 13),
-            AccountEvent::AccountUnfrozen(AccountUnfrozen {}),
-        )
-        .expect("folds");
+        let unfrozen = when(&frozen.account, time(1, 13), testing::unfrozen()).expect("folds");
         assert_eq!(unfrozen.account.status, AccountStatus::Open);
         assert_eq!(unfrozen.account.frozen_reason, None);
         assert_eq!(unfrozen.account.version, 3);
@@ -677,7 +614,7 @@ mod tests {
     fn closed_sets_the_status_and_closing_time() {
         let row = given(vec![opened()]);
         let at = time(4, 8);
-        let folded = when(&row, at, AccountEvent::AccountClosed(AccountClosed {})).expect("folds");
+        let folded = when(&row, at, closed()).expect("folds");
         assert_eq!(folded.account.status, AccountStatus::Closed);
         assert_eq!(folded.account.closed_at, Some(at));
         assert_eq!(folded.account.updated_at, at);
@@ -742,22 +679,17 @@ mod tests {
                 ..
             })
         ));
-        let mut p = payment(1);
-        p.merchant_name = "m".repeat(MERCHANT_NAME_MAX + 1);
+        let long_merchant = payment(1)
+            .merchant(&"m".repeat(MERCHANT_NAME_MAX + 1))
+            .approved();
         assert!(matches!(
-            when(
-                &row,
-                time(1, 12),
-                AccountEvent::CardPaymentApproved(CardPaymentApproved { payment: p })
-            ),
+            when(&row, time(1, 12), long_merchant),
             Err(Rejection::TooLong {
                 field: "merchant_name",
                 ..
             })
         ));
-        let long_reason = AccountEvent::AccountFrozen(AccountFrozen {
-            reason: "r".repeat(FROZEN_REASON_MAX + 1),
-        });
+        let long_reason = testing::frozen(&"r".repeat(FROZEN_REASON_MAX + 1));
         assert!(matches!(
             when(&row, time(1, 12), long_reason),
             Err(Rejection::TooLong {

@@ -27,7 +27,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use prism_platform::auth::{self, Auth};
-use prism_platform::config::LedgerConfig;
 use prism_platform::http::Problem;
 use prism_projector::api::openapi::{self, BearerAuth};
 use prism_projector::api::{
@@ -41,6 +40,7 @@ use tokio::sync::watch;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+use crate::config::LedgerConfig;
 use crate::query::{self, AccountView, AccountsQuery, StatementLine, StatementQuery};
 use crate::store::{self, LiveModel};
 

@@ -11,8 +11,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     prism_projector::app::main("prism-ledger", |config| {
-        let listen = config.ledger.listen.clone();
-        Ok((LedgerProjector::new(config), listen))
+        let projector = LedgerProjector::new(config)?;
+        let listen = projector.ledger_config().listen.clone();
+        Ok((projector, listen))
     })
     .await
 }

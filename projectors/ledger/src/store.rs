@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use chrono::Utc;
-use prism_platform::config::{LedgerConfig, MysqlConfig};
+use prism_platform::config::MysqlConfig;
 use prism_projector::copies::{Copies, CopyInfo, LiveCopy, PartitionStatus};
 use prism_projector::Sink;
 use sqlx::migrate::Migrator;
@@ -26,6 +26,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{MySqlPool, Row};
 use uuid::Uuid;
 
+use crate::config::LedgerConfig;
 use crate::sink::MySqlSink;
 
 /// migrations/control, embedded at build time.

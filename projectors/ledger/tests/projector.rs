@@ -627,7 +627,7 @@ async fn two_instances_share_the_partitions_and_build_the_same_model_as_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_waits_for_the_version_it_was_promised_or_answers_processing() {
     let mut config = support::isolated_config(1);
-    config.ledger.wait_timeout_ms = 3_000;
+    config.ledger.set("wait_timeout_ms", 3_000);
     support::isolated_with(config, |env| async move {
         let projector = env.start_projector().await;
         let mut w = Account::new(0);

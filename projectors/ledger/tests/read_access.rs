@@ -120,8 +120,8 @@ async fn a_flood_of_waits_neither_stalls_the_projector_nor_floods_mysql() {
     const DEPOSIT: i64 = 100;
 
     let mut config = isolated_config(2);
-    config.ledger.max_waiters = MAX_WAITERS;
-    config.ledger.wait_timeout_ms = 2_000;
+    config.ledger.set("max_waiters", MAX_WAITERS as u64);
+    config.ledger.set("wait_timeout_ms", 2_000);
     // A small writers' pool: waits that used it would starve the projector at once.
     config.mysql.max_connections = 4;
     isolated_with(config, |env| async move {

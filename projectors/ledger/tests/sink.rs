@@ -32,9 +32,12 @@ where
     F: FnOnce(Ledger) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut config = prism_tests::config();
-    config.ledger.database = prism_tests::unique("t_ledger");
-    let ledger = prism_tests::up("mysql", Ledger::open(&config.mysql, &config.ledger).await);
+    let config = prism_tests::config();
+    let ledger_config = prism_ledger::LedgerConfig {
+        database: prism_tests::unique("t_ledger"),
+        ..prism_ledger::LedgerConfig::default()
+    };
+    let ledger = prism_tests::up("mysql", Ledger::open(&config.mysql, &ledger_config).await);
     let outcome = AssertUnwindSafe(body(ledger.clone())).catch_unwind().await;
     let dropped = ledger.drop_everything().await;
     if let Err(panic) = outcome {

@@ -35,6 +35,7 @@ impl Ledger {
     /// and `extra` environment variables.
     fn start(config: &Config, listen: &str, extra: &[(&str, &str)]) -> Ledger {
         let root = repo_root();
+        let ledger = support::ledger_config(config);
         let mut command = Command::new(env!("CARGO_BIN_EXE_prism-ledger"));
         command
             .current_dir(&root)
@@ -44,8 +45,8 @@ impl Ledger {
             .env_remove("NO_COLOR")
             .env_remove("PRISM_LEDGER__TOKENS")
             .env_remove("PRISM_LEDGER__CURSOR_SECRET")
-            .env("PRISM_LEDGER__DATABASE", &config.ledger.database)
-            .env("PRISM_LEDGER__GROUP_ID", &config.ledger.group_id)
+            .env("PRISM_LEDGER__DATABASE", &ledger.database)
+            .env("PRISM_LEDGER__GROUP_ID", &ledger.group_id)
             .env("PRISM_LEDGER__LISTEN", listen)
             .env("PRISM_KAFKA__TOPIC", &config.kafka.topic)
             .env(

@@ -83,8 +83,8 @@ pub fn fold_history<F: Fold>(
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use prism_events::{AccountEvent, AccountId, Envelope};
+    use prism_events::testing::{closed, envelope};
+    use prism_events::{AccountId, Envelope};
 
     use super::*;
 
@@ -106,16 +106,11 @@ mod tests {
     }
 
     fn event(account: u128, version: u64) -> Envelope {
-        Envelope {
-            id: Uuid::from_u128(account * 1_000 + u128::from(version)),
-            source: "/test".into(),
-            account_id: AccountId(Uuid::from_u128(account)),
-            time: Utc::now(),
-            account_version: version,
-            correlation_id: None,
-            causation_id: None,
-            event: AccountEvent::AccountClosed(prism_events::event::AccountClosed {}),
-        }
+        envelope(closed())
+            .id(Uuid::from_u128(account * 1_000 + u128::from(version)))
+            .account(AccountId(Uuid::from_u128(account)))
+            .version(version)
+            .build()
     }
 
     #[test]

@@ -85,29 +85,20 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use prism_events::event::MoneyDeposited;
-    use prism_events::{AccountEvent, AccountId};
+    use prism_events::testing::{deposited, envelope};
+    use prism_events::AccountId;
 
     use super::*;
 
     fn event(account: Uuid, version: u64) -> Decoded {
+        let envelope = envelope(deposited(1))
+            .account(AccountId(account))
+            .version(version)
+            .build();
         Decoded {
             offset: 0,
-            event_type: "prism.account.money_deposited".into(),
-            envelope: Ok(Envelope {
-                id: Uuid::now_v7(),
-                source: "/test".into(),
-                account_id: AccountId(account),
-                time: Utc::now(),
-                account_version: version,
-                correlation_id: None,
-                causation_id: None,
-                event: AccountEvent::MoneyDeposited(MoneyDeposited {
-                    amount_minor: 1,
-                    description: None,
-                }),
-            }),
+            event_type: envelope.event_type().into(),
+            envelope: Ok(envelope),
             needs_upgrade: false,
         }
     }

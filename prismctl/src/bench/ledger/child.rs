@@ -134,7 +134,7 @@ pub(super) async fn project(
     }
     let ledger = Ledger::open(
         &config.mysql,
-        &Names::ledger_config(config, &names.database),
+        &Names::ledger_config(config, &names.database)?,
     )
     .await
     .context("opening the projector's ledger")?;

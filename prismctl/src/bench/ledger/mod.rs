@@ -79,7 +79,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use prism_ledger::store::Ledger;
-use prism_platform::config::LedgerConfig;
+use prism_ledger::LedgerConfig;
 use prism_platform::Config;
 use uuid::Uuid;
 
@@ -305,10 +305,11 @@ impl Names {
         }
     }
 
-    fn ledger_config(config: &Config, database: &str) -> LedgerConfig {
-        let mut ledger = config.ledger.clone();
+    /// `config`'s `[ledger]` section with the control database `database`.
+    fn ledger_config(config: &Config, database: &str) -> anyhow::Result<LedgerConfig> {
+        let mut ledger = LedgerConfig::from_config(config)?;
         database.clone_into(&mut ledger.database);
-        ledger
+        Ok(ledger)
     }
 
     /// Removes everything; reports each failure and answers whether all went.
@@ -339,7 +340,7 @@ impl Names {
 /// Drops a ledger's control database and its generations (creating the control database
 /// first if the run never got that far: `drop_everything` needs it).
 async fn drop_ledger(config: &Config, database: &str) -> anyhow::Result<()> {
-    let ledger = Ledger::open(&config.mysql, &Names::ledger_config(config, database)).await?;
+    let ledger = Ledger::open(&config.mysql, &Names::ledger_config(config, database)?).await?;
     ledger.drop_everything().await
 }
 

@@ -95,7 +95,7 @@ pub(super) async fn write_raw(
         }
     }
 
-    let ledger = Ledger::open(&config.mysql, &Names::ledger_config(config, database))
+    let ledger = Ledger::open(&config.mysql, &Names::ledger_config(config, database)?)
         .await
         .context("opening the ceiling's ledger database")?;
     let generation = ledger

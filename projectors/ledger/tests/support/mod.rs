@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 use prism_events::{AccountId, Envelope};
 use prism_ledger::store::Ledger;
+use prism_ledger::LedgerConfig;
 use prism_platform::config::{Config, EventStoreBackend};
 use prism_tests::{unique, up};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -44,11 +45,11 @@ pub fn isolated_config(partitions: i32) -> Config {
     let mut config = prism_tests::config();
     config.kafka.topic = unique("t-ledger");
     config.kafka.topic_partitions = partitions;
-    config.ledger.database = unique("t_ledger");
-    config.ledger.group_id = unique("t-ledger-group");
-    config.ledger.listen = "127.0.0.1:0".into();
-    config.ledger.generation_poll_ms = 200;
-    config.ledger.wait_timeout_ms = 3_000;
+    config.ledger.set("database", unique("t_ledger"));
+    config.ledger.set("group_id", unique("t-ledger-group"));
+    config.ledger.set("listen", "127.0.0.1:0");
+    config.ledger.set("generation_poll_ms", 200);
+    config.ledger.set("wait_timeout_ms", 3_000);
     config.event_store.backend = EventStoreBackend::Postgres;
     config.event_store.postgres_schema = unique("t_ledger_es");
     config.projector.batch_max_wait_ms = 5;
@@ -59,6 +60,14 @@ pub fn isolated_config(partitions: i32) -> Config {
     config.mysql.max_connections = 8;
     config.log.level = "warn".into();
     config
+}
+
+/// `config`'s `[ledger]` section, parsed as the projector parses it.
+pub fn ledger_config(config: &Config) -> LedgerConfig {
+    match LedgerConfig::from_config(config) {
+        Ok(ledger) => ledger,
+        Err(e) => panic!("the test configuration's [ledger]: {e}"),
+    }
 }
 
 /// The dead-letter topic of the ledger for `config`'s topic.
@@ -133,7 +142,7 @@ impl Env {
             tokio::net::TcpListener::bind("127.0.0.1:0").await,
         );
         let url = format!("http://{}", up("localhost", listener.local_addr()));
-        let config_token = config.ledger.tokens.first().cloned();
+        let config_token = ledger_config(&config).tokens.first().cloned();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             prism_ledger::app::run_decoding(
@@ -240,7 +249,7 @@ impl Env {
         let consumer: BaseConsumer = up(
             "kafka",
             prism_platform::clients::kafka_client_config(&self.config.kafka)
-                .set("group.id", &self.config.ledger.group_id)
+                .set("group.id", &ledger_config(&self.config).group_id)
                 .set("enable.auto.commit", "false")
                 .create(),
         );
@@ -268,7 +277,7 @@ impl Env {
         let consumer: BaseConsumer = up(
             "kafka",
             prism_platform::clients::kafka_client_config(&self.config.kafka)
-                .set("group.id", &self.config.ledger.group_id)
+                .set("group.id", &ledger_config(&self.config).group_id)
                 .set("enable.auto.commit", "false")
                 .create(),
         );
@@ -281,7 +290,7 @@ impl Env {
         let consumer: BaseConsumer = up(
             "kafka",
             prism_platform::clients::kafka_client_config(&self.config.kafka)
-                .set("group.id", &self.config.ledger.group_id)
+                .set("group.id", &ledger_config(&self.config).group_id)
                 .set("enable.auto.commit", "false")
                 .create(),
         );
@@ -327,7 +336,7 @@ impl Env {
     pub async fn ledger(&self) -> Ledger {
         up(
             "mysql",
-            Ledger::open(&self.config.mysql, &self.config.ledger).await,
+            Ledger::open(&self.config.mysql, &ledger_config(&self.config)).await,
         )
     }
 
@@ -345,15 +354,16 @@ impl Env {
             let _ = r.shut_down().await;
         }
         let mut problems = Vec::new();
-        match Ledger::open(&self.config.mysql, &self.config.ledger).await {
+        let ledger_config = ledger_config(&self.config);
+        match Ledger::open(&self.config.mysql, &ledger_config).await {
             Ok(ledger) => {
                 if let Err(e) = ledger.drop_everything().await {
-                    problems.push(format!("dropping {}: {e:#}", self.config.ledger.database));
+                    problems.push(format!("dropping {}: {e:#}", ledger_config.database));
                 }
             }
             Err(e) => problems.push(format!(
                 "opening {} to drop it: {e:#}",
-                self.config.ledger.database
+                ledger_config.database
             )),
         }
         if let Err(e) = self.drop_event_store().await {
@@ -373,7 +383,7 @@ impl Env {
                 }
                 // Every projector stopped; a killed one stays a member until its session
                 // times out, so a non-empty group is tried again for a while.
-                let group = &self.config.ledger.group_id;
+                let group = &ledger_config.group_id;
                 let deadline = Instant::now() + Duration::from_secs(15);
                 loop {
                     let result = admin.delete_groups(&[group], &options).await;
