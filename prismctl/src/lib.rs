@@ -15,6 +15,7 @@
 //! - `status`: each projector's stored positions against Kafka's end offsets.
 //! - `verify`: re-folds the event store independently and compares it with a read model.
 //! - `rebuild`: builds a new copy of a read model beside the live one and switches to it.
+//! - `seed`: fills an event store with a long seeded history through its raw insert.
 
 pub mod bench;
 pub mod demo;
@@ -23,6 +24,7 @@ pub mod loadgen;
 pub mod models;
 pub mod rebuild;
 pub mod sample;
+pub mod seed;
 pub mod services;
 pub mod status;
 pub mod table;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use prismctl::{bench, demo, doctor, loadgen, rebuild, status, verify};
+use prismctl::{bench, demo, doctor, loadgen, rebuild, seed, status, verify};
 
 #[derive(Debug, Parser)]
 #[command(name = "prismctl", version, about = "Operate a Prism installation")]
@@ -50,6 +50,12 @@ enum Command {
     /// through the ledger's query API, prints what to try next and stops both cleanly.
     /// Exits 1 if a service is down or a step fails, 2 on a bad flag or a port in use.
     Demo(demo::Args),
+    /// Fill the event store with a long seeded history, fast (millions of events).
+    ///
+    /// Writes the traffic model's events one commit each through the store's raw insert,
+    /// unpublished: a running prism-command's relay publishes them. The same --seed writes
+    /// the same accounts, so a second run with it is refused. Exits 2 on a bad flag.
+    Seed(seed::Args),
 }
 
 #[tokio::main]
@@ -70,6 +76,7 @@ async fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&config, &args).await,
         Command::Rebuild(args) => rebuild::run(&config, &args).await,
         Command::Demo(args) => demo::run(&config, &args).await,
+        Command::Seed(args) => seed::run(&config, &args).await,
     };
     match result {
         Ok(code) => code,

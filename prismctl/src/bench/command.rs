@@ -60,7 +60,8 @@ use crate::sample;
 use crate::traffic::Op;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Backend {
+/// An event store backend, as a flag.
+pub enum Backend {
     Mongodb,
     Postgres,
 }
@@ -784,9 +785,10 @@ async fn collect(tasks: &mut JoinSet<anyhow::Result<Tally>>) -> anyhow::Result<T
 
 // ---------- the raw append ceiling ----------
 
-/// The store backend used directly, through its `insert_unchecked`.
+/// The store backend used directly, through its `insert_unchecked` (also what
+/// `prismctl seed` fills a store with).
 #[derive(Clone)]
-enum RawStore {
+pub(crate) enum RawStore {
     Mongo(MongoStore),
     Postgres(PgStore),
 }
@@ -795,7 +797,11 @@ enum RawStore {
 type Stream = (AccountId, u64);
 
 impl RawStore {
-    async fn open(config: &Config, backend: EventStoreBackend, name: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn open(
+        config: &Config,
+        backend: EventStoreBackend,
+        name: &str,
+    ) -> anyhow::Result<Self> {
         let store = match backend {
             EventStoreBackend::Mongodb => {
                 let client =
@@ -815,7 +821,7 @@ impl RawStore {
         Ok(store)
     }
 
-    async fn insert(&self, events: &[Envelope]) -> Result<(), StoreError> {
+    pub(crate) async fn insert(&self, events: &[Envelope]) -> Result<(), StoreError> {
         match self {
             Self::Mongo(s) => s.insert_unchecked(events).await,
             Self::Postgres(s) => s.insert_unchecked(events).await,
