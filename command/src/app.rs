@@ -79,6 +79,8 @@ pub async fn run(
             conflict_retries: config.command.conflict_retries,
             snapshot_every: config.event_store.snapshot_every,
             cache_accounts: config.command.cache_accounts,
+            append_batch_max: config.command.append_batch_max,
+            append_batches_in_flight: config.command.append_batches_in_flight,
         },
     ));
     let state = AppState {

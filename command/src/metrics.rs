@@ -18,6 +18,9 @@ pub struct Metrics {
     pub command_duration: HistogramVec,
     /// `prism_command_conflicts_total`: appends that lost to another writer and were retried.
     pub conflicts: IntCounter,
+    /// `prism_command_append_batch_size`: commits written together in one store round trip
+    /// (group commit); above 1 only while commands of several accounts are ready at once.
+    pub append_batch_size: Histogram,
     /// `prism_relay_published_total`: events acknowledged by Kafka (duplicates included).
     pub relay_published: IntCounter,
     /// `prism_relay_backlog_events`: unpublished events the last sweep found (at most
@@ -52,6 +55,13 @@ impl Metrics {
         let conflicts = IntCounter::new(
             "prism_command_conflicts_total",
             "Appends that lost to another writer and were decided again",
+        )?;
+        let append_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "prism_command_append_batch_size",
+                "Commits written together in one store round trip (group commit)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
         let relay_published = IntCounter::new(
             "prism_relay_published_total",
@@ -96,6 +106,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(command_duration.clone()))?;
         registry.register(Box::new(conflicts.clone()))?;
+        registry.register(Box::new(append_batch_size.clone()))?;
         registry.register(Box::new(relay_published.clone()))?;
         registry.register(Box::new(relay_backlog_events.clone()))?;
         registry.register(Box::new(relay_backlog_age_seconds.clone()))?;
@@ -108,6 +119,7 @@ impl Metrics {
             registry,
             command_duration,
             conflicts,
+            append_batch_size,
             relay_published,
             relay_backlog_events,
             relay_backlog_age_seconds,

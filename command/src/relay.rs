@@ -57,7 +57,8 @@ use crate::metrics::Metrics;
 use crate::store::{EventStore, StoreError};
 
 /// Most store queries for an account's earlier unpublished events at once (after an outage
-/// every account lost its watermark; on FerretDB each query is a scan).
+/// every account lost its watermark). Each reads the store's outbox, whose size is the
+/// backlog; on MongoDB one for another writer's commits also looks them up in `commits`.
 pub const PREDECESSOR_CHECKS: usize = 8;
 
 /// Most accounts remembered in the retry set. Beyond it an account only loses its
@@ -235,8 +236,9 @@ fn is_marking(marking: &Marking, id: &str) -> bool {
         .contains(&id)
 }
 
-/// Records acknowledged events as published, off the publishing path: a slow store (FerretDB
-/// runs one transaction per updated document) must not delay the next publish. Batches that
+/// Records acknowledged events as published, off the publishing path: a slow store must not
+/// delay the next publish (an index lookup per commit on PostgreSQL and MongoDB; on FerretDB
+/// also a scan of the outbox, i.e. of the backlog). Batches that
 /// queue up meanwhile are marked in one call. A failed mark leaves the events unpublished in
 /// the store, so a later sweep publishes them again: a duplicate, never a gap.
 async fn mark(

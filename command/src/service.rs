@@ -13,6 +13,12 @@
 //! - **Loading.** A cold account is the latest snapshot plus the events after it; a snapshot
 //!   is written every `snapshot_every` events, tagged with its format
 //!   ([`Account::SNAPSHOT_VERSION`]); one of another format is ignored (replayed instead).
+//! - **Group commit.** An accepted commit is appended through the [`Batcher`]: the
+//!   commits of different accounts that are ready at the same time share one store round
+//!   trip (up to `append_batch_max`), each with its own version check and idempotency key;
+//!   a commit goes alone at once when nothing else waits. The account's slot is held until
+//!   its own answer is back, so all of the above holds per commit as before. Idempotency
+//!   claims (below) are batched the same way.
 //! - **Idempotency: one key, one outcome.** The key is stored with the commit itself
 //!   (unique in the store), so a retried request that would append again fails on that
 //!   index and is answered from the stored commit — even when two instances race on one
@@ -36,8 +42,9 @@ use uuid::Uuid;
 use crate::account::{self, Account, Command, Rejection};
 use crate::metrics::Metrics;
 use crate::relay::RelayHandle;
+use crate::store::batcher::Batcher;
 use crate::store::{
-    AppendError, EventStore, IdempotencyMark, Snapshot, StoreError, StoredResponse,
+    AppendError, Commit, EventStore, IdempotencyMark, Snapshot, StoreError, StoredResponse,
 };
 
 /// Settings of the command path.
@@ -47,6 +54,12 @@ pub struct ServiceConfig {
     pub conflict_retries: u32,
     pub snapshot_every: u64,
     pub cache_accounts: usize,
+    /// Most commits written in one store round trip (group commit); 1 turns batching off
+    /// (every command appends on its own, concurrently).
+    pub append_batch_max: usize,
+    /// Batches written at the same time; while they are, the next commits queue and go
+    /// together.
+    pub append_batches_in_flight: usize,
 }
 
 /// Who asked, for the envelope and for idempotency.
@@ -174,6 +187,8 @@ impl Slots {
 
 pub struct CommandService {
     store: Arc<dyn EventStore>,
+    /// Group commit; `None` when `append_batch_max` is 1.
+    batcher: Option<Batcher>,
     relay: RelayHandle,
     metrics: Metrics,
     config: ServiceConfig,
@@ -190,6 +205,7 @@ impl std::fmt::Debug for CommandService {
 }
 
 impl CommandService {
+    /// Call on a Tokio runtime: the group-commit dispatcher is spawned on it.
     pub fn new(
         store: Arc<dyn EventStore>,
         relay: RelayHandle,
@@ -197,8 +213,17 @@ impl CommandService {
         config: ServiceConfig,
     ) -> Self {
         let capacity = config.cache_accounts.max(1);
+        let batcher = (config.append_batch_max > 1).then(|| {
+            Batcher::spawn(
+                Arc::clone(&store),
+                config.append_batch_max,
+                config.append_batches_in_flight,
+                metrics.append_batch_size.clone(),
+            )
+        });
         Self {
             store,
+            batcher,
             relay,
             metrics,
             config,
@@ -299,30 +324,32 @@ impl CommandService {
                 }
             }
             let envelopes = self.envelopes(account_id, state.version(), now, events, meta);
-            let append = self.store.append(
+            let deadline = match &key {
+                Key::Mine(claim) => Some(claim.since + CLAIM_APPEND_WINDOW),
+                Key::Unkeyed | Key::Free => None,
+            };
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                // Too late to commit under this claim: a retry finds no commit and, after
+                // the lease, takes the key over.
+                slot.state = Some(state);
+                return Err(CommandError::KeyInProgress);
+            }
+            let append = self.append(
                 account_id,
                 state.version(),
                 &envelopes,
                 meta.idempotency.as_ref(),
+                deadline,
             );
-            let appended = match &key {
-                Key::Mine(claim) => {
-                    let deadline = claim.since + CLAIM_APPEND_WINDOW;
-                    if Instant::now() >= deadline {
-                        // Too late to commit under this claim: a retry finds no commit and,
-                        // after the lease, takes the key over.
-                        slot.state = Some(state);
-                        return Err(CommandError::KeyInProgress);
-                    }
-                    tokio::time::timeout_at(deadline.into(), append)
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(AppendError::Store(StoreError::Unavailable(
-                                "the append outlasted its idempotency key's claim".into(),
-                            )))
-                        })
-                }
-                Key::Unkeyed | Key::Free => append.await,
+            let appended = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), append)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(AppendError::Store(StoreError::Unavailable(
+                            "the append outlasted its idempotency key's claim".into(),
+                        )))
+                    }),
+                None => append.await,
             };
             match appended {
                 Ok(()) => {
@@ -377,14 +404,45 @@ impl CommandService {
         }
     }
 
+    /// Appends one commit: through the group-commit [`Batcher`] (shared with the commits of
+    /// other accounts that are ready at the same time), or straight to the store when
+    /// batching is off. Past `deadline` the batcher no longer sends it.
+    async fn append(
+        &self,
+        account_id: AccountId,
+        expected_version: u64,
+        events: &[Envelope],
+        idempotency: Option<&IdempotencyMark>,
+        deadline: Option<Instant>,
+    ) -> Result<(), AppendError> {
+        match &self.batcher {
+            Some(batcher) => {
+                let commit = Commit {
+                    account_id,
+                    expected_version,
+                    events: events.to_vec(),
+                    idempotency: idempotency.cloned(),
+                };
+                batcher.append(commit, deadline).await
+            }
+            None => {
+                self.store
+                    .append(account_id, expected_version, events, idempotency)
+                    .await
+            }
+        }
+    }
+
     /// Claims `mark`'s key for a commit: the first record stored under the key wins.
     /// `TookOver` when the claim is this attempt's, else the answer the winner implies.
     async fn claim(&self, mark: &IdempotencyMark) -> Result<Settled, CommandError> {
         let claim = Claim::new();
-        let stored = self
-            .store
-            .save_response(&StoredResponse::claim(mark, &claim.id, Utc::now()))
-            .await?;
+        let record = StoredResponse::claim(mark, &claim.id, Utc::now());
+        // Through the batcher, claims of concurrent commands share a round trip too.
+        let stored = match &self.batcher {
+            Some(batcher) => batcher.save_response(record).await?,
+            None => self.store.save_response(&record).await?,
+        };
         if stored {
             return Ok(Settled::TookOver(claim));
         }

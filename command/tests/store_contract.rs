@@ -14,7 +14,8 @@ use futures::FutureExt;
 use prism_command::store::mongo::MongoStore;
 use prism_command::store::postgres::PgStore;
 use prism_command::store::{
-    AppendError, EventStore, IdempotencyMark, Position, Snapshot, StoreError, StoredResponse,
+    AppendError, Commit, EventStore, IdempotencyMark, Position, Snapshot, StoreError,
+    StoredResponse,
 };
 use prism_events::event::{
     AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, CardChannel, CardPayment,
@@ -118,6 +119,11 @@ contract!(
     a_text_with_u0000_is_refused_the_same_way_everywhere,
     a_stored_response_keeps_its_first_answer,
     a_claim_on_a_key_is_replaced_only_by_its_owner,
+    in_a_batch_a_conflicting_commit_fails_alone_and_the_others_are_stored,
+    a_key_used_twice_in_one_batch_binds_one_commit_and_refuses_the_other,
+    a_batch_stores_new_and_existing_accounts_unpublished_and_in_version_order,
+    of_concurrent_batches_racing_on_the_same_accounts_each_commit_lands_whole_or_not_at_all,
+    responses_saved_in_one_batch_each_keep_the_first_answer_under_their_key,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1032,4 +1038,292 @@ async fn a_claim_on_a_key_is_replaced_only_by_its_owner(store: &dyn EventStore) 
     assert!(!up("store", store.replace_claim("old", &taken).await));
     let found = up("store", store.find_response(&other.key).await);
     assert_eq!(found.as_ref().and_then(|r| r.claim_id()), Some("new"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Batched appends (group commit).
+
+fn commit(
+    account: AccountId,
+    expected: u64,
+    events: Vec<Envelope>,
+    idempotency: Option<IdempotencyMark>,
+) -> Commit {
+    Commit {
+        account_id: account,
+        expected_version: expected,
+        events,
+        idempotency,
+    }
+}
+
+fn amounts(events: &[Envelope]) -> Vec<i64> {
+    events
+        .iter()
+        .map(|e| match &e.event {
+            AccountEvent::MoneyDeposited(d) => d.amount_minor,
+            _ => 0,
+        })
+        .collect()
+}
+
+async fn in_a_batch_a_conflicting_commit_fails_alone_and_the_others_are_stored(
+    store: &dyn EventStore,
+) {
+    let [a, b, c, d] = [(); 4].map(|()| AccountId::generate());
+    for account in [a, c, d] {
+        append(store, 0, &[envelope(account, 1, opened())]).await;
+    }
+    append(store, 1, &deposits(c, 1, 1, 7)).await;
+    let batch = vec![
+        commit(a, 1, deposits(a, 1, 2, 10), None),
+        // Stale: c is at version 2.
+        commit(c, 1, deposits(c, 1, 2, 99), None),
+        commit(b, 0, vec![envelope(b, 1, opened())], None),
+        // Ahead of the stream: d is at version 1.
+        commit(d, 3, deposits(d, 3, 1, 99), None),
+        commit(d, 1, deposits(d, 1, 1, 30), None),
+    ];
+    let results = store.append_batch(&batch).await;
+    assert_eq!(results.len(), batch.len(), "one answer per commit");
+    let mut results = results.into_iter();
+    assert!(matches!(results.next(), Some(Ok(()))));
+    assert_conflict(results.next().expect("c's answer"), c, 1);
+    assert!(matches!(results.next(), Some(Ok(()))));
+    assert_conflict(results.next().expect("d's stale answer"), d, 3);
+    assert!(matches!(results.next(), Some(Ok(()))));
+
+    assert_eq!(amounts(&load(store, a).await), vec![0, 10, 10]);
+    assert_eq!(load(store, b).await, batch[2].events);
+    // The refused commit left nothing behind; c is as it was.
+    assert_eq!(amounts(&load(store, c).await), vec![0, 7]);
+    assert_eq!(amounts(&load(store, d).await), vec![0, 30]);
+    // The stored commits stay appendable after, as after a single append.
+    append(store, 3, &deposits(a, 3, 1, 11)).await;
+    assert_eq!(amounts(&load(store, a).await), vec![0, 10, 10, 11]);
+}
+
+async fn a_key_used_twice_in_one_batch_binds_one_commit_and_refuses_the_other(
+    store: &dyn EventStore,
+) {
+    let [a, b, c, d] = [(); 4].map(|()| AccountId::generate());
+    let taken = mark(&format!("tester:{}", Uuid::now_v7()), "hash-taken");
+    let stored = vec![envelope(d, 1, opened())];
+    up("store", store.append(d, 0, &stored, Some(&taken)).await);
+    let twice = mark(&format!("tester:{}", Uuid::now_v7()), "hash-twice");
+    let batch = vec![
+        commit(a, 0, vec![envelope(a, 1, opened())], Some(twice.clone())),
+        commit(b, 0, vec![envelope(b, 1, opened())], Some(twice.clone())),
+        // A key already bound before the batch.
+        commit(c, 0, vec![envelope(c, 1, opened())], Some(taken.clone())),
+    ];
+    let results = store.append_batch(&batch).await;
+    assert_eq!(results.len(), 3);
+    let winners: Vec<usize> = results[..2]
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one commit gets the key: {results:?}"
+    );
+    let (winner, loser) = (winners[0], 1 - winners[0]);
+    assert!(
+        matches!(results[loser], Err(AppendError::DuplicateIdempotencyKey)),
+        "{:?}",
+        results[loser]
+    );
+    assert!(
+        matches!(results[2], Err(AppendError::DuplicateIdempotencyKey)),
+        "{:?}",
+        results[2]
+    );
+    let bound = up("store", store.find_idempotent(&twice.key).await).expect("bound");
+    assert_eq!(bound.request_hash, twice.request_hash);
+    assert_eq!(bound.events, batch[winner].events);
+    assert_eq!(
+        load(store, batch[winner].account_id).await,
+        batch[winner].events
+    );
+    assert!(load(store, batch[loser].account_id).await.is_empty());
+    assert!(load(store, c).await.is_empty());
+    let first = up("store", store.find_idempotent(&taken.key).await).expect("bound");
+    assert_eq!(first.events, stored);
+}
+
+async fn a_batch_stores_new_and_existing_accounts_unpublished_and_in_version_order(
+    store: &dyn EventStore,
+) {
+    let old = AccountId::generate();
+    let opening = vec![envelope(old, 1, opened())];
+    append(store, 0, &opening).await;
+    up("store", store.mark_published(&[opening[0].id]).await);
+    let fresh = AccountId::generate();
+    let other = AccountId::generate();
+    let batch = vec![
+        commit(
+            fresh,
+            0,
+            vec![
+                envelope(fresh, 1, opened()),
+                envelope(fresh, 2, deposited(5)),
+                envelope(fresh, 3, deposited(6)),
+            ],
+            Some(mark(&format!("tester:{}", Uuid::now_v7()), "h1")),
+        ),
+        commit(old, 1, deposits(old, 1, 2, 40), None),
+        commit(other, 0, vec![envelope(other, 1, opened())], None),
+    ];
+    let results = store.append_batch(&batch).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    // Every stored event is unpublished, whole commits, versions ascending per account.
+    let pending = up("store", store.unpublished(None, 100).await);
+    let mut by_account: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for event in &pending {
+        by_account
+            .entry(event.subject.clone())
+            .or_default()
+            .push(event.account_version);
+    }
+    let wanted: BTreeMap<String, Vec<u64>> = [
+        (fresh.to_string(), vec![1, 2, 3]),
+        (old.to_string(), vec![2, 3]),
+        (other.to_string(), vec![1]),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(by_account, wanted);
+    let pending_ids: HashSet<Uuid> = pending
+        .iter()
+        .map(|e| e.id.parse().expect("uuid"))
+        .collect();
+    let stored_ids: HashSet<Uuid> = batch
+        .iter()
+        .flat_map(|c| c.events.iter().map(|e| e.id))
+        .collect();
+    assert_eq!(pending_ids, stored_ids);
+
+    // Read back: `load` per account, `read_all` across them, both in version order.
+    assert_eq!(load(store, fresh).await, batch[0].events);
+    let mut old_events = opening.clone();
+    old_events.extend(batch[1].events.clone());
+    assert_eq!(load(store, old).await, old_events);
+    let everything = read_everything(store, None, 2).await;
+    assert_eq!(everything.len(), 7);
+    let mut seen: BTreeMap<AccountId, Vec<u64>> = BTreeMap::new();
+    for (_, event) in &everything {
+        seen.entry(event.account_id)
+            .or_default()
+            .push(event.account_version);
+    }
+    assert_eq!(seen[&fresh], vec![1, 2, 3]);
+    assert_eq!(seen[&old], vec![1, 2, 3]);
+    assert_eq!(seen[&other], vec![1]);
+
+    // The relay's marking works on batched commits as on single ones.
+    let ids: Vec<Uuid> = stored_ids.into_iter().collect();
+    up("store", store.mark_published(&ids).await);
+    assert!(up("store", store.unpublished(None, 100).await).is_empty());
+}
+
+async fn of_concurrent_batches_racing_on_the_same_accounts_each_commit_lands_whole_or_not_at_all(
+    store: &dyn EventStore,
+) {
+    let accounts: Vec<AccountId> = (0..6).map(|_| AccountId::generate()).collect();
+    for account in &accounts {
+        append(store, 0, &[envelope(*account, 1, opened())]).await;
+    }
+    for round in 0..3_u64 {
+        let expected = 1 + round * 3;
+        // Eight writers, each a batch over every account at the same version, each in its
+        // own order of accounts; each commit is three deposits of the writer's own amount,
+        // so a mixed commit would show.
+        let batches: Vec<Vec<Commit>> = (0..8_usize)
+            .map(|writer| {
+                let mut order = accounts.clone();
+                order.rotate_left(writer % accounts.len());
+                if writer % 2 == 1 {
+                    order.reverse();
+                }
+                order
+                    .iter()
+                    .map(|a| {
+                        let amount = 100 + writer as i64;
+                        commit(*a, expected, deposits(*a, expected, 3, amount), None)
+                    })
+                    .collect()
+            })
+            .collect();
+        let results = join_all(batches.iter().map(|batch| store.append_batch(batch))).await;
+        for account in &accounts {
+            let mut winners = Vec::new();
+            for (writer, answers) in results.iter().enumerate() {
+                let Some(index) = batches[writer]
+                    .iter()
+                    .position(|c| c.account_id == *account)
+                else {
+                    panic!("every batch has every account");
+                };
+                match &answers[index] {
+                    Ok(()) => winners.push((writer, index)),
+                    Err(AppendError::Conflict { .. }) => {}
+                    Err(e) => panic!("a losing commit must be a conflict, got {e:?}"),
+                }
+            }
+            assert_eq!(
+                winners.len(),
+                1,
+                "exactly one writer wins {account} in round {round}"
+            );
+            let stored = load(store, *account).await;
+            assert_eq!(stored.len() as u64, expected + 3);
+            let winner = &batches[winners[0].0][winners[0].1];
+            assert_eq!(
+                stored[expected as usize..],
+                winner.events[..],
+                "the winner's commit, whole"
+            );
+        }
+    }
+}
+
+async fn responses_saved_in_one_batch_each_keep_the_first_answer_under_their_key(
+    store: &dyn EventStore,
+) {
+    let key = |name: &str| mark(&format!("tester:{name}:{}", Uuid::now_v7()), "hash");
+    let (a, taken, c) = (key("a"), key("taken"), key("c"));
+    let earlier = StoredResponse::claim(&taken, "earlier", Utc::now());
+    assert!(up("store", store.save_response(&earlier).await));
+    let batch = vec![
+        StoredResponse::claim(&a, "a-1", Utc::now()),
+        StoredResponse::claim(&taken, "later", Utc::now()),
+        StoredResponse::claim(&c, "c-1", Utc::now()),
+        // The same key again in the same batch: the first one is the key's record.
+        StoredResponse::claim(&a, "a-2", Utc::now()),
+    ];
+    let stored: Vec<bool> = store
+        .save_responses(&batch)
+        .await
+        .into_iter()
+        .map(|r| up("store", r))
+        .collect();
+    assert_eq!(stored, vec![true, false, true, false]);
+    let claim_of =
+        |found: Option<StoredResponse>| found.and_then(|r| r.claim_id().map(str::to_owned));
+    assert_eq!(
+        claim_of(up("store", store.find_response(&a.key).await)).as_deref(),
+        Some("a-1")
+    );
+    assert_eq!(
+        claim_of(up("store", store.find_response(&taken.key).await)).as_deref(),
+        Some("earlier")
+    );
+    assert_eq!(
+        claim_of(up("store", store.find_response(&c.key).await)).as_deref(),
+        Some("c-1")
+    );
 }

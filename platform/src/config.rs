@@ -569,6 +569,12 @@ pub struct CommandConfig {
     pub cache_accounts: usize,
     /// CloudEvents `source` of the events this service writes.
     pub source: String,
+    /// Most commits of different accounts written in one store round trip (group commit);
+    /// 1 turns batching off.
+    pub append_batch_max: usize,
+    /// Batches written at the same time; the commits that become ready meanwhile queue and
+    /// go together when one returns.
+    pub append_batches_in_flight: usize,
 }
 
 impl Default for CommandConfig {
@@ -581,6 +587,8 @@ impl Default for CommandConfig {
             conflict_retries: 5,
             cache_accounts: 100_000,
             source: "/prism/command".into(),
+            append_batch_max: 64,
+            append_batches_in_flight: 2,
         }
     }
 }

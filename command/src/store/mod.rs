@@ -14,8 +14,15 @@
 //!   hash of the request; appending a second commit with the same key fails with
 //!   [`AppendError::DuplicateIdempotencyKey`], and [`EventStore::find_idempotent`] returns the
 //!   first one.
+//! - **Group commit.** [`EventStore::append_batch`] writes the commits of many accounts in
+//!   one round trip with every guarantee above held per commit; `batcher.rs` gathers the
+//!   commits that are ready at the same moment.
 //! - **Outbox.** Every stored event starts unpublished; the relay reads
 //!   [`EventStore::unpublished`] and calls [`EventStore::mark_published`] after Kafka acked.
+//!   Both cost the backlog, never the store's size: PostgreSQL keeps a flag with a partial
+//!   index on unpublished rows; MongoDB keeps a small `outbox` collection of the commits not
+//!   yet published (intents written before each commit, deleted once published), since
+//!   FerretDB answers every filtered read with a scan of the whole collection.
 //! - **Reads.** `load` gives one account's events in version order; `read_all` pages through
 //!   every event in a stable order, resumable from a [`Position`].
 
@@ -24,12 +31,23 @@ use prism_events::{AccountId, Envelope, RawEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod batcher;
 pub mod mongo;
 pub mod postgres;
 
 /// A place in [`EventStore::read_all`]'s order; opaque outside its backend.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position(pub String);
+
+/// One command's commit, as [`EventStore::append_batch`] takes it: the events of one
+/// account (versions `expected_version + 1 …`) and the request's idempotency mark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    pub account_id: AccountId,
+    pub expected_version: u64,
+    pub events: Vec<Envelope>,
+    pub idempotency: Option<IdempotencyMark>,
+}
 
 /// What the store keeps to answer a retried request with the same idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +121,7 @@ pub struct Snapshot {
     pub state: serde_json::Value,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or answered with an error; worth retrying.
     #[error("event store unavailable: {0}")]
@@ -113,7 +131,7 @@ pub enum StoreError {
     Corrupt { id: String, reason: String },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
     #[error("version conflict on account {account_id}: expected version {expected}")]
     Conflict {
@@ -140,6 +158,15 @@ pub trait EventStore: Send + Sync + 'static {
         idempotency: Option<&IdempotencyMark>,
     ) -> Result<(), AppendError>;
 
+    /// Appends several commits in as few round trips as the backend allows (one statement
+    /// on PostgreSQL, one `insertMany` on MongoDB) and answers for each, in input order.
+    /// Every commit is checked on its own exactly as [`EventStore::append`] checks it (its
+    /// expected version, its idempotency key) and stored whole or not at all: a conflict or
+    /// a taken key fails that commit alone, the others are stored. Commits of one batch are
+    /// concurrent: of two for the same account at most one is stored, and one that builds
+    /// on another of the same batch conflicts (callers send one commit per account).
+    async fn append_batch(&self, commits: &[Commit]) -> Vec<Result<(), AppendError>>;
+
     /// The account's events with a version above `after_version`, in version order.
     async fn load(
         &self,
@@ -161,15 +188,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stores a snapshot, replacing an older one (never a newer one).
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
 
-    /// Up to `limit` unpublished events, oldest first, in version order within each account.
-    /// With `account_id`, only that account's.
+    /// Up to `limit` unpublished events, oldest first, in version order within each account
+    /// (whole commits). With `account_id`, only that account's. Only stored events, and of
+    /// an account never one without every unpublished stored event below it: the relay
+    /// relies on "not listed here" meaning "published" for the versions below what it
+    /// publishes. Called on every sweep: its cost follows the backlog, not the store.
     async fn unpublished(
         &self,
         account_id: Option<AccountId>,
         limit: usize,
     ) -> Result<Vec<RawEvent>, StoreError>;
 
-    /// Marks events published (after Kafka acknowledged them). Idempotent.
+    /// Marks events published (after Kafka acknowledged them). Idempotent. A commit leaves
+    /// the outbox only when all of its events are listed (else it is published again: a
+    /// duplicate, never a loss). Index lookups by id on both backends.
     async fn mark_published(&self, event_ids: &[Uuid]) -> Result<(), StoreError>;
 
     /// The commit bound to an idempotency key, if one was appended with it.
@@ -178,6 +210,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Remembers the answer to a rejected request (or a claim); a second save of the same
     /// key keeps the first. True when this call stored it.
     async fn save_response(&self, response: &StoredResponse) -> Result<bool, StoreError>;
+
+    /// [`EventStore::save_response`] for many records in one round trip (group commit of
+    /// idempotency claims), one answer per record in input order: true when this call stored
+    /// it. Of records sharing a key only the first can be stored.
+    async fn save_responses(&self, responses: &[StoredResponse]) -> Vec<Result<bool, StoreError>>;
 
     /// The stored answer for a key, if a rejected request saved one (or the key's claim,
     /// see [`StoredResponse::claim`]).
@@ -250,6 +287,16 @@ fn has_nul(value: &serde_json::Value) -> bool {
         Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
+}
+
+/// Indexes of the records that are the first with their key (only these are sent; the
+/// others cannot be stored by this call).
+pub(crate) fn first_of_each_key(responses: &[StoredResponse]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    responses
+        .iter()
+        .map(|r| seen.insert(r.key.as_str()))
+        .collect()
 }
 
 /// Input a backend refuses to store, before any I/O.

@@ -31,8 +31,8 @@
 //!   commit (two instances whose clocks disagree, or two ids minted in the same millisecond
 //!   by two processes); then it is `<previous seq's id part>~<n, 20 digits>`, which sorts
 //!   right after the previous commit. So `seq` order is version order within every account,
-//!   and `read_all` and `unpublished` page by it. A position is `<seq>:<index in commit>`.
-//! - `unpublished`: `(published, seq)`, the relay's sweep on MongoDB.
+//!   and `read_all` pages by it. A position is `<seq>:<index in commit>`.
+//! - `outbox`: the commits not yet published (below), indexes `seq` and `(account_id, seq)`.
 //!
 //! # Append
 //! Normally one `insert_one`. Proving that `expected_version` is the end of a commit needs a
@@ -42,31 +42,69 @@
 //! in between — then the read finds no commit ending there, or the insert collides, and
 //! the answer is a conflict either way).
 //!
+//! A batch of commits (group commit, [`EventStore::append_batch`]) is one `insertMany` with
+//! `ordered: false`: still one document per commit, so each lands whole or not at all
+//! without a transaction, and a duplicate key (version or idempotency key) fails its own
+//! document while the server goes on with the others; each write error names its
+//! document's index, which maps it back to its commit. The same contract on MongoDB 7 and
+//! FerretDB 1.24; FerretDB writes the whole batch in one PostgreSQL transaction and, if any
+//! document fails, inserts them again one by one, reporting each duplicate by its index
+//! (`msg_insert.go`); any other failure there fails the whole command, which this store
+//! reports as "unavailable" for every commit of the batch (outcome unknown).
+//!
 //! # Outbox
-//! `unpublished` returns whole commits in `seq` order (the first one even if it alone is
-//! larger than `limit`). `mark_published` marks a commit only when every one of its events
-//! is listed, so a partly acknowledged commit is published again rather than partly lost.
+//! A collection `outbox` of *intents*: before a commit is inserted, a copy of its document
+//! (without the idempotency fields, with `written_at_ms`) goes into `outbox` under the same
+//! `_id` — one `insertMany` per batch of commits. Once Kafka acknowledged all of a commit's
+//! events, `mark_published` deletes its intent. So the relay never reads `commits` on its
+//! hot path: the sweep and the per-account checks read `outbox`, whose size is the backlog
+//! (on FerretDB every filtered read is a scan of the whole collection, so reading
+//! `commits`, as a `published` flag on each commit needed, costs the store's size; measured
+//! at 70–470 ms per read at 94 k commits).
+//!
+//! Intent first, commit second, because there are no transactions on FerretDB: a crash
+//! between the two leaves an intent without a commit (harmless), never a commit without an
+//! intent (unpublished for good). An intent alone therefore does not prove its commit:
+//! - the writer knows (it remembers the commits it stored and the inserts it is waiting
+//!   for), and drops the intents of commits refused for good;
+//! - anybody else (another instance, or after a restart) looks the account's commits up
+//!   from the lowest version in doubt (one read of `commits` per such account: a scan on
+//!   FerretDB, an index range on MongoDB; only after a crash, a failed insert, or when two
+//!   instances write one account). An intent whose versions another commit holds can never
+//!   be stored and is dropped; one still not stored after 10 minutes is dropped too. That
+//!   is the one timing assumption: a commit insert does not reach the server 10 minutes
+//!   after its intent was written (writers insert right after it, and give up on a store
+//!   that does not answer within seconds).
+//!
+//! `unpublished` returns the stored commits among the intents, whole, in `seq` order (the
+//! first one even if it alone is larger than `limit`); every unpublished stored commit has
+//! its intent, so nothing stored below a listed event is missing. `mark_published` deletes a
+//! commit's intent only when every one of its events is listed, so a partly acknowledged
+//! commit is published again rather than partly lost. Stores of the earlier format (a
+//! `published: false` flag on each commit) get their intents at `init`.
 //!
 //! # FerretDB 1.24 (PostgreSQL backend), measured
 //! - Reads never use an index: top-level scalar equalities become SQL (`_jsonb->'k' @> v`,
-//!   a sequential scan); ranges, `$in`, sorts and limits-with-a-filter run in Go after
+//!   a sequential scan, even on `_id`: FerretDB's btree indexes are on `_jsonb->'k'`, which
+//!   `@>` cannot use; `query.go`); ranges, `$in`, sorts and limits-with-a-filter run in Go after
 //!   fetching every match. So every query here leads with equalities (`account_id`,
-//!   `last_version`, `published`) that keep the rows shipped to Go few, and the append
+//!   `last_version`) that keep the rows shipped to Go few, and the append
 //!   path avoids reading at all when it can (above). `read_all` fetches and sorts the whole
 //!   collection for each page: use big pages there.
-//! - Every updated document is its own PostgreSQL transaction, so marking commits
-//!   published costs one commit each.
+//! - Updates and deletes first run the same scan, then write by `_id` (an index lookup),
+//!   one document per statement. Hence the outbox: a delete there scans only the backlog.
 //! - `events: {$not: {$elemMatch: {id: {$nin: ids}}}}` also matches documents that do have
 //!   an unlisted event (wrong), so `mark_published` checks completeness here, not in the
 //!   filter.
 //! - A `createIndexes` of several indexes that already exist panics the connection; a single
 //!   existing one is accepted. `init` creates the missing ones one by one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chrono::DateTime;
+use futures::future::join_all;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
@@ -77,8 +115,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{
-    check_commit, refused, AppendError, EventStore, IdempotencyMark, IdempotentCommit, Position,
-    Snapshot, StoreError, StoredResponse,
+    check_commit, first_of_each_key, refused, AppendError, Commit, EventStore, IdempotencyMark,
+    IdempotentCommit, Position, Snapshot, StoreError, StoredResponse,
 };
 
 const COMMITS: &str = "commits";
@@ -99,6 +137,24 @@ const SEQ_SEPARATOR: char = '~';
 /// Most accounts whose last commit [`MongoStore`] remembers; past it, it forgets them all.
 const TAILS_MAX: usize = 100_000;
 
+/// The outbox collection: one intent per commit, written before the commit (see the module
+/// documentation, "Outbox").
+const OUTBOX: &str = "outbox";
+
+/// An intent whose commit is not stored this long after it was written is dropped: its
+/// writer failed before inserting the commit (a crash, an unknown outcome that was a
+/// failure). Writers insert the commit right after the intent, so this is far beyond any
+/// append; see the module documentation for the one assumption this makes.
+const INTENT_HORIZON_MS: i64 = 10 * 60 * 1_000;
+
+/// Most commit ids [`OutboxMemory::stored`] holds; past it, it forgets them all (which only
+/// costs a lookup per account later).
+const STORED_MAX: usize = 1_000_000;
+
+/// Size of a generation of [`OutboxMemory::published`]: far more commits than are
+/// published while one read of the outbox is being resolved.
+const PUBLISHED_GENERATION: usize = 100_000;
+
 /// The event store on a MongoDB-protocol server.
 #[derive(Debug, Clone)]
 pub struct MongoStore {
@@ -109,6 +165,42 @@ pub struct MongoStore {
     /// the end of a commit — on FerretDB, where every read scans the collection, that read
     /// is most of an append's cost. Anything else (no entry, another version) reads.
     tails: Arc<Mutex<HashMap<AccountId, Tail>>>,
+    /// What this process knows about the outbox intents it wrote.
+    outbox: Arc<Mutex<OutboxMemory>>,
+}
+
+/// The outcome of this process's own appends, as far as the outbox cares. An intent is
+/// written before its commit, so an intent alone does not say the commit is stored; the
+/// writer knows, anybody else must look the commit up (a read of `commits`, which FerretDB
+/// runs as a scan: these two sets keep it off the relay's hot path).
+#[derive(Debug, Default)]
+struct OutboxMemory {
+    /// Ids of commits this process stored whose intents are still in the outbox.
+    stored: HashSet<String>,
+    /// Ids of commits whose intents this process wrote and whose insert has not answered
+    /// yet: not stored as far as anybody can tell, and settled in a moment by this process.
+    in_flight: HashSet<String>,
+    /// Ids of commits whose intents this process deleted as published, newest generation
+    /// first: a read of the outbox that began before the delete may still hold them, and
+    /// must neither publish them again nor look them up. Two generations of at most
+    /// [`PUBLISHED_GENERATION`] ids each.
+    published: [HashSet<String>; 2],
+}
+
+impl OutboxMemory {
+    fn was_published(&self, id: &str) -> bool {
+        self.published
+            .iter()
+            .any(|generation| generation.contains(id))
+    }
+
+    fn published(&mut self, id: String) {
+        if self.published[0].len() >= PUBLISHED_GENERATION {
+            self.published[1] = std::mem::take(&mut self.published[0]);
+        }
+        self.stored.remove(&id);
+        self.published[0].insert(id);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -122,7 +214,102 @@ impl MongoStore {
         Self {
             database: client.database(database),
             tails: Arc::default(),
+            outbox: Arc::default(),
         }
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, OutboxMemory> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes the outbox intents of commits about to be inserted (their documents), before
+    /// the insert: a commit is never stored without its intent, so a crash right after the
+    /// insert cannot leave it unpublished. On error nothing was inserted yet and the caller
+    /// gives up (unavailable). One round trip for a whole batch. Answers, per commit, whether
+    /// its intent is new: an intent that was there already (the same commit sent again) may
+    /// belong to a stored commit, so it is never dropped on a refusal.
+    async fn write_intents(&self, commits: &[&Document]) -> Result<Vec<bool>, StoreError> {
+        let written_at = chrono::Utc::now().timestamp_millis();
+        let mut intents = Vec::with_capacity(commits.len());
+        let mut ids = Vec::with_capacity(commits.len());
+        for commit in commits {
+            let mut intent = (*commit).clone();
+            intent.remove("idempotency_key");
+            intent.remove("request_hash");
+            intent.insert("written_at_ms", written_at);
+            ids.push(document_id(&intent));
+            intents.push(intent);
+        }
+        self.memory().in_flight.extend(ids.iter().cloned());
+        let written = match self
+            .outbox_entries()
+            .insert_many(intents)
+            .ordered(false)
+            .await
+        {
+            Ok(_) => Ok(vec![true; ids.len()]),
+            // Written already (the same commit sent again): still its intent.
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(many)
+                    if many.write_concern_error.is_none()
+                        && many
+                            .write_errors
+                            .iter()
+                            .flatten()
+                            .all(|w| w.code == DUPLICATE_KEY) =>
+                {
+                    let mut fresh = vec![true; ids.len()];
+                    for error in many.write_errors.iter().flatten() {
+                        if let Some(flag) = fresh.get_mut(error.index) {
+                            *flag = false;
+                        }
+                    }
+                    Ok(fresh)
+                }
+                _ => Err(unavailable(e)),
+            },
+        };
+        if written.is_err() {
+            self.settle(&ids, None);
+        }
+        written
+    }
+
+    /// Records the outcome of inserting the commits `ids` whose intents this process wrote:
+    /// `Some(true)` stored, `Some(false)` refused for good (their intents are dropped by
+    /// [`MongoStore::drop_intents`]), `None` unknown (a lookup decides later).
+    fn settle(&self, ids: &[String], stored: Option<bool>) {
+        let mut memory = self.memory();
+        if stored == Some(true) && memory.stored.len() + ids.len() > STORED_MAX {
+            memory.stored.clear();
+        }
+        for id in ids {
+            memory.in_flight.remove(id);
+            if stored == Some(true) {
+                memory.stored.insert(id.clone());
+            }
+        }
+    }
+
+    /// Drops the intents of commits that were refused (conflict, taken key): they can never
+    /// be stored under these ids. Best effort: one left behind is found and dropped by the
+    /// relay's lookup (see [`MongoStore::resolve`]).
+    async fn drop_intents(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.settle(ids, Some(false));
+        if let Err(e) = self
+            .outbox_entries()
+            .delete_many(doc! { "_id": { "$in": ids } })
+            .await
+        {
+            tracing::warn!(error = %e, intents = ids.len(), "dropping the outbox intents of refused commits failed; the relay drops them later");
+        }
+    }
+
+    fn outbox_entries(&self) -> Collection<Document> {
+        self.database.collection(OUTBOX)
     }
 
     /// The `seq` of the account's commit that ends at `version`, if this process saw it.
@@ -162,11 +349,45 @@ impl MongoStore {
         )?;
         let id = first.id.to_string();
         let document = commit_document(&id, &id, events, None)?;
-        self.commits()
-            .insert_one(document)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        // Its outbox intent first, as an append writes it.
+        let fresh = self.write_intents(&[&document]).await?;
+        let ids = [id];
+        let inserted = self.commits().insert_one(document).await;
+        self.after_insert(&ids, &fresh, |_| match &inserted {
+            Ok(_) => Some(true),
+            Err(e) if error_code(e) == Some(DUPLICATE_KEY) => Some(false),
+            Err(_) => None,
+        })
+        .await;
+        inserted.map(|_| ()).map_err(unavailable)
+    }
+
+    /// Settles the intents of commits `ids` after their insert: `outcome(i)` is whether the
+    /// `i`th was stored (`None`: unknown). A refused commit's intent is dropped when this
+    /// insert wrote it (`fresh`): then no commit with its id can be waiting for publishing (an
+    /// unpublished commit's intent would have been found), only a refused one or one
+    /// published already.
+    async fn after_insert(
+        &self,
+        ids: &[String],
+        fresh: &[bool],
+        outcome: impl Fn(usize) -> Option<bool>,
+    ) {
+        let mut stored = Vec::new();
+        let mut unknown = Vec::new();
+        let mut refused = Vec::new();
+        for (index, id) in ids.iter().enumerate() {
+            match outcome(index) {
+                Some(true) => stored.push(id.clone()),
+                Some(false) if fresh.get(index).copied().unwrap_or(false) => {
+                    refused.push(id.clone())
+                }
+                Some(false) | None => unknown.push(id.clone()),
+            }
+        }
+        self.settle(&stored, Some(true));
+        self.settle(&unknown, None);
+        self.drop_intents(&refused).await;
     }
 
     fn commits(&self) -> Collection<Document> {
@@ -208,6 +429,29 @@ impl MongoStore {
                 Err(e) => Err(corrupt(&document, format!("seq: {e}"))),
             },
         }
+    }
+
+    /// Where `commit` goes: its `seq` and its document, or `None` when no commit of the
+    /// account ends at its expected version (refused: a conflict or a taken key).
+    async fn place(&self, commit: &Commit) -> Result<Option<(String, Document)>, StoreError> {
+        check_commit(commit.account_id, commit.expected_version, &commit.events)?;
+        let id = commit.events[0].id.to_string();
+        let previous = if commit.expected_version == 0 {
+            None
+        } else if let Some(seq) = self.known_seq(commit.account_id, commit.expected_version) {
+            Some(seq)
+        } else {
+            match self
+                .seq_of_commit_ending_at(commit.account_id, commit.expected_version)
+                .await?
+            {
+                Some(seq) => Some(seq),
+                None => return Ok(None),
+            }
+        };
+        let seq = previous.map_or_else(|| id.clone(), |previous| seq_after(&previous, &id));
+        let document = commit_document(&id, &seq, &commit.events, commit.idempotency.as_ref())?;
+        Ok(Some((seq, document)))
     }
 
     /// Why an append was refused once a guard fired: the key, if it is taken; otherwise a
@@ -254,6 +498,243 @@ impl MongoStore {
             .await
             .map_err(unavailable)?;
         documents.into_iter().map(StoredCommit::parse).collect()
+    }
+}
+
+/// An outbox intent as read back: the commit it announces and when it was written.
+#[derive(Debug)]
+struct Intent {
+    commit: StoredCommit,
+    first_version: u64,
+    written_at_ms: i64,
+}
+
+impl Intent {
+    fn parse(document: Document) -> Result<Self, StoreError> {
+        let first_version = document
+            .get_i64("first_version")
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(|| corrupt(&document, "outbox intent: first_version".into()))?;
+        // Missing only on intents a future format might write without it: never too old.
+        let written_at_ms = document.get_i64("written_at_ms").unwrap_or(i64::MAX);
+        Ok(Self {
+            commit: StoredCommit::parse(document)?,
+            first_version,
+            written_at_ms,
+        })
+    }
+}
+
+/// What an intent says about its commit, once [`MongoStore::resolve`] looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IntentState {
+    /// The commit is stored: publish it.
+    Stored,
+    /// This process's insert has not answered yet (it settles the intent itself).
+    InFlight,
+    /// Another writer's (or one from before a restart): look the commit up.
+    Unknown,
+}
+
+impl MongoStore {
+    /// The intents whose commits are stored, in `seq` order (version order per account).
+    ///
+    /// Every stored, unpublished commit has its intent (written before it, dropped only
+    /// after it was published), so whatever is stored below a returned commit is returned
+    /// too: the relay's "nothing earlier is unpublished" holds. Intents this process settled
+    /// need no read. The others are looked up in `commits`, once per account, from the
+    /// lowest version in doubt; an intent whose place is taken by another commit can never
+    /// be stored and is dropped, as is one still not stored after [`INTENT_HORIZON_MS`].
+    async fn resolve(&self, intents: Vec<Intent>) -> Result<Vec<StoredCommit>, StoreError> {
+        let mut accounts: BTreeMap<String, Vec<(Intent, IntentState)>> = BTreeMap::new();
+        {
+            let memory = self.memory();
+            for intent in intents {
+                let id = &intent.commit.id;
+                if memory.was_published(id) {
+                    // Deleted since this read of the outbox: on Kafka already.
+                    continue;
+                }
+                let state = if memory.stored.contains(id) {
+                    IntentState::Stored
+                } else if memory.in_flight.contains(id) {
+                    IntentState::InFlight
+                } else {
+                    IntentState::Unknown
+                };
+                accounts
+                    .entry(intent.commit.account_id.clone())
+                    .or_default()
+                    .push((intent, state));
+            }
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut eligible = Vec::new();
+        let mut dead = Vec::new();
+        for (account, intents) in accounts {
+            let top_stored = intents
+                .iter()
+                .filter(|(_, state)| *state == IntentState::Stored)
+                .map(|(intent, _)| intent.first_version)
+                .max();
+            // In doubt: another writer's intents, and this process's unanswered inserts when
+            // anything is looked up anyway or one lies below a stored commit (it then lost).
+            let any_unknown = intents.iter().any(|(_, s)| *s == IntentState::Unknown);
+            let in_doubt = |intent: &Intent, state: IntentState| match state {
+                IntentState::Stored => false,
+                IntentState::Unknown => true,
+                IntentState::InFlight => {
+                    any_unknown || top_stored.is_some_and(|top| intent.first_version < top)
+                }
+            };
+            let from = intents
+                .iter()
+                .filter(|(intent, state)| in_doubt(intent, *state))
+                .map(|(intent, _)| intent.first_version)
+                .min();
+            let found = match from {
+                Some(from) => Some(self.lookup(&account, from).await?),
+                None => None,
+            };
+            for (intent, state) in intents {
+                let stored = match (state, &found) {
+                    (IntentState::Stored, _) => true,
+                    (_, Some((ids, _))) if ids.contains(&intent.commit.id) => {
+                        let mut memory = self.memory();
+                        if memory.stored.len() < STORED_MAX {
+                            memory.stored.insert(intent.commit.id.clone());
+                        }
+                        true
+                    }
+                    // This process settles its own intents.
+                    (IntentState::InFlight, _) => false,
+                    (_, found) => {
+                        let end = found.as_ref().map_or(0, |(_, end)| *end);
+                        if intent.first_version <= end
+                            || now_ms.saturating_sub(intent.written_at_ms) > INTENT_HORIZON_MS
+                        {
+                            dead.push(intent.commit.id.clone());
+                        }
+                        false
+                    }
+                };
+                if stored {
+                    eligible.push(intent.commit);
+                }
+            }
+        }
+        if !dead.is_empty() {
+            tracing::info!(
+                intents = dead.len(),
+                "dropping outbox intents whose commits were never stored"
+            );
+            self.outbox_entries()
+                .delete_many(doc! { "_id": { "$in": &dead } })
+                .await
+                .map_err(unavailable)?;
+        }
+        eligible.sort_by(|a, b| a.seq.cmp(&b.seq));
+        Ok(eligible)
+    }
+
+    /// The ids of the account's stored commits that end at `from_version` or later, and the
+    /// account's last stored version (0 when none ends that late). A read of `commits`: an
+    /// index range on MongoDB, a scan on FerretDB — only for intents this process did not
+    /// write itself.
+    async fn lookup(
+        &self,
+        account_id: &str,
+        from_version: u64,
+    ) -> Result<(HashSet<String>, u64), StoreError> {
+        tracing::debug!(
+            account_id,
+            from_version,
+            "looking up commits of outbox intents this process did not write"
+        );
+        let documents: Vec<Document> = self
+            .commits()
+            .find(doc! {
+                "account_id": account_id,
+                "last_version": { "$gte": to_i64(from_version)? },
+            })
+            .projection(doc! { "_id": 1, "last_version": 1 })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let mut ids = HashSet::with_capacity(documents.len());
+        let mut end = 0;
+        for document in documents {
+            let last = document
+                .get_i64("last_version")
+                .ok()
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| corrupt(&document, "last_version".into()))?;
+            end = end.max(last);
+            ids.insert(document_id(&document));
+        }
+        Ok((ids, end))
+    }
+
+    /// Stores written before the outbox collection flagged every commit `published: false`
+    /// until the relay set it: gives those commits their intents, then drops the flag. Run
+    /// by `init`; idempotent (an intent already there stays), so two instances starting
+    /// together both finish it. A scan of `commits` on FerretDB, once per start.
+    async fn migrate_published_flags(&self) -> Result<(), StoreError> {
+        let legacy: Vec<Document> = self
+            .commits()
+            .find(doc! { "published": false })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        if legacy.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            commits = legacy.len(),
+            "moving unpublished commits of the old format to the outbox"
+        );
+        let written_at = chrono::Utc::now().timestamp_millis();
+        let intents: Vec<Document> = legacy
+            .into_iter()
+            .map(|mut intent| {
+                intent.remove("idempotency_key");
+                intent.remove("request_hash");
+                intent.remove("published");
+                intent.insert("written_at_ms", written_at);
+                intent
+            })
+            .collect();
+        match self
+            .outbox_entries()
+            .insert_many(intents)
+            .ordered(false)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(many)
+                    if many.write_concern_error.is_none()
+                        && many
+                            .write_errors
+                            .iter()
+                            .flatten()
+                            .all(|w| w.code == DUPLICATE_KEY) => {}
+                _ => return Err(unavailable(e)),
+            },
+        }
+        self.commits()
+            .update_many(
+                doc! { "published": false },
+                doc! { "$unset": { "published": "" } },
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
 
@@ -314,13 +795,18 @@ impl EventStore for MongoStore {
                         .build(),
                 )
                 .build(),
+        ];
+        // The relay reads the outbox in `seq` order, whole or one account's part; a
+        // commit's intent is fetched and deleted by `_id`.
+        let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
+        let outbox = [
             IndexModel::builder()
-                .keys(doc! { "published": 1, "seq": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("unpublished".to_owned())
-                        .build(),
-                )
+                .keys(doc! { "seq": 1 })
+                .options(named("seq"))
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "account_id": 1, "seq": 1 })
+                .options(named("account_seq"))
                 .build(),
         ];
         let snapshots = [IndexModel::builder()
@@ -334,8 +820,9 @@ impl EventStore for MongoStore {
         // Only the missing ones, one by one: FerretDB 1.24 panics (and drops the
         // connection) on a `createIndexes` of several indexes that already exist.
         create_missing_indexes(&self.commits(), commits).await?;
+        create_missing_indexes(&self.outbox_entries(), outbox).await?;
         create_missing_indexes(&self.snapshots(), snapshots).await?;
-        Ok(())
+        self.migrate_published_flags().await
     }
 
     async fn append(
@@ -366,7 +853,17 @@ impl EventStore for MongoStore {
         };
         let seq = previous.map_or_else(|| id.clone(), |previous| seq_after(&previous, &id));
         let document = commit_document(&id, &seq, events, idempotency)?;
-        match self.commits().insert_one(document).await {
+        // The outbox intent goes first (see the module documentation, "Outbox").
+        let fresh = self.write_intents(&[&document]).await?;
+        let inserted = self.commits().insert_one(document).await;
+        let ids = [id];
+        self.after_insert(&ids, &fresh, |_| match &inserted {
+            Ok(_) => Some(true),
+            Err(e) if error_code(e) == Some(DUPLICATE_KEY) => Some(false),
+            Err(_) => None,
+        })
+        .await;
+        match inserted {
             Ok(_) => {
                 let last = expected_version + events.len() as u64;
                 self.remember(account_id, last, &seq);
@@ -377,6 +874,150 @@ impl EventStore for MongoStore {
                 .await),
             Err(e) => Err(unavailable(e).into()),
         }
+    }
+
+    async fn append_batch(&self, commits: &[Commit]) -> Vec<Result<(), AppendError>> {
+        if let [commit] = commits {
+            // One commit: the single append's `insert_one`.
+            let result = self
+                .append(
+                    commit.account_id,
+                    commit.expected_version,
+                    &commit.events,
+                    commit.idempotency.as_ref(),
+                )
+                .await;
+            return vec![result];
+        }
+        // Each commit's place after its predecessor, proven as in `append` (a read only for
+        // accounts this process has not seen end at the expected version; those reads run
+        // side by side). A commit refused here is not sent.
+        let placed = join_all(commits.iter().map(|commit| self.place(commit))).await;
+        let mut results: Vec<Option<Result<(), AppendError>>> = Vec::with_capacity(commits.len());
+        let mut refusals = Vec::new();
+        let mut ready: Vec<(usize, String, Document)> = Vec::new();
+        for (index, placed) in placed.into_iter().enumerate() {
+            match placed {
+                Ok(Some((seq, document))) => {
+                    results.push(None);
+                    ready.push((index, seq, document));
+                }
+                Ok(None) => {
+                    results.push(None);
+                    refusals.push(index);
+                }
+                Err(e) => results.push(Some(Err(e.into()))),
+            }
+        }
+        // In account order: FerretDB writes a batch in one PostgreSQL transaction, and two
+        // batches meeting on the same accounts then wait for each other instead of
+        // deadlocking.
+        ready.sort_by_key(|(index, _, _)| commits[*index].account_id);
+        let (sent, documents): (Vec<(usize, String)>, Vec<Document>) = ready
+            .into_iter()
+            .map(|(index, seq, document)| ((index, seq), document))
+            .unzip();
+        // The outbox intents go first (see the module documentation, "Outbox"); without
+        // them nothing is inserted and every commit of the batch is unavailable.
+        let ids: Vec<String> = documents.iter().map(document_id).collect();
+        let mut fresh = Vec::new();
+        let documents = if documents.is_empty() {
+            documents
+        } else {
+            match self
+                .write_intents(&documents.iter().collect::<Vec<_>>())
+                .await
+            {
+                Ok(flags) => {
+                    fresh = flags;
+                    documents
+                }
+                Err(e) => {
+                    let error = AppendError::from(e);
+                    for (index, _) in &sent {
+                        results[*index] = Some(Err(error.clone()));
+                    }
+                    Vec::new()
+                }
+            }
+        };
+        if !documents.is_empty() {
+            // Unordered: a duplicate key fails its own document and the server goes on
+            // with the others. One document per commit, so each lands whole or not at all.
+            let inserted = self.commits().insert_many(documents).ordered(false).await;
+            let failed: HashMap<usize, i32> = match inserted {
+                Ok(_) => HashMap::new(),
+                Err(e) => match e.kind.as_ref() {
+                    ErrorKind::InsertMany(many) if many.write_concern_error.is_none() => many
+                        .write_errors
+                        .iter()
+                        .flatten()
+                        .map(|w| (w.index, w.code))
+                        .collect(),
+                    // A network error or an unmet write concern: whether each landed is
+                    // unknown, so every commit sent gets the error.
+                    _ => {
+                        let error = AppendError::from(unavailable(e));
+                        for (index, _) in &sent {
+                            results[*index] = Some(Err(error.clone()));
+                        }
+                        HashMap::new()
+                    }
+                },
+            };
+            self.after_insert(&ids, &fresh, |position| {
+                let index = sent.get(position).map(|(index, _)| *index)?;
+                if results.get(index).is_some_and(Option::is_some) {
+                    return None; // outcome unknown
+                }
+                match failed.get(&position) {
+                    None => Some(true),
+                    Some(&DUPLICATE_KEY) => Some(false),
+                    Some(_) => None,
+                }
+            })
+            .await;
+            for (position, (index, seq)) in sent.iter().enumerate() {
+                if results[*index].is_some() {
+                    continue;
+                }
+                let commit = &commits[*index];
+                match failed.get(&position) {
+                    None => {
+                        let last = commit.expected_version + commit.events.len() as u64;
+                        self.remember(commit.account_id, last, seq);
+                        results[*index] = Some(Ok(()));
+                    }
+                    Some(&DUPLICATE_KEY) => refusals.push(*index),
+                    Some(code) => {
+                        results[*index] = Some(Err(AppendError::Store(StoreError::Unavailable(
+                            format!("mongodb: insert of a commit failed with code {code}"),
+                        ))));
+                    }
+                }
+            }
+        }
+        // Why the refused ones were refused: a taken key, else a version conflict.
+        let reasons = join_all(refusals.iter().map(|&index| {
+            let commit = &commits[index];
+            self.refusal(
+                commit.account_id,
+                commit.expected_version,
+                commit.idempotency.as_ref(),
+            )
+        }))
+        .await;
+        for (index, reason) in refusals.into_iter().zip(reasons) {
+            results[index] = Some(Err(reason));
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable("mongodb: a commit got no answer".into()).into())
+                })
+            })
+            .collect()
     }
 
     async fn load(
@@ -513,14 +1154,43 @@ impl EventStore for MongoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut filter = doc! { "published": false };
-        if let Some(account_id) = account_id {
-            filter.insert("account_id", account_id.to_string());
+        // The outbox holds only what is not published yet, so reading it whole costs the
+        // backlog, never the store's size (FerretDB scans and sorts it; MongoDB walks the
+        // `seq` or `account_seq` index).
+        let filter = match account_id {
+            Some(account_id) => doc! { "account_id": account_id.to_string() },
+            None => doc! {},
+        };
+        let documents: Vec<Document> = self
+            .outbox_entries()
+            .find(filter)
+            .sort(doc! { "seq": 1 })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let mut intents = documents
+            .into_iter()
+            .map(Intent::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Only the accounts of the oldest `limit` events' intents are resolved (a lookup
+        // each for another writer's): a big backlog is worked off page by page, and each
+        // of these accounts comes with all its intents, so nothing below is left out.
+        let mut accounts = HashSet::new();
+        let mut events = 0;
+        for intent in &intents {
+            if events >= limit {
+                break;
+            }
+            events += intent.commit.events.len();
+            accounts.insert(intent.commit.account_id.clone());
         }
+        intents.retain(|intent| accounts.contains(&intent.commit.account_id));
         // Whole commits only (a commit is marked published as a whole); the first one even
         // if it alone holds more than `limit` events, so a big commit cannot stall the relay.
         let mut out = Vec::new();
-        for commit in self.commits_in_order(filter, limit).await? {
+        for commit in self.resolve(intents).await? {
             let events = commit.raw_events()?;
             if !out.is_empty() && out.len() + events.len() > limit {
                 break;
@@ -536,33 +1206,39 @@ impl EventStore for MongoStore {
         }
         let ids: HashSet<String> = event_ids.iter().map(Uuid::to_string).collect();
         let listed: Vec<&String> = ids.iter().collect();
-        // A commit's `_id` is its first event's id. Only commits all of whose events are
-        // listed are marked: a partly published commit is published again later (a
-        // duplicate on Kafka) rather than partly lost. The check is made here, not in the
-        // filter: FerretDB 1.24 matches `events: {$not: {$elemMatch: {id: {$nin: …}}}}` on
-        // commits that do have an unlisted event. `published: false` leads, so FerretDB
-        // filters in SQL and ships only pending commits.
-        let candidates = self
-            .commits_in_order(
-                doc! { "published": false, "_id": { "$in": &listed } },
-                usize::MAX,
-            )
-            .await?;
-        let complete: Vec<String> = candidates
-            .into_iter()
-            .filter(|commit| commit.events.iter().all(|e| ids.contains(&e.id)))
-            .map(|commit| commit.id)
-            .collect();
+        // An intent's `_id` is its commit's, which is the commit's first event id. Only
+        // commits all of whose events are listed are done: a partly published commit is
+        // published again later (a duplicate on Kafka) rather than partly lost. The check is
+        // made here, not in the filter: FerretDB 1.24 matches `events: {$not: {$elemMatch:
+        // {id: {$nin: …}}}}` on documents that do have an unlisted event.
+        let candidates: Vec<Document> = self
+            .outbox_entries()
+            .find(doc! { "_id": { "$in": &listed } })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let mut complete = Vec::new();
+        for document in candidates {
+            let commit = StoredCommit::parse(document)?;
+            if commit.events.iter().all(|e| ids.contains(&e.id)) {
+                complete.push(commit.id);
+            }
+        }
         if complete.is_empty() {
             return Ok(());
         }
-        self.commits()
-            .update_many(
-                doc! { "published": false, "_id": { "$in": &complete } },
-                doc! { "$set": { "published": true } },
-            )
+        // Deleting is the whole write: on MongoDB an `_id` index lookup per intent, on
+        // FerretDB a scan of the (small) outbox and a delete by `_id`.
+        self.outbox_entries()
+            .delete_many(doc! { "_id": { "$in": &complete } })
             .await
             .map_err(unavailable)?;
+        let mut memory = self.memory();
+        for id in complete {
+            memory.published(id);
+        }
         Ok(())
     }
 
@@ -611,6 +1287,77 @@ impl EventStore for MongoStore {
             Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Ok(false),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn save_responses(&self, responses: &[StoredResponse]) -> Vec<Result<bool, StoreError>> {
+        if let [response] = responses {
+            return vec![self.save_response(response).await];
+        }
+        let first = first_of_each_key(responses);
+        let mut results: Vec<Option<Result<bool, StoreError>>> =
+            Vec::with_capacity(responses.len());
+        let mut sent = Vec::new();
+        let mut documents = Vec::new();
+        for (index, (response, first)) in responses.iter().zip(first).enumerate() {
+            if !first {
+                results.push(Some(Ok(false)));
+                continue;
+            }
+            match json_to_bson(&response.body) {
+                Ok(body) => {
+                    results.push(None);
+                    sent.push(index);
+                    documents.push(doc! {
+                        "_id": &response.key,
+                        "request_hash": &response.request_hash,
+                        "status": i32::from(response.status),
+                        "body": body,
+                    });
+                }
+                Err(e) => results.push(Some(Err(refused(&response.key, &e)))),
+            }
+        }
+        if !documents.is_empty() {
+            // Unordered: a key stored already fails its own document only.
+            let failed: Result<HashMap<usize, i32>, StoreError> =
+                match self.responses().insert_many(documents).ordered(false).await {
+                    Ok(_) => Ok(HashMap::new()),
+                    Err(e) => match e.kind.as_ref() {
+                        ErrorKind::InsertMany(many) if many.write_concern_error.is_none() => {
+                            Ok(many
+                                .write_errors
+                                .iter()
+                                .flatten()
+                                .map(|w| (w.index, w.code))
+                                .collect())
+                        }
+                        _ => Err(unavailable(e)),
+                    },
+                };
+            for (position, index) in sent.into_iter().enumerate() {
+                results[index] = Some(match &failed {
+                    Err(e) => Err(e.clone()),
+                    Ok(failed) => match failed.get(&position) {
+                        None => Ok(true),
+                        // The first answer stays.
+                        Some(&DUPLICATE_KEY) => Ok(false),
+                        Some(code) => Err(StoreError::Unavailable(format!(
+                            "mongodb: insert of a response failed with code {code}"
+                        ))),
+                    },
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "mongodb: a response got no answer".into(),
+                    ))
+                })
+            })
+            .collect()
     }
 
     async fn replace_claim(
@@ -767,7 +1514,6 @@ fn commit_document(
         "first_version": to_i64(first.account_version)?,
         "last_version": to_i64(last.account_version)?,
         "events": stored,
-        "published": false,
     };
     if let Some(mark) = idempotency {
         document.insert("idempotency_key", &mark.key);

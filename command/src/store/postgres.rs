@@ -26,6 +26,8 @@
 //! higher position became visible (sequences are not commit-ordered); the relay does not
 //! rely on it, and rebuilds read a settled store.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use prism_events::{AccountId, Envelope, RawEvent};
@@ -33,10 +35,10 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::check_commit;
+use super::{check_commit, first_of_each_key};
 use super::{
-    AppendError, EventStore, IdempotencyMark, IdempotentCommit, Position, Snapshot, StoreError,
-    StoredResponse,
+    AppendError, Commit, EventStore, IdempotencyMark, IdempotentCommit, Position, Snapshot,
+    StoreError, StoredResponse,
 };
 
 const ACCOUNT_VERSION: &str = "events_account_version";
@@ -57,6 +59,8 @@ pub struct PgStore {
     /// The guarded append and the raw insert, prepared once as text.
     append_sql: String,
     insert_sql: String,
+    /// The batched append (group commit), see [`PgStore::batch_sql`].
+    batch_sql: String,
 }
 
 impl PgStore {
@@ -81,13 +85,136 @@ impl PgStore {
              ORDER BY e.ord"
         );
         let insert_sql = format!("{insert_sql} ORDER BY e.ord");
+        let batch_sql = Self::batch_sql(&quoted);
         Self {
             pool,
             schema: schema.to_owned(),
             quoted,
             append_sql,
             insert_sql,
+            batch_sql,
         }
+    }
+
+    /// The batched append: many commits in one statement, so one round trip and one
+    /// transaction (one WAL flush) for all of them.
+    ///
+    /// `input` is every event of every commit, one row each (`$1`–`$14`, one array per
+    /// column). `firsts` inserts each commit's first event if the account's last version is
+    /// the commit's expected one, with `ON CONFLICT DO NOTHING`: a first row that collides
+    /// (another writer took the version, or the idempotency key is taken — it sits on the
+    /// first row) is skipped, and with it the whole commit, since `rest` inserts a commit's
+    /// later events only if its first row went in. Once a commit's first version is
+    /// inserted by this statement nobody else can commit it, and without it nobody passes
+    /// the guard for the later versions, so `rest` cannot collide on a version: a commit
+    /// lands whole or not at all. (`ON CONFLICT DO NOTHING` over all the rows at once would
+    /// not do: a commit could lose one row and keep another.) The statement answers with the
+    /// commits that landed. A first row waits for a concurrent insert of the same key
+    /// and is skipped only if that one commits, like the single append.
+    ///
+    /// Rows go in account order, so two batches that meet on the same accounts take their
+    /// index entries in the same order and wait for each other instead of deadlocking.
+    ///
+    /// Chosen over one transaction with a savepoint per commit, which needs a round trip per
+    /// commit, and over a loop of single appends on separate connections, which pays a
+    /// round trip and a WAL flush per commit.
+    fn batch_sql(quoted: &str) -> String {
+        let columns = "event_id, commit_id, account_id, version, event_type, source, time, \
+                       correlation_id, causation_id, schema_version, data";
+        let values = "e.event_id, e.commit_id, e.account_id, e.version, e.event_type, \
+                      e.source, e.time, e.correlation_id, e.causation_id, e.schema_version, \
+                      e.data";
+        format!(
+            "WITH input AS MATERIALIZED ( \
+                 SELECT * FROM UNNEST($1::UUID[], $2::UUID[], $3::BIGINT[], $4::UUID[], \
+                     $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TIMESTAMPTZ[], $9::TEXT[], \
+                     $10::TEXT[], $11::INTEGER[], $12::JSONB[], $13::TEXT[], $14::TEXT[]) \
+                 WITH ORDINALITY AS e(commit_id, account_id, expected, event_id, version, \
+                     event_type, source, time, correlation_id, causation_id, schema_version, \
+                     data, idempotency_key, request_hash, ord) \
+             ), firsts AS ( \
+                 INSERT INTO {quoted}.events ({columns}, idempotency_key, request_hash) \
+                 SELECT {values}, e.idempotency_key, e.request_hash FROM input e \
+                 WHERE e.version = e.expected + 1 \
+                     AND (SELECT COALESCE(MAX(x.version), 0) FROM {quoted}.events x \
+                          WHERE x.account_id = e.account_id) = e.expected \
+                 ORDER BY e.account_id, e.ord \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING commit_id \
+             ), rest AS ( \
+                 INSERT INTO {quoted}.events ({columns}) \
+                 SELECT {values} FROM input e \
+                 WHERE e.version > e.expected + 1 \
+                     AND e.commit_id IN (SELECT commit_id FROM firsts) \
+                 ORDER BY e.account_id, e.ord \
+             ) \
+             SELECT commit_id FROM firsts"
+        )
+    }
+
+    /// Which of `keys` are taken by a stored commit.
+    async fn taken_keys(&self, keys: &[&str]) -> Result<HashSet<String>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT idempotency_key FROM {}.events WHERE idempotency_key = ANY($1)",
+            self.quoted
+        ))
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<String, _>("idempotency_key")
+                    .map_err(|e| corrupt(row, e))
+            })
+            .collect()
+    }
+
+    /// The batched statement for commits already checked; `Err` when the statement as a
+    /// whole failed (nothing of it is stored).
+    async fn append_checked_batch(
+        &self,
+        commits: &[&Commit],
+    ) -> Result<Vec<Result<(), AppendError>>, sqlx::Error> {
+        let events = commits.iter().map(|c| c.events.len()).sum::<usize>();
+        let mut columns = BatchColumns::with_capacity(events);
+        for commit in commits {
+            columns.push(commit);
+        }
+        let landed: HashSet<Uuid> = columns
+            .bind(sqlx::query(&self.batch_sql))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<Uuid, _>("commit_id"))
+            .collect::<Result<_, _>>()?;
+        let refused: Vec<&str> = commits
+            .iter()
+            .filter(|c| !landed.contains(&c.events[0].id))
+            .filter_map(|c| c.idempotency.as_ref().map(|m| m.key.as_str()))
+            .collect();
+        let taken = self.taken_keys(&refused).await;
+        Ok(commits
+            .iter()
+            .map(|commit| {
+                if landed.contains(&commit.events[0].id) {
+                    return Ok(());
+                }
+                match (&taken, &commit.idempotency) {
+                    (Err(e), Some(_)) => Err(e.clone().into()),
+                    (Ok(taken), Some(mark)) if taken.contains(&mark.key) => {
+                        Err(AppendError::DuplicateIdempotencyKey)
+                    }
+                    _ => Err(AppendError::Conflict {
+                        account_id: commit.account_id,
+                        expected: commit.expected_version,
+                    }),
+                }
+            })
+            .collect())
     }
 
     /// Inserts exactly the rows [`EventStore::append`] would write, without the
@@ -233,6 +360,68 @@ impl EventStore for PgStore {
         }
     }
 
+    async fn append_batch(&self, commits: &[Commit]) -> Vec<Result<(), AppendError>> {
+        if let [commit] = commits {
+            // One commit: the single append's statement, no batch bookkeeping.
+            let result = self
+                .append(
+                    commit.account_id,
+                    commit.expected_version,
+                    &commit.events,
+                    commit.idempotency.as_ref(),
+                )
+                .await;
+            return vec![result];
+        }
+        // Refuse malformed commits alone, before any I/O; the rest go in one statement.
+        let mut results: Vec<Option<Result<(), AppendError>>> = commits
+            .iter()
+            .map(|c| {
+                check_commit(c.account_id, c.expected_version, &c.events)
+                    .err()
+                    .map(|e| Err(e.into()))
+            })
+            .collect();
+        let checked: Vec<(usize, &Commit)> = commits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| results[*i].is_none())
+            .collect();
+        let batch: Vec<&Commit> = checked.iter().map(|(_, c)| *c).collect();
+        let answers = match self.append_checked_batch(&batch).await {
+            Ok(answers) => answers,
+            // A unique violation the statement does not absorb (an event id used twice, a
+            // caller's bug) fails the whole statement: then each commit is tried on its
+            // own, so only the faulty one fails.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let mut answers = Vec::with_capacity(batch.len());
+                for commit in &batch {
+                    answers.push(
+                        self.append(
+                            commit.account_id,
+                            commit.expected_version,
+                            &commit.events,
+                            commit.idempotency.as_ref(),
+                        )
+                        .await,
+                    );
+                }
+                answers
+            }
+            Err(e) => {
+                let error = AppendError::from(unavailable(e));
+                batch.iter().map(|_| Err(error.clone())).collect()
+            }
+        };
+        for ((index, _), answer) in checked.iter().zip(answers) {
+            results[*index] = Some(answer);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(unavailable_text("a commit got no answer").into())))
+            .collect()
+    }
+
     async fn load(
         &self,
         account_id: AccountId,
@@ -326,16 +515,35 @@ impl EventStore for PgStore {
         account_id: Option<AccountId>,
         limit: usize,
     ) -> Result<Vec<RawEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM {}.events e \
-             WHERE NOT e.published AND ($1::UUID IS NULL OR e.account_id = $1) \
-             ORDER BY e.position LIMIT $2",
-            self.quoted
-        ))
-        .bind(account_id.map(|a| a.0))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Two statements rather than `$1 IS NULL OR account_id = $1`, which a generic plan
+        // can only answer from the partial index of every unpublished row: the sweep walks
+        // `events_unpublished` in position order; one account's check is a range of
+        // `events_account_version` (positions ascend with versions within an account).
+        let rows = match account_id {
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM {}.events e WHERE NOT e.published \
+                     ORDER BY e.position LIMIT $1",
+                    self.quoted
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+            Some(account_id) => {
+                sqlx::query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM {}.events e \
+                     WHERE e.account_id = $1 AND NOT e.published \
+                     ORDER BY e.version LIMIT $2",
+                    self.quoted
+                ))
+                .bind(account_id.0)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
         .map_err(unavailable)?;
         rows.iter().map(raw_event).collect()
     }
@@ -405,6 +613,50 @@ impl EventStore for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn save_responses(&self, responses: &[StoredResponse]) -> Vec<Result<bool, StoreError>> {
+        if let [response] = responses {
+            return vec![self.save_response(response).await];
+        }
+        let first = first_of_each_key(responses);
+        let sent: Vec<&StoredResponse> = responses
+            .iter()
+            .zip(&first)
+            .filter_map(|(r, first)| first.then_some(r))
+            .collect();
+        // One statement: every record, `ON CONFLICT DO NOTHING` each on its own key; the
+        // keys it answers with are the ones this call stored.
+        let stored = sqlx::query(&format!(
+            "INSERT INTO {}.responses (key, request_hash, status, body) \
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::INTEGER[], $4::JSONB[]) \
+             ON CONFLICT (key) DO NOTHING RETURNING key",
+            self.quoted
+        ))
+        .bind(sent.iter().map(|r| r.key.as_str()).collect::<Vec<_>>())
+        .bind(
+            sent.iter()
+                .map(|r| r.request_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(sent.iter().map(|r| i32::from(r.status)).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| &r.body).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
+        .and_then(|rows| {
+            rows.iter()
+                .map(|row| row.try_get::<String, _>("key").map_err(|e| corrupt(row, e)))
+                .collect::<Result<HashSet<String>, _>>()
+        });
+        responses
+            .iter()
+            .zip(first)
+            .map(|(response, first)| match &stored {
+                Ok(keys) => Ok(first && keys.contains(&response.key)),
+                Err(e) => Err(e.clone()),
+            })
+            .collect()
+    }
+
     async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT request_hash, status, body FROM {}.responses WHERE key = $1",
@@ -458,6 +710,94 @@ impl EventStore for PgStore {
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// The batched append's `$1`–`$14`: one array per column, one entry per event of every
+/// commit; the idempotency mark on each commit's first event only.
+#[derive(Default)]
+struct BatchColumns {
+    commit_ids: Vec<Uuid>,
+    account_ids: Vec<Uuid>,
+    expected: Vec<i64>,
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    types: Vec<String>,
+    sources: Vec<String>,
+    times: Vec<DateTime<Utc>>,
+    correlations: Vec<Option<String>>,
+    causations: Vec<Option<String>>,
+    schema_versions: Vec<i32>,
+    data: Vec<serde_json::Value>,
+    keys: Vec<Option<String>>,
+    hashes: Vec<Option<String>>,
+}
+
+impl BatchColumns {
+    fn with_capacity(events: usize) -> Self {
+        Self {
+            commit_ids: Vec::with_capacity(events),
+            account_ids: Vec::with_capacity(events),
+            expected: Vec::with_capacity(events),
+            ids: Vec::with_capacity(events),
+            versions: Vec::with_capacity(events),
+            types: Vec::with_capacity(events),
+            sources: Vec::with_capacity(events),
+            times: Vec::with_capacity(events),
+            correlations: Vec::with_capacity(events),
+            causations: Vec::with_capacity(events),
+            schema_versions: Vec::with_capacity(events),
+            data: Vec::with_capacity(events),
+            keys: Vec::with_capacity(events),
+            hashes: Vec::with_capacity(events),
+        }
+    }
+
+    /// Adds a commit that passed [`check_commit`], which bounds every version by
+    /// `i64::MAX` (the expected one is below the first); the schema version is a small
+    /// constant. So the conversions below cannot fail.
+    fn push(&mut self, commit: &Commit) {
+        let commit_id = commit.events[0].id;
+        for (index, event) in commit.events.iter().enumerate() {
+            let raw = event.to_raw();
+            self.commit_ids.push(commit_id);
+            self.account_ids.push(commit.account_id.0);
+            self.expected
+                .push(i64::try_from(commit.expected_version).unwrap_or(i64::MAX));
+            self.ids.push(event.id);
+            self.versions
+                .push(i64::try_from(event.account_version).unwrap_or(i64::MAX));
+            self.types.push(raw.event_type);
+            self.sources.push(raw.source);
+            // Both backends keep whole microseconds, cut the same way.
+            self.times.push(raw.time.trunc_subsecs(6));
+            self.correlations.push(raw.correlation_id);
+            self.causations.push(raw.causation_id);
+            self.schema_versions
+                .push(i32::try_from(raw.schema_version).unwrap_or(i32::MAX));
+            self.data.push(raw.data);
+            let mark = commit.idempotency.as_ref().filter(|_| index == 0);
+            self.keys.push(mark.map(|m| m.key.clone()));
+            self.hashes.push(mark.map(|m| m.request_hash.clone()));
+        }
+    }
+
+    fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
+        query
+            .bind(self.commit_ids)
+            .bind(self.account_ids)
+            .bind(self.expected)
+            .bind(self.ids)
+            .bind(self.versions)
+            .bind(self.types)
+            .bind(self.sources)
+            .bind(self.times)
+            .bind(self.correlations)
+            .bind(self.causations)
+            .bind(self.schema_versions)
+            .bind(self.data)
+            .bind(self.keys)
+            .bind(self.hashes)
+    }
+}
 
 /// Binds `$1`–`$13` of the insert: the commit's id and account, one array per column, and
 /// the idempotency mark (on the first row only).
@@ -566,4 +906,8 @@ fn corrupt(row: &PgRow, error: sqlx::Error) -> StoreError {
 /// never the password, which only lives in the pool's options.
 fn unavailable(error: sqlx::Error) -> StoreError {
     StoreError::Unavailable(format!("postgres: {error}"))
+}
+
+fn unavailable_text(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("postgres: {what}"))
 }

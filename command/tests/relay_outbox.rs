@@ -1,0 +1,461 @@
+//! The outbox relay against the real stores and Kafka: a relay restarted in the middle of
+//! a catch-up still publishes every stored event, and two relays fed by two writers racing
+//! on the same accounts keep every account's order on Kafka. Each relay runs on its own
+//! store object, as in its own process: what it knows of the other writer's commits it
+//! learns from the store.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prism_command::metrics::Metrics;
+use prism_command::relay::{Relay, RelayHandle, RelayStatus};
+use prism_command::store::{AppendError, EventStore};
+use prism_events::testing::{deposited, opened, Account};
+use prism_events::{AccountId, Envelope};
+use prism_platform::config::{Config, EventStoreBackend};
+use prism_tests::up;
+use support::{
+    assert_every_event_published, assert_per_account_order, clean_up, consume, isolated_config,
+    last_versions, stored_events, Api, Instance,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Generous bound for a relay to work off a backlog on a busy two-core machine.
+const CATCH_UP: Duration = Duration::from_secs(120);
+
+/// A relay on a store object of its own (a process of its own, as far as the store knows).
+struct RunningRelay {
+    handle: RelayHandle,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+async fn start_relay(config: &Config, store: Arc<dyn EventStore>) -> RunningRelay {
+    let relay = up(
+        "relay",
+        Relay::new(
+            store,
+            &config.kafka,
+            config.relay.clone(),
+            up("metrics", Metrics::new()),
+            RelayStatus::default(),
+        ),
+    );
+    let (stop, stopped) = watch::channel(false);
+    let (handle, task) = relay.spawn(stopped);
+    RunningRelay { handle, stop, task }
+}
+
+async fn open(config: &Config) -> Arc<dyn EventStore> {
+    up("event store", prism_command::app::open_store(config).await)
+}
+
+/// Unpublished events as `store` sees them: a store object that writes nothing, so it
+/// knows nothing of anybody's commits but what it reads.
+async fn backlog(store: &dyn EventStore) -> usize {
+    up("event store", store.unpublished(None, 1_000_000).await).len()
+}
+
+async fn wait_for_empty_backlog(config: &Config) {
+    let observer = open(config).await;
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let left = backlog(observer.as_ref()).await;
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} events still unpublished after {CATCH_UP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until part of the backlog of `total` events is published, but not all of it.
+async fn wait_for_partial_catch_up(observer: &dyn EventStore, total: usize) {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let left = backlog(observer).await;
+        if left < total {
+            assert!(left > 0, "the catch-up ended before it could be cut");
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing was published");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads the topic back and checks every stored event is on it, in per-account order.
+async fn assert_all_published_in_order(config: &Config) {
+    let stored = stored_events(config).await;
+    let expected = last_versions(&stored);
+    let reader = config.clone();
+    let wanted = expected.clone();
+    let records = up(
+        "reader",
+        tokio::task::spawn_blocking(move || consume(&reader, &wanted, CATCH_UP)).await,
+    );
+    assert_per_account_order(&records, &expected);
+    assert_every_event_published(&records, &stored);
+}
+
+/// `count` commits for a fresh account, some of several events.
+fn history(count: usize) -> (AccountId, Vec<Vec<Envelope>>) {
+    let mut account = Account {
+        id: AccountId(Uuid::now_v7()),
+        partition: 0,
+        version: 0,
+    };
+    let mut commits = vec![vec![
+        account.next_now(opened("Outbox Owner", "DE", "EUR")).0,
+    ]];
+    for n in 1..count {
+        let size = if n % 3 == 0 { 3 } else { 1 };
+        let commit = (0..size)
+            .map(|_| account.next_now(deposited(10)).0)
+            .collect();
+        commits.push(commit);
+    }
+    (account.id, commits)
+}
+
+async fn relay_restarted_mid_catch_up_publishes_every_stored_event(backend: EventStoreBackend) {
+    let mut config = isolated_config(backend);
+    // Small pages, so the catch-up takes many and the restart lands inside it.
+    config.relay.batch_max_events = 40;
+    config.relay.sweep_interval_ms = 100;
+
+    // A dead writer's work: stored, never published. Its store object is gone with it.
+    let writer = open(&config).await;
+    let mut total = 0;
+    for _ in 0..40 {
+        let (account, commits) = history(12);
+        let mut version = 0;
+        for commit in commits {
+            up(
+                "append",
+                writer.append(account, version, &commit, None).await,
+            );
+            version += commit.len() as u64;
+            total += commit.len();
+        }
+    }
+    drop(writer);
+    let observer = open(&config).await;
+    assert_eq!(
+        backlog(observer.as_ref()).await,
+        total,
+        "everything starts unpublished"
+    );
+
+    // The first relay gets part of the way, then dies (its task and its memory).
+    let first = start_relay(&config, open(&config).await).await;
+    wait_for_partial_catch_up(observer.as_ref(), total).await;
+    first.task.abort();
+    let _ = first.task.await;
+    drop(first.handle);
+    drop(first.stop);
+
+    // A new relay, on a new store object, finishes the job.
+    let second = start_relay(&config, open(&config).await).await;
+    wait_for_empty_backlog(&config).await;
+    assert_all_published_in_order(&config).await;
+
+    let _ = second.stop.send(true);
+    up("relay", second.task.await);
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mongodb_a_relay_restarted_mid_catch_up_publishes_every_stored_event() {
+    relay_restarted_mid_catch_up_publishes_every_stored_event(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_relay_restarted_mid_catch_up_publishes_every_stored_event() {
+    relay_restarted_mid_catch_up_publishes_every_stored_event(EventStoreBackend::Postgres).await;
+}
+
+/// Appends `rounds` deposits to every account through `store`, racing another writer: on a
+/// conflict it reloads the account and tries again. Each commit goes to `relay` as the
+/// command service hands it over.
+async fn write(
+    store: Arc<dyn EventStore>,
+    relay: RelayHandle,
+    accounts: Vec<AccountId>,
+    rounds: usize,
+) -> usize {
+    let mut written = 0;
+    let mut versions: BTreeMap<AccountId, u64> = BTreeMap::new();
+    for _ in 0..rounds {
+        for &account_id in &accounts {
+            loop {
+                let version = match versions.get(&account_id) {
+                    Some(&v) => v,
+                    None => up("load", store.load(account_id, 0).await)
+                        .last()
+                        .map_or(0, |e| e.account_version),
+                };
+                let mut account = Account {
+                    id: account_id,
+                    partition: 0,
+                    version,
+                };
+                let commit: Vec<Envelope> = if version == 0 {
+                    vec![account.next_now(opened("Two Writers", "DE", "EUR")).0]
+                } else {
+                    vec![account.next_now(deposited(1)).0]
+                };
+                match store.append(account_id, version, &commit, None).await {
+                    Ok(()) => {
+                        versions.insert(account_id, version + 1);
+                        relay.publish(commit.iter().map(Envelope::to_raw).collect());
+                        written += 1;
+                        break;
+                    }
+                    Err(AppendError::Conflict { .. }) => {
+                        // The other writer was first: catch up from the store.
+                        let stored = up("load", store.load(account_id, 0).await);
+                        versions.insert(account_id, stored.last().map_or(0, |e| e.account_version));
+                    }
+                    Err(e) => panic!("append failed: {e}"),
+                }
+            }
+        }
+    }
+    written
+}
+
+async fn two_relays_keep_every_accounts_order(backend: EventStoreBackend) {
+    let config = isolated_config(backend);
+    let accounts: Vec<AccountId> = (0..8).map(|_| AccountId(Uuid::now_v7())).collect();
+
+    // Two "instances": each a store object, its relay and a writer feeding it.
+    let store_a = open(&config).await;
+    let store_b = open(&config).await;
+    let relay_a = start_relay(&config, Arc::clone(&store_a)).await;
+    let relay_b = start_relay(&config, Arc::clone(&store_b)).await;
+    let a = tokio::spawn(write(
+        Arc::clone(&store_a),
+        relay_a.handle.clone(),
+        accounts.clone(),
+        25,
+    ));
+    let b = tokio::spawn(write(
+        Arc::clone(&store_b),
+        relay_b.handle.clone(),
+        accounts.clone(),
+        25,
+    ));
+    let written = up("writer", a.await) + up("writer", b.await);
+    assert_eq!(written, 2 * 25 * accounts.len());
+
+    wait_for_empty_backlog(&config).await;
+    let stored = stored_events(&config).await;
+    let events: usize = stored.values().map(Vec::len).sum();
+    assert_eq!(events, written, "every commit stored once");
+    assert_all_published_in_order(&config).await;
+
+    for relay in [relay_a, relay_b] {
+        let _ = relay.stop.send(true);
+        up("relay", relay.task.await);
+    }
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mongodb_two_relays_and_two_writers_keep_every_accounts_order_on_kafka() {
+    two_relays_keep_every_accounts_order(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_two_relays_and_two_writers_keep_every_accounts_order_on_kafka() {
+    two_relays_keep_every_accounts_order(EventStoreBackend::Postgres).await;
+}
+
+/// The real `prism-command` binary on `port`, with the test's store, topic and relay pages.
+fn spawn_binary(config: &Config, port: u16) -> Child {
+    let root = prism_tests::repo_root();
+    let backend = match config.event_store.backend {
+        EventStoreBackend::Mongodb => "mongodb",
+        EventStoreBackend::Postgres => "postgres",
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_prism-command"))
+        .current_dir(&root)
+        .env("PRISM_CONFIG", root.join("config/prism.toml"))
+        .env_remove("PRISM_PROFILE")
+        .env("PRISM_COMMAND__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PRISM_EVENT_STORE__BACKEND", backend)
+        .env("PRISM_MONGODB__DATABASE", &config.mongodb.database)
+        .env(
+            "PRISM_EVENT_STORE__POSTGRES_SCHEMA",
+            &config.event_store.postgres_schema,
+        )
+        .env("PRISM_KAFKA__TOPIC", &config.kafka.topic)
+        .env(
+            "PRISM_KAFKA__TOPIC_PARTITIONS",
+            config.kafka.topic_partitions.to_string(),
+        )
+        .env(
+            "PRISM_RELAY__SWEEP_INTERVAL_MS",
+            config.relay.sweep_interval_ms.to_string(),
+        )
+        .env(
+            "PRISM_RELAY__BATCH_MAX_EVENTS",
+            config.relay.batch_max_events.to_string(),
+        )
+        .env("PRISM_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn();
+    up("prism-command binary", child)
+}
+
+fn free_port() -> u16 {
+    let listener = up("localhost", std::net::TcpListener::bind("127.0.0.1:0"));
+    up("localhost", listener.local_addr()).port()
+}
+
+async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prism-command at {base} did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn a_killed_instance_mid_catch_up_leaves_nothing_unpublished(backend: EventStoreBackend) {
+    let mut config = isolated_config(backend);
+    config.relay.batch_max_events = 40;
+    config.relay.sweep_interval_ms = 100;
+
+    // A dead instance's backlog: stored, never published.
+    let writer = open(&config).await;
+    let mut accounts = Vec::new();
+    let mut total = 0;
+    for _ in 0..40 {
+        let (account, commits) = history(12);
+        let mut version = 0;
+        for commit in commits {
+            up(
+                "append",
+                writer.append(account, version, &commit, None).await,
+            );
+            version += commit.len() as u64;
+            total += commit.len();
+        }
+        accounts.push(account);
+    }
+    drop(writer);
+
+    // Two instances catch up together; one of them is killed (SIGKILL) in the middle.
+    let observer = open(&config).await;
+    assert_eq!(backlog(observer.as_ref()).await, total);
+    let port = free_port();
+    let mut killed = spawn_binary(&config, port);
+    let survivor = Instance::start(&config).await;
+    wait_for_partial_catch_up(observer.as_ref(), total).await;
+    up("kill", killed.kill());
+    let _ = killed.wait();
+
+    // Commands go on through the survivor while the killed one is restarted.
+    let api = Api::new(&survivor.url);
+    for account in accounts.iter().take(10) {
+        let answer = api.deposit(&account.to_string(), 5).await;
+        assert_eq!(answer.status, 200, "deposit: {}", answer.body);
+    }
+    let mut restarted = spawn_binary(&config, port);
+    wait_ready(&format!("http://127.0.0.1:{port}")).await;
+
+    wait_for_empty_backlog(&config).await;
+    assert_all_published_in_order(&config).await;
+
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+    survivor.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mongodb_an_instance_killed_mid_catch_up_leaves_nothing_unpublished() {
+    a_killed_instance_mid_catch_up_leaves_nothing_unpublished(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_an_instance_killed_mid_catch_up_leaves_nothing_unpublished() {
+    a_killed_instance_mid_catch_up_leaves_nothing_unpublished(EventStoreBackend::Postgres).await;
+}
+
+/// A store written before the outbox collection existed flagged each commit `published:
+/// false` instead: `init` gives such commits their intents, so they are still published.
+#[tokio::test]
+async fn commits_flagged_unpublished_by_the_earlier_format_are_published_after_an_upgrade() {
+    use mongodb::bson::doc;
+
+    let config = isolated_config(EventStoreBackend::Mongodb);
+    let (account, commits) = history(3);
+    let writer = open(&config).await;
+    let mut version = 0;
+    for commit in &commits {
+        up(
+            "append",
+            writer.append(account, version, commit, None).await,
+        );
+        version += commit.len() as u64;
+    }
+    drop(writer);
+    // Rewrite them in the earlier format: no intents, a flag on each commit.
+    let client = up(
+        "mongodb",
+        prism_platform::clients::mongodb(&config.mongodb, "prism-tests").await,
+    );
+    let database = client.database(&config.mongodb.database);
+    let outbox = database.collection::<mongodb::bson::Document>("outbox");
+    let commits_collection = database.collection::<mongodb::bson::Document>("commits");
+    up("mongodb", outbox.delete_many(doc! {}).await);
+    up(
+        "mongodb",
+        commits_collection
+            .update_many(doc! {}, doc! { "$set": { "published": false } })
+            .await,
+    );
+    let before_upgrade = up(
+        "event store",
+        open(&config).await.unpublished(None, 100).await,
+    );
+
+    // `open` ran `init`: every flagged commit is unpublished again, in version order.
+    let versions: Vec<u64> = before_upgrade.iter().map(|e| e.account_version).collect();
+    assert_eq!(versions, (1..=version).collect::<Vec<_>>());
+    let flagged = up(
+        "mongodb",
+        commits_collection
+            .count_documents(doc! { "published": { "$exists": true } })
+            .await,
+    );
+    assert_eq!(flagged, 0, "the old flag is gone once the intents exist");
+
+    // And the relay publishes them.
+    let relay = start_relay(&config, open(&config).await).await;
+    wait_for_empty_backlog(&config).await;
+    assert_all_published_in_order(&config).await;
+    let _ = relay.stop.send(true);
+    up("relay", relay.task.await);
+    clean_up(&config).await;
+}
