@@ -49,6 +49,24 @@ pub struct Commit {
     pub idempotency: Option<IdempotencyMark>,
 }
 
+impl Commit {
+    /// Appends this commit alone through `store`'s single-commit [`EventStore::append`]: a
+    /// batch of one needs none of a batch's bookkeeping.
+    pub(crate) async fn append_alone<S: EventStore + ?Sized>(
+        &self,
+        store: &S,
+    ) -> Result<(), AppendError> {
+        store
+            .append(
+                self.account_id,
+                self.expected_version,
+                &self.events,
+                self.idempotency.as_ref(),
+            )
+            .await
+    }
+}
+
 /// What the store keeps to answer a retried request with the same idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyMark {

@@ -878,16 +878,7 @@ impl EventStore for MongoStore {
 
     async fn append_batch(&self, commits: &[Commit]) -> Vec<Result<(), AppendError>> {
         if let [commit] = commits {
-            // One commit: the single append's `insert_one`.
-            let result = self
-                .append(
-                    commit.account_id,
-                    commit.expected_version,
-                    &commit.events,
-                    commit.idempotency.as_ref(),
-                )
-                .await;
-            return vec![result];
+            return vec![commit.append_alone(self).await];
         }
         // Each commit's place after its predecessor, proven as in `append` (a read only for
         // accounts this process has not seen end at the expected version; those reads run

@@ -362,16 +362,7 @@ impl EventStore for PgStore {
 
     async fn append_batch(&self, commits: &[Commit]) -> Vec<Result<(), AppendError>> {
         if let [commit] = commits {
-            // One commit: the single append's statement, no batch bookkeeping.
-            let result = self
-                .append(
-                    commit.account_id,
-                    commit.expected_version,
-                    &commit.events,
-                    commit.idempotency.as_ref(),
-                )
-                .await;
-            return vec![result];
+            return vec![commit.append_alone(self).await];
         }
         // Refuse malformed commits alone, before any I/O; the rest go in one statement.
         let mut results: Vec<Option<Result<(), AppendError>>> = commits
