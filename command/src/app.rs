@@ -22,7 +22,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> 
     let store: Arc<dyn EventStore> = match config.event_store.backend {
         EventStoreBackend::Mongodb => {
             let client = prism_platform::clients::mongodb(&config.mongodb, "prism-command").await?;
-            Arc::new(MongoStore::new(client, &config.mongodb.database))
+            Arc::new(
+                MongoStore::new(client, &config.mongodb.database)
+                    .with_ferretdb_postgres(config.mongodb.ferretdb_postgres().cloned()),
+            )
         }
         EventStoreBackend::Postgres => {
             let pool = prism_platform::clients::postgres(&config.postgres).await?;

@@ -17,14 +17,16 @@
 //!   commits of different accounts that are ready at the same time share one store round
 //!   trip (up to `append_batch_max`), each with its own version check and idempotency key;
 //!   a commit goes alone at once when nothing else waits. The account's slot is held until
-//!   its own answer is back, so all of the above holds per commit as before. Idempotency
-//!   claims (below) are batched the same way.
+//!   its own answer is back, so all of the above holds per commit as before. An
+//!   idempotency claim (below) rides with its commit in the same round trip.
 //! - **Idempotency: one key, one outcome.** The key is stored with the commit itself
 //!   (unique in the store), so a retried request that would append again fails on that
 //!   index and is answered from the stored commit — even when two instances race on one
 //!   key. Before committing, an attempt *claims* the key in the store's `responses` (first
-//!   insert wins); a rejected request stores its answer in that same unique key space (or
-//!   turns its own claim into it). So a key never holds both a rejection and a commit:
+//!   insert wins; the store writes the claim just before the commit, in the same round
+//!   trip, and the commit only if the claim went in); a rejected request stores its answer
+//!   in that same unique key space (or turns its own claim into it). So a key never holds
+//!   both a rejection and a commit:
 //!   whoever stored first decides, the others replay that outcome, and a claim whose owner
 //!   is still working answers 409 "in progress" (taken over after `CLAIM_LEASE` if its
 //!   owner died before committing). An owner appends only within `CLAIM_APPEND_WINDOW`
@@ -143,8 +145,9 @@ impl Claim {
 enum Key {
     /// The request has no key.
     Unkeyed,
-    /// Nothing was stored under the key when this attempt looked.
-    Free,
+    /// This attempt has not claimed the key (it claims it right before appending) and
+    /// has not looked at it: a record may be there already.
+    Unclaimed,
     /// This attempt holds the key's claim: only it may commit with the key (within
     /// [`CLAIM_APPEND_WINDOW`]) or turn the claim into a stored rejection.
     Mine(Claim),
@@ -279,24 +282,23 @@ impl CommandService {
         let slot = self.slot(account_id);
         let mut slot = slot.lock().await;
         // One key, one outcome: a rejection and a commit's claim share the store's unique
-        // key space (`responses`), and whoever stores first decides. A record already there
-        // answers this attempt (checked in the queue, so a twin that finished while we
-        // waited is seen).
+        // key space (`responses`), and whoever stores first decides. The key is not looked
+        // up first: an accepted command claims it (with its commit, see `Commit::claim`)
+        // and only a taken key costs a read, which then answers this attempt (a retry, or a
+        // twin that finished while we waited); a rejection looks the key up before
+        // answering (`reject`).
         let mut key = match &meta.idempotency {
             None => Key::Unkeyed,
-            Some(mark) => match self.store.find_response(&mark.key).await? {
-                None => Key::Free,
-                Some(record) => match self.settle(mark, record).await? {
-                    Settled::Answer(answer) => return answer,
-                    Settled::TookOver(claim) => Key::Mine(claim),
-                },
-            },
+            Some(_) => Key::Unclaimed,
         };
         // `fresh`: the state was read from the store for this command. A cached state may
         // be behind another instance's writes; an acceptance is proven current by the
         // append's version check, a rejection is not, so it is decided again on fresh state.
         let (mut state, mut fresh) = match slot.state.take() {
             Some(state) => (state, false),
+            // An account id minted for this open (`AccountId::generate`, a UUIDv7) has no
+            // history to read; were it taken, the append's version check would say so.
+            None if matches!(command, Command::Open(_)) => (Account::default(), true),
             None => (self.load(account_id).await?, true),
         };
         let mut attempt = 0;
@@ -314,19 +316,22 @@ impl CommandService {
                     return self.reject(meta, rejection, &key).await;
                 }
             };
-            if let (Some(mark), Key::Free) = (&meta.idempotency, &key) {
-                match self.claim(mark).await? {
-                    Settled::TookOver(claim) => key = Key::Mine(claim),
-                    Settled::Answer(answer) => {
-                        slot.state = Some(state);
-                        return answer;
-                    }
+            // An unclaimed key is claimed with the commit, in the same store round trip
+            // (the claim first: the commit lands only if the claim did).
+            let claiming = match (&meta.idempotency, &key) {
+                (Some(mark), Key::Unclaimed) => {
+                    let claim = Claim::new();
+                    let record = StoredResponse::claim(mark, &claim.id, Utc::now());
+                    Some((claim, record))
                 }
-            }
+                _ => None,
+            };
             let envelopes = self.envelopes(account_id, state.version(), now, events, meta);
-            let deadline = match &key {
-                Key::Mine(claim) => Some(claim.since + CLAIM_APPEND_WINDOW),
-                Key::Unkeyed | Key::Free => None,
+            let deadline = match (&key, &claiming) {
+                (Key::Mine(claim), _) | (_, Some((claim, _))) => {
+                    Some(claim.since + CLAIM_APPEND_WINDOW)
+                }
+                _ => None,
             };
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 // Too late to commit under this claim: a retry finds no commit and, after
@@ -335,10 +340,13 @@ impl CommandService {
                 return Err(CommandError::KeyInProgress);
             }
             let append = self.append(
-                account_id,
-                state.version(),
-                &envelopes,
-                meta.idempotency.as_ref(),
+                Commit {
+                    account_id,
+                    expected_version: state.version(),
+                    events: envelopes.clone(),
+                    idempotency: meta.idempotency.clone(),
+                    claim: claiming.as_ref().map(|(_, record)| record.clone()),
+                },
                 deadline,
             );
             let appended = match deadline {
@@ -351,6 +359,17 @@ impl CommandService {
                     }),
                 None => append.await,
             };
+            // Every answer but `KeyClaimed` and a store error says the claim is stored:
+            // the key is this attempt's from here on (a retry of the loop appends without a
+            // new claim, a rejection replaces the claim).
+            if let Some((claim, _)) = &claiming {
+                if !matches!(
+                    appended,
+                    Err(AppendError::KeyClaimed | AppendError::Store(_))
+                ) {
+                    key = Key::Mine(claim.clone());
+                }
+            }
             match appended {
                 Ok(()) => {
                     let before = state.version();
@@ -381,6 +400,28 @@ impl CommandService {
                     state = self.catch_up(account_id, state).await?;
                     fresh = true;
                 }
+                Err(AppendError::KeyClaimed) => {
+                    // A record is under the key (a retry, a twin, a stored rejection):
+                    // nothing was appended and it answers this attempt, or an abandoned
+                    // claim is taken over and the loop appends again under it.
+                    let mark = meta
+                        .idempotency
+                        .as_ref()
+                        .ok_or(CommandError::IdempotencyMismatch)?;
+                    let Some(record) = self.store.find_response(&mark.key).await? else {
+                        slot.state = Some(state);
+                        return Err(CommandError::Store(StoreError::Unavailable(
+                            "an idempotency key reported claimed holds no record".into(),
+                        )));
+                    };
+                    match self.settle(mark, record).await? {
+                        Settled::Answer(answer) => {
+                            slot.state = Some(state);
+                            return answer;
+                        }
+                        Settled::TookOver(claim) => key = Key::Mine(claim),
+                    }
+                }
                 Err(AppendError::DuplicateIdempotencyKey) => {
                     // This key's commit exists (a retry, or a twin on another instance):
                     // answer with it. Nothing was appended, so the state is still current.
@@ -404,56 +445,23 @@ impl CommandService {
         }
     }
 
-    /// Appends one commit: through the group-commit [`Batcher`] (shared with the commits of
-    /// other accounts that are ready at the same time), or straight to the store when
-    /// batching is off. Past `deadline` the batcher no longer sends it.
-    async fn append(
-        &self,
-        account_id: AccountId,
-        expected_version: u64,
-        events: &[Envelope],
-        idempotency: Option<&IdempotencyMark>,
-        deadline: Option<Instant>,
-    ) -> Result<(), AppendError> {
+    /// Appends one commit (and its claim, if it carries one): through the group-commit
+    /// [`Batcher`] (shared with the commits of other accounts that are ready at the same
+    /// time), or straight to the store when batching is off. Past `deadline` the batcher no
+    /// longer sends it.
+    async fn append(&self, commit: Commit, deadline: Option<Instant>) -> Result<(), AppendError> {
         match &self.batcher {
-            Some(batcher) => {
-                let commit = Commit {
-                    account_id,
-                    expected_version,
-                    events: events.to_vec(),
-                    idempotency: idempotency.cloned(),
-                };
-                batcher.append(commit, deadline).await
-            }
-            None => {
-                self.store
-                    .append(account_id, expected_version, events, idempotency)
-                    .await
-            }
-        }
-    }
-
-    /// Claims `mark`'s key for a commit: the first record stored under the key wins.
-    /// `TookOver` when the claim is this attempt's, else the answer the winner implies.
-    async fn claim(&self, mark: &IdempotencyMark) -> Result<Settled, CommandError> {
-        let claim = Claim::new();
-        let record = StoredResponse::claim(mark, &claim.id, Utc::now());
-        // Through the batcher, claims of concurrent commands share a round trip too.
-        let stored = match &self.batcher {
-            Some(batcher) => batcher.save_response(record).await?,
-            None => self.store.save_response(&record).await?,
-        };
-        if stored {
-            return Ok(Settled::TookOver(claim));
-        }
-        match self.store.find_response(&mark.key).await? {
-            Some(record) if record.claim_id() == Some(claim.id.as_str()) => {
-                Ok(Settled::TookOver(claim))
-            }
-            Some(record) => self.settle(mark, record).await,
-            None => Err(CommandError::Store(StoreError::Unavailable(
-                "an idempotency key's claim vanished after it was stored".into(),
-            ))),
+            Some(batcher) => batcher.append(commit, deadline).await,
+            None => self
+                .store
+                .append_batch(std::slice::from_ref(&commit))
+                .await
+                .pop()
+                .unwrap_or_else(|| {
+                    Err(AppendError::Store(StoreError::Unavailable(
+                        "the store answered no commit".into(),
+                    )))
+                }),
         }
     }
 
@@ -515,7 +523,7 @@ impl CommandService {
         let mut claim = match key {
             Key::Unkeyed => return Err(CommandError::Rejected(rejection)),
             Key::Mine(claim) => Some(claim.id.clone()),
-            Key::Free => None,
+            Key::Unclaimed => None,
         };
         if claim.is_none() {
             // A retried request that succeeded the first time may be rejected by today's

@@ -167,6 +167,7 @@ fn opened(account: AccountId) -> Commit {
         expected_version: 0,
         events: vec![testing::envelope(event).account(account).version(1).build()],
         idempotency: None,
+        claim: None,
     }
 }
 
@@ -183,6 +184,7 @@ fn deposit(account: AccountId, expected: u64) -> Commit {
             .version(expected + 1)
             .build()],
         idempotency: None,
+        claim: None,
     }
 }
 

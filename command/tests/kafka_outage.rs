@@ -2,8 +2,11 @@
 //! stays ready (reporting the relay's backlog), accepts commands, and once Kafka is back
 //! publishes every stored event in per-account order.
 //!
-//! This stops the shared Kafka of the local stack, so the outage is kept short and Kafka is
-//! always started again (also when the test fails). Run it alone:
+//! A second test stops Kafka for a minute under a running prism-command while commands go
+//! on, and checks the relay's catch-up the same way.
+//!
+//! These stop the shared Kafka of the local stack (one test at a time), so Kafka is always
+//! started again (also when a test fails). Run them alone:
 //! `cargo test -p prism-command --test kafka_outage`.
 
 mod support;
@@ -13,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prism_platform::config::EventStoreBackend;
+use prism_platform::config::{Config, EventStoreBackend};
 use prism_tests::up;
 use support::{
     assert_every_event_published, assert_per_account_order, clean_up, consume, isolated_config,
@@ -22,6 +25,9 @@ use support::{
 
 /// Accounts written to during the outage.
 const ACCOUNTS: usize = 40;
+
+/// Both tests stop the one Kafka of the stack: one at a time.
+static KAFKA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Stops Kafka on creation and starts it again when dropped (also on a panic).
 struct KafkaOutage {
@@ -40,6 +46,20 @@ impl KafkaOutage {
             self.running = false;
             stack("up");
         }
+    }
+}
+
+impl KafkaOutage {
+    /// [`KafkaOutage::end`] on a blocking thread, so the runtime's tasks (the load) go on.
+    async fn end_off_runtime(self) {
+        up(
+            "dev/stack up kafka",
+            tokio::task::spawn_blocking(move || {
+                let mut outage = self;
+                outage.end();
+            })
+            .await,
+        );
     }
 }
 
@@ -69,6 +89,7 @@ async fn readyz(api: &Api) -> (u16, serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_side_starts_and_accepts_commands_while_kafka_is_down() {
+    let _kafka = KAFKA.lock().await;
     let mut config = isolated_config(EventStoreBackend::Mongodb);
     // Small sweep pages: the catch-up then runs page after page, with the predecessor
     // checks a truncated page needs, as a large backlog would.
@@ -133,90 +154,168 @@ async fn the_write_side_starts_and_accepts_commands_while_kafka_is_down() {
     // backlog (small pages: page after page); none may overtake an account's backlog.
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (api, accounts) = (api.clone(), accounts.clone());
-        let (stop, rounds) = (Arc::clone(&stop), Arc::clone(&rounds));
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                for account in &accounts {
-                    let answer = api.deposit(account, 3).await;
-                    assert_eq!(
-                        answer.status, 200,
-                        "deposit around the recovery: {}",
-                        answer.body
-                    );
-                }
-                rounds.fetch_add(1, Ordering::Relaxed);
-            }
-        })
-    };
-    up(
-        "dev/stack up kafka",
-        tokio::task::spawn_blocking(move || {
-            let mut outage = outage;
-            outage.end();
-        })
-        .await,
-    );
+    let load = keep_depositing(&api, &accounts, &stop, &rounds);
+    outage.end_off_runtime().await;
     eprintln!("Kafka was down for {:?}", outage_started.elapsed());
 
     // The relay notices by itself that Kafka is back (and creates the topic).
-    let recovered = Instant::now();
-    let deadline = recovered + Duration::from_secs(120);
-    loop {
-        let (status, body) = readyz(&api).await;
-        assert_eq!(status, 200, "{body}");
-        if body["relay"]["state"] == "publishing" {
-            eprintln!("publishing again after {:?}: {body}", recovered.elapsed());
-            break;
+    let recovered = recover_and_stop(&api, &stop, &rounds, load).await;
+    assert_relay_caught_up(&config, &api, ACCOUNTS, recovered).await;
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+/// Deposits of 1 on every account, round after round, until `stop`; each must be accepted.
+/// Answers the rounds completed so far through `rounds`.
+fn keep_depositing(
+    api: &Api,
+    accounts: &[String],
+    stop: &Arc<AtomicBool>,
+    rounds: &Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    let (api, accounts) = (api.clone(), accounts.to_vec());
+    let (stop, rounds) = (Arc::clone(stop), Arc::clone(rounds));
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            for account in &accounts {
+                let answer = api.deposit(account, 1).await;
+                assert_eq!(answer.status, 200, "a deposit: {}", answer.body);
+            }
+            rounds.fetch_add(1, Ordering::Relaxed);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the relay did not publish again: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Two more full rounds of commands once the relay publishes again.
+    })
+}
+
+/// Once Kafka is back: waits until the relay publishes again, lets the load run two more
+/// full rounds, then stops it. Answers when Kafka was back.
+async fn recover_and_stop(
+    api: &Api,
+    stop: &AtomicBool,
+    rounds: &AtomicU64,
+    load: tokio::task::JoinHandle<()>,
+) -> Instant {
+    let back = Instant::now();
+    wait_for_readyz(
+        api,
+        Duration::from_secs(120),
+        "the relay did not publish again",
+        |b| b["relay"]["state"] == "publishing",
+    )
+    .await;
+    eprintln!("publishing again after {:?}", back.elapsed());
     let target = rounds.load(Ordering::Relaxed) + 2;
     let deadline = Instant::now() + Duration::from_secs(120);
     while rounds.load(Ordering::Relaxed) < target && !load.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "the load after the outage stalled"
-        );
+        assert!(Instant::now() < deadline, "the load stalled");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    up("load around the recovery", load.await);
+    up("the load", load.await);
+    back
+}
 
-    // Everything stored reaches Kafka, in order per account, without gaps.
-    let stored = stored_events(&config).await;
-    assert_eq!(stored.len(), ACCOUNTS, "accounts in the store");
+/// Everything stored reaches Kafka, per account in order without a gap, and the relay's
+/// backlog drains to nothing.
+async fn assert_relay_caught_up(config: &Config, api: &Api, accounts: usize, back: Instant) {
+    let stored = stored_events(config).await;
+    assert_eq!(stored.len(), accounts, "accounts in the store");
     let expected = last_versions(&stored);
     let reader_config = config.clone();
     let records = up(
         "reader",
         tokio::task::spawn_blocking(move || {
-            consume(&reader_config, &expected, Duration::from_secs(120))
+            consume(&reader_config, &expected, Duration::from_secs(180))
         })
         .await,
     );
-    eprintln!("caught up {:?} after Kafka was back", recovered.elapsed());
+    eprintln!("caught up {:?} after Kafka was back", back.elapsed());
     assert_per_account_order(&records, &last_versions(&stored));
     assert_every_event_published(&records, &stored);
+    wait_for_readyz(
+        api,
+        Duration::from_secs(60),
+        "the backlog did not drain",
+        |b| b["relay"]["backlog_events"] == 0 && b["relay"]["state"] == "publishing",
+    )
+    .await;
+}
 
-    // The backlog drains to nothing and the relay reports itself healthy again.
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Polls `/readyz` until `done` says so, failing after `limit`.
+async fn wait_for_readyz(
+    api: &Api,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + limit;
     loop {
-        let (status, body) = readyz(&api).await;
-        assert_eq!(status, 200, "{body}");
-        if body["relay"]["backlog_events"] == 0 && body["relay"]["state"] == "publishing" {
-            break;
+        let (status, body) = readyz(api).await;
+        assert_eq!(status, 200, "/readyz: {body}");
+        if done(&body) {
+            return;
         }
-        assert!(Instant::now() < deadline, "backlog did not drain: {body}");
+        assert!(Instant::now() < deadline, "{what}: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
 
+/// Kafka stops for a minute under a running prism-command while commands go on without a
+/// pause: every one is accepted, and once Kafka is back the relay publishes the whole
+/// backlog — every stored event, per account in order, without a gap — and drains it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_catches_up_after_kafka_was_down_for_a_minute_while_commands_went_on() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let _kafka = KAFKA.lock().await;
+    let mut config = isolated_config(EventStoreBackend::Mongodb);
+    // Small sweep pages: the catch-up runs page after page, as a larger backlog would.
+    config.relay.batch_max_events = 25;
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let mut accounts = Vec::new();
+    for _ in 0..ACCOUNTS / 2 {
+        accounts.push(api.open("EUR").await);
+    }
+    wait_for_readyz(
+        &api,
+        Duration::from_secs(60),
+        "nothing published before the outage",
+        |b| b["relay"]["state"] == "publishing" && b["relay"]["backlog_events"] == 0,
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let load = keep_depositing(&api, &accounts, &stop, &rounds);
+    let outage = up(
+        "dev/stack down kafka",
+        tokio::task::spawn_blocking(KafkaOutage::begin).await,
+    );
+    let down = Instant::now();
+    let before = rounds.load(Ordering::Relaxed);
+    // The outage itself: the load goes on meanwhile; readiness stays, the backlog shows.
+    wait_for_readyz(
+        &api,
+        OUTAGE,
+        "no backlog reported while Kafka is down",
+        |b| b["relay"]["state"] == "degraded" && b["relay"]["backlog_events"].as_u64() > Some(0),
+    )
+    .await;
+    tokio::time::sleep(OUTAGE.saturating_sub(down.elapsed())).await;
+    assert!(!load.is_finished(), "the load stopped during the outage");
+    let during = rounds.load(Ordering::Relaxed) - before;
+    assert!(
+        during > 0,
+        "no command round completed while Kafka was down"
+    );
+    outage.end_off_runtime().await;
+    eprintln!(
+        "Kafka was down for {:?}; {during} rounds of {} deposits meanwhile",
+        down.elapsed(),
+        accounts.len()
+    );
+
+    let back = recover_and_stop(&api, &stop, &rounds, load).await;
+    assert_relay_caught_up(&config, &api, accounts.len(), back).await;
     instance.stop().await;
     clean_up(&config).await;
 }

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,8 @@ use prism_events::{AccountId, Envelope};
 use prism_platform::config::{Config, EventStoreBackend};
 use prism_tests::up;
 use support::{
-    assert_every_event_published, assert_per_account_order, clean_up, consume, isolated_config,
-    last_versions, stored_events, Api, Instance,
+    assert_every_event_published, assert_per_account_order, clean_up, consume, free_port,
+    isolated_config, last_versions, spawn_binary, stored_events, wait_ready, Api, Instance,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -280,66 +279,6 @@ async fn on_postgres_two_relays_and_two_writers_keep_every_accounts_order_on_kaf
     two_relays_keep_every_accounts_order(EventStoreBackend::Postgres).await;
 }
 
-/// The real `prism-command` binary on `port`, with the test's store, topic and relay pages.
-fn spawn_binary(config: &Config, port: u16) -> Child {
-    let root = prism_tests::repo_root();
-    let backend = match config.event_store.backend {
-        EventStoreBackend::Mongodb => "mongodb",
-        EventStoreBackend::Postgres => "postgres",
-    };
-    let child = Command::new(env!("CARGO_BIN_EXE_prism-command"))
-        .current_dir(&root)
-        .env("PRISM_CONFIG", root.join("config/prism.toml"))
-        .env_remove("PRISM_PROFILE")
-        .env("PRISM_COMMAND__LISTEN", format!("127.0.0.1:{port}"))
-        .env("PRISM_EVENT_STORE__BACKEND", backend)
-        .env("PRISM_MONGODB__DATABASE", &config.mongodb.database)
-        .env(
-            "PRISM_EVENT_STORE__POSTGRES_SCHEMA",
-            &config.event_store.postgres_schema,
-        )
-        .env("PRISM_KAFKA__TOPIC", &config.kafka.topic)
-        .env(
-            "PRISM_KAFKA__TOPIC_PARTITIONS",
-            config.kafka.topic_partitions.to_string(),
-        )
-        .env(
-            "PRISM_RELAY__SWEEP_INTERVAL_MS",
-            config.relay.sweep_interval_ms.to_string(),
-        )
-        .env(
-            "PRISM_RELAY__BATCH_MAX_EVENTS",
-            config.relay.batch_max_events.to_string(),
-        )
-        .env("PRISM_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn();
-    up("prism-command binary", child)
-}
-
-fn free_port() -> u16 {
-    let listener = up("localhost", std::net::TcpListener::bind("127.0.0.1:0"));
-    up("localhost", listener.local_addr()).port()
-}
-
-async fn wait_ready(base: &str) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prism-command at {base} did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn a_killed_instance_mid_catch_up_leaves_nothing_unpublished(backend: EventStoreBackend) {
     let mut config = isolated_config(backend);
     config.relay.batch_max_events = 40;
@@ -458,4 +397,149 @@ async fn commits_flagged_unpublished_by_the_earlier_format_are_published_after_a
     let _ = relay.stop.send(true);
     up("relay", relay.task.await);
     clean_up(&config).await;
+}
+
+/// A PostgreSQL store of the earlier format (a `published` flag on every event, with a
+/// partial index of the unpublished ones) moves its unpublished events to the outbox table
+/// at `init`, drops the flag, and the relay publishes them all in order — not the ones
+/// flagged published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_events_flagged_unpublished_by_the_earlier_format_are_published_after_an_upgrade(
+) {
+    let config = isolated_config(EventStoreBackend::Postgres);
+    let (account, commits) = history(4);
+    let writer = open(&config).await;
+    let mut version = 0;
+    for commit in &commits {
+        up(
+            "append",
+            writer.append(account, version, commit, None).await,
+        );
+        version += commit.len() as u64;
+    }
+    drop(writer);
+    // Rewrite them in the earlier format: no outbox, a flag on each event; the first
+    // commit was published already then.
+    let published = commits[0].len() as i64;
+    let pool = up(
+        "postgres",
+        prism_platform::clients::postgres(&config.postgres).await,
+    );
+    let s = format!("\"{}\"", config.event_store.postgres_schema);
+    for statement in [
+        format!("DROP TABLE {s}.outbox"),
+        format!("ALTER TABLE {s}.events ADD COLUMN published BOOLEAN NOT NULL DEFAULT FALSE"),
+        format!("UPDATE {s}.events SET published = TRUE WHERE version <= {published}"),
+        format!("CREATE INDEX events_unpublished ON {s}.events (position) WHERE NOT published"),
+    ] {
+        up("postgres", sqlx::query(&statement).execute(&pool).await);
+    }
+
+    // `open` runs `init`: the events flagged unpublished are in the outbox, in order.
+    let upgraded = up(
+        "event store",
+        open(&config).await.unpublished(None, 100).await,
+    );
+    let versions: Vec<u64> = upgraded.iter().map(|e| e.account_version).collect();
+    let expected: Vec<u64> = (published as u64 + 1..=version).collect();
+    assert_eq!(versions, expected);
+    let flag_left: bool = up(
+        "postgres",
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 \
+             AND table_name = 'events' AND column_name = 'published')",
+        )
+        .bind(&config.event_store.postgres_schema)
+        .fetch_one(&pool)
+        .await,
+    );
+    assert!(
+        !flag_left,
+        "the old flag is gone once the outbox holds its events"
+    );
+    // A second start finds nothing to move.
+    let again = up(
+        "event store",
+        open(&config).await.unpublished(None, 100).await,
+    );
+    assert_eq!(again.len(), upgraded.len());
+
+    // The relay publishes what was unpublished; the events published before stay off it.
+    let relay = start_relay(&config, open(&config).await).await;
+    wait_for_empty_backlog(&config).await;
+    let _ = relay.stop.send(true);
+    up("relay", relay.task.await);
+    let stored = stored_events(&config).await;
+    let mut wanted = stored.clone();
+    for events in wanted.values_mut() {
+        events.retain(|e| e.account_version > published as u64);
+    }
+    let expected = last_versions(&stored);
+    let records = consume(&config, &expected, Duration::from_secs(60));
+    assert_every_event_published(&records, &wanted);
+    let republished = records
+        .iter()
+        .filter(|(_, v, _)| *v <= published as u64)
+        .count();
+    assert_eq!(
+        republished, 0,
+        "events published before the upgrade went out again"
+    );
+    clean_up(&config).await;
+}
+
+/// A catch-up with nothing failing publishes each stored event exactly once: an event whose
+/// mark finished while the next page was being read is not published again from that page
+/// (it was, before: about 30 % duplicates while working off a large backlog).
+async fn a_catch_up_without_failures_publishes_each_event_once(backend: EventStoreBackend) {
+    let mut config = isolated_config(backend);
+    config.relay.batch_max_events = 50;
+    config.relay.sweep_interval_ms = 100;
+    let writer = open(&config).await;
+    let mut total = 0;
+    for _ in 0..100 {
+        let (account, commits) = history(12);
+        let mut version = 0;
+        for commit in commits {
+            up(
+                "append",
+                writer.append(account, version, &commit, None).await,
+            );
+            version += commit.len() as u64;
+            total += commit.len();
+        }
+    }
+    drop(writer);
+    let relay = start_relay(&config, open(&config).await).await;
+    wait_for_empty_backlog(&config).await;
+    let _ = relay.stop.send(true);
+    up("relay", relay.task.await);
+
+    let stored = stored_events(&config).await;
+    let expected = last_versions(&stored);
+    let reader = config.clone();
+    let wanted = expected.clone();
+    let records = up(
+        "reader",
+        tokio::task::spawn_blocking(move || consume(&reader, &wanted, CATCH_UP)).await,
+    );
+    assert_per_account_order(&records, &expected);
+    assert_every_event_published(&records, &stored);
+    assert_eq!(
+        records.len(),
+        total,
+        "{} records on Kafka for {total} stored events",
+        records.len()
+    );
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mongodb_a_catch_up_without_failures_publishes_each_event_once() {
+    a_catch_up_without_failures_publishes_each_event_once(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_catch_up_without_failures_publishes_each_event_once() {
+    a_catch_up_without_failures_publishes_each_event_once(EventStoreBackend::Postgres).await;
 }

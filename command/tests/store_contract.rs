@@ -46,7 +46,9 @@ async fn on_mongodb_database(
         clients::mongodb(&cfg.mongodb, "prism-store-contract").await,
     );
     let name = unique("prism_store");
-    let store = MongoStore::new(client.clone(), &name);
+    // With FerretDB's lookup indexes when the stack is FerretDB: the contract holds with them.
+    let store = MongoStore::new(client.clone(), &name)
+        .with_ferretdb_postgres(cfg.mongodb.ferretdb_postgres().cloned());
     up("mongodb", store.init().await);
     let outcome = AssertUnwindSafe(test(&store, &client, &name))
         .catch_unwind()
@@ -110,6 +112,7 @@ contract!(
     a_reused_key_is_reported_even_when_the_version_is_also_stale,
     commits_without_an_idempotency_key_never_collide,
     read_all_pages_through_every_event_once_and_resumes_from_any_position,
+    a_scan_reads_every_event_once_with_its_content,
     events_read_in_version_order_even_when_their_ids_sort_the_other_way,
     a_newer_snapshot_replaces_an_older_one_and_never_the_reverse,
     unpublished_events_come_oldest_first_until_marked_published,
@@ -124,6 +127,8 @@ contract!(
     a_batch_stores_new_and_existing_accounts_unpublished_and_in_version_order,
     of_concurrent_batches_racing_on_the_same_accounts_each_commit_lands_whole_or_not_at_all,
     responses_saved_in_one_batch_each_keep_the_first_answer_under_their_key,
+    a_commit_lands_only_if_its_claim_is_stored_and_a_stored_claim_stays,
+    a_lone_commit_with_a_claim_stores_both,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -542,6 +547,31 @@ async fn commits_without_an_idempotency_key_never_collide(store: &dyn EventStore
     for account in &accounts {
         assert_eq!(load(store, *account).await.len(), 5);
     }
+}
+
+/// `scan` (what `verify` reads): every stored event exactly once and as stored, in any
+/// order, in pages however small.
+async fn a_scan_reads_every_event_once_with_its_content(store: &dyn EventStore) {
+    use futures::TryStreamExt;
+    let scanned: Vec<Vec<Envelope>> = up("scan", store.scan(2).try_collect().await);
+    assert!(scanned.iter().all(Vec::is_empty));
+
+    let mut written: Vec<Envelope> = Vec::new();
+    for (i, account) in (0..3).map(|_| AccountId::generate()).enumerate() {
+        let mut commit = vec![envelope(account, 1, opened())];
+        commit.extend(deposits(account, 1, i as u64 + 1, 1));
+        append(store, 0, &commit).await;
+        let more = deposits(account, commit.len() as u64, 2, 10);
+        append(store, commit.len() as u64, &more).await;
+        written.extend(commit);
+        written.extend(more);
+    }
+    let scanned: Vec<Vec<Envelope>> = up("scan", store.scan(2).try_collect().await);
+    let mut scanned: Vec<Envelope> = scanned.into_iter().flatten().collect();
+    let key = |e: &Envelope| (e.account_id, e.account_version);
+    scanned.sort_by_key(key);
+    written.sort_by_key(key);
+    assert_eq!(scanned, written, "every event once, exactly as appended");
 }
 
 async fn read_all_pages_through_every_event_once_and_resumes_from_any_position(
@@ -1054,6 +1084,21 @@ fn commit(
         expected_version: expected,
         events,
         idempotency,
+        claim: None,
+    }
+}
+
+/// A commit that claims its own key in the same round trip (as a keyed command does).
+fn claiming(
+    account: AccountId,
+    expected: u64,
+    events: Vec<Envelope>,
+    key: &IdempotencyMark,
+) -> Commit {
+    let claim = StoredResponse::claim(key, &format!("attempt-{}", Uuid::now_v7()), Utc::now());
+    Commit {
+        claim: Some(claim),
+        ..commit(account, expected, events, Some(key.clone()))
     }
 }
 
@@ -1326,4 +1371,120 @@ async fn responses_saved_in_one_batch_each_keep_the_first_answer_under_their_key
         claim_of(up("store", store.find_response(&c.key).await)).as_deref(),
         Some("c-1")
     );
+}
+
+/// A commit carrying its key's claim: the claim is stored first, in the same round trip;
+/// a key that holds a record already refuses the commit (`KeyClaimed`, nothing appended,
+/// the record untouched); a claim stays stored when its commit conflicts; of two claims on
+/// one key in a batch only the first counts.
+async fn a_commit_lands_only_if_its_claim_is_stored_and_a_stored_claim_stays(
+    store: &dyn EventStore,
+) {
+    let [a, b, c, d] = [(); 4].map(|()| AccountId::generate());
+    for account in [a, b, c, d] {
+        append(store, 0, &[envelope(account, 1, opened())]).await;
+    }
+    let key = |name: &str| {
+        mark(
+            &format!("tester:{name}:{}", Uuid::now_v7()),
+            &format!("hash-{name}"),
+        )
+    };
+    let (fresh, rejected, stale, twin) = (key("fresh"), key("rejected"), key("stale"), key("twin"));
+    let rejection = StoredResponse {
+        key: rejected.key.clone(),
+        request_hash: rejected.request_hash.clone(),
+        status: 422,
+        body: json!({ "code": "insufficient_funds" }),
+    };
+    assert!(up("save", store.save_response(&rejection).await));
+    let batch = vec![
+        claiming(a, 1, deposits(a, 1, 1, 10), &fresh),
+        claiming(b, 1, deposits(b, 1, 1, 20), &rejected),
+        // Stale: c is at version 1.
+        claiming(c, 0, vec![envelope(c, 1, opened())], &stale),
+        claiming(d, 1, deposits(d, 1, 1, 40), &twin),
+        // The same key again (another account): the first claim of the batch wins.
+        claiming(b, 1, deposits(b, 1, 1, 50), &twin),
+    ];
+    let results = store.append_batch(&batch).await;
+    assert_eq!(results.len(), batch.len(), "one answer per commit");
+    assert!(matches!(results[0], Ok(())), "fresh: {:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(AppendError::KeyClaimed)),
+        "rejected: {:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Err(AppendError::Conflict { .. })),
+        "stale: {:?}",
+        results[2]
+    );
+    assert!(matches!(results[3], Ok(())), "twin: {:?}", results[3]);
+    assert!(
+        matches!(results[4], Err(AppendError::KeyClaimed)),
+        "second twin: {:?}",
+        results[4]
+    );
+
+    assert_eq!(amounts(&load(store, a).await), vec![0, 10]);
+    assert_eq!(
+        amounts(&load(store, b).await),
+        vec![0],
+        "nothing appended under a taken key"
+    );
+    assert_eq!(amounts(&load(store, d).await), vec![0, 40]);
+    let found = |key: &IdempotencyMark| {
+        let key = key.key.clone();
+        async move { up("find_response", store.find_response(&key).await) }
+    };
+    assert_eq!(
+        found(&fresh).await,
+        batch[0].claim.clone(),
+        "the landed commit's claim"
+    );
+    assert_eq!(
+        found(&rejected).await,
+        Some(rejection),
+        "the stored rejection is untouched"
+    );
+    assert_eq!(
+        found(&stale).await,
+        batch[2].claim.clone(),
+        "a conflicting commit's claim stays"
+    );
+    assert_eq!(
+        found(&twin).await,
+        batch[3].claim.clone(),
+        "the first claim on a key"
+    );
+    let committed = up("find_idempotent", store.find_idempotent(&fresh.key).await);
+    assert_eq!(committed.map(|c| c.events), Some(batch[0].events.clone()));
+    assert!(up(
+        "find_idempotent",
+        store.find_idempotent(&rejected.key).await
+    )
+    .is_none());
+}
+
+/// A batch of one commit with a claim (a keyed command at low load) stores both.
+async fn a_lone_commit_with_a_claim_stores_both(store: &dyn EventStore) {
+    let account = AccountId::generate();
+    let key = mark(&format!("tester:lone:{}", Uuid::now_v7()), "hash-lone");
+    let lone = claiming(account, 0, vec![envelope(account, 1, opened())], &key);
+    let results = store.append_batch(std::slice::from_ref(&lone)).await;
+    assert!(matches!(results.as_slice(), [Ok(())]), "{results:?}");
+    assert_eq!(load(store, account).await, lone.events);
+    assert_eq!(
+        up("find_response", store.find_response(&key.key).await),
+        lone.claim
+    );
+    // Claimed now: the same claim again is refused and appends nothing.
+    let again = claiming(account, 1, deposits(account, 1, 1, 5), &key);
+    let results = store.append_batch(std::slice::from_ref(&again)).await;
+    assert!(
+        matches!(results.as_slice(), [Err(AppendError::KeyClaimed)]),
+        "{results:?}"
+    );
+    assert_eq!(load(store, account).await, lone.events);
 }

@@ -389,6 +389,24 @@ pub struct MongoConfig {
     /// The database Prism's event store uses.
     pub database: String,
     pub connect_timeout_ms: u64,
+    /// Only when the MongoDB API is FerretDB 1.x on PostgreSQL: a connection string to the
+    /// PostgreSQL database FerretDB stores into. The event store then adds, beside
+    /// FerretDB's own indexes, the lookup indexes PostgreSQL can use for the queries FerretDB
+    /// sends (it filters every equality as `_jsonb->key @> value`, which FerretDB's own
+    /// btree indexes cannot serve: without these, every lookup reads the whole
+    /// collection). Unset (or empty) on MongoDB, whose own indexes serve every lookup;
+    /// ignored when the server is not FerretDB.
+    pub ferretdb_postgres_url: Option<Dsn>,
+}
+
+impl MongoConfig {
+    /// [`MongoConfig::ferretdb_postgres_url`], unless unset or empty (a profile over a base
+    /// file that sets it turns it off with `""`).
+    pub fn ferretdb_postgres(&self) -> Option<&Dsn> {
+        self.ferretdb_postgres_url
+            .as_ref()
+            .filter(|url| !url.expose().is_empty())
+    }
 }
 
 impl Default for MongoConfig {
@@ -397,6 +415,7 @@ impl Default for MongoConfig {
             uri: Dsn::new("mongodb://127.0.0.1:27017/"),
             database: "prism".into(),
             connect_timeout_ms: 5_000,
+            ferretdb_postgres_url: None,
         }
     }
 }

@@ -124,6 +124,24 @@ fn check(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The ids of the accounts `args` writes, in the order the history first touches them.
+pub fn account_ids(args: &Args) -> Vec<String> {
+    let step = chrono::Duration::from_std(args.step).unwrap_or(chrono::Duration::zero());
+    let history = Events::new(
+        args.seed,
+        args.accounts,
+        SUSPICIOUS_SHARE,
+        chrono::Utc::now(),
+        step,
+    );
+    let mut seen = std::collections::HashSet::new();
+    history
+        .take(usize::try_from(args.events).unwrap_or(usize::MAX))
+        .filter(|(_, event)| seen.insert(event.account_id))
+        .map(|(_, event)| event.account_id.to_string())
+        .collect()
+}
+
 /// Writes `args.events` events of the seeded history into the store `name` of `backend`
 /// (created if missing). Fails on the first refused insert, naming the event.
 pub async fn seed(

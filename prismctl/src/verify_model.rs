@@ -16,7 +16,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use prism_command::store::Position;
+use futures::StreamExt;
 use prism_events::Envelope;
 use prism_platform::Config;
 use prism_projector::verify::{compare, Difference, Verify};
@@ -66,18 +66,15 @@ pub async fn verify_model(
             .await
             .with_context(|| format!("reading the {model} read model"))?;
         let mut events: Vec<Envelope> = Vec::new();
-        let mut after: Option<Position> = None;
         let bar = crate::verify::progress_bar(options.progress);
-        loop {
-            let page = store
-                .read_all(after.as_ref(), options.page_size.max(1))
-                .await
-                .with_context(|| format!("reading the {} event store", store.backend()))?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            events.extend(page.into_iter().map(|(_, e)| e));
+        let mut scan = store.scan(options.page_size.max(1));
+        while let Some(page) = scan.next().await {
+            let page =
+                page.with_context(|| format!("reading the {} event store", store.backend()))?;
+            events.extend(page);
             bar.set_position(events.len() as u64);
         }
+        drop(scan);
         bar.finish_and_clear();
         let total = events.len() as u64;
         // Per account in version order, whatever order the store's pages had.

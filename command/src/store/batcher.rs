@@ -21,9 +21,9 @@
 //! when the deadline passes is answered "unavailable" and never sent, so no append starts
 //! after it.
 //!
-//! Idempotency claims (the record a keyed command stores under its key before it commits,
-//! [`EventStore::save_responses`]) go the same way in a lane of their own: a keyed command
-//! costs one shared round trip for its claim and one for its commit.
+//! A keyed command's idempotency claim (the record stored under its key before its commit)
+//! travels with the commit ([`Commit::claim`]) and the store writes both in the same round
+//! trip: a keyed command costs one shared round trip, like an unkeyed one.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use std::time::Instant;
 use prometheus::Histogram;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{AppendError, Commit, EventStore, StoreError, StoredResponse};
+use super::{AppendError, Commit, EventStore, StoreError};
 
 /// Items waiting for their lane's dispatcher beyond this make callers wait to enqueue (each
 /// caller queues one item at a time, so this only bounds memory under extreme fan-in).
@@ -47,12 +47,11 @@ struct Pending<I, A> {
 
 type Lane<I, A> = mpsc::Sender<Pending<I, A>>;
 
-/// The handle commands append (and claim keys) through; cheap to clone. Dropping every
+/// The handle commands append through; cheap to clone. Dropping every
 /// handle stops the dispatchers once the batches in flight are written.
 #[derive(Debug, Clone)]
 pub struct Batcher {
     commits: Lane<Commit, Result<(), AppendError>>,
-    claims: Lane<StoredResponse, Result<bool, StoreError>>,
 }
 
 impl<I, A> std::fmt::Debug for Pending<I, A> {
@@ -71,12 +70,11 @@ impl Batcher {
         in_flight: usize,
         batch_size: Histogram,
     ) -> Self {
-        let appender = Arc::clone(&store);
         let commits = lane(
             max_items,
             in_flight,
             move |commits: Vec<Commit>| {
-                let store = Arc::clone(&appender);
+                let store = Arc::clone(&store);
                 let batch_size = batch_size.clone();
                 async move {
                     batch_size.observe(commits.len() as f64);
@@ -86,17 +84,7 @@ impl Batcher {
             || Err(lost("the append outlasted its idempotency key's claim").into()),
             |what| Err(lost(what).into()),
         );
-        let claims = lane(
-            max_items,
-            in_flight,
-            move |responses: Vec<StoredResponse>| {
-                let store = Arc::clone(&store);
-                async move { store.save_responses(&responses).await }
-            },
-            || Err(lost("the claim outlasted its deadline")),
-            |what| Err(lost(what)),
-        );
-        Self { commits, claims }
+        Self { commits }
     }
 
     /// Appends `commit` with the next batch and answers for it alone. With a `deadline`, the
@@ -110,12 +98,6 @@ impl Batcher {
             Err(lost(what).into())
         })
         .await
-    }
-
-    /// [`EventStore::save_response`] with the next batch of claims: true when this call
-    /// stored `response` (the first record under its key).
-    pub async fn save_response(&self, response: StoredResponse) -> Result<bool, StoreError> {
-        ask(&self.claims, response, None, |what| Err(lost(what))).await
     }
 }
 

@@ -19,19 +19,22 @@
 //!   commits that are ready at the same moment.
 //! - **Outbox.** Every stored event starts unpublished; the relay reads
 //!   [`EventStore::unpublished`] and calls [`EventStore::mark_published`] after Kafka acked.
-//!   Both cost the backlog, never the store's size: PostgreSQL keeps a flag with a partial
-//!   index on unpublished rows; MongoDB keeps a small `outbox` collection of the commits not
-//!   yet published (intents written before each commit, deleted once published), since
-//!   FerretDB answers every filtered read with a scan of the whole collection.
+//!   Both cost the backlog, never the store's size: PostgreSQL keeps an `outbox` table of
+//!   the unpublished events' positions (written in the append's statement, deleted once
+//!   published); MongoDB keeps a small `outbox` collection of the commits not yet published
+//!   (intents written before each commit, deleted once published), since FerretDB reads a
+//!   whole collection for every range or sort.
 //! - **Reads.** `load` gives one account's events in version order; `read_all` pages through
 //!   every event in a stable order, resumable from a [`Position`].
 
 use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
 use prism_events::{AccountId, Envelope, RawEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod batcher;
+mod ferretdb;
 pub mod mongo;
 pub mod postgres;
 
@@ -40,22 +43,34 @@ pub mod postgres;
 pub struct Position(pub String);
 
 /// One command's commit, as [`EventStore::append_batch`] takes it: the events of one
-/// account (versions `expected_version + 1 …`) and the request's idempotency mark.
+/// account (versions `expected_version + 1 …`), the request's idempotency mark, and the
+/// claim on that key to store first, if the command has not claimed its key yet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
     pub account_id: AccountId,
     pub expected_version: u64,
     pub events: Vec<Envelope>,
     pub idempotency: Option<IdempotencyMark>,
+    /// A claim ([`StoredResponse::claim`]) on the key of `idempotency`, stored in the same
+    /// round trip as the commit and before it: the commit is appended only if the claim was
+    /// stored (else [`AppendError::KeyClaimed`]). Once stored it stays, whatever happens to
+    /// the commit.
+    pub claim: Option<StoredResponse>,
 }
 
 impl Commit {
-    /// Appends this commit alone through `store`'s single-commit [`EventStore::append`]: a
-    /// batch of one needs none of a batch's bookkeeping.
+    /// Appends this commit alone: its claim through [`EventStore::save_response`], then
+    /// the commit through the single-commit [`EventStore::append`] — what a batch of one
+    /// does on a backend that has nothing to gain from a batch's bookkeeping.
     pub(crate) async fn append_alone<S: EventStore + ?Sized>(
         &self,
         store: &S,
     ) -> Result<(), AppendError> {
+        if let Some(claim) = &self.claim {
+            if !store.save_response(claim).await? {
+                return Err(AppendError::KeyClaimed);
+            }
+        }
         store
             .append(
                 self.account_id,
@@ -65,6 +80,21 @@ impl Commit {
             )
             .await
     }
+}
+
+/// For each commit of a batch, whether its claim is the first of the batch on its key
+/// (only those are sent; a later one on the same key is [`AppendError::KeyClaimed`]);
+/// true for commits without a claim.
+pub(crate) fn first_claims(commits: &[Commit]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    commits
+        .iter()
+        .map(|c| {
+            c.claim
+                .as_ref()
+                .is_none_or(|claim| seen.insert(claim.key.as_str()))
+        })
+        .collect()
 }
 
 /// What the store keeps to answer a retried request with the same idempotency key.
@@ -158,6 +188,10 @@ pub enum AppendError {
     },
     #[error("idempotency key already used")]
     DuplicateIdempotencyKey,
+    /// The commit's claim could not be stored: a record (a claim, a stored rejection) is
+    /// under its key already. Nothing was appended.
+    #[error("idempotency key already claimed")]
+    KeyClaimed,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -183,6 +217,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// a taken key fails that commit alone, the others are stored. Commits of one batch are
     /// concurrent: of two for the same account at most one is stored, and one that builds
     /// on another of the same batch conflicts (callers send one commit per account).
+    ///
+    /// A commit's [`Commit::claim`] is stored before the commit, in the same round trip on
+    /// PostgreSQL (the same statement) and beside the outbox intents on MongoDB: the commit
+    /// is appended only if its claim was stored, else [`AppendError::KeyClaimed`]. Any
+    /// other answer but [`AppendError::Store`] means the claim is stored (a conflict leaves
+    /// it: the caller holds the key); after `Store` it may or may not be.
     async fn append_batch(&self, commits: &[Commit]) -> Vec<Result<(), AppendError>>;
 
     /// The account's events with a version above `after_version`, in version order.
@@ -199,6 +239,25 @@ pub trait EventStore: Send + Sync + 'static {
         after: Option<&Position>,
         limit: usize,
     ) -> Result<Vec<(Position, Envelope)>, StoreError>;
+
+    /// Every stored event once, in the order cheapest for the backend: within an account
+    /// versions may come out of order (a caller that folds puts each account's events in
+    /// order itself). One pass over the store however large it is, where paging
+    /// [`EventStore::read_all`] costs FerretDB a read and sort of the whole collection per
+    /// page. What `prismctl verify` reads. Each item holds some events (about `page`, or
+    /// one commit's). Events stored while the scan runs may or may not be included.
+    fn scan(&self, page: usize) -> BoxStream<'_, Result<Vec<Envelope>, StoreError>> {
+        let page = page.max(1);
+        futures::stream::try_unfold(None::<Position>, move |after| async move {
+            let events = self.read_all(after.as_ref(), page).await?;
+            let Some((last, _)) = events.last() else {
+                return Ok(None);
+            };
+            let next = Some(last.clone());
+            Ok(Some((events.into_iter().map(|(_, e)| e).collect(), next)))
+        })
+        .boxed()
+    }
 
     /// The latest snapshot of an account, if any.
     async fn load_snapshot(&self, account_id: AccountId) -> Result<Option<Snapshot>, StoreError>;
@@ -293,6 +352,25 @@ pub(crate) fn check_commit(
                 "a text contains U+0000, which the event stores cannot hold",
             ));
         }
+    }
+    Ok(())
+}
+
+/// A commit's claim is a claim ([`StoredResponse::CLAIM`]) on the commit's own key;
+/// anything else is a caller's bug, refused before any I/O.
+pub(crate) fn check_claim(commit: &Commit) -> Result<(), StoreError> {
+    let Some(claim) = &commit.claim else {
+        return Ok(());
+    };
+    let own_key = commit
+        .idempotency
+        .as_ref()
+        .is_some_and(|mark| mark.key == claim.key && mark.request_hash == claim.request_hash);
+    if claim.status != StoredResponse::CLAIM || !own_key {
+        return Err(refused(
+            &commit.account_id.to_string(),
+            "a commit's claim must be a claim on the commit's own idempotency key",
+        ));
     }
     Ok(())
 }

@@ -84,13 +84,16 @@
 //! `published: false` flag on each commit) get their intents at `init`.
 //!
 //! # FerretDB 1.24 (PostgreSQL backend), measured
-//! - Reads never use an index: top-level scalar equalities become SQL (`_jsonb->'k' @> v`,
-//!   a sequential scan, even on `_id`: FerretDB's btree indexes are on `_jsonb->'k'`, which
-//!   `@>` cannot use; `query.go`); ranges, `$in`, sorts and limits-with-a-filter run in Go after
-//!   fetching every match. So every query here leads with equalities (`account_id`,
-//!   `last_version`) that keep the rows shipped to Go few, and the append
-//!   path avoids reading at all when it can (above). `read_all` fetches and sorts the whole
-//!   collection for each page: use big pages there.
+//! - Top-level scalar equalities become SQL (`_jsonb->'k' @> v`); ranges, `$in`, sorts and
+//!   limits-with-a-filter run in Go after fetching every match (`query.go`). FerretDB's
+//!   btree indexes are on `_jsonb->'k'`, which `@>` cannot use, so on their own even an
+//!   `_id` lookup reads the whole table; with `ferretdb_postgres` set, `init` adds GIN
+//!   indexes that serve those equalities (`ferretdb.rs`, `FERRETDB_LOOKUPS`): 455 ms →
+//!   1 ms for one `_id` at 94 k commits. So every query here leads with an indexed equality
+//!   (`account_id`, `idempotency_key`, `_id`) that keeps the rows shipped to Go few, and
+//!   the append path avoids reading at all when it can (above). `read_all` fetches and
+//!   sorts the whole collection for each page (use big pages there); `scan`, which
+//!   `verify` reads, is one unsorted pass.
 //! - Updates and deletes first run the same scan, then write by `_id` (an index lookup),
 //!   one document per statement. Hence the outbox: a delete there scans only the backlog.
 //! - `events: {$not: {$elemMatch: {id: {$nin: ids}}}}` also matches documents that do have
@@ -105,18 +108,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use chrono::DateTime;
 use futures::future::join_all;
+use futures::stream::{BoxStream, StreamExt};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
 use prism_events::{AccountId, Envelope, RawEvent};
+use prism_platform::secret::Dsn;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::ferretdb;
 use super::{
-    check_commit, first_of_each_key, refused, AppendError, Commit, EventStore, IdempotencyMark,
-    IdempotentCommit, Position, Snapshot, StoreError, StoredResponse,
+    check_claim, check_commit, first_claims, first_of_each_key, refused, AppendError, Commit,
+    EventStore, IdempotencyMark, IdempotentCommit, Position, Snapshot, StoreError, StoredResponse,
 };
 
 const COMMITS: &str = "commits";
@@ -125,6 +131,9 @@ const RESPONSES: &str = "responses";
 
 /// The duplicate-key error code (MongoDB and FerretDB).
 const DUPLICATE_KEY: i32 = 11000;
+
+/// The error code of creating a collection that exists (MongoDB and FerretDB).
+const NAMESPACE_EXISTS: i32 = 48;
 
 /// Separates a `seq` from the index of an event in its commit, in a [`Position`]. Sorts
 /// below `~`, so position order is (seq, index) order.
@@ -167,7 +176,25 @@ pub struct MongoStore {
     tails: Arc<Mutex<HashMap<AccountId, Tail>>>,
     /// What this process knows about the outbox intents it wrote.
     outbox: Arc<Mutex<OutboxMemory>>,
+    /// FerretDB's PostgreSQL, where `init` adds the lookup indexes FerretDB's queries can
+    /// use (see `ferretdb.rs`); `None` on MongoDB.
+    ferretdb_postgres: Option<Dsn>,
 }
+
+/// The fields each collection is looked up by equality on a hot path, which on FerretDB
+/// need a lookup index of their own (see `ferretdb.rs`): `load`, the append's proof of its
+/// predecessor and the outbox lookups (`account_id`), the idempotency checks
+/// (`idempotency_key`, the responses' `_id`), the start's migration check (`published`),
+/// `load_snapshot`, and the relay's check of one account's backlog (the outbox's
+/// `account_id`, a read per account while a large backlog is worked off).
+const FERRETDB_LOOKUPS: &[(&str, &str)] = &[
+    (COMMITS, "account_id"),
+    (COMMITS, "idempotency_key"),
+    (COMMITS, "published"),
+    (RESPONSES, "_id"),
+    (SNAPSHOTS, "account_id"),
+    (OUTBOX, "account_id"),
+];
 
 /// The outcome of this process's own appends, as far as the outbox cares. An intent is
 /// written before its commit, so an intent alone does not say the commit is stored; the
@@ -215,7 +242,39 @@ impl MongoStore {
             database: client.database(database),
             tails: Arc::default(),
             outbox: Arc::default(),
+            ferretdb_postgres: None,
         }
+    }
+
+    /// With FerretDB's PostgreSQL (`[mongodb] ferretdb_postgres_url`): `init` adds the
+    /// lookup indexes there when the server is FerretDB.
+    pub fn with_ferretdb_postgres(mut self, url: Option<Dsn>) -> Self {
+        self.ferretdb_postgres = url;
+        self
+    }
+
+    /// On FerretDB, adds the lookup indexes its queries can use, or warns that every lookup
+    /// reads a whole collection. Nothing on MongoDB.
+    async fn tune_for_ferretdb(&self) -> Result<(), StoreError> {
+        if !ferretdb::is_ferretdb(&self.database).await? {
+            return Ok(());
+        }
+        let Some(url) = &self.ferretdb_postgres else {
+            tracing::warn!(
+                "the MongoDB API is FerretDB and [mongodb] ferretdb_postgres_url is not set: \
+                 every lookup reads its whole collection, so commands slow down as the store grows"
+            );
+            return Ok(());
+        };
+        let created =
+            ferretdb::add_lookup_indexes(url, self.database.name(), FERRETDB_LOOKUPS).await?;
+        if created > 0 {
+            tracing::info!(
+                created,
+                "added lookup indexes to FerretDB's PostgreSQL tables"
+            );
+        }
+        Ok(())
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, OutboxMemory> {
@@ -306,6 +365,15 @@ impl MongoStore {
         {
             tracing::warn!(error = %e, intents = ids.len(), "dropping the outbox intents of refused commits failed; the relay drops them later");
         }
+    }
+
+    /// Benchmarks only: drops every outbox intent as if the relay had published their
+    /// commits long ago, so that a store filled through [`MongoStore::insert_unchecked`]
+    /// stands for a large history with no backlog. Those commits never reach Kafka.
+    pub async fn discard_backlog(&self) -> Result<(), StoreError> {
+        self.outbox_entries().drop().await.map_err(unavailable)?;
+        // Its indexes go with it: back as `init` makes them.
+        self.init().await
     }
 
     fn outbox_entries(&self) -> Collection<Document> {
@@ -822,6 +890,15 @@ impl EventStore for MongoStore {
         create_missing_indexes(&self.commits(), commits).await?;
         create_missing_indexes(&self.outbox_entries(), outbox).await?;
         create_missing_indexes(&self.snapshots(), snapshots).await?;
+        // `responses` has no index but `_id`'s, so nothing created it yet; FerretDB needs
+        // its table for the lookup index.
+        match self.database.create_collection(RESPONSES).await {
+            Ok(()) => {}
+            Err(e) if matches!(*e.kind, ErrorKind::Command(ref c) if c.code == NAMESPACE_EXISTS) => {
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.tune_for_ferretdb().await?;
         self.migrate_published_flags().await
     }
 
@@ -878,12 +955,25 @@ impl EventStore for MongoStore {
 
     async fn append_batch(&self, commits: &[Commit]) -> Vec<Result<(), AppendError>> {
         if let [commit] = commits {
-            return vec![commit.append_alone(self).await];
+            if commit.claim.is_none() {
+                return vec![commit.append_alone(self).await];
+            }
         }
         // Each commit's place after its predecessor, proven as in `append` (a read only for
         // accounts this process has not seen end at the expected version; those reads run
-        // side by side). A commit refused here is not sent.
-        let placed = join_all(commits.iter().map(|commit| self.place(commit))).await;
+        // side by side). A commit refused here is not sent. A second claim on a key of the
+        // batch loses to the first.
+        let first_claims = first_claims(commits);
+        let placed = join_all(commits.iter().zip(&first_claims).map(
+            |(commit, first)| async move {
+                if !first {
+                    return Err(AppendError::KeyClaimed);
+                }
+                check_claim(commit)?;
+                Ok(self.place(commit).await?)
+            },
+        ))
+        .await;
         let mut results: Vec<Option<Result<(), AppendError>>> = Vec::with_capacity(commits.len());
         let mut refusals = Vec::new();
         let mut ready: Vec<(usize, String, Document)> = Vec::new();
@@ -897,41 +987,82 @@ impl EventStore for MongoStore {
                     results.push(None);
                     refusals.push(index);
                 }
-                Err(e) => results.push(Some(Err(e.into()))),
+                Err(e) => results.push(Some(Err(e))),
             }
         }
         // In account order: FerretDB writes a batch in one PostgreSQL transaction, and two
         // batches meeting on the same accounts then wait for each other instead of
         // deadlocking.
         ready.sort_by_key(|(index, _, _)| commits[*index].account_id);
-        let (sent, documents): (Vec<(usize, String)>, Vec<Document>) = ready
-            .into_iter()
-            .map(|(index, seq, document)| ((index, seq), document))
-            .unzip();
-        // The outbox intents go first (see the module documentation, "Outbox"); without
-        // them nothing is inserted and every commit of the batch is unavailable.
-        let ids: Vec<String> = documents.iter().map(document_id).collect();
-        let mut fresh = Vec::new();
-        let documents = if documents.is_empty() {
-            documents
-        } else {
-            match self
-                .write_intents(&documents.iter().collect::<Vec<_>>())
-                .await
-            {
-                Ok(flags) => {
-                    fresh = flags;
-                    documents
-                }
-                Err(e) => {
-                    let error = AppendError::from(e);
-                    for (index, _) in &sent {
-                        results[*index] = Some(Err(error.clone()));
-                    }
+        // The claims of every commit still in the running (refused ones too: a claim
+        // stands whatever its commit's fate) and the outbox intents of the ready ones (see
+        // the module documentation, "Outbox") go side by side: one round trip for both.
+        let claimed: Vec<usize> = (0..commits.len())
+            .filter(|&i| results[i].is_none() && commits[i].claim.is_some())
+            .collect();
+        let claims: Vec<StoredResponse> = claimed
+            .iter()
+            .filter_map(|&i| commits[i].claim.clone())
+            .collect();
+        let intents: Vec<&Document> = ready.iter().map(|(_, _, document)| document).collect();
+        let (stored_claims, written) = futures::join!(
+            async {
+                if claims.is_empty() {
                     Vec::new()
+                } else {
+                    self.save_responses(&claims).await
+                }
+            },
+            async {
+                if intents.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.write_intents(&intents).await
                 }
             }
-        };
+        );
+        for (&index, stored) in claimed.iter().zip(stored_claims) {
+            match stored {
+                Ok(true) => {}
+                Ok(false) => results[index] = Some(Err(AppendError::KeyClaimed)),
+                Err(e) => results[index] = Some(Err(e.into())),
+            }
+        }
+        refusals.retain(|&index| results[index].is_none());
+        let mut fresh = Vec::new();
+        let mut sent: Vec<(usize, String)> = Vec::new();
+        let mut documents: Vec<Document> = Vec::new();
+        let mut withdrawn: Vec<String> = Vec::new();
+        match written {
+            Ok(flags) => {
+                for ((index, seq, document), flag) in ready.into_iter().zip(flags) {
+                    if results[index].is_some() {
+                        // Its claim was not stored: never inserted; its intent goes if new.
+                        if flag {
+                            withdrawn.push(document_id(&document));
+                        } else {
+                            self.settle(&[document_id(&document)], None);
+                        }
+                        continue;
+                    }
+                    fresh.push(flag);
+                    sent.push((index, seq));
+                    documents.push(document);
+                }
+            }
+            // Without the intents nothing is inserted: every commit still in the running is
+            // unavailable.
+            Err(e) => {
+                let error = AppendError::from(e);
+                for (index, _, _) in &ready {
+                    if results[*index].is_none() {
+                        results[*index] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        self.drop_intents(&withdrawn).await;
+        let ids: Vec<String> = documents.iter().map(document_id).collect();
         if !documents.is_empty() {
             // Unordered: a duplicate key fails its own document and the server goes on
             // with the others. One document per commit, so each lands whole or not at all.
@@ -1081,6 +1212,31 @@ impl EventStore for MongoStore {
             }
         }
         Ok(out)
+    }
+
+    /// One unfiltered, unsorted read of `commits` (a plain table scan on FerretDB, a
+    /// collection scan on MongoDB), streamed in batches of about `page` commits: a commit
+    /// is never updated nor moved, so each comes once.
+    fn scan(&self, page: usize) -> BoxStream<'_, Result<Vec<Envelope>, StoreError>> {
+        let commits = self.commits();
+        let batch = u32::try_from(page.max(1)).unwrap_or(u32::MAX);
+        futures::stream::once(async move {
+            commits
+                .find(doc! {})
+                .batch_size(batch)
+                .await
+                .map_err(unavailable)
+        })
+        .map_ok(|cursor| cursor.map_err(unavailable))
+        .try_flatten()
+        .and_then(|document| async move {
+            StoredCommit::parse(document)?
+                .raw_events()?
+                .into_iter()
+                .map(decode)
+                .collect()
+        })
+        .boxed()
     }
 
     async fn load_snapshot(&self, account_id: AccountId) -> Result<Option<Snapshot>, StoreError> {

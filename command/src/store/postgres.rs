@@ -4,12 +4,16 @@
 //! - `events`: `position BIGSERIAL` (the `read_all` order), `event_id`, `commit_id` (the
 //!   commit's first event id), `account_id`, `version`, the CloudEvents attributes,
 //!   `time TIMESTAMPTZ` (microseconds, exact), `data JSONB` (numbers are `numeric`, so an
-//!   `i64` comes back exactly), `published`, and `idempotency_key` / `request_hash` on a
-//!   commit's first event only.
+//!   `i64` comes back exactly), and `idempotency_key` / `request_hash` on a commit's first
+//!   event only. Insert-only: nothing ever updates an event row.
 //!   - `events_account_version`: UNIQUE `(account_id, version)`, the optimistic-concurrency
 //!     guard; `events_event_id`: UNIQUE `(event_id)`.
 //!   - `events_idempotency_key`: partial UNIQUE index on keys that are set.
-//!   - `events_unpublished`: partial index on `position` of unpublished rows (the relay's).
+//! - `outbox`: the `position` of every event not yet published, written by the same
+//!   statement as the event and deleted once Kafka acknowledged it. A flag on the event
+//!   row, as this store kept before, cost an update of a wide row and of its four indexes
+//!   per published event; this costs a narrow insert and a delete. Stores of that format
+//!   are moved over at `init`.
 //! - `snapshots`: one row per account, replaced only by a higher version.
 //! - `responses`: one row per idempotency key, the first insert wins.
 //!
@@ -35,7 +39,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{check_commit, first_of_each_key};
+use super::{check_claim, check_commit, first_claims, first_of_each_key};
 use super::{
     AppendError, Commit, EventStore, IdempotencyMark, IdempotentCommit, Position, Snapshot,
     StoreError, StoredResponse,
@@ -79,12 +83,19 @@ impl PgStore {
                  AS e(event_id, version, event_type, source, time, correlation_id, \
                       causation_id, schema_version, data, ord)"
         );
-        let append_sql = format!(
+        // Each inserted event's position also goes into the outbox, in the same statement.
+        let queued = |insert: String| {
+            format!(
+                "WITH inserted AS ({insert} RETURNING position) \
+                 INSERT INTO {quoted}.outbox (position) SELECT position FROM inserted"
+            )
+        };
+        let append_sql = queued(format!(
             "{insert_sql} WHERE (SELECT COALESCE(MAX(version), 0) FROM {quoted}.events \
                  WHERE account_id = $2) = $14 \
              ORDER BY e.ord"
-        );
-        let insert_sql = format!("{insert_sql} ORDER BY e.ord");
+        ));
+        let insert_sql = queued(format!("{insert_sql} ORDER BY e.ord"));
         let batch_sql = Self::batch_sql(&quoted);
         Self {
             pool,
@@ -112,8 +123,14 @@ impl PgStore {
     /// commits that landed. A first row waits for a concurrent insert of the same key
     /// and is skipped only if that one commits, like the single append.
     ///
-    /// Rows go in account order, so two batches that meet on the same accounts take their
-    /// index entries in the same order and wait for each other instead of deadlocking.
+    /// Claims (`$16`–`$19`, one per commit that carries one) go into `responses` first,
+    /// each `ON CONFLICT DO NOTHING`; a commit with a claim (`with_claim`) is inserted only
+    /// if its claim was, so claim and commit share the round trip and the transaction. The
+    /// statement answers with the commits that landed and the claims that were stored.
+    ///
+    /// Rows go in account order (claims in key order, all before any event), so two
+    /// batches that meet on the same accounts or keys take their index entries in the same
+    /// order and wait for each other instead of deadlocking.
     ///
     /// Chosen over one transaction with a savepoint per commit, which needs a round trip per
     /// commit, and over a loop of single appends on separate connections, which pays a
@@ -128,27 +145,41 @@ impl PgStore {
             "WITH input AS MATERIALIZED ( \
                  SELECT * FROM UNNEST($1::UUID[], $2::UUID[], $3::BIGINT[], $4::UUID[], \
                      $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TIMESTAMPTZ[], $9::TEXT[], \
-                     $10::TEXT[], $11::INTEGER[], $12::JSONB[], $13::TEXT[], $14::TEXT[]) \
+                     $10::TEXT[], $11::INTEGER[], $12::JSONB[], $13::TEXT[], $14::TEXT[], \
+                     $15::BOOLEAN[]) \
                  WITH ORDINALITY AS e(commit_id, account_id, expected, event_id, version, \
                      event_type, source, time, correlation_id, causation_id, schema_version, \
-                     data, idempotency_key, request_hash, ord) \
+                     data, idempotency_key, request_hash, with_claim, ord) \
+             ), claims AS ( \
+                 INSERT INTO {quoted}.responses (key, request_hash, status, body) \
+                 SELECT * FROM UNNEST($16::TEXT[], $17::TEXT[], $18::INTEGER[], $19::JSONB[]) \
+                     AS c(key, request_hash, status, body) \
+                 ORDER BY c.key \
+                 ON CONFLICT (key) DO NOTHING \
+                 RETURNING key \
              ), firsts AS ( \
                  INSERT INTO {quoted}.events ({columns}, idempotency_key, request_hash) \
                  SELECT {values}, e.idempotency_key, e.request_hash FROM input e \
                  WHERE e.version = e.expected + 1 \
+                     AND (NOT e.with_claim OR e.idempotency_key IN (SELECT key FROM claims)) \
                      AND (SELECT COALESCE(MAX(x.version), 0) FROM {quoted}.events x \
                           WHERE x.account_id = e.account_id) = e.expected \
                  ORDER BY e.account_id, e.ord \
                  ON CONFLICT DO NOTHING \
-                 RETURNING commit_id \
+                 RETURNING commit_id, position \
              ), rest AS ( \
                  INSERT INTO {quoted}.events ({columns}) \
                  SELECT {values} FROM input e \
                  WHERE e.version > e.expected + 1 \
                      AND e.commit_id IN (SELECT commit_id FROM firsts) \
                  ORDER BY e.account_id, e.ord \
+                 RETURNING position \
+             ), queued AS ( \
+                 INSERT INTO {quoted}.outbox (position) \
+                 SELECT position FROM firsts UNION ALL SELECT position FROM rest \
              ) \
-             SELECT commit_id FROM firsts"
+             SELECT 'commit' AS kind, commit_id::TEXT AS id FROM firsts \
+             UNION ALL SELECT 'claim', key FROM claims"
         )
     }
 
@@ -184,24 +215,56 @@ impl PgStore {
         for commit in commits {
             columns.push(commit);
         }
-        let landed: HashSet<Uuid> = columns
+        let claims: Vec<&StoredResponse> =
+            commits.iter().filter_map(|c| c.claim.as_ref()).collect();
+        let rows = columns
             .bind(sqlx::query(&self.batch_sql))
+            .bind(claims.iter().map(|c| c.key.as_str()).collect::<Vec<_>>())
+            .bind(
+                claims
+                    .iter()
+                    .map(|c| c.request_hash.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                claims
+                    .iter()
+                    .map(|c| i32::from(c.status))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(claims.iter().map(|c| &c.body).collect::<Vec<_>>())
             .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|row| row.try_get::<Uuid, _>("commit_id"))
-            .collect::<Result<_, _>>()?;
+            .await?;
+        let mut landed: HashSet<String> = HashSet::new();
+        let mut claimed: HashSet<String> = HashSet::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            match row.try_get::<String, _>("kind")?.as_str() {
+                "commit" => landed.insert(id),
+                _ => claimed.insert(id),
+            };
+        }
+        let landed = |commit: &Commit| landed.contains(&commit.events[0].id.to_string());
+        let unclaimed = |commit: &Commit| {
+            commit
+                .claim
+                .as_ref()
+                .is_some_and(|claim| !claimed.contains(&claim.key))
+        };
         let refused: Vec<&str> = commits
             .iter()
-            .filter(|c| !landed.contains(&c.events[0].id))
+            .filter(|c| !landed(c) && !unclaimed(c))
             .filter_map(|c| c.idempotency.as_ref().map(|m| m.key.as_str()))
             .collect();
         let taken = self.taken_keys(&refused).await;
         Ok(commits
             .iter()
             .map(|commit| {
-                if landed.contains(&commit.events[0].id) {
+                if landed(commit) {
                     return Ok(());
+                }
+                if unclaimed(commit) {
+                    return Err(AppendError::KeyClaimed);
                 }
                 match (&taken, &commit.idempotency) {
                     (Err(e), Some(_)) => Err(e.clone().into()),
@@ -234,6 +297,61 @@ impl PgStore {
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Benchmarks only: takes every stored event off the outbox as if the relay had
+    /// published it long ago, so that a store filled through
+    /// [`PgStore::insert_unchecked`] stands for a large history with no backlog. The events
+    /// never reach Kafka.
+    pub async fn discard_backlog(&self) -> Result<(), StoreError> {
+        sqlx::query(&format!("DELETE FROM {}.outbox", self.quoted))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Stores written before the outbox table kept a `published` flag on every event (with
+    /// a partial index of the unpublished ones): their unpublished events go to the outbox,
+    /// then the flag and its index go. Run by `init`, under its lock; a no-op once done.
+    async fn migrate_published_flags(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), StoreError> {
+        let flagged: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'events' AND column_name = 'published')",
+        )
+        .bind(&self.schema)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+        if !flagged {
+            return Ok(());
+        }
+        let s = &self.quoted;
+        let moved = sqlx::query(&format!(
+            "INSERT INTO {s}.outbox (position) SELECT position FROM {s}.events \
+             WHERE NOT published ON CONFLICT DO NOTHING"
+        ))
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        for statement in [
+            format!("DROP INDEX IF EXISTS {s}.events_unpublished"),
+            format!("ALTER TABLE {s}.events DROP COLUMN published"),
+        ] {
+            sqlx::query(&statement)
+                .execute(&mut **tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tracing::info!(
+            events = moved,
+            "moved the unpublished events of the earlier format to the outbox table"
+        );
         Ok(())
     }
 
@@ -285,7 +403,6 @@ impl EventStore for PgStore {
                      causation_id TEXT,
                      schema_version INTEGER NOT NULL,
                      data JSONB NOT NULL,
-                     published BOOLEAN NOT NULL DEFAULT FALSE,
                      idempotency_key TEXT,
                      request_hash TEXT,
                      CONSTRAINT {ACCOUNT_VERSION} UNIQUE (account_id, version),
@@ -296,10 +413,7 @@ impl EventStore for PgStore {
                 "CREATE UNIQUE INDEX IF NOT EXISTS {IDEMPOTENCY_KEY} ON {s}.events \
                  (idempotency_key) WHERE idempotency_key IS NOT NULL"
             ),
-            format!(
-                "CREATE INDEX IF NOT EXISTS events_unpublished ON {s}.events (position) \
-                 WHERE NOT published"
-            ),
+            format!("CREATE TABLE IF NOT EXISTS {s}.outbox (position BIGINT PRIMARY KEY)"),
             format!(
                 "CREATE TABLE IF NOT EXISTS {s}.snapshots (
                      account_id UUID PRIMARY KEY,
@@ -329,6 +443,7 @@ impl EventStore for PgStore {
                 .await
                 .map_err(unavailable)?;
         }
+        self.migrate_published_flags(&mut tx).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(())
     }
@@ -361,14 +476,25 @@ impl EventStore for PgStore {
     }
 
     async fn append_batch(&self, commits: &[Commit]) -> Vec<Result<(), AppendError>> {
+        // A lone commit with a claim still goes through the batch statement: one round
+        // trip for both.
         if let [commit] = commits {
-            return vec![commit.append_alone(self).await];
+            if commit.claim.is_none() {
+                return vec![commit.append_alone(self).await];
+            }
         }
-        // Refuse malformed commits alone, before any I/O; the rest go in one statement.
+        // Refuse malformed commits alone, before any I/O (and a second claim on a key of
+        // the batch: the first one's claim wins); the rest go in one statement.
+        let first_claims = first_claims(commits);
         let mut results: Vec<Option<Result<(), AppendError>>> = commits
             .iter()
-            .map(|c| {
+            .zip(first_claims)
+            .map(|(c, first_claim)| {
+                if !first_claim {
+                    return Some(Err(AppendError::KeyClaimed));
+                }
                 check_commit(c.account_id, c.expected_version, &c.events)
+                    .and_then(|()| check_claim(c))
                     .err()
                     .map(|e| Err(e.into()))
             })
@@ -387,15 +513,7 @@ impl EventStore for PgStore {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 let mut answers = Vec::with_capacity(batch.len());
                 for commit in &batch {
-                    answers.push(
-                        self.append(
-                            commit.account_id,
-                            commit.expected_version,
-                            &commit.events,
-                            commit.idempotency.as_ref(),
-                        )
-                        .await,
-                    );
+                    answers.push(commit.append_alone(self).await);
                 }
                 answers
             }
@@ -507,16 +625,16 @@ impl EventStore for PgStore {
         limit: usize,
     ) -> Result<Vec<RawEvent>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // Two statements rather than `$1 IS NULL OR account_id = $1`, which a generic plan
-        // can only answer from the partial index of every unpublished row: the sweep walks
-        // `events_unpublished` in position order; one account's check is a range of
-        // `events_account_version` (positions ascend with versions within an account).
+        // The sweep walks the outbox in position order; one account's check walks the
+        // account's events (a range of `events_account_version`) and probes the outbox for
+        // each: positions ascend with versions within an account.
         let rows = match account_id {
             None => {
                 sqlx::query(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM {}.events e WHERE NOT e.published \
-                     ORDER BY e.position LIMIT $1",
-                    self.quoted
+                    "SELECT {EVENT_COLUMNS} FROM {s}.outbox o \
+                     JOIN {s}.events e ON e.position = o.position \
+                     ORDER BY o.position LIMIT $1",
+                    s = self.quoted
                 ))
                 .bind(limit)
                 .fetch_all(&self.pool)
@@ -524,10 +642,10 @@ impl EventStore for PgStore {
             }
             Some(account_id) => {
                 sqlx::query(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM {}.events e \
-                     WHERE e.account_id = $1 AND NOT e.published \
-                     ORDER BY e.version LIMIT $2",
-                    self.quoted
+                    "SELECT {EVENT_COLUMNS} FROM {s}.events e \
+                     JOIN {s}.outbox o ON o.position = e.position \
+                     WHERE e.account_id = $1 ORDER BY e.version LIMIT $2",
+                    s = self.quoted
                 ))
                 .bind(account_id.0)
                 .bind(limit)
@@ -544,8 +662,9 @@ impl EventStore for PgStore {
             return Ok(());
         }
         sqlx::query(&format!(
-            "UPDATE {}.events SET published = TRUE WHERE event_id = ANY($1) AND NOT published",
-            self.quoted
+            "DELETE FROM {s}.outbox o USING {s}.events e \
+             WHERE e.event_id = ANY($1) AND o.position = e.position",
+            s = self.quoted
         ))
         .bind(event_ids)
         .execute(&self.pool)
@@ -720,6 +839,8 @@ struct BatchColumns {
     data: Vec<serde_json::Value>,
     keys: Vec<Option<String>>,
     hashes: Vec<Option<String>>,
+    /// Whether the row's commit carries a claim (stored first, see [`PgStore::batch_sql`]).
+    with_claim: Vec<bool>,
 }
 
 impl BatchColumns {
@@ -739,6 +860,7 @@ impl BatchColumns {
             data: Vec::with_capacity(events),
             keys: Vec::with_capacity(events),
             hashes: Vec::with_capacity(events),
+            with_claim: Vec::with_capacity(events),
         }
     }
 
@@ -768,6 +890,7 @@ impl BatchColumns {
             let mark = commit.idempotency.as_ref().filter(|_| index == 0);
             self.keys.push(mark.map(|m| m.key.clone()));
             self.hashes.push(mark.map(|m| m.request_hash.clone()));
+            self.with_claim.push(commit.claim.is_some());
         }
     }
 
@@ -787,6 +910,7 @@ impl BatchColumns {
             .bind(self.data)
             .bind(self.keys)
             .bind(self.hashes)
+            .bind(self.with_claim)
     }
 }
 

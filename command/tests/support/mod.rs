@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use prism_events::{AccountId, Envelope};
@@ -33,6 +34,68 @@ pub fn isolated_config(backend: EventStoreBackend) -> Config {
     config.command.tokens = vec![prism_platform::secret::Secret::new(TOKEN)];
     config.log.level = "warn".into();
     config
+}
+
+/// A free port on 127.0.0.1 (for a binary that binds it itself).
+pub fn free_port() -> u16 {
+    let listener = up("localhost", std::net::TcpListener::bind("127.0.0.1:0"));
+    up("localhost", listener.local_addr()).port()
+}
+
+/// The real `prism-command` binary on `port`, with `config`'s store, topic and relay
+/// settings (so that it can be killed with SIGKILL).
+pub fn spawn_binary(config: &Config, port: u16) -> Child {
+    let root = prism_tests::repo_root();
+    let child = Command::new(env!("CARGO_BIN_EXE_prism-command"))
+        .current_dir(&root)
+        .env("PRISM_CONFIG", root.join("config/prism.toml"))
+        .env_remove("PRISM_PROFILE")
+        .env("PRISM_COMMAND__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "PRISM_EVENT_STORE__BACKEND",
+            config.event_store.backend.as_str(),
+        )
+        .env("PRISM_MONGODB__DATABASE", &config.mongodb.database)
+        .env(
+            "PRISM_EVENT_STORE__POSTGRES_SCHEMA",
+            &config.event_store.postgres_schema,
+        )
+        .env("PRISM_KAFKA__TOPIC", &config.kafka.topic)
+        .env(
+            "PRISM_KAFKA__TOPIC_PARTITIONS",
+            config.kafka.topic_partitions.to_string(),
+        )
+        .env(
+            "PRISM_RELAY__SWEEP_INTERVAL_MS",
+            config.relay.sweep_interval_ms.to_string(),
+        )
+        .env(
+            "PRISM_RELAY__BATCH_MAX_EVENTS",
+            config.relay.batch_max_events.to_string(),
+        )
+        .env("PRISM_LOG__LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn();
+    up("prism-command binary", child)
+}
+
+/// Waits until the service at `base` answers `/readyz` with 200.
+pub async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prism-command at {base} did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A running instance.

@@ -107,9 +107,35 @@ pub struct Args {
     /// as `loadgen` and careful clients send).
     #[arg(long)]
     no_idempotency_keys: bool,
+    /// Events of seeded history (as `prismctl seed` writes them, over one account per 50
+    /// events) stored in the command side's store before prism-command starts, as published
+    /// long ago (they never reach Kafka), to measure at a large store: one scan of the whole
+    /// store (what `verify` reads) is timed, then one deposit to each of `--cold-accounts`
+    /// history accounts (a load from the store each), then the usual phases. The raw side's
+    /// store stays empty.
+    #[arg(long, default_value_t = 0)]
+    history: u64,
+    /// History accounts that get one deposit each (with `--history`).
+    #[arg(long, default_value_t = 2_000)]
+    cold_accounts: usize,
     /// Print the figures and the ratio as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// What a run with `--history` measured before the usual phases.
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub events: u64,
+    pub accounts: usize,
+    /// Writing the history through the raw insert.
+    pub seed_s: f64,
+    /// One [`EventStore::scan`] of the whole store (what `prismctl verify` reads).
+    pub scan_s: f64,
+    pub scan_events_per_second: f64,
+    /// One deposit to each of `--cold-accounts` history accounts that prism-command had not
+    /// seen: each loads its account (snapshot + tail) from the large store.
+    pub cold_commands: Figures,
 }
 
 /// The figures of one measured phase.
@@ -154,6 +180,9 @@ pub struct Report {
     /// How long prism-command took to stop after the last slice: its relay publishes what
     /// is still queued first (long when the relay fell behind).
     pub shutdown_s: Option<f64>,
+    /// With `--history`: the store's size and what was measured on it first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
 }
 
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
@@ -245,6 +274,14 @@ async fn measure(
     cfg.relay.enabled = true;
     cfg.command.auth_enabled = true;
     cfg.command.tokens = vec![Secret::new(token.clone())];
+    let seeded = match args.history {
+        0 => None,
+        events => Some(write_history(&cfg, backend, name, args, events).await?),
+    };
+    let scanned = match &seeded {
+        None => None,
+        Some(_) => Some(scan_store(&cfg).await?),
+    };
     let started = server.insert(Server::start(cfg).await?);
     started.wait_ready().await?;
     let client = Client::new(
@@ -254,6 +291,22 @@ async fn measure(
         Duration::from_secs(60),
         0,
     )?;
+    let history = match seeded {
+        None => None,
+        Some((seeded, accounts)) => {
+            let (scanned, scan_s) = scanned.unwrap_or((0, 0.0));
+            let cold = accounts.len().min(args.cold_accounts);
+            let (tally, elapsed) = drive_cold(&client, &accounts[..cold], args.concurrency).await?;
+            Some(History {
+                events: seeded.events,
+                accounts: seeded.accounts,
+                seed_s: seeded.seconds,
+                scan_s,
+                scan_events_per_second: scanned as f64 / scan_s.max(1e-9),
+                cold_commands: tally.figures(elapsed),
+            })
+        }
+    };
     let ids = Arc::new(open_accounts(&client, accounts, args.concurrency).await?);
     let (warm, _) = drive_commands(
         &client,
@@ -298,7 +351,12 @@ async fn measure(
         streams = rest;
         raw.add(tally, elapsed, &cpu)?;
     }
-    let events_stored = 2 * ids.len() as u64 + warm.ok + command.tally.ok;
+    let events_stored = 2 * ids.len() as u64
+        + warm.ok
+        + command.tally.ok
+        + history
+            .as_ref()
+            .map_or(0, |h| h.events + h.cold_commands.count);
 
     let (command, raw_append) = (command.figures(), raw.figures());
     let ratio = if raw_append.per_second > 0.0 {
@@ -318,7 +376,93 @@ async fn measure(
         relay_published,
         events_stored,
         shutdown_s: None,
+        history,
     })
+}
+
+/// Writes `events` events of seeded history into the store `name` (as `prismctl seed`);
+/// answers what was written and the history's account ids, in a seeded order.
+async fn write_history(
+    config: &Config,
+    backend: EventStoreBackend,
+    name: &str,
+    args: &Args,
+    events: u64,
+) -> anyhow::Result<(crate::seed::Seeded, Vec<String>)> {
+    let seed_args = crate::seed::Args {
+        events,
+        accounts: usize::try_from((events / 50).max(1)).unwrap_or(usize::MAX),
+        seed: args.seed,
+        concurrency: 32,
+        step: Duration::from_millis(50),
+        backend: None,
+        json: false,
+    };
+    let seeded = crate::seed::seed(config, backend, name, &seed_args, true)
+        .await
+        .context("writing the history")?;
+    RawStore::open(config, backend, name)
+        .await?
+        .discard_backlog()
+        .await
+        .context("marking the history published")?;
+    let accounts = crate::seed::account_ids(&seed_args);
+    Ok((seeded, accounts))
+}
+
+/// Scans the whole store of `config` once, as `prismctl verify` reads it: the events read
+/// and the seconds it took.
+async fn scan_store(config: &Config) -> anyhow::Result<(u64, f64)> {
+    use futures::StreamExt;
+    let store = prism_command::app::open_store(config).await?;
+    let bar = bar("scanning the store", None);
+    let started = Instant::now();
+    let mut events = 0_u64;
+    let mut scan = store.scan(10_000);
+    while let Some(page) = scan.next().await {
+        events += page.context("scanning the store")?.len() as u64;
+        bar.set_position(events);
+    }
+    bar.finish_and_clear();
+    Ok((events, started.elapsed().as_secs_f64()))
+}
+
+/// One deposit to each of `accounts`, `concurrency` at a time: each is the first command
+/// prism-command sees for its account, so each loads the account from the store.
+async fn drive_cold(
+    client: &Client,
+    accounts: &[String],
+    concurrency: usize,
+) -> anyhow::Result<(Tally, Duration)> {
+    let bar = bar("cold accounts", Some(accounts.len() as u64));
+    let accounts: Arc<Vec<String>> = Arc::new(accounts.to_vec());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, accounts, next, bar) = (
+            client.clone(),
+            Arc::clone(&accounts),
+            Arc::clone(&next),
+            bar.clone(),
+        );
+        tasks.spawn(async move {
+            let mut tally = Tally::new()?;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(account) = accounts.get(index) else {
+                    return Ok::<_, anyhow::Error>(tally);
+                };
+                let key = format!("bench-cold-{}", Uuid::now_v7());
+                // A history account may be frozen or closed: a rejection, counted.
+                tally.answer(client.send(&funding_op(), account, Some(&key)).await);
+                bar.inc(1);
+            }
+        });
+    }
+    let tally = collect(&mut tasks).await?;
+    bar.finish_and_clear();
+    Ok((tally, started.elapsed()))
 }
 
 /// CPU counters at the start of a slice.
@@ -628,6 +772,22 @@ impl Tally {
         self.latency_us.saturating_record(micros.max(1));
     }
 
+    /// Counts a command's answer: stored (with its latency), rejected, or an error.
+    fn answer(&mut self, answer: crate::loadgen::Answer) {
+        match &answer.outcome {
+            o if o.stored() => {
+                self.ok += 1;
+                self.latency(answer.latency);
+            }
+            Outcome::Rejected(_) | Outcome::Conflict => self.rejected += 1,
+            other => self.error(format!(
+                "{} {}",
+                other.label(),
+                answer.detail.unwrap_or_default()
+            )),
+        }
+    }
+
     fn error(&mut self, detail: String) {
         self.errors += 1;
         self.first_error.get_or_insert(detail);
@@ -747,19 +907,7 @@ async fn drive_commands(
                 let account = &ids[rng.gen_range(0..ids.len())];
                 let op = workload_op(&mut rng);
                 let key = keys.then(|| format!("bench-{}", Uuid::now_v7()));
-                let answer = client.send(&op, account, key.as_deref()).await;
-                match &answer.outcome {
-                    o if o.stored() => {
-                        tally.ok += 1;
-                        tally.latency(answer.latency);
-                    }
-                    Outcome::Rejected(_) | Outcome::Conflict => tally.rejected += 1,
-                    other => tally.error(format!(
-                        "{} {}",
-                        other.label(),
-                        answer.detail.unwrap_or_default()
-                    )),
-                }
+                tally.answer(client.send(&op, account, key.as_deref()).await);
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(tally)
@@ -806,7 +954,10 @@ impl RawStore {
             EventStoreBackend::Mongodb => {
                 let client =
                     prism_platform::clients::mongodb(&config.mongodb, "prismctl-bench").await?;
-                Self::Mongo(MongoStore::new(client, name))
+                Self::Mongo(
+                    MongoStore::new(client, name)
+                        .with_ferretdb_postgres(config.mongodb.ferretdb_postgres().cloned()),
+                )
             }
             EventStoreBackend::Postgres => {
                 let pool = prism_platform::clients::postgres(&config.postgres).await?;
@@ -819,6 +970,14 @@ impl RawStore {
         }
         .context("initialising the raw-append store")?;
         Ok(store)
+    }
+
+    /// Takes everything stored off the outbox (see the stores' `discard_backlog`).
+    async fn discard_backlog(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Mongo(s) => s.discard_backlog().await,
+            Self::Postgres(s) => s.discard_backlog().await,
+        }
     }
 
     pub(crate) async fn insert(&self, events: &[Envelope]) -> Result<(), StoreError> {
@@ -1078,6 +1237,26 @@ fn print_report(r: &Report) {
             out,
             "relay: {published} of {} stored events on Kafka when the last command slice ended",
             r.events_stored
+        );
+    }
+    if let Some(h) = &r.history {
+        let c = &h.cold_commands;
+        let _ = writeln!(
+            out,
+            "history: {} events over {} accounts, seeded in {:.0} s; whole-store scan {:.1} s \
+             ({:.0} events/s); first command on {} history accounts: {:.1}/s, p50 {:.2} ms, \
+             p99 {:.2} ms ({} rejected, {} errors)",
+            h.events,
+            h.accounts,
+            h.seed_s,
+            h.scan_s,
+            h.scan_events_per_second,
+            c.count + c.rejected + c.errors,
+            c.per_second,
+            c.p50_ms,
+            c.p99_ms,
+            c.rejected,
+            c.errors
         );
     }
     if let Some(secs) = r.shutdown_s {
