@@ -22,8 +22,9 @@
 //!    `--warmup` of sending is not measured.
 //!
 //! The delay is what a client sees: the relay's publish (`relay.linger_ms`), Kafka, the
-//! projector's batching (`projector.batch_max_wait_ms`, printed beside the figures), the
-//! MySQL transaction, the wait's wake-up, and two HTTP round trips on a shared machine.
+//! ledger's batching (`batch_max_wait_ms` of `[ledger.projector]` over `[projector]`,
+//! printed beside the figures), the MySQL transaction, the wait's wake-up, and two HTTP
+//! round trips on a shared machine.
 //!
 //! Exit codes: 0 every accepted command became visible and nothing failed; 1 a service
 //! failed, a command failed or never became visible; 2 a bad invocation.
@@ -168,8 +169,9 @@ pub struct Report {
     /// processes: the services, the databases, Kafka, this bench, anything else running).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine_cpu_busy: Option<f64>,
-    /// The projector's `batch_max_wait_ms` (of this configuration; a running ledger may use
-    /// another): a batch waits at most this long after its first record for more.
+    /// The ledger's `batch_max_wait_ms` (`[ledger.projector]` over `[projector]` of this
+    /// configuration; a running ledger may use another): a batch waits at most this long
+    /// after its first record for more.
     pub batch_max_wait_ms: u64,
     pub ledger_wait_timeout_ms: u64,
     pub relay_linger_ms: u64,
@@ -518,7 +520,10 @@ async fn measure(api: &Api, config: &Config, args: &Args) -> anyhow::Result<Repo
         send_waits: s.send_waits,
         max_in_flight: args.max_in_flight,
         machine_cpu_busy,
-        batch_max_wait_ms: config.projector.batch_max_wait_ms,
+        batch_max_wait_ms: config
+            .ledger
+            .runtime("ledger", &config.projector)?
+            .batch_max_wait_ms,
         ledger_wait_timeout_ms: prism_ledger::LedgerConfig::from_config(config)?.wait_timeout_ms,
         relay_linger_ms: config.relay.linger_ms,
         error_examples: s.examples.clone(),
@@ -847,7 +852,7 @@ fn print_report(r: &Report) {
     };
     let _ = writeln!(
         out,
-        "  projector batch_max_wait_ms = {} (a batch waits up to this long after its first \
+        "  ledger batch_max_wait_ms = {} (a batch waits up to this long after its first \
          record for more), relay linger_ms = {}{source}",
         r.batch_max_wait_ms, r.relay_linger_ms
     );
