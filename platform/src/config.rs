@@ -172,6 +172,8 @@ pub struct Config {
     pub ledger: Section,
     /// `prism-search`'s section, owned and parsed by that crate ([`Section`]).
     pub search: Section,
+    /// `prism-dashboard`'s section, owned and parsed by that crate ([`Section`]).
+    pub dashboard: Section,
 }
 
 /// A section owned by a projector crate (`[search]`, …): kept raw here and parsed by that

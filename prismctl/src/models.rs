@@ -19,11 +19,13 @@ pub enum Model {
     Ledger,
     /// `prism-search`: transactions and accounts in Elasticsearch/OpenSearch.
     Search,
+    /// `prism-dashboard`: live counters, top lists and the feed in Redis.
+    Dashboard,
 }
 
 impl Model {
     /// Every read model, in the order `status` shows them.
-    pub const ALL: [Model; 2] = [Model::Ledger, Model::Search];
+    pub const ALL: [Model; 3] = [Model::Ledger, Model::Search, Model::Dashboard];
 
     /// Connects to the read model's store and opens its copies.
     pub async fn open(self, config: &Config) -> anyhow::Result<ReadModel> {
@@ -33,6 +35,12 @@ impl Model {
             }
             Model::Search => {
                 ReadModel::open(prism_search::app::SearchProjector::new(config.clone())?).await
+            }
+            Model::Dashboard => {
+                ReadModel::open(prism_dashboard::app::DashboardProjector::new(
+                    config.clone(),
+                )?)
+                .await
             }
         }
     }
@@ -49,6 +57,12 @@ impl Model {
                 ReadModel::open_existing(prism_search::app::SearchProjector::new(config.clone())?)
                     .await
             }
+            Model::Dashboard => {
+                ReadModel::open_existing(prism_dashboard::app::DashboardProjector::new(
+                    config.clone(),
+                )?)
+                .await
+            }
         }
     }
 
@@ -62,6 +76,14 @@ impl Model {
                 let copies = projector.open().await?;
                 Some(Box::new(prism_search::verify::SearchVerify::new(&copies)))
             }
+            Model::Dashboard => {
+                let projector = prism_dashboard::app::DashboardProjector::new(config.clone())?;
+                let copies = projector.open().await?;
+                let live = copies.live().await?;
+                Some(Box::new(prism_dashboard::verify::DashboardVerify::new(
+                    live,
+                )))
+            }
         })
     }
 
@@ -72,6 +94,8 @@ impl Model {
                 .map_or("mysql", |p| p.service()),
             Model::Search => prism_search::app::SearchProjector::new(config.clone())
                 .map_or("elasticsearch", |p| p.service()),
+            Model::Dashboard => prism_dashboard::app::DashboardProjector::new(config.clone())
+                .map_or("redis", |p| p.service()),
         }
     }
 
@@ -80,6 +104,9 @@ impl Model {
         Ok(match self {
             Model::Ledger => prism_ledger::app::LedgerProjector::new(config.clone())?.settings(),
             Model::Search => prism_search::app::SearchProjector::new(config.clone())?.settings(),
+            Model::Dashboard => {
+                prism_dashboard::app::DashboardProjector::new(config.clone())?.settings()
+            }
         })
     }
 }

@@ -98,7 +98,10 @@ pub async fn verify_model(
                     .is_some_and(|v| e.account_version <= *v)
             });
         }
-        let expected = verifier.expected(events);
+        let expected = verifier
+            .settle(verifier.expected(events))
+            .await
+            .with_context(|| format!("computing the expected {model} read model"))?;
         let differences = compare(&expected, &stored.documents);
         let report = ModelReport {
             model: model.to_owned(),

@@ -16,6 +16,11 @@ pub struct PartitionHealth {
     /// Kafka's end offset when last measured.
     pub end_offset: Option<i64>,
     pub lag: Option<i64>,
+    /// How far behind the read model is in time, in ms: since the last applied event's
+    /// time while records wait, 0 once caught up (`None`: not measured yet).
+    pub lag_ms: Option<i64>,
+    /// Time of the last event applied from this partition.
+    pub last_event_time: Option<chrono::DateTime<chrono::Utc>>,
     pub paused: bool,
     pub last_error: Option<String>,
     /// Why the partition is held, if it is: nothing past the held record is applied until

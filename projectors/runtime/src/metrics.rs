@@ -2,7 +2,8 @@
 //! every partition worker.
 
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    exponential_buckets, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// What happened to a consumed record.
@@ -32,6 +33,7 @@ pub struct Metrics {
     batch_size: HistogramVec,
     delay: HistogramVec,
     lag: IntGaugeVec,
+    lag_seconds: GaugeVec,
     sink_errors: IntCounterVec,
     gaps: IntCounterVec,
     paused: IntGaugeVec,
@@ -75,6 +77,13 @@ impl Metrics {
             Opts::new(
                 "prism_projector_consumer_lag",
                 "Records on the partition after the projector's stored position.",
+            ),
+            &["projector", "partition"],
+        )?;
+        let lag_seconds = GaugeVec::new(
+            Opts::new(
+                "prism_projector_lag_seconds",
+                "How far behind the read model is in time: since the last applied event's time while records wait on the partition, 0 when caught up.",
             ),
             &["projector", "partition"],
         )?;
@@ -127,6 +136,7 @@ impl Metrics {
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(delay.clone()))?;
         registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(lag_seconds.clone()))?;
         registry.register(Box::new(sink_errors.clone()))?;
         registry.register(Box::new(gaps.clone()))?;
         registry.register(Box::new(paused.clone()))?;
@@ -138,6 +148,7 @@ impl Metrics {
             batch_size,
             delay,
             lag,
+            lag_seconds,
             sink_errors,
             gaps,
             paused,
@@ -174,9 +185,16 @@ impl Metrics {
             .set(records);
     }
 
+    pub fn lag_seconds(&self, partition: i32, seconds: f64) {
+        self.lag_seconds
+            .with_label_values(&[self.projector.as_str(), &partition.to_string()])
+            .set(seconds);
+    }
+
     pub fn forget_partition(&self, partition: i32) {
         let labels = [self.projector.as_str(), &partition.to_string()];
         let _ = self.lag.remove_label_values(&labels);
+        let _ = self.lag_seconds.remove_label_values(&labels);
         let _ = self.held.remove_label_values(&labels);
         let _ = self.worker_accounts.remove_label_values(&labels);
     }

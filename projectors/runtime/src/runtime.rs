@@ -588,9 +588,19 @@ pub(crate) fn measure_lag(client: BaseConsumer, shared: Arc<Shared>, interval: D
                     let next = if stored == NONE { low } else { stored + 1 };
                     let lag = (high - next).max(0);
                     shared.metrics.lag(partition, lag);
+                    let now = chrono::Utc::now();
                     shared.health.update(partition, |p| {
                         p.end_offset = Some(high);
                         p.lag = Some(lag);
+                        // Records wait: the model is as old as its last applied event
+                        // (or unknown yet, before the first one).
+                        let ms = match (lag, p.last_event_time) {
+                            (0, _) => 0,
+                            (_, Some(t)) => (now - t).num_milliseconds().max(0),
+                            (_, None) => 0,
+                        };
+                        p.lag_ms = Some(ms);
+                        shared.metrics.lag_seconds(partition, ms as f64 / 1e3);
                     });
                 }
                 Err(e) => {

@@ -591,6 +591,9 @@ impl Worker {
         self.health.sink_ok(true);
         self.health.update(self.partition, |p| {
             p.stored_offset = Some(position.offset);
+            if position.event_time.is_some() {
+                p.last_event_time = position.event_time;
+            }
             if let Some(end) = p.end_offset {
                 p.lag = Some((end - position.offset - 1).max(0));
             }

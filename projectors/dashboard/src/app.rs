@@ -1,0 +1,195 @@
+//! Wiring of `prism-dashboard` on the projector kit: the `[dashboard]` section, the copies
+//! (key prefixes) as the kit's [`Copies`], and the page with its API. The kit's
+//! [`prism_projector::app::run`] does the rest.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use prism_platform::config::{Config, ProjectorConfig};
+use prism_projector::app::{Projector, Settings};
+use prism_projector::copies::{
+    Copies, CopyInfo, InstanceReport, InstanceRow, LiveCopy, PartitionStatus,
+};
+use prism_projector::{Shared, Sink};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+
+use crate::config::DashboardConfig;
+use crate::copies::{DashboardCopies, DashboardCopy};
+
+/// The projector's short name: consumer group `prism-dashboard`, dead letters on
+/// `account-events.dlq.dashboard`, metric label `dashboard`.
+pub const NAME: &str = "dashboard";
+
+/// The dashboard as the kit runs it.
+#[derive(Debug, Clone)]
+pub struct DashboardProjector {
+    config: Config,
+    dashboard: DashboardConfig,
+    runtime: ProjectorConfig,
+}
+
+impl DashboardProjector {
+    /// Parses and checks `[dashboard]` (and `[dashboard.projector]`).
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let dashboard: DashboardConfig = config.dashboard.parse(NAME)?;
+        dashboard.validate()?;
+        let runtime = config.dashboard.runtime(NAME, &config.projector)?;
+        Ok(Self {
+            config,
+            dashboard,
+            runtime,
+        })
+    }
+
+    pub fn dashboard_config(&self) -> &DashboardConfig {
+        &self.dashboard
+    }
+}
+
+#[async_trait]
+impl Projector for DashboardProjector {
+    type Copies = DashboardCopies;
+
+    fn settings(&self) -> Settings {
+        Settings {
+            name: NAME,
+            group_id: self.dashboard.group_id.clone(),
+            kafka: self.config.kafka.clone(),
+            runtime: self.runtime.clone(),
+            copy_poll: Duration::from_millis(self.dashboard.copy_poll_ms.max(10)),
+        }
+    }
+
+    fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()> {
+        Ok(self.dashboard.refuse_local_secrets(address)?)
+    }
+
+    async fn open(&self) -> anyhow::Result<DashboardCopies> {
+        DashboardCopies::connect(&self.config.redis, &self.dashboard)
+            .await
+            .context("opening the dashboard in Redis")
+    }
+
+    async fn exists(&self) -> anyhow::Result<bool> {
+        self.open().await?.exists().await
+    }
+
+    fn service(&self) -> &'static str {
+        "redis"
+    }
+
+    fn api(
+        &self,
+        live: LiveCopy<DashboardCopies>,
+        shared: &Shared,
+        registry: &Registry,
+    ) -> anyhow::Result<axum::Router> {
+        let health = shared.health.clone();
+        let gauges = registry.clone();
+        let this = move || crate::pipeline::own(NAME, &health, dead_letters(&gauges));
+        let state = crate::http::ApiState::new(
+            Arc::new(move || live.current()),
+            &self.dashboard,
+            this,
+            shared.progress.subscribe(),
+            registry,
+        )
+        .context("setting up the dashboard API")?;
+        Ok(crate::http::router(state))
+    }
+}
+
+/// This process's dead letters, from its own registry.
+fn dead_letters(registry: &Registry) -> i64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "prism_projector_events_total")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "outcome" && l.value() == "dead_lettered")
+        })
+        .map(|m| m.get_counter().value() as i64)
+        .sum()
+}
+
+/// Runs prism-dashboard on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    prism_projector::app::run(DashboardProjector::new(config)?, listener, shutdown).await
+}
+
+#[async_trait]
+impl Copies for DashboardCopies {
+    type Copy = DashboardCopy;
+
+    fn number(copy: &DashboardCopy) -> u32 {
+        copy.number
+    }
+
+    fn sink(copy: &DashboardCopy) -> Arc<dyn Sink> {
+        crate::copies::sink_of(copy)
+    }
+
+    async fn live(&self) -> anyhow::Result<DashboardCopy> {
+        DashboardCopies::live(self).await
+    }
+
+    async fn live_number(&self) -> anyhow::Result<Option<u32>> {
+        DashboardCopies::live_number(self).await
+    }
+
+    async fn open(&self, number: u32) -> anyhow::Result<DashboardCopy> {
+        DashboardCopies::open(self, number).await
+    }
+
+    async fn create_next(&self) -> anyhow::Result<DashboardCopy> {
+        DashboardCopies::create_next(self).await
+    }
+
+    async fn promote(&self, number: u32) -> anyhow::Result<()> {
+        DashboardCopies::promote(self, number).await
+    }
+
+    async fn abandon(&self, number: u32) -> anyhow::Result<()> {
+        DashboardCopies::abandon(self, number).await
+    }
+
+    async fn newest_building(&self) -> anyhow::Result<Option<u32>> {
+        DashboardCopies::newest_building(self).await
+    }
+
+    async fn list(&self) -> anyhow::Result<Vec<CopyInfo>> {
+        DashboardCopies::list(self).await
+    }
+
+    async fn drop_retired(&self) -> anyhow::Result<Vec<String>> {
+        DashboardCopies::drop_retired(self).await
+    }
+
+    async fn report_instance(&self, report: &InstanceReport) -> anyhow::Result<()> {
+        DashboardCopies::report_instance(self, report).await
+    }
+
+    async fn forget_instance(&self, instance: &str) -> anyhow::Result<()> {
+        DashboardCopies::forget_instance(self, instance).await
+    }
+
+    async fn instances(&self, within: Duration) -> anyhow::Result<Vec<InstanceRow>> {
+        DashboardCopies::instances(self, within).await
+    }
+
+    async fn partitions(&self, copy: &DashboardCopy) -> anyhow::Result<Vec<PartitionStatus>> {
+        DashboardCopies::partitions(self, copy).await
+    }
+}
