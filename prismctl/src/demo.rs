@@ -282,8 +282,9 @@ impl Running {
         let service = match kind {
             Kind::Command => &self.command,
             Kind::Ledger => &self.ledger,
-            // The demo does not start prism-search.
             Kind::Search => &self.search,
+            // Not started yet by the demo.
+            Kind::Dashboard => return String::new(),
         };
         service
             .as_ref()

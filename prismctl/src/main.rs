@@ -6,6 +6,11 @@ use clap::{Parser, Subcommand};
 
 use prismctl::{bench, demo, doctor, loadgen, rebuild, seed, status, verify};
 
+/// The projectors' allocator: `demo` and the benches run the services in this process, and
+/// should measure them as their binaries run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "prismctl", version, about = "Operate a Prism installation")]
 struct Cli {

@@ -1,6 +1,6 @@
 //! Prism's services inside this process, and the HTTP calls the demo and the benches make.
 //!
-//! [`Service`] runs `prism-command`, `prism-ledger` or `prism-search` through its crate's
+//! [`Service`] runs `prism-command`, `prism-ledger`, `prism-search` or `prism-dashboard` through its crate's
 //! `app::run` — the
 //! very code of the binary — on a listener this process bound (a fixed port or port 0),
 //! with a shutdown trigger. [`Service::stop`] pulls the trigger and waits for `run` to
@@ -42,6 +42,7 @@ pub enum Kind {
     Command,
     Ledger,
     Search,
+    Dashboard,
 }
 
 impl Kind {
@@ -51,6 +52,7 @@ impl Kind {
             Self::Command => "prism-command",
             Self::Ledger => "prism-ledger",
             Self::Search => "prism-search",
+            Self::Dashboard => "prism-dashboard",
         }
     }
 
@@ -60,6 +62,7 @@ impl Kind {
             Self::Command => "--command-listen",
             Self::Ledger => "--ledger-listen",
             Self::Search => "--search-listen",
+            Self::Dashboard => "--dashboard-listen",
         }
     }
 }
@@ -144,6 +147,7 @@ impl Service {
             Kind::Command => tokio::spawn(prism_command::app::run(config, listener, shutdown)),
             Kind::Ledger => tokio::spawn(prism_ledger::app::run(config, listener, shutdown)),
             Kind::Search => tokio::spawn(prism_search::app::run(config, listener, shutdown)),
+            Kind::Dashboard => tokio::spawn(prism_dashboard::app::run(config, listener, shutdown)),
         };
         Ok(Self {
             kind,
@@ -368,6 +372,8 @@ pub struct Scratch {
     pub group_id: String,
     /// `[search] index_prefix` (lower case, `-`); the search group is `<group_id>-search`.
     pub search_prefix: String,
+    /// `[dashboard] namespace`; the dashboard's group is `<group_id>-dashboard`.
+    pub dashboard_namespace: String,
 }
 
 impl Scratch {
@@ -383,6 +389,7 @@ impl Scratch {
             ledger_database: name.clone(),
             group_id: name.replace('_', "-"),
             search_prefix: name.replace('_', "-"),
+            dashboard_namespace: format!("prism:{name}"),
         }
     }
 
@@ -400,6 +407,15 @@ impl Scratch {
             .search
             .set("index_prefix", self.search_prefix.as_str());
         config.search.set("group_id", self.search_group());
+        config
+            .dashboard
+            .set("namespace", self.dashboard_namespace.as_str());
+        config.dashboard.set("group_id", self.dashboard_group());
+    }
+
+    /// The consumer group of prism-dashboard on these names.
+    pub fn dashboard_group(&self) -> String {
+        format!("{}-dashboard", self.group_id)
     }
 
     /// The consumer group of prism-search on these names.
@@ -446,10 +462,34 @@ impl Scratch {
                 self.search_prefix
             ));
         }
+        let dashboard = async {
+            let projector = prism_dashboard::app::DashboardProjector::new(named.clone())?;
+            let copies = prism_dashboard::copies::DashboardCopies::connect(
+                &config.redis,
+                projector.dashboard_config(),
+            )
+            .await?;
+            if copies.exists().await? {
+                copies.drop_everything().await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = dashboard.await {
+            failures.push(format!(
+                "the dashboard keys {}:*: {e:#}",
+                self.dashboard_namespace
+            ));
+        }
         let dlq = format!("{}.{}.ledger", self.topic, config.projector.dlq_suffix);
         let search_dlq = format!("{}.{}.search", self.topic, config.projector.dlq_suffix);
-        let groups = [self.group_id.as_str(), &self.search_group()];
-        if let Err(e) = delete_kafka(config, &[&self.topic, &dlq, &search_dlq], &groups).await {
+        let dashboard_dlq = format!("{}.{}.dashboard", self.topic, config.projector.dlq_suffix);
+        let groups = [
+            self.group_id.as_str(),
+            &self.search_group(),
+            &self.dashboard_group(),
+        ];
+        let topics = [self.topic.as_str(), &dlq, &search_dlq, &dashboard_dlq];
+        if let Err(e) = delete_kafka(config, &topics, &groups).await {
             failures.push(format!("the Kafka topic {}: {e:#}", self.topic));
         }
         if keep_store {

@@ -2,12 +2,15 @@
 //! backing service reaches with the same work.
 //!
 //! - [`command`]: prism-command's commands/s next to its store's raw append ceiling.
+//! - [`dashboard`]: prism-dashboard's projection rate next to the raw pipelined Redis
+//!   ceiling, the delay until a command shows in its stream, 200 viewers, a day in Redis.
 //! - [`ledger`]: prism-ledger's replay rate next to the raw Kafka and MySQL ceilings.
 //! - [`search`]: prism-search's projection rate next to the raw `_bulk` ceiling, its query
 //!   latency and the delay until a command is searchable.
 //! - [`visibility`]: the delay from a command's acceptance to its visibility in the ledger.
 
 pub mod command;
+pub mod dashboard;
 pub mod ledger;
 pub mod search;
 pub mod visibility;
@@ -30,6 +33,11 @@ enum Target {
     /// it over HTTP and, alternately, inserts the same commits directly into another fresh
     /// database/schema; prints both, their ratio, and drops everything it created.
     Command(command::Args),
+    /// prism-dashboard's projection rate next to the raw pipelined Redis ceiling of the same
+    /// writes, the delay until a command shows in its stream at a steady rate with many
+    /// viewers, and (`--day`) Redis's memory after a day of traffic. See
+    /// `bench/dashboard/mod.rs`.
+    Dashboard(dashboard::Args),
     /// prism-ledger's replay rate (events/s), next to the raw Kafka consume and raw MySQL
     /// write ceilings of the same events on this machine. See `bench/ledger/mod.rs`.
     Ledger(ledger::Args),
@@ -44,6 +52,7 @@ enum Target {
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     match &args.target {
         Target::Command(args) => command::run(config, args).await,
+        Target::Dashboard(args) => dashboard::run(config, args).await,
         Target::Ledger(args) => ledger::run(config, args).await,
         Target::Search(args) => search::run(config, args).await,
         Target::Visibility(args) => visibility::run(config, args).await,

@@ -28,11 +28,11 @@ const DECLINE_WARN_BP = 500; // decline-rate badge: "elevated" from 5 %, "high" 
 const DECLINE_BAD_BP = 1000;
 const FEED_MAX = 50;
 const SVG_NS = 'http://www.w3.org/2000/svg';
-const TYPE_LABELS = {
-  MoneyDeposited: 'Deposit',
-  MoneyWithdrawn: 'Withdrawal',
-  CardPaymentApproved: 'Card payment',
-  CardPaymentDeclined: 'Card declined',
+const TYPE_LABELS = { // feed entries carry the event's CloudEvents type
+  'prism.account.money_deposited': 'Deposit',
+  'prism.account.money_withdrawn': 'Withdrawal',
+  'prism.account.card_payment_approved': 'Card payment',
+  'prism.account.card_payment_declined': 'Card declined',
 };
 
 // ---- State ----------------------------------------------------------------------------------

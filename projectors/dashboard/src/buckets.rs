@@ -84,6 +84,25 @@ impl Grain {
         DateTime::from_timestamp(n.saturating_mul(self.seconds()), 0).unwrap_or_default()
     }
 
+    /// How long a bucket's top lists are kept after the bucket ends, in seconds: only as
+    /// long as the longest window that reads them (1 minute of seconds, 1 hour of minutes,
+    /// 24 hours of hours); nothing else reads them, and they are the model's largest keys.
+    pub const fn top_retention(self) -> i64 {
+        match self {
+            Grain::Second => 60,
+            Grain::Minute => 3_600,
+            Grain::Hour | Grain::Day => 86_400,
+        }
+    }
+
+    /// Unix time (s) at which bucket `n`'s top lists expire.
+    pub fn top_expires_at(self, n: i64) -> i64 {
+        (n + 1)
+            .saturating_mul(self.seconds())
+            .saturating_add(self.top_retention())
+            .saturating_add(EXPIRY_MARGIN_S)
+    }
+
     /// Unix time (s) at which bucket `n`'s keys expire: its end, its retention (minute
     /// and hour buckets kept `hours`) and a margin (so a view reading the oldest bucket
     /// never races the expiry).

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::DashboardConfig;
 use crate::model::Keys;
-use crate::sink::RedisSink;
+use crate::sink::{Dedicated, RedisSink};
 
 /// An opened copy: its keys and the shared connection.
 #[derive(Clone)]
@@ -30,6 +30,7 @@ pub struct DashboardCopy {
     pub number: u32,
     pub keys: Keys,
     pub conn: ConnectionManager,
+    pub dedicated: Dedicated,
     pub large_amount_minor: i64,
     pub feed_max: u32,
 }
@@ -47,6 +48,7 @@ impl DashboardCopy {
     pub fn sink(&self) -> RedisSink {
         RedisSink::new(
             self.conn.clone(),
+            self.dedicated.clone(),
             self.keys.clone(),
             self.large_amount_minor,
             self.feed_max,
@@ -58,6 +60,7 @@ impl DashboardCopy {
 #[derive(Clone)]
 pub struct DashboardCopies {
     conn: ConnectionManager,
+    dedicated: Dedicated,
     namespace: String,
     large_amount_minor: i64,
     feed_max: u32,
@@ -147,17 +150,16 @@ fn now_text() -> String {
 
 impl DashboardCopies {
     pub async fn connect(redis: &RedisConfig, config: &DashboardConfig) -> anyhow::Result<Self> {
-        Ok(Self::with(connect(redis).await?, config))
-    }
-
-    pub fn with(conn: ConnectionManager, config: &DashboardConfig) -> Self {
-        Self {
-            conn,
+        let client = prism_platform::clients::redis(redis)?;
+        let timeout = Duration::from_millis(redis.connect_timeout_ms.max(1));
+        Ok(Self {
+            conn: connect(redis).await?,
+            dedicated: Dedicated::new(client, timeout),
             namespace: config.namespace.clone(),
             large_amount_minor: config.large_amount_minor,
             feed_max: config.feed_max,
             retention_hours: i64::from(config.retention_hours),
-        }
+        })
     }
 
     pub fn namespace(&self) -> &str {
@@ -196,6 +198,7 @@ impl DashboardCopies {
             number,
             keys: Keys::new(&self.namespace, number).retention_hours(self.retention_hours),
             conn: self.conn.clone(),
+            dedicated: self.dedicated.clone(),
             large_amount_minor: self.large_amount_minor,
             feed_max: self.feed_max,
         }
@@ -335,6 +338,22 @@ impl DashboardCopies {
             }
             cursor = next;
         }
+    }
+
+    /// Deletes every key of the namespace: every copy, the control keys, the instances
+    /// (tools and tests that made a namespace of their own).
+    pub async fn drop_everything(&self) -> anyhow::Result<()> {
+        for copy in self.list().await? {
+            self.delete_prefix(&self.copy(copy.number).keys).await?;
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("UNLINK")
+            .arg(self.control())
+            .arg(self.copies())
+            .arg(self.instances_key())
+            .query_async::<()>(&mut conn)
+            .await
+            .context("deleting the dashboard's control keys")
     }
 
     pub async fn newest_building(&self) -> anyhow::Result<Option<u32>> {

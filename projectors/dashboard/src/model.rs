@@ -4,8 +4,8 @@
 //!
 //! | key | type | holds | bounded by |
 //! |---|---|---|---|
-//! | `s:<sec>`, `m:<min>`, `h:<hour>` | hash | `n` events, `t:<type>`, `in:<CUR>`, `out:<CUR>`, `ok`/`no` card payments approved/declined, `r:<reason>` declines | TTL (10 min; 48 h; 48 h) |
-//! | `tv:<g>:<n>`, `td:<g>:<n>`, `tc:<g>:<n>` | sorted set | card payments by merchant approved (`v`olume), declined (`d`), by merchant `c`ountry | TTL as the bucket |
+//! | `s:<sec>`, `m:<min>`, `h:<hour>` | hash | `n` events, `t:<type>` by CloudEvents type, `new` accounts opened, `in:<CUR>`, `out:<CUR>`, `ok`/`no` card payments approved/declined, `r:<reason>` declines | TTL (10 min; 48 h; 48 h) |
+//! | `tv:<g>:<n>`, `td:<g>:<n>`, `tc:<g>:<n>` | sorted set | card payments by merchant approved (`v`olume), declined (`d`), by merchant `c`ountry | TTL: the longest window that reads them (1 min of seconds, 1 h of minutes, 24 h of hours) |
 //! | `u:h:<hour>`, `u:d:<day>` | HyperLogLog | distinct accounts with an event | TTL (48 h; 7 days) |
 //! | `status` | hash | accounts `open`, `frozen`, `closed` | 3 fields |
 //! | `a:<account>` | hash | `v` version, `c` currency, `s` status | one per account |
@@ -85,10 +85,21 @@ impl Keys {
     /// When a key of this kind expires, for bucket keys.
     pub fn expiry(&self, kind: KeyKind) -> Option<i64> {
         match kind {
-            KeyKind::Counters(g, n) | KeyKind::Top(_, g, n) | KeyKind::Distinct(g, n) => {
-                Some(self.expires_at(g, n))
-            }
+            KeyKind::Counters(g, n) | KeyKind::Distinct(g, n) => Some(self.expires_at(g, n)),
+            KeyKind::Top(_, g, n) => Some(self.top_expires_at(g, n)),
             _ => None,
+        }
+    }
+
+    /// When the top lists of bucket `n` of `grain` expire (Unix seconds): as long as a
+    /// window reads them, or as long as the counters when those are kept longer (tests keep
+    /// everything to fold a fixed past date).
+    pub fn top_expires_at(&self, grain: Grain, n: i64) -> i64 {
+        let counters = self.expires_at(grain, n);
+        if self.retention_hours > crate::buckets::HOURS_KEPT {
+            counters
+        } else {
+            grain.top_expires_at(n)
         }
     }
 
@@ -182,6 +193,9 @@ impl FeedEntry {
             if let Some(reason) = card.reason {
                 fields.push(("reason", reason.to_owned()));
             }
+            if !card.approved {
+                fields.push(("declined", "1".to_owned()));
+            }
         }
         Self { fields }
     }
@@ -224,6 +238,9 @@ impl Writes {
         if effect.money_out > 0 {
             fields.push((format!("out:{}", effect.currency), effect.money_out));
         }
+        if matches!(effect.status_change, Some((None, _))) {
+            fields.push(("new".into(), 1));
+        }
         if let Some(card) = &effect.card {
             if card.approved {
                 fields.push(("ok".into(), 1));
@@ -259,7 +276,7 @@ impl Writes {
                         .or_default()
                         .entry(member.clone())
                         .or_default() += 1;
-                    self.expire.insert(key, keys.expires_at(grain, n));
+                    self.expire.insert(key, keys.top_expires_at(grain, n));
                 }
             }
         }
@@ -310,9 +327,9 @@ mod tests {
                 .expect("time")
                 .with_timezone(&Utc),
             event_type: if card.is_some() {
-                "CardPaymentDeclined"
+                "prism.account.card_payment_declined"
             } else {
-                "MoneyDeposited"
+                "prism.account.money_deposited"
             },
             currency: "EUR".into(),
             money_in,
@@ -335,7 +352,7 @@ mod tests {
         );
         assert_eq!(w.counters[&sec]["n"], 2);
         assert_eq!(w.counters[&sec]["in:EUR"], 350);
-        assert_eq!(w.counters[&sec]["t:MoneyDeposited"], 2);
+        assert_eq!(w.counters[&sec]["t:prism.account.money_deposited"], 2);
         assert_eq!(w.counters.len(), 3, "one hash per grain");
         assert!(w.feed.is_empty(), "below the large amount");
         assert_eq!(w.distinct.len(), 2, "hour and day");
@@ -384,6 +401,44 @@ mod tests {
         assert_eq!(
             w.feed[0].event_id(),
             Some(Uuid::from_u128(7).to_string().as_str())
+        );
+    }
+
+    #[test]
+    fn an_opening_counts_a_new_account_and_top_lists_expire_with_their_longest_window() {
+        let keys = Keys::new("t", 1);
+        let mut w = Writes::default();
+        let mut opened = effect("2026-11-28T12:00:00Z", 0, None);
+        opened.status_change = Some((None, crate::fold::Status::Open));
+        w.add(&keys, &opened, 1_000);
+        assert!(w
+            .counters
+            .values()
+            .take(3)
+            .all(|f| f.get("new") == Some(&1)));
+        let card = Card {
+            merchant: "Corner Cafe".into(),
+            country: "DE".into(),
+            approved: true,
+            reason: None,
+        };
+        let paid = effect("2026-11-28T12:00:00Z", 0, Some(card));
+        w.add(&keys, &paid, 1_000);
+        let minute = Grain::Minute.bucket(paid.time);
+        let top = keys.top(Top::MerchantVolume, Grain::Minute, minute);
+        let counters = keys.counters(Grain::Minute, minute);
+        assert_eq!(
+            w.expire[&top] - Grain::Minute.start(minute).timestamp(),
+            60 + 3_600 + crate::buckets::EXPIRY_MARGIN_S,
+            "read by the 1-hour window at most"
+        );
+        assert!(
+            w.expire[&counters] > w.expire[&top],
+            "counters feed the 48-hour series"
+        );
+        assert_eq!(
+            keys.expiry(keys.parse(&top).expect("a key")),
+            Some(w.expire[&top])
         );
     }
 

@@ -136,6 +136,7 @@ fn sum(buckets: &[&Counters]) -> WindowSummary {
             let value = *value;
             match field.as_str() {
                 "n" => w.events += value,
+                "new" => w.new_accounts += value,
                 "ok" => w.card_approved += value,
                 "no" => w.card_declined += value,
                 f => {
@@ -152,7 +153,6 @@ fn sum(buckets: &[&Counters]) -> WindowSummary {
             }
         }
     }
-    w.new_accounts = w.by_type.get("AccountOpened").copied().unwrap_or(0);
     let cards = w.card_approved + w.card_declined;
     w.decline_rate_bp = (cards > 0).then(|| w.card_declined * 10_000 / cards);
     w
@@ -268,7 +268,7 @@ fn feed_entry(id: &str, fields: &[(String, String)]) -> BTreeMap<String, serde_j
         };
         out.insert(k.clone(), value);
     }
-    let declined = out.get("type").and_then(Value::as_str) == Some("CardPaymentDeclined");
+    let declined = out.get("declined").and_then(Value::as_str) == Some("1");
     out.insert("declined".into(), Value::from(declined));
     out
 }
@@ -377,7 +377,7 @@ impl Metric {
             Metric::MoneyOut(c) => format!("out:{c}"),
             Metric::CardApproved => "ok".into(),
             Metric::CardDeclined => "no".into(),
-            Metric::NewAccounts => "t:AccountOpened".into(),
+            Metric::NewAccounts => "new".into(),
         }
     }
 }
@@ -447,8 +447,10 @@ mod tests {
                 ("in:EUR", 250),
             ]),
         ));
-        raw.seconds
-            .push((s, counters(&[("n", 1), ("t:AccountOpened", 1)])));
+        raw.seconds.push((
+            s,
+            counters(&[("n", 1), ("t:prism.account.opened", 1), ("new", 1)]),
+        ));
         let m = Grain::Minute.bucket(now);
         raw.minutes.push((m - 15, counters(&[("n", 40)])));
         raw.minutes
@@ -499,9 +501,10 @@ mod tests {
         let e = feed_entry(
             "1-0",
             &[
-                ("type".into(), "CardPaymentDeclined".into()),
+                ("type".into(), "prism.account.card_payment_declined".into()),
                 ("amount_minor".into(), "1500".into()),
                 ("reason".into(), "insufficient_funds".into()),
+                ("declined".into(), "1".into()),
             ],
         );
         assert_eq!(e["amount_minor"], serde_json::json!(1500));

@@ -1,23 +1,26 @@
 //! The dashboard [`Sink`]: one copy of the model in Redis, in the kit's *transactional*
-//! checkpoint mode, made of one Lua script per batch (`apply.lua`).
+//! checkpoint mode, made of Redis's optimistic transaction (`WATCH` … `MULTI`/`EXEC`).
 //!
-//! Increments are not idempotent, so nothing may be applied twice. [`RedisSink::apply`]:
-//! 1. reads the batch's accounts (`HMGET a:<id> v c s`, pipelined: one round trip);
-//! 2. folds the batch in Rust ([`crate::fold`]) and sums what it writes ([`Writes`]):
-//!    one `HINCRBY` per bucket and field, however many events fall in it;
-//! 3. runs the script, which checks the partition's fence (stored offset = the one this
-//!    writer read) and each account's version (= the one step 2 folded from), and only
-//!    then writes the accounts, the increments, the expiries, the feed and the position.
-//!    Redis runs a script alone, so the batch is all or nothing, and a replay, a duplicate
-//!    or a fenced writer finds the versions or the offset moved and writes nothing.
+//! Increments are not idempotent, so nothing may be applied twice. [`RedisSink::apply`], on
+//! a connection of its own for the batch ([`Dedicated`]):
+//! 1. `WATCH`es the partition's position and the batch's accounts, and reads them
+//!    (`HGET pos offset`, `HMGET a:<id> v c s`), pipelined: one round trip;
+//! 2. checks the fence (the stored offset is the one this writer read: otherwise
+//!    [`SinkError::Fenced`], nothing written), folds the batch in Rust ([`crate::fold`]) and
+//!    sums what it writes ([`Writes`]: one `HINCRBY` per bucket and field, however many
+//!    events fall in it);
+//! 3. sends the accounts, the increments, the expiries, the feed and the position in one
+//!    `MULTI`/`EXEC`. Redis runs it only if no watched key changed since step 1: a writer
+//!    that got in between (a rebalance overlap, a rebuild handing over) makes `EXEC` answer
+//!    nil and nothing is written ([`SinkError::Transient`]: the runtime retries, reads
+//!    again, and then meets the fence). So a replay, a duplicate or a fenced writer never
+//!    double-counts, and the batch is all or nothing.
 //!
-//! A stale version means another writer got between steps 1 and 3 (its position write
-//! would fence this one, so it is rare): [`SinkError::Transient`], and the runtime's retry
-//! reads again. No answer from Redis is transient too; a script error is permanent.
+//! No answer from Redis is transient; an error inside the transaction (a key of the wrong
+//! type) is permanent.
 //!
-//! [`RedisSink::write_raw`] sends the same writes as plain commands in one `MULTI`/`EXEC`
-//! pipeline, without reads, checks or position: the raw ceiling of `prismctl bench
-//! dashboard`.
+//! [`RedisSink::write_raw`] sends the same writes as plain commands in one `MULTI`/`EXEC`,
+//! without `WATCH`, reads or position: the raw ceiling of `prismctl bench dashboard`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,20 +29,69 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use prism_events::Envelope;
 use prism_projector::{Batch, Sink, SinkError, StoredPosition};
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use uuid::Uuid;
 
 use crate::fold::{fold, Account, Status};
 use crate::model::{Keys, Writes};
 
-/// The batch script, loaded once per connection (`EVALSHA`, `EVAL` after a restart).
-static SCRIPT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("apply.lua")));
+/// Idle dedicated connections kept for the next batches.
+const IDLE_MAX: usize = 64;
+
+/// Connections of their own for `WATCH` (which belongs to a connection: a shared,
+/// multiplexed one would mix other callers' commands into the transaction). A batch takes
+/// one and gives it back; a connection that failed is dropped. Cheap to clone.
+#[derive(Clone)]
+pub struct Dedicated {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    idle: Arc<parking_lot::Mutex<Vec<MultiplexedConnection>>>,
+}
+
+impl std::fmt::Debug for Dedicated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedicated")
+            .field("idle", &self.idle.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dedicated {
+    /// Connections to `client`'s server, each command answered within `timeout`.
+    pub fn new(client: redis::Client, timeout: std::time::Duration) -> Self {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout);
+        Self {
+            client,
+            config,
+            idle: Arc::default(),
+        }
+    }
+
+    async fn take(&self) -> Result<MultiplexedConnection, SinkError> {
+        if let Some(conn) = self.idle.lock().pop() {
+            return Ok(conn);
+        }
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|e| transient("connecting to Redis", &e))
+    }
+
+    fn give(&self, conn: MultiplexedConnection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < IDLE_MAX {
+            idle.push(conn);
+        }
+    }
+}
 
 /// What a copy's sink needs.
 #[derive(Clone)]
 pub struct RedisSink {
     conn: ConnectionManager,
+    dedicated: Dedicated,
     keys: Keys,
     large_amount_minor: i64,
     feed_max: u32,
@@ -53,6 +105,9 @@ impl std::fmt::Debug for RedisSink {
     }
 }
 
+/// An account's stored fields: `HMGET a:<id> v c s`.
+type AccountRow = (Option<u64>, Option<String>, Option<String>);
+
 /// An account as read back: the handled version, and the fold's state if the account was
 /// opened (an account whose opening was dead-lettered has a version and no state).
 #[derive(Debug, Clone, Default)]
@@ -64,12 +119,14 @@ struct Stored {
 impl RedisSink {
     pub fn new(
         conn: ConnectionManager,
+        dedicated: Dedicated,
         keys: Keys,
         large_amount_minor: i64,
         feed_max: u32,
     ) -> Self {
         Self {
             conn,
+            dedicated,
             keys,
             large_amount_minor,
             feed_max,
@@ -105,40 +162,155 @@ impl RedisSink {
         Ok(writes)
     }
 
-    /// Step 1: the stored state of `ids`.
-    async fn load(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Stored>, SinkError> {
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("HMGET")
-                .arg(self.keys.account(*id))
+    /// An account's stored fields (`HMGET a:<id> v c s`) as read back.
+    fn stored(
+        &self,
+        id: Uuid,
+        (version, currency, status): AccountRow,
+    ) -> Result<Stored, SinkError> {
+        let version = version.unwrap_or(0);
+        let account = match (currency.filter(|c| !c.is_empty()), status) {
+            (Some(currency), Some(status)) => Some(Account {
+                version,
+                currency,
+                status: Status::parse(&status).ok_or_else(|| {
+                    SinkError::Permanent(format!(
+                        "{} holds status {status:?}, which this build does not know",
+                        self.keys.account(id)
+                    ))
+                })?,
+            }),
+            _ => None,
+        };
+        Ok(Stored { version, account })
+    }
+
+    /// Steps 1 to 3 of [`Sink::apply`] on `conn`, a connection of the batch's own.
+    async fn apply_on(
+        &self,
+        conn: &mut MultiplexedConnection,
+        batch: &Batch,
+    ) -> Result<(), SinkError> {
+        // 1. Watch, then read, the position and the accounts.
+        let mut ids: Vec<Uuid> = batch.versions.iter().map(|v| v.account_id).collect();
+        ids.extend(batch.events.iter().map(|e| e.account_id.0));
+        ids.sort_unstable();
+        ids.dedup();
+        let position_key = batch
+            .position
+            .as_ref()
+            .map(|p| self.keys.position(p.partition));
+        let account_keys: Vec<String> = ids.iter().map(|id| self.keys.account(*id)).collect();
+        let mut read = redis::pipe();
+        read.cmd("WATCH")
+            .arg(&position_key)
+            .arg(&account_keys)
+            .ignore();
+        read.cmd("HGET")
+            .arg(position_key.as_deref().unwrap_or("-"))
+            .arg("offset");
+        for key in &account_keys {
+            read.cmd("HMGET").arg(key).arg("v").arg("c").arg("s");
+        }
+        let (stored_offset, rows): (Option<i64>, Vec<AccountRow>) = {
+            let mut values: Vec<redis::Value> = read
+                .query_async(conn)
+                .await
+                .map_err(|e| transient("reading the batch's position and accounts", &e))?;
+            if values.is_empty() {
+                return Err(SinkError::Transient("Redis answered nothing".into()));
+            }
+            let first = values.remove(0);
+            let offset: Option<i64> = redis::from_redis_value(&first)
+                .map_err(|e| transient("reading the position", &e))?;
+            let rows = values
+                .iter()
+                .map(redis::from_redis_value)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| transient("reading the accounts", &e))?;
+            (offset, rows)
+        };
+
+        // 2. The fence, then the fold, summed.
+        if let Some(p) = &batch.position {
+            if stored_offset != p.expected {
+                return Err(SinkError::Fenced {
+                    partition: p.partition,
+                    stored: stored_offset,
+                });
+            }
+        }
+        let mut stored = HashMap::with_capacity(ids.len());
+        for (id, row) in ids.iter().zip(rows) {
+            stored.insert(*id, self.stored(*id, row)?);
+        }
+        let mut accounts: HashMap<Uuid, Option<Account>> = stored
+            .iter()
+            .map(|(id, s)| (*id, s.account.clone()))
+            .collect();
+        let writes = self.fold_batch(&mut accounts, &batch.events)?;
+
+        // 3. Everything, in one transaction that runs only if nothing watched changed.
+        let handled: HashMap<Uuid, u64> = batch
+            .versions
+            .iter()
+            .map(|v| (v.account_id, v.version))
+            .collect();
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for (id, key) in ids.iter().zip(&account_keys) {
+            let before = stored.get(id).map_or(0, |s| s.version);
+            let folded = accounts.get(id).and_then(Option::as_ref);
+            let version = handled
+                .get(id)
+                .copied()
+                .unwrap_or(0)
+                .max(folded.map_or(0, |a| a.version))
+                .max(before);
+            tx.cmd("HSET")
+                .arg(key)
                 .arg("v")
+                .arg(version)
                 .arg("c")
-                .arg("s");
+                .arg(folded.map_or("", |a| a.currency.as_str()))
+                .arg("s")
+                .arg(folded.map_or("", |a| a.status.as_str()))
+                .ignore();
         }
-        let mut conn = self.conn.clone();
-        let rows: Vec<(Option<u64>, Option<String>, Option<String>)> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| transient("reading the batch's accounts", &e))?;
-        let mut out = HashMap::with_capacity(ids.len());
-        for (id, (version, currency, status)) in ids.iter().zip(rows) {
-            let version = version.unwrap_or(0);
-            let account = match (currency.filter(|c| !c.is_empty()), status) {
-                (Some(currency), Some(status)) => Some(Account {
-                    version,
-                    currency,
-                    status: Status::parse(&status).ok_or_else(|| {
-                        SinkError::Permanent(format!(
-                            "{} holds status {status:?}, which this build does not know",
-                            self.keys.account(*id)
-                        ))
-                    })?,
-                }),
-                _ => None,
-            };
-            out.insert(*id, Stored { version, account });
+        add_increments(&mut tx, &writes, &self.keys.feed(), self.feed_max);
+        if let (Some(p), Some(key)) = (&batch.position, &position_key) {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(key)
+                .arg("offset")
+                .arg(p.offset)
+                .arg("writer")
+                .arg(&p.writer)
+                .arg("updated_at")
+                .arg(time_text(Utc::now()));
+            if let (Some(id), Some(time)) = (p.event_id, p.event_time) {
+                hset.arg("event_id")
+                    .arg(id.to_string())
+                    .arg("event_time")
+                    .arg(time_text(time));
+            }
+            tx.add_command(hset).ignore();
         }
-        Ok(out)
+        tx.cmd("PING");
+        let answer: redis::Value = tx.query_async(conn).await.map_err(|e| {
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                transient("writing the batch", &e)
+            } else {
+                SinkError::Permanent(format!("Redis refused the batch: {e}"))
+            }
+        })?;
+        if answer == redis::Value::Nil {
+            return Err(SinkError::Transient(
+                "another writer changed the partition's position or one of its accounts \
+                 while the batch was folded; nothing was written"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Sends `writes` as plain commands in one `MULTI`/`EXEC` (no checks, no position).
@@ -247,113 +419,25 @@ impl Sink for RedisSink {
     }
 
     async fn apply(&self, batch: &Batch) -> Result<(), SinkError> {
-        // 1. The accounts, as stored.
-        let mut ids: Vec<Uuid> = batch.versions.iter().map(|v| v.account_id).collect();
-        ids.extend(batch.events.iter().map(|e| e.account_id.0));
-        ids.sort_unstable();
-        ids.dedup();
-        let stored = self.load(&ids).await?;
-
-        // 2. The fold, summed.
-        let mut accounts: HashMap<Uuid, Option<Account>> = stored
-            .iter()
-            .map(|(id, s)| (*id, s.account.clone()))
-            .collect();
-        let writes = self.fold_batch(&mut accounts, &batch.events)?;
-
-        // 3. The script.
-        let mut call = SCRIPT.prepare_invoke();
-        match &batch.position {
-            Some(p) => {
-                call.arg(self.keys.position(p.partition))
-                    .arg(p.expected.map(|o| o.to_string()).unwrap_or_default())
-                    .arg(p.offset)
-                    .arg(p.event_id.map(|id| id.to_string()).unwrap_or_default())
-                    .arg(p.event_time.map(time_text).unwrap_or_default())
-                    .arg(&p.writer)
-                    .arg(time_text(Utc::now()));
+        let mut conn = self.dedicated.take().await?;
+        match self.apply_on(&mut conn, batch).await {
+            Ok(()) => {
+                self.dedicated.give(conn);
+                Ok(())
             }
-            None => {
-                call.arg("").arg("").arg("").arg("").arg("").arg("").arg("");
+            // A refusal leaves the connection watching: clear it before it is reused.
+            Err(e @ (SinkError::Fenced { .. } | SinkError::Rejected { .. })) => {
+                if redis::cmd("UNWATCH")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    self.dedicated.give(conn);
+                }
+                Err(e)
             }
-        }
-        let handled: HashMap<Uuid, u64> = batch
-            .versions
-            .iter()
-            .map(|v| (v.account_id, v.version))
-            .collect();
-        call.arg(ids.len());
-        for id in &ids {
-            let before = stored.get(id).map_or(0, |s| s.version);
-            let folded = accounts.get(id).and_then(Option::as_ref);
-            let version = handled
-                .get(id)
-                .copied()
-                .unwrap_or(0)
-                .max(folded.map_or(0, |a| a.version))
-                .max(before);
-            call.arg(self.keys.account(*id))
-                .arg(before)
-                .arg(version)
-                .arg(folded.map_or("", |a| a.currency.as_str()))
-                .arg(folded.map_or("", |a| a.status.as_str()));
-        }
-        let hincr: usize = writes.counters.values().map(|f| f.len()).sum();
-        call.arg(hincr);
-        for (key, fields) in &writes.counters {
-            for (field, by) in fields {
-                call.arg(key).arg(field).arg(by);
-            }
-        }
-        let zincr: usize = writes.tops.values().map(|m| m.len()).sum();
-        call.arg(zincr);
-        for (key, members) in &writes.tops {
-            for (member, by) in members {
-                call.arg(key).arg(member).arg(by);
-            }
-        }
-        call.arg(writes.distinct.len());
-        for (key, members) in &writes.distinct {
-            call.arg(key).arg(members.len());
-            for m in members {
-                call.arg(m);
-            }
-        }
-        call.arg(writes.expire.len());
-        for (key, at) in &writes.expire {
-            call.arg(key).arg(at);
-        }
-        call.arg(self.keys.feed())
-            .arg(self.feed_max)
-            .arg(writes.feed.len());
-        for entry in &writes.feed {
-            call.arg(entry.fields.len());
-            for (field, value) in &entry.fields {
-                call.arg(*field).arg(value);
-            }
-        }
-        let mut conn = self.conn.clone();
-        let answer: Vec<String> = call.invoke_async(&mut conn).await.map_err(|e| {
-            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                transient("applying the batch", &e)
-            } else {
-                SinkError::Permanent(format!("the batch script failed: {e}"))
-            }
-        })?;
-        match answer.first().map(String::as_str) {
-            Some("ok") => Ok(()),
-            Some("fenced") => Err(SinkError::Fenced {
-                partition: batch.position.as_ref().map_or(-1, |p| p.partition),
-                stored: answer.get(1).and_then(|s| s.parse().ok()),
-            }),
-            Some("stale") => Err(SinkError::Transient(format!(
-                "{} moved to version {} while the batch was folded",
-                answer.get(1).map_or("an account", String::as_str),
-                answer.get(2).map_or("?", String::as_str)
-            ))),
-            _ => Err(SinkError::Permanent(format!(
-                "the batch script answered {answer:?}"
-            ))),
+            // Anything else: the connection is dropped (and its WATCH with it).
+            Err(e) => Err(e),
         }
     }
 
@@ -372,10 +456,4 @@ impl Sink for RedisSink {
             .await
             .map_err(|e| transient("recording the last error", &e))
     }
-}
-
-/// A sink on `keys` over `conn` (shared by every sink of a process: one multiplexed
-/// connection that reconnects by itself).
-pub fn sink(conn: ConnectionManager, keys: Keys, large: i64, feed_max: u32) -> Arc<dyn Sink> {
-    Arc::new(RedisSink::new(conn, keys, large, feed_max))
 }

@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     workers: Mutex<HashMap<i32, WorkerHandle>>,
     /// Records of paused partitions, oldest first.
     pending: Mutex<HashMap<i32, VecDeque<Record>>>,
+    /// The offset of the last record handed on, per partition (where a resumed partition
+    /// goes on from).
+    routed: Mutex<HashMap<i32, i64>>,
     /// Offsets last committed to Kafka, per partition.
     committed: Mutex<HashMap<i32, i64>>,
 }
@@ -81,6 +84,7 @@ impl Shared {
             shutdown,
             workers: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            routed: Mutex::new(HashMap::new()),
             committed: Mutex::new(HashMap::new()),
         }
     }
@@ -204,8 +208,10 @@ impl Shared {
         };
         {
             let mut pending = lock(&self.pending);
+            let mut routed = lock(&self.routed);
             for p in partitions {
                 pending.remove(p);
+                routed.remove(p);
             }
         }
         for (_, w) in &handles {
@@ -478,6 +484,7 @@ fn route(consumer: &BaseConsumer<Context>, shared: &Shared, record: Record) {
         // Not ours (any more): the owner reads it from its stored position.
         None => return,
     };
+    lock(&shared.routed).insert(partition, record.offset);
     let mut pending = lock(&shared.pending);
     if let Some(queue) = pending.get_mut(&partition) {
         queue.push_back(record);
@@ -494,7 +501,14 @@ fn route(consumer: &BaseConsumer<Context>, shared: &Shared, record: Record) {
     }
 }
 
+/// Moves the records of paused partitions to their workers, and resumes a partition once
+/// its queue is empty *and* its worker's channel is at most half full. Resuming costs a
+/// fetch (librdkafka drops what it had prefetched for a paused partition and fetches again
+/// from the position), so resuming as soon as one record fits would pay that fetch every
+/// batch during a catch-up; with the half-full mark a paused partition gets a whole
+/// fetch's worth of room first.
 fn drain_pending(consumer: &BaseConsumer<Context>, shared: &Shared) {
+    let resume_at = (shared.settings.config.partition_buffer.max(1) / 2).max(1);
     let mut resumed = Vec::new();
     {
         let workers = lock(&shared.workers);
@@ -518,7 +532,7 @@ fn drain_pending(consumer: &BaseConsumer<Context>, shared: &Shared) {
                     }
                 }
             }
-            if queue.is_empty() {
+            if queue.is_empty() && worker.records.capacity() >= resume_at {
                 resumed.push(*partition);
             }
         }
@@ -528,6 +542,20 @@ fn drain_pending(consumer: &BaseConsumer<Context>, shared: &Shared) {
     }
     for partition in resumed {
         pause(consumer, shared, partition, false);
+        // librdkafka fetches a resumed partition only at its broker thread's next wake-up,
+        // up to a second later (measured: every backpressure pause cost a catch-up about a
+        // second per partition); a seek to where the partition stands (the record after the
+        // last one handed on, which is where librdkafka would go on from) fetches at once.
+        let owned = lock(&shared.workers).contains_key(&partition);
+        let last = lock(&shared.routed).get(&partition).copied();
+        if let (true, Some(last)) = (owned, last) {
+            let _ = consumer.seek(
+                shared.topic(),
+                partition,
+                Offset::Offset(last + 1),
+                Duration::ZERO,
+            );
+        }
     }
 }
 
@@ -544,6 +572,7 @@ fn restart_rewound(consumer: &BaseConsumer<Context>, shared: &Shared) {
             continue;
         };
         lock(&shared.pending).remove(&partition);
+        lock(&shared.routed).remove(&partition);
         let position = match shared.handle.block_on(worker.task) {
             Ok(Exit::Rewind(position)) => position,
             Ok(Exit::Stopped(_)) => continue,

@@ -19,7 +19,7 @@ use rdkafka::ClientContext;
 
 use super::figures::{ConsumeFigures, CpuSnapshot, Rate};
 use super::report::bar;
-use super::workload::workload;
+use super::workload::{timed_workload, Timing};
 use super::*;
 
 pub(super) fn admin(
@@ -182,7 +182,16 @@ pub(super) fn produce(
     topic: &str,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Filled> {
-    produce_workload(config, args.seed, args.accounts, args.events, topic, cancel)
+    let timing = Timing::spread(args.events);
+    produce_workload(
+        config,
+        args.seed,
+        args.accounts,
+        args.events,
+        timing,
+        topic,
+        cancel,
+    )
 }
 
 /// Produces `events` events of the seeded workload over `accounts` accounts to `topic`
@@ -192,6 +201,7 @@ pub(in crate::bench) fn produce_workload(
     seed: u64,
     accounts: u64,
     events: u64,
+    timing: Timing,
     topic: &str,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Filled> {
@@ -221,7 +231,7 @@ pub(in crate::bench) fn produce_workload(
     let bar = bar("filling the topic", Some(events));
     let cpu = CpuSnapshot::take(std::process::id(), &[]);
     let started = Instant::now();
-    let workload = workload(seed, accounts, events);
+    let workload = timed_workload(seed, accounts, events, timing);
     for (sent, (account, envelope)) in workload.enumerate() {
         let record = prism_events::kafka::encode(&envelope);
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());

@@ -14,23 +14,57 @@ const SPAN_US: i64 = 30 * 86_400 * 1_000_000;
 /// Share of suspicious steps (card-testing bursts, holds), as `prismctl demo` sends.
 const SUSPICIOUS_SHARE: f64 = 0.02;
 
+/// When the workload's events happen: the first one's time and the step between two.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::bench) struct Timing {
+    pub(in crate::bench) start: DateTime<Utc>,
+    pub(in crate::bench) step: chrono::Duration,
+}
+
+impl Timing {
+    /// `events` events spread evenly over 30 days from 2025-01-01 (the replay benches).
+    pub(in crate::bench) fn spread(events: u64) -> Self {
+        let step_us = (SPAN_US / i64::try_from(events.max(1)).unwrap_or(i64::MAX)).max(1);
+        Self {
+            start: DateTime::<Utc>::from_timestamp_micros(START_US).unwrap_or_default(),
+            step: chrono::Duration::microseconds(step_us),
+        }
+    }
+
+    /// `events` events at `per_second`, the last one now: what a live system would have
+    /// produced (the dashboard keeps recent buckets only).
+    pub(in crate::bench) fn ending_now(events: u64, per_second: f64) -> Self {
+        let step_us = (1e6 / per_second.max(1e-3)).round().max(1.0) as i64;
+        let span = chrono::Duration::microseconds(
+            step_us.saturating_mul(i64::try_from(events).unwrap_or(i64::MAX)),
+        );
+        Self {
+            start: Utc::now() - span,
+            step: chrono::Duration::microseconds(step_us),
+        }
+    }
+}
+
 /// `events` events over `accounts` accounts (each opened before its other events) as
-/// `(account index, envelope)`; the same arguments give the same events, ids included.
+/// `(account index, envelope)`, spread over 30 days; the same arguments give the same
+/// events, ids included.
 pub(in crate::bench) fn workload(
     seed: u64,
     accounts: usize,
     events: u64,
 ) -> impl Iterator<Item = (usize, Envelope)> {
-    let step_us = (SPAN_US / i64::try_from(events.max(1)).unwrap_or(i64::MAX)).max(1);
-    let start = DateTime::<Utc>::from_timestamp_micros(START_US).unwrap_or_default();
-    Events::new(
-        seed,
-        accounts,
-        SUSPICIOUS_SHARE,
-        start,
-        chrono::Duration::microseconds(step_us),
-    )
-    .take(usize::try_from(events).unwrap_or(usize::MAX))
+    timed_workload(seed, accounts, events, Timing::spread(events))
+}
+
+/// [`workload`] at other times (the events are the same but for their times).
+pub(in crate::bench) fn timed_workload(
+    seed: u64,
+    accounts: usize,
+    events: u64,
+    timing: Timing,
+) -> impl Iterator<Item = (usize, Envelope)> {
+    Events::new(seed, accounts, SUSPICIOUS_SHARE, timing.start, timing.step)
+        .take(usize::try_from(events).unwrap_or(usize::MAX))
 }
 
 #[cfg(test)]

@@ -440,7 +440,8 @@ async fn measure(
         let (config, topic, cancel) = (config.clone(), names.topic.clone(), Arc::clone(cancel));
         let (seed, accounts, events) = (args.seed, args.accounts, args.events);
         tokio::task::spawn_blocking(move || {
-            produce_workload(&config, seed, accounts, events, &topic, &cancel)
+            let timing = super::ledger::workload::Timing::spread(events);
+            produce_workload(&config, seed, accounts, events, timing, &topic, &cancel)
         })
         .await
         .map_err(|e| anyhow!("the producing thread failed: {e}"))??

@@ -1,0 +1,223 @@
+//! The dashboard's guarantees under kills and a Redis restart, the stream's delay, and
+//! the API's refusals.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prism_tests::up;
+use serde_json::{json, Value};
+
+use crate::e2e::{self, CommandService, TOKEN};
+use crate::harness::{
+    assert_identical, frames, isolated, open_account, post, stack, verify, Dashboard, RedisBack,
+    ONE_AT_A_TIME,
+};
+
+/// A seeded load of `events` commands while the dashboard is killed (SIGKILL) twice and
+/// started again: the model ends equal to the fold of the store, and the summary's hour
+/// counts every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_survives_kills_mid_load_and_verifies_clean() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    isolated(3, |env| async move {
+        let command = CommandService::start(&env.config).await;
+        let mut dashboard = Dashboard::start(&env);
+        dashboard.wait_ready(Duration::from_secs(60)).await;
+        let stored = Arc::new(AtomicU64::new(0));
+        let load = tokio::spawn(e2e::seeded_load(
+            command.url.clone(),
+            11,
+            40,
+            1_500,
+            8,
+            Arc::clone(&stored),
+        ));
+        for at in [400, 900] {
+            while stored.load(Ordering::Relaxed) < at && !load.is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            dashboard.kill();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            dashboard.spawn();
+        }
+        let total = up("the load", load.await);
+        dashboard.wait_ready(Duration::from_secs(60)).await;
+        let report = verify(&env.config, Duration::from_secs(90)).await;
+        assert_identical(&report, 40);
+        assert_eq!(report.events, total, "every stored command is one event");
+        let summary = dashboard.summary().await;
+        assert_eq!(
+            summary["windows"]["1h"]["events"].as_u64(),
+            Some(total),
+            "the last hour counts every event: {}",
+            summary["windows"]["1h"]
+        );
+        let open = summary["accounts"]["open"].as_i64().unwrap_or(0)
+            + summary["accounts"]["frozen"].as_i64().unwrap_or(0)
+            + summary["accounts"]["closed"].as_i64().unwrap_or(0);
+        assert_eq!(
+            open, 40,
+            "every account is counted once: {}",
+            summary["accounts"]
+        );
+        command.stop().await;
+    })
+    .await;
+}
+
+/// A large deposit shows in the stream's feed within a second of being accepted; bad
+/// parameters are 400 problems naming the field; no token is a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_stream_shows_a_command_within_a_second_and_bad_input_is_refused() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    isolated(2, |env| async move {
+        let command = CommandService::start(&env.config).await;
+        let mut dashboard = Dashboard::start(&env);
+        dashboard.wait_ready(Duration::from_secs(60)).await;
+        let http = reqwest::Client::new();
+        let account = open_account(&http, &command, 1).await;
+        let mut stream = frames(&dashboard).await;
+        let sent = Instant::now();
+        let answer = post(
+            &http,
+            format!("{}/v1/accounts/{account}/deposits", command.url),
+            json!({"amount_minor": 250_000}),
+        )
+        .await;
+        let accepted = Instant::now();
+        let version = answer["version"].as_u64().expect("a version");
+        let seen = loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), stream.recv()).await;
+            let Ok(Some((at, tick, frame))) = next else {
+                panic!(
+                    "no frame showed the deposit within 10 s; log:\n{}",
+                    dashboard.log_tail()
+                );
+            };
+            assert!(tick > 0, "frames are numbered");
+            let found = frame["feed"].as_array().is_some_and(|feed| {
+                feed.iter()
+                    .any(|e| e["account_id"] == json!(account) && e["version"] == json!(version))
+            });
+            if found {
+                assert_eq!(frame["feed"][0]["amount_minor"], json!(250_000));
+                assert_eq!(frame["feed"][0]["large"], json!(true));
+                break at;
+            }
+        };
+        let delay = seen.saturating_duration_since(accepted);
+        eprintln!(
+            "accepted → in the stream: {} ms (command took {} ms)",
+            delay.as_millis(),
+            accepted.duration_since(sent).as_millis()
+        );
+        assert!(delay < Duration::from_secs(1), "took {delay:?}");
+
+        for (path, field) in [
+            ("/v1/dashboard/series?metric=nope", "metric"),
+            ("/v1/dashboard/series?metric=events&window=3h", "window"),
+            ("/v1/dashboard/series?metric=money_in", "currency"),
+            (
+                "/v1/dashboard/series?metric=money_in&currency=EURO",
+                "currency",
+            ),
+            (
+                "/v1/dashboard/series?metric=events&currency=EUR",
+                "currency",
+            ),
+            ("/v1/dashboard/summary?window=1h", "window"),
+        ] {
+            let (status, content_type, body) = dashboard.get(path).await;
+            assert_eq!(status, 400, "{path}: {body}");
+            assert_eq!(content_type, "application/problem+json", "{path}");
+            let problem: Value = up("a problem", serde_json::from_str(&body));
+            assert_eq!(problem["field"], json!(field), "{path}: {problem}");
+        }
+        let (status, _, body) = dashboard
+            .get("/v1/dashboard/series?metric=money_in&currency=EUR&window=10m")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let series: Value = up("a series", serde_json::from_str(&body));
+        let points = series["points"].as_array().expect("points");
+        assert_eq!(points.len(), 600);
+        let total: i64 = points.iter().filter_map(|p| p["v"].as_i64()).sum();
+        assert_eq!(total, 250_000, "the deposit is in the last ten minutes");
+
+        let anonymous = up(
+            "prism-dashboard",
+            http.get(format!("{}/v1/dashboard/summary", dashboard.url))
+                .send()
+                .await,
+        );
+        assert_eq!(anonymous.status(), 401);
+        let page = up("prism-dashboard", http.get(&dashboard.url).send().await);
+        assert_eq!(page.status(), 200, "the page itself needs no token");
+        command.stop().await;
+    })
+    .await;
+}
+
+/// Redis stops for a few seconds while deposits keep coming: the projector retries (a
+/// lost connection is transient: nothing skipped, nothing dead-lettered), and once Redis is
+/// back the model converges to the fold of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_converges_after_redis_restarts_mid_stream() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    isolated(2, |env| async move {
+        let command = CommandService::start(&env.config).await;
+        let mut dashboard = Dashboard::start(&env);
+        dashboard.wait_ready(Duration::from_secs(60)).await;
+        let http = reqwest::Client::new();
+        let mut accounts = Vec::new();
+        for i in 0..5 {
+            accounts.push(open_account(&http, &command, i).await);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let deposits = {
+            let (stop, url, accounts) = (Arc::clone(&stop), command.url.clone(), accounts.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut sent = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = &accounts[sent as usize % accounts.len()];
+                    let ok = http
+                        .post(format!("{url}/v1/accounts/{id}/deposits"))
+                        .bearer_auth(TOKEN)
+                        .json(&json!({"amount_minor": 100 + sent % 7}))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    sent += u64::from(ok);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                sent
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut back = RedisBack(true);
+        stack(&["down", "redis"]);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        stack(&["up", "redis"]);
+        back.0 = false;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        let sent = up("the deposits", deposits.await);
+        assert!(sent > 100, "deposits kept coming: {sent}");
+        let report = verify(&env.config, Duration::from_secs(90)).await;
+        assert_identical(&report, 5);
+        let (status, _, metrics) = dashboard.get("/metrics").await;
+        assert_eq!(status, 200);
+        let dead: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("prism_projector_events_total") && l.contains("dead_lettered")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(dead, 0.0, "nothing was dead-lettered");
+        dashboard.kill();
+        command.stop().await;
+    })
+    .await;
+}
