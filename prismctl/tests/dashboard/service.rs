@@ -221,3 +221,119 @@ async fn the_dashboard_converges_after_redis_restarts_mid_stream() {
     })
     .await;
 }
+
+/// `prismctl rebuild dashboard` under load while a viewer reads the summary: the new copy
+/// (a key prefix of its own) is filled from the event store, the live pointer moves in one
+/// step, no summary fails on the way, and the new copy verifies clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dashboard_rebuild_switches_copies_without_a_failed_read() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    isolated(2, |env| async move {
+        use prismctl::models::Model;
+        use prismctl::rebuild::{Options, Source};
+
+        let command = CommandService::start(&env.config).await;
+        let mut dashboard = Dashboard::start(&env);
+        dashboard.wait_ready(Duration::from_secs(60)).await;
+        let stored = Arc::new(AtomicU64::new(0));
+        let load = tokio::spawn(e2e::seeded_load(
+            command.url.clone(),
+            5,
+            30,
+            1_200,
+            4,
+            Arc::clone(&stored),
+        ));
+        // The reader: every summary during the rebuild must be a 200.
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (stop, url) = (Arc::clone(&stop), dashboard.url.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let (mut ok, mut failures) = (0_u64, Vec::new());
+                let mut copies = std::collections::BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match http
+                        .get(format!("{url}/v1/dashboard/summary"))
+                        .bearer_auth(TOKEN)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => {
+                            ok += 1;
+                            if let Ok(body) = r.json::<Value>().await {
+                                copies.insert(body["copy"].as_u64().unwrap_or(0));
+                            }
+                        }
+                        Ok(r) => failures.push(format!("{}", r.status())),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (ok, failures, copies)
+            })
+        };
+        while stored.load(Ordering::Relaxed) < 400 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let options = Options {
+            from: Source::Auto,
+            drop_old: false,
+            max_lag: 20,
+            handover_timeout: Duration::from_secs(60),
+            store_page_size: 10_000,
+            progress: false,
+        };
+        let report = prismctl::rebuild::rebuild(
+            &env.config,
+            Model::Dashboard,
+            &options,
+            std::future::pending(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("rebuild dashboard: {e:#}"));
+        assert_eq!(report.previous, Some(1));
+        assert!(report.handed_over, "{report:?}");
+        let total = up("the load", load.await);
+        // Past the API's next look at which copy is live.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failures, copies) = up("the reader", reader.await);
+        assert!(
+            failures.is_empty(),
+            "{} summaries failed: {failures:?}",
+            failures.len()
+        );
+        assert!(ok > 20, "only {ok} summaries read");
+        assert!(
+            copies.contains(&1) && copies.contains(&u64::from(report.generation)),
+            "the reader saw copies {copies:?}"
+        );
+
+        let verified = verify(&env.config, Duration::from_secs(90)).await;
+        assert_identical(&verified, 30);
+        assert_eq!(verified.events, total);
+        let model = up("redis", Model::Dashboard.open(&env.config).await);
+        let states: Vec<(u32, String)> = up("redis", model.copies.list().await)
+            .into_iter()
+            .map(|c| (c.number, c.state.as_str().to_owned()))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (1, "retired".to_owned()),
+                (report.generation, "live".to_owned())
+            ]
+        );
+        let dropped = up("redis", model.copies.drop_retired().await);
+        assert!(
+            dropped.len() == 1 && dropped[0].ends_with(":c1:*"),
+            "{dropped:?}"
+        );
+        let summary = dashboard.summary().await;
+        assert_eq!(summary["copy"].as_u64(), Some(u64::from(report.generation)));
+        assert_eq!(summary["windows"]["1h"]["events"].as_u64(), Some(total));
+        command.stop().await;
+    })
+    .await;
+}
