@@ -3,19 +3,18 @@
 //! `MEMORY USAGE` (sampled for the numerous kinds).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use prism_dashboard::buckets::Grain;
-use prism_dashboard::model::{KeyKind, Writes};
+use prism_dashboard::model::KeyKind;
 use prism_platform::Config;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::super::ledger::figures::{CpuSnapshot, Rate};
-use super::super::ledger::report::{bar, tick};
+use super::super::ledger::report::bar;
 use super::super::ledger::workload::{timed_workload, Timing};
 use super::{copies, Args, DayFigures, KindFigures, Names};
 
@@ -41,75 +40,61 @@ pub(super) async fn run(
     let events = (args.day_rate * 86_400.0).round() as u64;
     let accounts = usize::try_from(args.accounts)?;
     let timing = Timing::ending_now(events, args.day_rate);
-    let (tx, rx) = mpsc::channel::<(u64, Writes)>(WRITERS * 2);
-    let folder = {
-        let (sink, cancel, seed) = (sink.clone(), Arc::clone(cancel), args.seed);
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut state = HashMap::new();
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut flush = |batch: &mut Vec<prism_events::Envelope>| -> anyhow::Result<()> {
-                let writes = sink
-                    .fold_batch(&mut state, batch)
-                    .map_err(|e| anyhow!("the fold refused: {e}"))?;
-                tx.blocking_send((batch.len() as u64, writes))
-                    .map_err(|_| anyhow!("the writers stopped"))?;
-                batch.clear();
-                Ok(())
-            };
-            for (_, envelope) in timed_workload(seed, accounts, events, timing) {
-                batch.push(envelope);
-                if batch.len() == BATCH {
-                    flush(&mut batch)?;
-                    if cancel.load(Ordering::Relaxed) {
-                        return Err(anyhow!("interrupted"));
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                flush(&mut batch)?;
-            }
-            Ok(())
-        })
-    };
 
+    // Fold a batch, start its pipeline, keep at most WRITERS in flight.
     let bar = bar("a day of traffic into Redis", Some(events));
-    let done = Arc::new(AtomicU64::new(0));
-    let ticker = tick(bar.clone(), Arc::clone(&done));
     let cpu = CpuSnapshot::take(std::process::id(), &[]);
     let started = Instant::now();
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let mut writers = JoinSet::new();
-    for _ in 0..WRITERS {
-        let (rx, sink, done) = (Arc::clone(&rx), sink.clone(), Arc::clone(&done));
-        writers.spawn(async move {
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some((n, writes)) = next else {
-                    return anyhow::Ok(());
-                };
-                sink.write_raw(&writes).await?;
-                done.fetch_add(n, Ordering::Relaxed);
-            }
+    let mut state = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut writes: JoinSet<anyhow::Result<u64>> = JoinSet::new();
+    let mut done = 0;
+    let mut workload = timed_workload(args.seed, accounts, events, timing).peekable();
+    while workload.peek().is_some() {
+        batch.clear();
+        batch.extend(workload.by_ref().take(BATCH).map(|(_, e)| e));
+        let folded = sink
+            .fold_batch(&mut state, &batch)
+            .map_err(|e| anyhow!("the fold refused: {e}"))?;
+        let (sink, n) = (sink.clone(), batch.len() as u64);
+        writes.spawn(async move {
+            sink.write_raw(&folded).await?;
+            Ok(n)
         });
-    }
-    let mut failure = None;
-    while let Some(joined) = writers.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(e) => failure = failure.or(Some(anyhow!("a writer failed: {e}"))),
+        while writes.len() >= WRITERS {
+            done += joined(writes.join_next().await)?;
+            bar.set_position(done);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
         }
     }
-    let folded = folder
-        .await
-        .map_err(|e| anyhow!("the fold thread failed: {e}"))?;
-    let elapsed = started.elapsed();
-    ticker.abort();
-    bar.finish_and_clear();
-    if let Some(e) = failure {
-        return Err(e);
+    while !writes.is_empty() {
+        done += joined(writes.join_next().await)?;
+        bar.set_position(done);
     }
-    folded?;
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    // The accounts' own hashes (the sink writes them with each batch; the raw path does not).
+    for chunk in state.iter().collect::<Vec<_>>().chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for (id, account) in chunk {
+            if let Some(a) = account {
+                pipe.cmd("HSET")
+                    .arg(copy.keys.account(**id))
+                    .arg("v")
+                    .arg(a.version)
+                    .arg("c")
+                    .arg(&a.currency)
+                    .arg("s")
+                    .arg(a.status.as_str())
+                    .ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut redis)
+            .await
+            .context("writing the accounts")?;
+    }
     let replay = Rate::of(events, elapsed).cpu(&cpu, std::process::id(), &[]);
     let after = used_memory(&mut redis).await?;
 
@@ -179,6 +164,17 @@ pub(super) async fn run(
     })
 }
 
+/// A finished write's events, or its error.
+fn joined(
+    next: Option<Result<anyhow::Result<u64>, tokio::task::JoinError>>,
+) -> anyhow::Result<u64> {
+    match next {
+        None => Ok(0),
+        Some(Ok(result)) => result,
+        Some(Err(e)) => Err(anyhow!("a writer failed: {e}")),
+    }
+}
+
 fn kind_name(kind: KeyKind) -> &'static str {
     match kind {
         KeyKind::Counters(Grain::Second, _) => "counters per second",
@@ -198,12 +194,11 @@ fn kind_name(kind: KeyKind) -> &'static str {
 
 fn bounded_by(kind: &str) -> &'static str {
     match kind {
-        "counters per second" | "top lists per second" => "TTL: 10 minutes",
-        "counters per minute"
-        | "top lists per minute"
-        | "counters per hour"
-        | "top lists per hour"
-        | "distinct per hour" => "TTL: retention_hours",
+        "counters per second" => "TTL: 10 minutes",
+        "top lists per second" => "TTL: 1 minute",
+        "top lists per minute" => "TTL: 1 hour",
+        "top lists per hour" => "TTL: 24 hours",
+        "counters per minute" | "counters per hour" | "distinct per hour" => "TTL: retention_hours",
         "distinct per day" => "TTL: 7 days",
         "accounts" => "one per account",
         "feed" => "feed_max entries",
