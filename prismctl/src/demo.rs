@@ -2,31 +2,39 @@
 //!
 //! 1. Checks that the backing services it needs answer (Kafka, the event store, MySQL);
 //!    if not, says `dev/stack up` and exits 1.
-//! 2. Starts prism-command, prism-ledger and prism-search in this process — their
-//!    `app::run`, the code of the binaries — on `command.listen`, `ledger.listen` and
-//!    `search.listen` (127.0.0.1:8080, :8081, :8082; `--command-listen`, `--ledger-listen`,
-//!    `--search-listen` change them, port 0 takes any free port). A port in use is named,
-//!    exit 2. They use the configuration as it is (the topic `account-events`, the event
-//!    store, ledger databases and search indices), so what the demo writes is there for
-//!    the binaries afterwards.
-//! 3. Sends seeded loadgen traffic (the [`crate::traffic`] model through
+//! 2. Starts prism-command, prism-ledger, prism-search and prism-dashboard in this process —
+//!    their `app::run`, the code of the binaries — on `command.listen`, `ledger.listen`,
+//!    `search.listen` and `dashboard.listen` (127.0.0.1:8080, :8081, :8082, :8083;
+//!    `--command-listen`, `--ledger-listen`, `--search-listen`, `--dashboard-listen` change
+//!    them, port 0 takes any free port). A port in use is named, exit 2. They use the
+//!    configuration as it is (the topic `account-events`, the event store, ledger databases,
+//!    search indices and dashboard keys), so what the demo writes is there for the binaries
+//!    afterwards; only the dashboard's pipeline health is pointed at the services it runs.
+//! 3. Prints the live page's address with its token (`http://…/#token=…`, the page connects
+//!    by itself) for a human to open before the traffic starts: it moves as the traffic flows.
+//! 4. Sends seeded loadgen traffic (the [`crate::traffic`] model through
 //!    [`crate::loadgen::Client`], open loop at `--rate`), with a progress bar on stderr.
-//! 4. Shows, through the ledger's query API only: a page of accounts and the next one (its
+//! 5. Shows, through the ledger's query API only: a page of accounts and the next one (its
 //!    cursor), the busiest account of the run, its statement newest first (a page and the
 //!    next), and read-your-writes: a deposit, then the same account read with the deposit's
 //!    `Consistency-Token` (and, side by side, without it), with how long the wait took.
-//! 5. Runs a few analyst searches through prism-search's API once it has indexed the
+//! 6. Runs a few analyst searches through prism-search's API once it has indexed the
 //!    traffic: declined payments with facets, the busiest holder's name typed without its
 //!    accents, online card payments by category and merchant country, an autocomplete.
-//! 6. Prints what to try next, stops the services cleanly (the relay drains to Kafka, the
+//! 7. Reads the live dashboard's summary once it has counted the traffic: events in the last
+//!    hour, money in and out per currency, the decline rate, the top merchants, accounts by
+//!    status.
+//! 8. Prints what to try next, stops the services cleanly (the relay drains to Kafka, the
 //!    projectors store their positions and commit) and exits 0. `--keep-running` leaves them up
-//!    until Ctrl-C instead, to try the curl commands.
+//!    until Ctrl-C instead, to try the curl commands, with a light traffic of the same model
+//!    (at most 20 commands/s) that keeps the live page moving.
 //!
 //! The report goes to stdout, progress to stderr. Exit codes: 0 all went well, 1 a service
 //! is down or something failed on the way (said on stderr), 2 a wrong invocation or a port
 //! that cannot be used.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,6 +45,7 @@ use chrono::DateTime;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
+use prism_dashboard::DashboardConfig;
 use prism_events::Currency;
 use prism_ledger::LedgerConfig;
 use prism_platform::config::EventStoreBackend;
@@ -65,6 +74,10 @@ pub struct Args {
     /// picks a free port.
     #[arg(long, value_name = "HOST:PORT")]
     pub search_listen: Option<String>,
+    /// Address prism-dashboard (the live page and its API) listens on (default:
+    /// `dashboard.listen`, 127.0.0.1:8083); port 0 picks a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dashboard_listen: Option<String>,
     /// Accounts the traffic opens.
     #[arg(long, default_value_t = 100)]
     pub accounts: usize,
@@ -80,11 +93,14 @@ pub struct Args {
     /// Most commands in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// After the report, keep the services running until Ctrl-C (to try the curl commands).
+    /// After the report, keep the services running until Ctrl-C (to try the curl commands),
+    /// with a light traffic that keeps the live page moving.
     #[arg(long)]
     pub keep_running: bool,
 }
 
+/// Share of suspicious steps in the traffic model (after onboarding).
+const SUSPICIOUS_SHARE: f64 = 0.02;
 /// Rows per page in the tables (the API's `limit`).
 const PAGE: u32 = 5;
 /// How long prism-command may take to become ready.
@@ -95,6 +111,12 @@ const LEDGER_READY: Duration = Duration::from_secs(300);
 const SEARCH_READY: Duration = Duration::from_secs(300);
 /// How long the demo waits for prism-search to have indexed the traffic.
 const SEARCH_CATCH_UP: Duration = Duration::from_secs(60);
+/// How long prism-dashboard may take to become ready (it catches up with the topic first).
+const DASHBOARD_READY: Duration = Duration::from_secs(300);
+/// How long the demo waits for prism-dashboard to have counted the traffic.
+const DASHBOARD_CATCH_UP: Duration = Duration::from_secs(60);
+/// Most commands per second of the traffic that keeps the page moving with `--keep-running`.
+const BACKGROUND_RATE: f64 = 20.0;
 
 /// The bearer token the README documents for local use (safe to print).
 const LOCAL_TOKEN: &str = "prism-local-dev-token";
@@ -118,6 +140,28 @@ fn search_token(search: &SearchConfig, command_token: &str) -> anyhow::Result<St
     }
 }
 
+/// The token the demo sends to prism-dashboard (and puts in the page's address): its first
+/// `[dashboard] tokens` entry.
+fn dashboard_token(dashboard: &DashboardConfig, command_token: &str) -> anyhow::Result<String> {
+    match dashboard.tokens.first() {
+        Some(token) => Ok(token.expose().to_owned()),
+        None if !dashboard.auth_enabled => Ok(command_token.to_owned()),
+        None => {
+            bail!("[dashboard] tokens is empty while auth_enabled: the demo has no token to send")
+        }
+    }
+}
+
+/// The live page at `url` with `token` in its address (`http://…/#token=…`): the page takes
+/// it from there and connects by itself.
+fn page_url(url: &str, token: &str) -> String {
+    format!(
+        "{}/#token={}",
+        url.trim_end_matches('/'),
+        fragment_encode(token)
+    )
+}
+
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     check_args(args)?;
     services::logs_if_asked(config);
@@ -133,8 +177,8 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .command_listen
         .clone()
         .unwrap_or_else(|| config.command.listen.clone());
-    // The `[ledger]` and `[search]` sections, parsed once (each projector parses its own
-    // again when it starts).
+    // The `[ledger]`, `[search]` and `[dashboard]` sections, parsed once (each projector
+    // parses its own again when it starts).
     let ledger = prism_ledger::app::LedgerProjector::new(config.clone())?
         .ledger_config()
         .clone();
@@ -149,6 +193,14 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .search_listen
         .clone()
         .unwrap_or_else(|| search.listen.clone());
+    let dashboard = prism_dashboard::app::DashboardProjector::new(config.clone())?
+        .dashboard_config()
+        .clone();
+    let dashboard_listen = args
+        .dashboard_listen
+        .clone()
+        .unwrap_or_else(|| dashboard.listen.clone());
+    let page_token = dashboard_token(&dashboard, &token)?;
 
     // 1. The stack.
     let spinner = spinner("checking the stack (Kafka, event store, MySQL)");
@@ -189,15 +241,32 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let dashboard_listener = match services::bind(Kind::Dashboard, &dashboard_listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("prismctl: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let listeners = Listeners {
         command: command_listener,
         ledger: ledger_listener,
         search: search_listener,
+        dashboard: dashboard_listener,
     };
 
     let mut running = Running::default();
+    let sections = Sections {
+        ledger: &ledger,
+        search: &search,
+        dashboard: &dashboard,
+    };
+    let tokens = Tokens {
+        command: &token,
+        dashboard: &page_token,
+    };
     let outcome = tokio::select! {
-        outcome = demo(&config, &ledger, &search, args, &token, listeners, &mut running) => outcome,
+        outcome = demo(&config, sections, args, tokens, listeners, &mut running) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     let mut failed = false;
@@ -213,18 +282,36 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     if args.keep_running && outcome.is_ok() && running.all_up() {
+        let rate = args.rate.min(BACKGROUND_RATE);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
             "\nThe services keep running (prism-command at {}, prism-ledger at {}, \
-             prism-search at {}). Press Ctrl-C to stop them.",
+             prism-search at {}, prism-dashboard at {}).\nA light traffic of the same model \
+             ({rate:.0} commands/s on the demo's accounts) keeps the live page moving: open {}\n\
+             Press Ctrl-C to stop them.",
             running.url(Kind::Command),
             running.url(Kind::Ledger),
-            running.url(Kind::Search)
+            running.url(Kind::Search),
+            running.url(Kind::Dashboard),
+            page_url(&running.url(Kind::Dashboard), &page_token)
         );
         let _ = out.flush();
         drop(out);
-        let _ = tokio::signal::ctrl_c().await;
+        match running.background.take() {
+            Some(background) => tokio::select! {
+                moved = keep_moving(background, rate, args.concurrency) => {
+                    if let Err(e) = moved {
+                        eprintln!("prismctl: the background traffic stopped: {e:#}");
+                    }
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+                _ = tokio::signal::ctrl_c() => {}
+            },
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
     if !running.stop().await {
         failed = true;
@@ -262,6 +349,9 @@ struct Running {
     command: Option<Service>,
     ledger: Option<Service>,
     search: Option<Service>,
+    dashboard: Option<Service>,
+    /// What keeps the live page moving with `--keep-running`, once the traffic ran.
+    background: Option<Background>,
 }
 
 /// The services' listeners, bound before anything starts (a port in use is exit 2).
@@ -269,11 +359,24 @@ struct Listeners {
     command: tokio::net::TcpListener,
     ledger: tokio::net::TcpListener,
     search: tokio::net::TcpListener,
+    dashboard: tokio::net::TcpListener,
+}
+
+/// The projectors' configuration sections, parsed once.
+#[derive(Clone, Copy)]
+struct Sections<'a> {
+    ledger: &'a LedgerConfig,
+    search: &'a SearchConfig,
+    dashboard: &'a DashboardConfig,
 }
 
 impl Running {
+    fn services(&self) -> [&Option<Service>; 4] {
+        [&self.command, &self.ledger, &self.search, &self.dashboard]
+    }
+
     fn all_up(&self) -> bool {
-        [&self.command, &self.ledger, &self.search]
+        self.services()
             .iter()
             .all(|s| s.as_ref().is_some_and(|s| !s.has_stopped()))
     }
@@ -283,8 +386,7 @@ impl Running {
             Kind::Command => &self.command,
             Kind::Ledger => &self.ledger,
             Kind::Search => &self.search,
-            // Not started yet by the demo.
-            Kind::Dashboard => return String::new(),
+            Kind::Dashboard => &self.dashboard,
         };
         service
             .as_ref()
@@ -294,16 +396,19 @@ impl Running {
     /// Stops prism-command (its relay drains to Kafka), then the projectors (each projects
     /// what it has, stores its positions and commits). Whether all stopped cleanly.
     async fn stop(&mut self) -> bool {
-        if self.command.is_none() && self.ledger.is_none() && self.search.is_none() {
+        if self.services().iter().all(|s| s.is_none()) {
             return true;
         }
-        let bar = spinner("stopping prism-command (relay drains), prism-ledger and prism-search");
+        let bar = spinner(
+            "stopping prism-command (relay drains), prism-ledger, prism-search and prism-dashboard",
+        );
         let began = Instant::now();
         let mut errors = Vec::new();
         for service in [
             self.command.as_mut(),
             self.ledger.as_mut(),
             self.search.as_mut(),
+            self.dashboard.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -321,7 +426,8 @@ impl Running {
         bar.finish_and_clear();
         let mut out = std::io::stdout().lock();
         if errors.is_empty() {
-            let mut names: Vec<&str> = [&self.command, &self.ledger, &self.search]
+            let mut names: Vec<&str> = self
+                .services()
                 .iter()
                 .filter_map(|s| s.as_ref().map(|s| s.kind().name()))
                 .collect();
@@ -352,17 +458,23 @@ impl Running {
 
 async fn demo(
     config: &Config,
-    ledger_config: &LedgerConfig,
-    search_config: &SearchConfig,
+    sections: Sections<'_>,
     args: &Args,
-    token: &str,
+    tokens: Tokens<'_>,
     listeners: Listeners,
     running: &mut Running,
 ) -> anyhow::Result<Finish> {
+    let token = tokens.command;
+    let Sections {
+        ledger: ledger_config,
+        search: search_config,
+        dashboard: dashboard_config,
+    } = sections;
     let Listeners {
         command: command_listener,
         ledger: ledger_listener,
         search: search_listener,
+        dashboard: dashboard_listener,
     } = listeners;
     // prism-command first: it creates the topic the ledger subscribes to.
     let command = running.command.insert(Service::start(
@@ -404,16 +516,43 @@ async fn demo(
     ready?;
     let search_url = search.url().to_owned();
 
+    // The page's pipeline health reads the services this demo runs, wherever they listen.
+    let mut with_health = config.clone();
+    with_health.dashboard.set(
+        "health_targets",
+        health_targets(
+            &dashboard_config.health_targets,
+            &[
+                ("command", &command_url),
+                ("ledger", &ledger_url),
+                ("search", &search_url),
+            ],
+        ),
+    );
+    let dashboard = running.dashboard.insert(Service::start(
+        Kind::Dashboard,
+        with_health,
+        dashboard_listener,
+    )?);
+    let bar = spinner("starting prism-dashboard (it catches up with the topic first)");
+    let ready = dashboard
+        .wait_ready(DASHBOARD_READY, |why| bar.set_message(why.to_owned()))
+        .await;
+    bar.finish_and_clear();
+    ready?;
+    let dashboard_url = dashboard.url().to_owned();
+    let page = page_url(&dashboard_url, tokens.dashboard);
+
     let mut out = Report::new();
     print_header(
         &mut out,
         config,
-        ledger_config,
-        search_config,
-        [&command_url, &ledger_url, &search_url],
+        sections,
+        [&command_url, &ledger_url, &search_url, &dashboard_url],
+        &page,
     );
 
-    // 3. Traffic.
+    // 4. Traffic.
     let client = Client::new(
         &command_url,
         token,
@@ -421,7 +560,7 @@ async fn demo(
         Duration::from_secs(10),
         3,
     )?;
-    let traffic = drive(&client, args).await?;
+    let (traffic, model) = drive(&client, args).await?;
     print_traffic(&mut out, args, &traffic);
     let Some(chosen) = traffic.busiest() else {
         bail!(
@@ -430,8 +569,15 @@ async fn demo(
         );
     };
     let chosen = chosen.to_owned();
+    if args.keep_running {
+        running.background = Some(Background {
+            client: client.clone(),
+            model,
+            ids: traffic.ids.clone(),
+        });
+    }
 
-    // 4. The ledger's query API.
+    // 5. The ledger's query API, 6. the searches, 7. the live dashboard.
     let api = Api::new(&command_url, &ledger_url, token, Duration::from_secs(30), 4)?
         .with_ledger_token(&ledger_token(ledger_config, token)?)
         .with_search(&search_url, &search_token(search_config, token)?);
@@ -441,21 +587,30 @@ async fn demo(
     show_statement(&mut out, &api, &chosen).await?;
     let visible = read_your_writes(&mut out, &api, &chosen, &account).await?;
     let searched = show_searches(&mut out, &api, &account, SEARCH_CATCH_UP).await;
+    let board = DashboardApi::new(&dashboard_url, tokens.dashboard)?;
+    let counted = show_dashboard(&mut out, &board, traffic.accepted, DASHBOARD_CATCH_UP).await;
     // Once the demo ends, the binaries would listen where the configuration says.
-    let (try_command, try_ledger, try_search) = if args.keep_running {
-        (command_url.clone(), ledger_url.clone(), search_url.clone())
+    let tried = if args.keep_running {
+        [
+            command_url.clone(),
+            ledger_url.clone(),
+            search_url.clone(),
+            dashboard_url.clone(),
+        ]
     } else {
-        (
+        [
             format!("http://{}", config.command.listen),
             format!("http://{}", ledger_config.listen),
             format!("http://{}", search_config.listen),
-        )
+            format!("http://{}", dashboard_config.listen),
+        ]
     };
+    let [try_command, try_ledger, try_search, try_dashboard] = &tried;
     print_next_steps(
         &mut out,
         args,
-        token,
-        [&try_command, &try_ledger, &try_search],
+        tokens,
+        [try_command, try_ledger, try_search, try_dashboard],
         &chosen,
     );
 
@@ -474,11 +629,29 @@ async fn demo(
     if let Err(e) = searched {
         problems.push(format!("the analyst searches: {e:#}"));
     }
+    if let Err(e) = counted {
+        problems.push(format!("the live dashboard: {e:#}"));
+    }
     Ok(if problems.is_empty() {
         Finish::Clean
     } else {
         Finish::Failed(problems.join("; "))
     })
+}
+
+/// `health_targets` (`name=url` of a `/metrics`) with the address of the service this process
+/// runs under the same name in place of the configured one; other targets stay as they are.
+fn health_targets(configured: &[String], running: &[(&str, &str)]) -> Vec<String> {
+    configured
+        .iter()
+        .map(|target| {
+            let name = target.split_once('=').map_or("", |(name, _)| name);
+            match running.iter().find(|(ours, _)| *ours == name) {
+                Some((name, url)) => format!("{name}={}/metrics", url.trim_end_matches('/')),
+                None => target.clone(),
+            }
+        })
+        .collect()
 }
 
 // ---------- traffic ----------
@@ -574,8 +747,9 @@ impl TrafficRun {
 }
 
 /// Sends the seeded traffic open loop at `--rate` for `--duration`: every account is
-/// opened first (their ids come from the server), then the everyday sequence.
-async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
+/// opened first (their ids come from the server), then the everyday sequence. Also gives
+/// back the model where it stopped (the next step is the first one not sent).
+async fn drive(client: &Client, args: &Args) -> anyhow::Result<(TrafficRun, Traffic)> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let stats = Arc::new(Mutex::new(TrafficRun::new(args.accounts)?));
     let semaphore = Arc::new(Semaphore::new(args.concurrency));
@@ -615,10 +789,11 @@ async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
     };
 
     let mut opened: Option<Arc<Vec<Option<String>>>> = None;
-    for step in Traffic::new(args.seed, args.accounts, 0.02) {
-        if Instant::now() >= deadline {
+    let mut model = Traffic::new(args.seed, args.accounts, SUSPICIOUS_SHARE);
+    while Instant::now() < deadline {
+        let Some(step) = model.next() else {
             break;
-        }
+        };
         let is_open = matches!(step.op, Op::Open { .. });
         if !is_open && opened.is_none() {
             // Every account must exist before its first command.
@@ -675,7 +850,61 @@ async fn drive(client: &Client, args: &Args) -> anyhow::Result<TrafficRun> {
     stats.elapsed = started.elapsed();
     let mut result = TrafficRun::new(0)?;
     std::mem::swap(&mut *stats, &mut result);
-    Ok(result)
+    Ok((result, model))
+}
+
+/// The traffic model where the demo's traffic left it, and the accounts it opened: what
+/// keeps the live page moving with `--keep-running`.
+struct Background {
+    client: Client,
+    model: Traffic,
+    /// Server ids of the accounts, by index in the model (`None`: not opened).
+    ids: Vec<Option<String>>,
+}
+
+/// Goes on with the model at `rate` commands/s (at most `concurrency` in flight) until the
+/// future is dropped (Ctrl-C). Answers are not reported: rules saying no are part of the
+/// model, and the page shows what was stored. An account opened meanwhile is used once its
+/// id is back; a step for an account not opened is skipped.
+async fn keep_moving(background: Background, rate: f64, concurrency: usize) -> anyhow::Result<()> {
+    let Background { client, model, ids } = background;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let ids = Arc::new(Mutex::new(ids));
+    let semaphore = Arc::new(Semaphore::new(concurrency));
+    let mut bucket = TokenBucket::new(rate);
+    // Dropped with this future: the requests in flight are abandoned.
+    let mut tasks = JoinSet::new();
+    for step in model {
+        let is_open = matches!(step.op, Op::Open { .. });
+        let known = ids.lock().get(step.account).cloned().flatten();
+        let account_id = match (is_open, known) {
+            (true, _) => String::new(),
+            (false, Some(id)) => id,
+            (false, None) => {
+                // Let Ctrl-C in even if many steps in a row are skipped.
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        bucket.take().await;
+        let permit = Arc::clone(&semaphore)
+            .acquire_owned()
+            .await
+            .context("the in-flight limit closed")?;
+        let key = format!("demo-live-{run_id}-{}", step.seq);
+        let (client, ids) = (client.clone(), Arc::clone(&ids));
+        tasks.spawn(async move {
+            let answer = client.send(&step.op, &account_id, Some(&key)).await;
+            if let (true, true, Some(id)) = (is_open, answer.outcome.stored(), answer.account_id) {
+                if let Some(slot) = ids.lock().get_mut(step.account) {
+                    *slot = Some(id);
+                }
+            }
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    Ok(())
 }
 
 // ---------- the ledger's query API ----------
@@ -1047,14 +1276,20 @@ impl Report {
     }
 }
 
+/// What runs where, and the live page's address to open before the traffic starts.
 fn print_header(
     out: &mut Report,
     config: &Config,
-    ledger: &LedgerConfig,
-    search: &SearchConfig,
-    urls: [&str; 3],
+    sections: Sections<'_>,
+    urls: [&str; 4],
+    page: &str,
 ) {
-    let [command_url, ledger_url, search_url] = urls;
+    let [command_url, ledger_url, search_url, dashboard_url] = urls;
+    let Sections {
+        ledger,
+        search,
+        dashboard,
+    } = sections;
     let (search_prefix, search_group) = (&search.index_prefix, &search.group_id);
     let store = match config.event_store.backend {
         EventStoreBackend::Mongodb => format!(
@@ -1108,11 +1343,32 @@ fn print_header(
                     config.elasticsearch.url.hosts()
                 ),
             ],
+            vec![
+                "prism-dashboard".into(),
+                dashboard_url.into(),
+                "live operations page: events/s, money in/out, declines, top merchants, feed, \
+                 pipeline health"
+                    .into(),
+            ],
+            vec![
+                String::new(),
+                String::new(),
+                format!(
+                    "consumes it too (group {:?}) into Redis keys {:?}:* at {}, serves the page",
+                    dashboard.group_id,
+                    dashboard.namespace,
+                    config.redis.url.hosts()
+                ),
+            ],
         ],
     );
     out.line(
-        "All three run in this process with the code of their binaries and stop when the demo ends.",
+        "All four run in this process with the code of their binaries and stop when the demo ends.",
     );
+    out.blank();
+    out.line(&format!(
+        "Live page — open it now, it moves as the traffic flows: {page}"
+    ));
 }
 
 fn print_traffic(out: &mut Report, args: &Args, t: &TrafficRun) {
@@ -1178,8 +1434,16 @@ fn print_traffic(out: &mut Report, args: &Args, t: &TrafficRun) {
     }
 }
 
-fn print_next_steps(out: &mut Report, args: &Args, token: &str, urls: [&str; 3], id: &str) {
-    let [command_url, ledger_url, search_url] = urls;
+/// The tokens the demo sends: prism-command's (the ledger's and search's are the same in the
+/// local configuration) and prism-dashboard's (also in the live page's address).
+#[derive(Clone, Copy)]
+struct Tokens<'a> {
+    command: &'a str,
+    dashboard: &'a str,
+}
+
+fn print_next_steps(out: &mut Report, args: &Args, tokens: Tokens<'_>, urls: [&str; 4], id: &str) {
+    let [command_url, ledger_url, search_url, dashboard_url] = urls;
     out.section("Try it yourself");
     if args.keep_running {
         out.line("The services keep running below; in another terminal:");
@@ -1187,17 +1451,27 @@ fn print_next_steps(out: &mut Report, args: &Args, token: &str, urls: [&str; 3],
         out.line("Start the services (or run `prismctl demo --keep-running`), then:");
         out.line(
             "  cargo run --release -p prism-command &   cargo run --release -p prism-ledger &   \
-             cargo run --release -p prism-search &",
+             cargo run --release -p prism-search &   cargo run --release -p prism-dashboard &",
         );
     }
-    let shown_token = if token == LOCAL_TOKEN {
-        token
+    let shown_token = if tokens.command == LOCAL_TOKEN {
+        tokens.command
     } else {
-        "<a token from [command], [ledger] and [search] tokens>"
+        "<a token from [command], [ledger], [search] and [dashboard] tokens>"
     };
+    let page_token = if tokens.dashboard == LOCAL_TOKEN {
+        tokens.dashboard
+    } else {
+        "<a token from [dashboard] tokens>"
+    };
+    out.line(&format!(
+        "Open the live page in a browser: {}",
+        page_url(dashboard_url, page_token)
+    ));
     let c = command_url.trim_start_matches("http://");
     let l = ledger_url.trim_start_matches("http://");
     let s = search_url.trim_start_matches("http://");
+    let d = dashboard_url.trim_start_matches("http://");
     for line in [
         format!("ID={id}"),
         format!("T='Authorization: Bearer {shown_token}'"),
@@ -1211,6 +1485,7 @@ fn print_next_steps(out: &mut Report, args: &Args, token: &str, urls: [&str; 3],
         format!("curl -s -H \"$T\" -H 'Consistency-Token: <consistency_token of that answer>' {l}/v1/accounts/$ID"),
         format!("curl -s -H \"$T\" '{s}/v1/search/transactions?q=cafe&channel=online&facets=true&limit=5'"),
         format!("curl -s -H \"$T\" '{s}/v1/search/accounts?q=zoe'"),
+        format!("curl -s -H \"$T\" {d}/v1/dashboard/summary   # what the live page shows"),
         "prismctl status                   # where each projector stands on each Kafka partition".into(),
         "prismctl verify ledger            # re-fold the event store and compare".into(),
         "prismctl verify search            # every search document against the event store".into(),
@@ -1243,11 +1518,18 @@ fn number(value: &Value) -> String {
 /// `1,234.56 EUR`, `-1,500 JPY`, `12.345 KWD`: the currency's own number of decimals.
 fn money(minor: i64, currency: &str) -> String {
     let exponent = Currency::parse(currency).map_or(2, |c| u32::from(c.exponent()));
+    money_in_decimals(minor, currency, exponent)
+}
+
+/// Like [`money`] with the number of decimals given (as an API states it).
+fn money_in_decimals(minor: i64, currency: &str, exponent: u32) -> String {
+    format!("{} {currency}", decimal(minor, exponent))
+}
+
+/// `-1,234.56`: `minor` units with `exponent` decimals, integers only.
+fn decimal(minor: i64, exponent: u32) -> String {
     let sign = if minor < 0 { "-" } else { "" };
-    format!(
-        "{sign}{} {currency}",
-        unsigned_amount(minor.unsigned_abs(), exponent)
-    )
+    format!("{sign}{}", unsigned_amount(minor.unsigned_abs(), exponent))
 }
 
 /// Like [`money`] with an explicit `+` on credits.
@@ -1299,6 +1581,34 @@ fn shorten(s: &str, max: usize) -> String {
     }
 }
 
+/// Percent-encodes a value for an address's `#fragment` (the page decodes it with
+/// `decodeURIComponent`): everything but letters, digits and `-._~`.
+fn fragment_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `1234` basis points → `12.34 %`, with integers only.
+fn basis_points(bp: i64) -> String {
+    let sign = if bp < 0 { "-" } else { "" };
+    let bp = bp.unsigned_abs();
+    format!("{sign}{}.{:02} %", bp / 100, bp % 100)
+}
+
+/// `1,234`: a count with its thousands grouped.
+fn count(n: i64) -> String {
+    let sign = if n < 0 { "-" } else { "" };
+    format!("{sign}{}", unsigned_amount(n.unsigned_abs(), 0))
+}
+
 /// Percent-encodes a query parameter value.
 fn encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
@@ -1335,13 +1645,18 @@ fn without_accents(text: &str) -> String {
         .collect()
 }
 
-/// Waits until prism-search has indexed everything on the topic: every partition of its
-/// `/readyz` at lag 0, twice in a row (the relay may still be publishing the last commits).
-async fn search_caught_up(api: &Api, limit: Duration) -> anyhow::Result<()> {
+/// Waits until a projector (`name`) has projected everything on the topic: every partition
+/// of its `/readyz` (asked through `readyz`) at lag 0, twice in a row (the relay may still
+/// be publishing the last commits).
+async fn caught_up<F, R>(name: &str, limit: Duration, mut readyz: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> R,
+    R: Future<Output = anyhow::Result<QueryReply>>,
+{
     let deadline = Instant::now() + limit;
     let mut settled = 0;
     loop {
-        let reply = api.search_get("/readyz").await?;
+        let reply = readyz().await?;
         let lagging = reply.body["partitions"]
             .as_object()
             .map_or(usize::MAX, |p| {
@@ -1358,7 +1673,7 @@ async fn search_caught_up(api: &Api, limit: Duration) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("prism-search has not caught up after {} s", limit.as_secs());
+            bail!("{name} has not caught up after {} s", limit.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -1429,7 +1744,7 @@ async fn show_searches(
     catch_up: Duration,
 ) -> anyhow::Result<()> {
     out.section("Analyst searches (prism-search)");
-    search_caught_up(api, catch_up).await?;
+    caught_up("prism-search", catch_up, || api.search_get("/readyz")).await?;
     let headers = [
         ("time (UTC)", Align::Left),
         ("holder", Align::Left),
@@ -1507,6 +1822,199 @@ async fn show_searches(
     Ok(())
 }
 
+// ---------- the live dashboard ----------
+
+/// HTTP client for prism-dashboard's API, with its token (`[dashboard] tokens`).
+struct DashboardApi {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl DashboardApi {
+    fn new(url: &str, token: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    /// `GET path` on prism-dashboard, authenticated.
+    async fn get(&self, path: &str) -> anyhow::Result<QueryReply> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("GET {path} from prism-dashboard"))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading the answer to GET {path} from prism-dashboard"))?;
+        Ok(QueryReply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            answered_at: Instant::now(),
+        })
+    }
+}
+
+/// The summary once prism-dashboard has counted the traffic: caught up with the topic, and
+/// at least `accepted` events (the commands the traffic stored) in the last hour.
+async fn counted_summary(
+    board: &DashboardApi,
+    accepted: u64,
+    limit: Duration,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + limit;
+    caught_up("prism-dashboard", limit, || board.get("/readyz")).await?;
+    loop {
+        let reply = board.get(SUMMARY).await?;
+        if reply.status != 200 {
+            bail!("GET {SUMMARY}: {}", reply.describe());
+        }
+        let events = reply.body["windows"]["1h"]["events"].as_u64().unwrap_or(0);
+        if events >= accepted {
+            return Ok(reply.body);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "prism-dashboard counted {events} events in the last hour after {} s, expected \
+                 at least {accepted} (the commands the traffic stored)",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The dashboard's summary path.
+const SUMMARY: &str = "/v1/dashboard/summary";
+
+/// Money in and out per currency (`{currency: minor units}` each) as table rows: currency,
+/// in, out, with the decimals the summary states for each currency (`currencies`).
+fn money_rows(money_in: &Value, money_out: &Value, currencies: &Value) -> Vec<Vec<String>> {
+    let mut codes: Vec<&String> = [money_in, money_out]
+        .iter()
+        .filter_map(|m| m.as_object())
+        .flat_map(|m| m.keys())
+        .collect();
+    codes.sort();
+    codes.dedup();
+    codes
+        .into_iter()
+        .map(|currency| {
+            let exponent = currencies[currency.as_str()]
+                .as_u64()
+                .and_then(|e| u32::try_from(e).ok())
+                .unwrap_or_else(|| {
+                    Currency::parse(currency).map_or(2, |c| u32::from(c.exponent()))
+                });
+            let amount = |m: &Value| decimal(m[currency.as_str()].as_i64().unwrap_or(0), exponent);
+            vec![currency.clone(), amount(money_in), amount(money_out)]
+        })
+        .collect()
+}
+
+/// The live dashboard, read through its API once it has counted the traffic.
+async fn show_dashboard(
+    out: &mut Report,
+    board: &DashboardApi,
+    accepted: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    out.section("Live dashboard (prism-dashboard)");
+    let summary = counted_summary(board, accepted, limit).await?;
+    out.line(&format!(
+        "GET {SUMMARY}   (what the live page shows, counted from the same events)"
+    ));
+    let (hour, quarter) = (&summary["windows"]["1h"], &summary["windows"]["15m"]);
+    let int = |v: &Value| v.as_i64().unwrap_or(0);
+    let decline_rate = match quarter["decline_rate_bp"].as_i64() {
+        Some(bp) => format!(
+            "{} ({} declined of {} card payments)",
+            basis_points(bp),
+            count(int(&quarter["card_declined"])),
+            count(int(&quarter["card_approved"]).saturating_add(int(&quarter["card_declined"])))
+        ),
+        None => "no card payment in the window".to_owned(),
+    };
+    let merchants: Vec<String> = hour["top_merchants_by_volume"]
+        .as_array()
+        .map(|top| {
+            top.iter()
+                .take(3)
+                .map(|m| format!("{} ({})", text(&m["name"]), count(int(&m["count"]))))
+                .collect()
+        })
+        .unwrap_or_default();
+    let accounts = &summary["accounts"];
+    let rows = [
+        (
+            "events in the last hour",
+            format!(
+                "{} (last minute {})",
+                count(int(&hour["events"])),
+                count(int(&summary["windows"]["1m"]["events"]))
+            ),
+        ),
+        ("declines, last 15 min", decline_rate),
+        (
+            "top merchants, last hour",
+            if merchants.is_empty() {
+                "no approved card payment".to_owned()
+            } else {
+                merchants.join(" · ")
+            },
+        ),
+        (
+            "accounts",
+            format!(
+                "{} open · {} frozen · {} closed ({} active in the last hour)",
+                count(int(&accounts["open"])),
+                count(int(&accounts["frozen"])),
+                count(int(&accounts["closed"])),
+                count(int(&summary["active_accounts"]["hour"]))
+            ),
+        ),
+    ];
+    for (key, value) in rows {
+        out.line(&format!("  {key:<25} {value}"));
+    }
+    let money = money_rows(
+        &hour["money_in"],
+        &hour["money_out"],
+        &summary["currencies"],
+    );
+    if money.is_empty() {
+        out.line("no money in or out in the last hour");
+    } else {
+        out.line("money in and out in the last hour, per currency:");
+        out.table(
+            &[
+                ("  CURRENCY", Align::Left),
+                ("MONEY IN", Align::Right),
+                ("MONEY OUT", Align::Right),
+            ],
+            &money
+                .into_iter()
+                .map(|mut row| {
+                    row[0] = format!("  {}", row[0]);
+                    row
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1543,11 +2051,68 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_figures_use_integers_and_the_stated_decimals() {
+        assert_eq!(basis_points(353), "3.53 %");
+        assert_eq!(basis_points(10_000), "100.00 %");
+        assert_eq!(basis_points(5), "0.05 %");
+        assert_eq!(count(1_234_567), "1,234,567");
+        let currencies = json!({ "EUR": 2, "JPY": 0, "KWD": 3 });
+        assert_eq!(
+            money_rows(
+                &json!({ "EUR": 1_234_567, "JPY": 3000, "KWD": 120_500 }),
+                &json!({ "EUR": 5, "XTS": 1_000 }),
+                &currencies
+            ),
+            [
+                ["EUR", "12,345.67", "0.05"],
+                ["JPY", "3,000", "0"],
+                ["KWD", "120.500", "0.000"],
+                ["XTS", "0.00", "10.00"],
+            ]
+        );
+        assert!(money_rows(&json!({}), &json!({}), &currencies).is_empty());
+        assert_eq!(money_in_decimals(-1_050, "KWD", 3), "-1.050 KWD");
+    }
+
+    #[test]
+    fn the_page_address_carries_its_token_and_the_health_targets_the_demo_services() {
+        assert_eq!(
+            page_url("http://127.0.0.1:8083", "prism-local-dev-token"),
+            "http://127.0.0.1:8083/#token=prism-local-dev-token"
+        );
+        assert_eq!(
+            page_url("http://h:1/", "a b&c=d/é"),
+            "http://h:1/#token=a%20b%26c%3Dd%2F%C3%A9"
+        );
+        let configured = [
+            "command=http://127.0.0.1:8080/metrics".to_owned(),
+            "other=http://10.0.0.1:9/metrics".to_owned(),
+            "search=http://127.0.0.1:8082/metrics".to_owned(),
+        ];
+        assert_eq!(
+            health_targets(
+                &configured,
+                &[
+                    ("command", "http://127.0.0.1:4001"),
+                    ("ledger", "http://127.0.0.1:4002"),
+                    ("search", "http://127.0.0.1:4003/"),
+                ]
+            ),
+            [
+                "command=http://127.0.0.1:4001/metrics",
+                "other=http://10.0.0.1:9/metrics",
+                "search=http://127.0.0.1:4003/metrics",
+            ]
+        );
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         let args = |accounts, rate, duration| Args {
             command_listen: None,
             ledger_listen: None,
             search_listen: None,
+            dashboard_listen: None,
             accounts,
             rate,
             duration,

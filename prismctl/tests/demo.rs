@@ -1,8 +1,8 @@
 //! `prismctl demo` and `prismctl bench visibility` (the binary) against the real stack.
 //!
-//! The demo runs with a Kafka topic, MongoDB database, ledger database and consumer group
-//! of its own (given through `PRISM_*` variables, as a user would) on port-0 listeners, with
-//! a tiny load; the test drops all of it afterwards. The bench creates (and drops) its own.
+//! The demo runs with a Kafka topic, MongoDB database, ledger database, search indices,
+//! dashboard keys and consumer groups of its own (given through `PRISM_*` variables, as a user
+//! would) on port-0 listeners, with a tiny load; the test drops all of it afterwards. The bench creates (and drops) its own.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -44,6 +44,11 @@ fn scratch_env(scratch: &Scratch) -> Vec<(&'static str, String)> {
         ("PRISM_LEDGER__GROUP_ID", scratch.group_id.clone()),
         ("PRISM_SEARCH__INDEX_PREFIX", scratch.search_prefix.clone()),
         ("PRISM_SEARCH__GROUP_ID", scratch.search_group()),
+        (
+            "PRISM_DASHBOARD__NAMESPACE",
+            scratch.dashboard_namespace.clone(),
+        ),
+        ("PRISM_DASHBOARD__GROUP_ID", scratch.dashboard_group()),
     ]
 }
 
@@ -98,6 +103,8 @@ async fn the_demo_runs_end_to_end_and_stops_cleanly() {
             "127.0.0.1:0",
             "--search-listen",
             "127.0.0.1:0",
+            "--dashboard-listen",
+            "127.0.0.1:0",
             "--duration",
             "3s",
             "--rate",
@@ -117,11 +124,30 @@ async fn the_demo_runs_end_to_end_and_stops_cleanly() {
     assert!(leftovers.is_empty(), "clean-up failed: {leftovers:?}");
 
     // What ran where, and the traffic.
-    assert!(
-        stdout.contains("prism-command  http://127.0.0.1:"),
-        "{stdout}"
-    );
+    let command_url = service_url(&stdout, "prism-command");
+    assert!(command_url.starts_with("http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains(&scratch.topic), "{stdout}");
+    // The live page's address, with its token, printed before the traffic.
+    let page = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("Live page — open it now")
+                .map(|(_, rest)| rest)
+        })
+        .and_then(|rest| rest.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no live page line:\n{stdout}"))
+        .to_owned();
+    let dashboard_url = service_url(&stdout, "prism-dashboard");
+    assert!(dashboard_url.starts_with("http://127.0.0.1:"), "{stdout}");
+    assert!(
+        page.starts_with(&format!("{dashboard_url}/#token=")),
+        "{page}"
+    );
+    assert!(
+        stdout.find(&page) < stdout.find("Traffic: seeded loadgen"),
+        "the page comes before the traffic:\n{stdout}"
+    );
+    assert!(stdout.contains(&scratch.dashboard_namespace), "{stdout}");
     // The analyst searches ran on prism-search, caught up with the same traffic.
     assert!(
         stdout.contains("Analyst searches (prism-search)"),
@@ -170,10 +196,52 @@ async fn the_demo_runs_end_to_end_and_stops_cleanly() {
         stdout.contains("after the deposit was accepted (the ledger waited until it had version"),
         "{stdout}"
     );
+    // The live dashboard counted at least every command the traffic stored.
     assert!(
-        stdout.contains("Stopped prism-command, prism-ledger and prism-search cleanly"),
+        stdout.contains("Live dashboard (prism-dashboard)"),
         "{stdout}"
     );
+    let accepted: u64 = figure(&stdout, "accepted ");
+    let events: u64 = figure(&stdout, "events in the last hour");
+    assert!(accepted > 0 && events >= accepted, "{stdout}");
+    assert!(
+        stdout.contains("money in and out in the last hour, per currency:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("MONEY IN"), "{stdout}");
+    assert!(stdout.contains("declines, last 15 min"), "{stdout}");
+    assert!(stdout.contains("top merchants, last hour"), "{stdout}");
+    assert!(stdout.contains(" open · "), "{stdout}");
+    assert!(
+        stdout.contains(
+            "Stopped prism-command, prism-ledger, prism-search and prism-dashboard cleanly"
+        ),
+        "{stdout}"
+    );
+}
+
+/// The URL of `service` in the report's header table.
+fn service_url(stdout: &str, service: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| {
+            let mut cells = l.split_whitespace();
+            (cells.next() == Some(service))
+                .then(|| cells.next())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no {service} row:\n{stdout}"))
+        .to_owned()
+}
+
+/// The number right after `label` at the start of a report line (`1,234` counts as 1234).
+fn figure(stdout: &str, label: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("no figure after {label:?}:\n{stdout}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,22 +252,31 @@ async fn a_port_in_use_is_named_and_exits_2() {
     );
     let address = up("localhost", taken.local_addr()).to_string();
     let scratch = Scratch::new("prism_test_demo", EventStoreBackend::Mongodb);
-    let output = prismctl(
-        scratch_env(&scratch),
-        &[
-            "demo",
+    // The others on free ports, one on the taken one.
+    for flag in ["--ledger-listen", "--dashboard-listen"] {
+        let mut args = vec!["demo"];
+        for other in [
             "--command-listen",
-            "127.0.0.1:0",
             "--ledger-listen",
-            &address,
-        ],
-    )
-    .await;
-    let (stdout, stderr) = texts(&output);
-    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
-    assert!(stderr.contains(&address), "{stderr}");
-    assert!(stderr.contains("already in use"), "{stderr}");
-    assert!(stderr.contains("--ledger-listen"), "{stderr}");
+            "--search-listen",
+            "--dashboard-listen",
+        ] {
+            args.extend([
+                other,
+                if other == flag {
+                    &address
+                } else {
+                    "127.0.0.1:0"
+                },
+            ]);
+        }
+        let output = prismctl(scratch_env(&scratch), &args).await;
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stdout}\n{stderr}");
+        assert!(stderr.contains(&address), "{stderr}");
+        assert!(stderr.contains("already in use"), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
     drop(taken);
 }
 
