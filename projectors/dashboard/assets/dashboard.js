@@ -45,6 +45,7 @@ const state = {
   framesSeen: 0, // stream frames received since load (orders endpoint answers against frames)
   lastFrame: null,
   events: { points: [], version: 0, seq: 0, error: null, failedAt: 0 },
+  // `chosen`: the default currency has been picked (once, on the first summary).
   volume: { currency: null, chosen: false, in: [], out: [], version: 0, seq: 0, error: null, failedAt: 0 },
   stream: { gen: 0, ctl: null, lastActivity: 0, backoff: BACKOFF_MIN_MS },
   renderPending: false,
@@ -79,7 +80,7 @@ function formatMoney(minor, currency) {
   const base = 10n ** BigInt(digits);
   const whole = group((v / base).toString());
   const fraction = digits > 0 ? `.${(v % base).toString().padStart(digits, '0')}` : '';
-  return `${negative ? '-' : ''}${whole}${fraction} ${currency}`;
+  return `${negative ? '-' : ''}${whole}${fraction}${currency ? ` ${currency}` : ''}`;
 }
 
 /** Basis points → "4.25 %"; null (no card payment) → "–". */
@@ -162,13 +163,6 @@ function svgEl(tag, attrs = {}, text) {
 
 // ---- API ------------------------------------------------------------------------------------
 
-class HttpError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
-
 function authHeaders(token, accept) {
   const headers = { Accept: accept };
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -186,7 +180,7 @@ async function httpError(res) {
       // Not JSON after all: keep the status line.
     }
   }
-  return new HttpError(res.status, message);
+  return new Error(message);
 }
 
 /** A 401 for the token in use (not a stale one) stops everything and asks for a token. */
@@ -589,7 +583,7 @@ function render() {
 
 function renderHeader(summary) {
   setText(el.asOf, utcTime(summary.as_of, true));
-  if (summary.as_of) el.asOf.dateTime = summary.as_of;
+  if (summary.as_of && el.asOf.dateTime !== summary.as_of) el.asOf.dateTime = summary.as_of;
   setText(el.copy, orDash(summary.copy));
 }
 
