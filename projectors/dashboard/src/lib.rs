@@ -5,9 +5,9 @@
 //! in and out per currency, card payments approved and declined, declines by reason), to
 //! top lists of merchants and countries, and to distinct-account counts; status changes
 //! move the account counts; large and declined transactions go to a capped feed. Each
-//! batch is one Lua script that checks the fence and the account versions before it
-//! writes anything: increments are not idempotent, so the sink is the kit's
-//! *transactional* mode. Windows (1 min, 15 min, 1 h, 24 h) are summed from buckets when
+//! batch is one optimistic Redis transaction (`WATCH` the position and the accounts, read
+//! them, check the fence, then `MULTI`/`EXEC`), which writes nothing if any of them moved:
+//! increments are not idempotent, so the sink is the kit's *transactional* mode. Windows (1 min, 15 min, 1 h, 24 h) are summed from buckets when
 //! read; one reader per process feeds every stream viewer.
 //!
 //! # Layout
@@ -17,7 +17,8 @@
 //! - [`buckets`]: pure: event time → buckets, windows → buckets, expiries.
 //! - [`fold`]: pure: an account's small state and one event → its next state and effect.
 //! - [`model`]: pure: key names, and what a batch's effects write, summed.
-//! - [`sink`]: `RedisSink` and its script (`apply.lua`); `write_raw` for the benchmark.
+//! - [`sink`]: `RedisSink` (`WATCH` … `MULTI`/`EXEC` per batch, on connections of its
+//!   own); `write_raw` for the benchmark.
 //! - [`copies`]: copies as key prefixes, the live pointer, instance reports.
 //! - [`read`]: the summary in one round trip, series; the window sums (pure).
 //! - [`pipeline`]: the other services' health for the page, from their `/metrics`.

@@ -17,11 +17,11 @@
 //! Both store the same [`crate::StoredPosition`] and versions, and both answer
 //! [`crate::SinkError::Fenced`] when another writer moved the partition.
 //!
-//! The coming sinks fit one of the two:
-//! - **Redis** (dashboard) is transactional in the small: one Lua script (or `WATCH` on the
-//!   position key + `MULTI`/`EXEC`) checks the fence, skips events whose account version is
-//!   not above the stored one, applies the increments and moves the position, atomically.
-//!   The version check must be inside that step because increments are not idempotent.
+//! The Redis sinks fit one of the two:
+//! - **Redis** (dashboard) is transactional in the small: `WATCH` on the position key and
+//!   the batch's account keys, read them, check the fence, then `MULTI`/`EXEC` with the
+//!   increments, the versions and the position; `EXEC` runs nothing if a watched key moved.
+//!   The version check must be part of that step because increments are not idempotent.
 //! - **Two stores behind one position** (fraud: online state in Redis, an offline Parquet
 //!   log) is idempotent by version: the offline output is written first, durable and
 //!   deterministic (same batch → same file name and bytes, rows keyed by event id, so a
