@@ -1086,7 +1086,21 @@ async fn the_surviving_instance_takes_over_when_one_of_two_is_killed() {
             let mut b = SearchProcess::start(&env);
             a.wait_ready(Duration::from_secs(120)).await;
             b.wait_ready(Duration::from_secs(120)).await;
-            let load = tokio::spawn(seeded_load(command.url.clone(), KILL_SEED + 5, 200, EVENTS));
+            // Seeded traffic first, then steady deposits that go on until after the kill (the
+            // write side alone takes a few thousand commands in about a second, far less
+            // than two instances need to both be applying).
+            let seeded = up(
+                "the seeded load",
+                tokio::spawn(seeded_load(command.url.clone(), KILL_SEED + 5, 200, EVENTS)).await,
+            );
+            let http = reqwest::Client::new();
+            let mut accounts = Vec::new();
+            for i in 0..5 {
+                let opened = open_account(&http, &command, 9_000 + i).await;
+                accounts.push(opened["account_id"].as_str().unwrap_or_default().to_owned());
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let load = steady_deposits(&command, accounts, Arc::clone(&stop));
             let owned = eventually(
                 Duration::from_secs(90),
                 "both instances owning partitions",
@@ -1132,8 +1146,11 @@ async fn the_surviving_instance_takes_over_when_one_of_two_is_killed() {
                 "the survivor owns all partitions {:.1}s after the kill",
                 killed_at.elapsed().as_secs_f64()
             );
-            let stored = up("the load", load.await);
-            assert!(stored >= EVENTS, "{stored} commands stored");
+            stop.store(true, Ordering::Relaxed);
+            let (deposits, failures) = up("the deposits", load.await);
+            assert!(seeded >= EVENTS, "{seeded} commands stored");
+            assert!(failures.is_empty(), "{failures:?}");
+            assert!(deposits > 0, "no deposit went in");
             assert!(under_load, "the load ended before the kill");
             let report = verify(&env.config, Duration::from_secs(180)).await;
             b.assert_running();
