@@ -129,6 +129,30 @@ redis.call('HSET', control, 'live', n)
 return n
 ";
 
+/// Every key matching `pattern` (`SCAN`, so Redis is never blocked by one long command).
+pub async fn keys_matching(
+    conn: &mut impl redis::aio::ConnectionLike,
+    pattern: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(2_000)
+            .query_async(conn)
+            .await?;
+        out.extend(found);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
 /// Connects with the configured timeouts; the manager reconnects by itself after Redis
 /// restarts (commands in between fail and are retried by their callers).
 pub async fn connect(redis: &RedisConfig) -> anyhow::Result<ConnectionManager> {
@@ -314,30 +338,17 @@ impl DashboardCopies {
     /// Deletes every key starting with the copy's prefix.
     async fn delete_prefix(&self, keys: &Keys) -> anyhow::Result<()> {
         let mut conn = self.conn.clone();
-        let pattern = format!("{}*", keys.prefix());
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut conn)
+        let found = keys_matching(&mut conn, &format!("{}*", keys.prefix()))
+            .await
+            .context("listing a dashboard copy's keys")?;
+        for chunk in found.chunks(1_000) {
+            redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async::<()>(&mut conn)
                 .await
-                .context("listing a dashboard copy's keys")?;
-            if !found.is_empty() {
-                redis::cmd("UNLINK")
-                    .arg(&found)
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .context("deleting a dashboard copy's keys")?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
+                .context("deleting a dashboard copy's keys")?;
         }
+        Ok(())
     }
 
     /// Deletes every key of the namespace: every copy, the control keys, the instances
@@ -458,25 +469,9 @@ impl DashboardCopies {
 
     pub async fn partitions(&self, copy: &DashboardCopy) -> anyhow::Result<Vec<PartitionStatus>> {
         let mut conn = self.conn.clone();
-        let pattern = format!("{}pos:*", copy.keys.prefix());
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut conn)
-                .await
-                .context("listing positions")?;
-            keys.extend(found);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let keys = keys_matching(&mut conn, &format!("{}pos:*", copy.keys.prefix()))
+            .await
+            .context("listing positions")?;
         let mut out = Vec::new();
         for key in keys {
             let Some(crate::model::KeyKind::Position(partition)) = copy.keys.parse(&key) else {

@@ -24,12 +24,11 @@ use parking_lot::Mutex;
 use prism_events::Envelope;
 use prism_projector::fold::fold_history;
 use prism_projector::verify::{Snapshot, Stored, Verify};
-use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 
 use crate::copies::DashboardCopy;
 use crate::fold::DashboardFold;
-use crate::model::{KeyKind, Keys, Writes};
+use crate::model::{KeyKind, Writes};
 
 /// A bucket is compared only if it is kept at least this long after the read.
 pub const KEPT_AFTER_READ_S: i64 = 120;
@@ -73,28 +72,6 @@ fn snapshot_key(kind: KeyKind) -> Option<String> {
     })
 }
 
-async fn scan(conn: &mut ConnectionManager, keys: &Keys) -> anyhow::Result<Vec<String>> {
-    let pattern = format!("{}*", keys.prefix());
-    let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(2_000)
-            .query_async(conn)
-            .await
-            .context("listing the copy's keys")?;
-        out.extend(found);
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
-}
-
 #[async_trait]
 impl Verify for DashboardVerify {
     async fn stored(&self) -> anyhow::Result<Stored> {
@@ -103,7 +80,11 @@ impl Verify for DashboardVerify {
         let mut conn = self.copy.conn.clone();
         let mut stored = Stored::default();
         let mut feed_ids = HashSet::new();
-        for chunk in scan(&mut conn, keys).await?.chunks(500) {
+        for chunk in crate::copies::keys_matching(&mut conn, &format!("{}*", keys.prefix()))
+            .await
+            .context("listing the copy's keys")?
+            .chunks(500)
+        {
             let kinds: Vec<(String, KeyKind)> = chunk
                 .iter()
                 .filter_map(|k| Some((k.clone(), keys.parse(k)?)))

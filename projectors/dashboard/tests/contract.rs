@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::FutureExt as _;
-use prism_dashboard::copies::{DashboardCopies, DashboardCopy};
+use prism_dashboard::copies::{self, DashboardCopies, DashboardCopy};
 use prism_dashboard::model::KeyKind;
 use prism_dashboard::DashboardConfig;
 use prism_projector::testing::contract::{self, ContractSubject};
@@ -26,27 +26,9 @@ struct DashboardSubject {
 }
 
 async fn keys_matching(conn: &mut ConnectionManager, pattern: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = prism_tests::up(
-            "redis",
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(conn)
-                .await,
-        );
-        out.extend(found);
-        if next == 0 {
-            out.sort();
-            return out;
-        }
-        cursor = next;
-    }
+    let mut keys = prism_tests::up("redis", copies::keys_matching(conn, pattern).await);
+    keys.sort();
+    keys
 }
 
 #[async_trait]

@@ -100,27 +100,14 @@ pub(super) async fn run(
 
     // Every key of the copy, by kind.
     let mut kinds: HashMap<&'static str, Vec<String>> = HashMap::new();
-    let pattern = format!("{}*", copy.keys.prefix());
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(5_000)
-            .query_async(&mut redis)
+    let all =
+        prism_dashboard::copies::keys_matching(&mut redis, &format!("{}*", copy.keys.prefix()))
             .await
             .context("listing the day's keys")?;
-        for key in found {
-            if let Some(kind) = copy.keys.parse(&key) {
-                kinds.entry(kind_name(kind)).or_default().push(key);
-            }
+    for key in all {
+        if let Some(kind) = copy.keys.parse(&key) {
+            kinds.entry(kind_name(kind)).or_default().push(key);
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     let mut figures = Vec::new();
     let mut keys = 0;
