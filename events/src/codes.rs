@@ -1,9 +1,10 @@
 //! ISO codes that appear in events: countries (ISO 3166-1 alpha-2) and currencies
 //! (ISO 4217, with their minor-unit exponent, so 1 JPY is `1` and 1 EUR is `100`).
 
-use std::fmt;
-
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::LazyLock;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -35,6 +36,53 @@ SEK:2 SGD:2 SHP:2 SLE:2 SOS:2 SRD:2 SSP:2 STN:2 SVC:2 SYP:2 SZL:2 THB:2 TJS:2 TM
 TOP:2 TRY:2 TTD:2 TWD:2 TZS:2 UAH:2 UGX:0 USD:2 UYU:2 UZS:2 VES:2 VND:0 VUV:0 WST:2 XAF:0 \
 XCD:2 XCG:2 XOF:0 XPF:0 YER:2 ZAR:2 ZMW:2 ZWG:2";
 
+/// [`COUNTRIES`] by letter pair (`AA` is 0, `ZZ` 675): a lookup instead of a scan per event.
+static ASSIGNED_COUNTRIES: LazyLock<[bool; 26 * 26]> = LazyLock::new(|| {
+    let mut assigned = [false; 26 * 26];
+    for code in COUNTRIES.split(' ') {
+        if let Some(i) = letter_pair(code.as_bytes()) {
+            assigned[i] = true;
+        }
+    }
+    assigned
+});
+
+/// [`CURRENCIES`] as code → exponent.
+static CURRENCY_EXPONENTS: LazyLock<HashMap<[u8; 3], u8>> = LazyLock::new(|| {
+    CURRENCIES
+        .split(' ')
+        .filter_map(|entry| {
+            let (code, exponent) = entry.split_once(':')?;
+            Some((code.as_bytes().try_into().ok()?, exponent.parse().ok()?))
+        })
+        .collect()
+});
+
+/// The index of two upper-case ASCII letters among all 26 × 26 pairs.
+fn letter_pair(code: &[u8]) -> Option<usize> {
+    match code {
+        [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] => {
+            Some(usize::from(a - b'A') * 26 + usize::from(b - b'A'))
+        }
+        _ => None,
+    }
+}
+
+/// Deserializes a code from a string without copying it first.
+struct CodeVisitor<T>(fn(&str) -> Result<T, InvalidCode>);
+
+impl<T> serde::de::Visitor<'_> for CodeVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an ISO code")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
+    }
+}
+
 /// A code that is not in its ISO list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not an ISO {standard} code")]
@@ -55,11 +103,13 @@ impl Country {
             standard: "3166-1 alpha-2 country",
             value: value.to_owned(),
         };
-        let bytes: [u8; 2] = value.as_bytes().try_into().map_err(|_| invalid())?;
-        if !bytes.iter().all(u8::is_ascii_uppercase) || !COUNTRIES.split(' ').any(|c| c == value) {
-            return Err(invalid());
+        match letter_pair(value.as_bytes()) {
+            Some(i) if ASSIGNED_COUNTRIES[i] => {
+                let bytes: [u8; 2] = value.as_bytes().try_into().map_err(|_| invalid())?;
+                Ok(Self(bytes))
+            }
+            _ => Err(invalid()),
         }
-        Ok(Self(bytes))
     }
 
     pub fn as_str(&self) -> &str {
@@ -82,8 +132,7 @@ impl From<Country> for String {
 
 impl<'de> Deserialize<'de> for Country {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Country::parse(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(CodeVisitor(Country::parse))
     }
 }
 
@@ -105,13 +154,7 @@ impl Currency {
         if !code.iter().all(u8::is_ascii_uppercase) {
             return Err(invalid());
         }
-        let exponent = CURRENCIES
-            .split(' ')
-            .find_map(|entry| {
-                let (c, e) = entry.split_once(':')?;
-                (c == value).then(|| e.parse::<u8>().ok()).flatten()
-            })
-            .ok_or_else(invalid)?;
+        let exponent = *CURRENCY_EXPONENTS.get(&code).ok_or_else(invalid)?;
         Ok(Self { code, exponent })
     }
 
@@ -139,8 +182,7 @@ impl From<Currency> for String {
 
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Currency::parse(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(CodeVisitor(Currency::parse))
     }
 }
 
@@ -208,6 +250,38 @@ mod tests {
         for bad in ["eur", "XXX", "EU", "EURO", "XAU"] {
             assert!(Currency::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_listed_code_parses_and_neighbours_do_not() {
+        for code in COUNTRIES.split(' ') {
+            assert_eq!(Country::parse(code).map(|c| c.to_string()), Ok(code.into()));
+        }
+        for entry in CURRENCIES.split(' ') {
+            let (code, exponent) = entry.split_once(':').expect("CODE:exponent");
+            let parsed = Currency::parse(code).expect(code);
+            assert_eq!(
+                (parsed.as_str(), parsed.exponent().to_string()),
+                (code, exponent.into())
+            );
+        }
+        // Assigned neighbours of gaps in the list.
+        for bad in ["AB", "ZZ", "UK", "EU"] {
+            assert!(Country::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn codes_parse_from_escaped_and_owned_json_strings() {
+        let c: Country = serde_json::from_str("\"\\u0044E\"").expect("an escaped DE");
+        assert_eq!(c.as_str(), "DE");
+        let value = serde_json::json!("USD");
+        let usd: Currency = serde_json::from_value(value).expect("USD from a value");
+        assert_eq!(usd.exponent(), 2);
+        assert!(
+            serde_json::from_str::<Country>("7").is_err(),
+            "not a string"
+        );
     }
 
     #[test]

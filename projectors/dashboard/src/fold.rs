@@ -6,21 +6,20 @@
 //! A version other than the next one is refused, like every fold of the kit.
 
 use chrono::{DateTime, Utc};
-use prism_events::{AccountEvent, Envelope};
+use prism_events::{AccountEvent, Country, Currency, Envelope};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// An account as the dashboard keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub version: u64,
-    /// ISO 4217 code.
-    pub currency: String,
+    pub currency: Currency,
     pub status: Status,
 }
 
 /// An account's status, as counted on the page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Open,
@@ -48,7 +47,7 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Card {
     pub merchant: String,
-    pub country: String,
+    pub country: Country,
     pub approved: bool,
     /// `insufficient_funds`, … for a declined payment.
     pub reason: Option<&'static str>,
@@ -62,7 +61,7 @@ pub struct Effect {
     pub version: u64,
     pub time: DateTime<Utc>,
     pub event_type: &'static str,
-    pub currency: String,
+    pub currency: Currency,
     /// Minor units into the account (deposits).
     pub money_in: i64,
     /// Minor units out of the account (withdrawals, approved card payments).
@@ -138,83 +137,78 @@ pub fn fold(current: Option<&Account>, event: &Envelope) -> Result<(Account, Eff
             stored,
         });
     }
+    // The state before (`None`: the event opens the account) and after.
+    let (before, mut next) = match (current, &event.event) {
+        (None, AccountEvent::AccountOpened(opened)) => (
+            None,
+            Account {
+                version,
+                currency: opened.currency,
+                status: Status::Open,
+            },
+        ),
+        (None, other) => {
+            return Err(Rejection::UnknownAccount {
+                account_id,
+                event_type: other.event_type(),
+            })
+        }
+        (Some(a), AccountEvent::AccountOpened(_)) => {
+            return Err(Rejection::AlreadyOpened {
+                account_id,
+                version: a.version,
+            })
+        }
+        (Some(a), _) => (Some(a.status), Account { version, ..*a }),
+    };
     let mut effect = Effect {
         event_id: event.id,
         account_id,
         version,
         time: event.time,
         event_type: event.event_type(),
-        currency: String::new(),
+        currency: next.currency,
         money_in: 0,
         money_out: 0,
         declined_amount: 0,
         card: None,
         status_change: None,
     };
-    let account = match current {
-        None => match &event.event {
-            AccountEvent::AccountOpened(opened) => {
-                effect.status_change = Some((None, Status::Open));
-                Account {
-                    version,
-                    currency: opened.currency.as_str().to_owned(),
-                    status: Status::Open,
-                }
-            }
-            other => {
-                return Err(Rejection::UnknownAccount {
-                    account_id,
-                    event_type: other.event_type(),
-                })
-            }
-        },
-        Some(a) => {
-            let mut next = a.clone();
-            next.version = version;
-            match &event.event {
-                AccountEvent::AccountOpened(_) => {
-                    return Err(Rejection::AlreadyOpened {
-                        account_id,
-                        version: a.version,
-                    })
-                }
-                AccountEvent::MoneyDeposited(e) => {
-                    effect.money_in = positive("amount_minor", e.amount_minor)?;
-                }
-                AccountEvent::MoneyWithdrawn(e) => {
-                    effect.money_out = positive("amount_minor", e.amount_minor)?;
-                }
-                AccountEvent::CardPaymentApproved(e) => {
-                    effect.money_out = positive("amount_minor", e.payment.amount_minor)?;
-                    effect.card = Some(Card {
-                        merchant: e.payment.merchant_name.clone(),
-                        country: e.payment.merchant_country.to_string(),
-                        approved: true,
-                        reason: None,
-                    });
-                }
-                AccountEvent::CardPaymentDeclined(e) => {
-                    // A decline may be for an amount out of range: any value is shown.
-                    effect.declined_amount = e.payment.amount_minor.max(0);
-                    effect.card = Some(Card {
-                        merchant: e.payment.merchant_name.clone(),
-                        country: e.payment.merchant_country.to_string(),
-                        approved: false,
-                        reason: Some(e.decline_reason.as_str()),
-                    });
-                }
-                AccountEvent::AccountFrozen(_) => next.status = Status::Frozen,
-                AccountEvent::AccountUnfrozen(_) => next.status = Status::Open,
-                AccountEvent::AccountClosed(_) => next.status = Status::Closed,
-            }
-            if next.status != a.status {
-                effect.status_change = Some((Some(a.status), next.status));
-            }
-            next
+    match &event.event {
+        AccountEvent::AccountOpened(_) => {}
+        AccountEvent::MoneyDeposited(e) => {
+            effect.money_in = positive("amount_minor", e.amount_minor)?;
         }
-    };
-    effect.currency.clone_from(&account.currency);
-    Ok((account, effect))
+        AccountEvent::MoneyWithdrawn(e) => {
+            effect.money_out = positive("amount_minor", e.amount_minor)?;
+        }
+        AccountEvent::CardPaymentApproved(e) => {
+            effect.money_out = positive("amount_minor", e.payment.amount_minor)?;
+            effect.card = Some(Card {
+                merchant: e.payment.merchant_name.clone(),
+                country: e.payment.merchant_country,
+                approved: true,
+                reason: None,
+            });
+        }
+        AccountEvent::CardPaymentDeclined(e) => {
+            // A decline may be for an amount out of range: any value is shown.
+            effect.declined_amount = e.payment.amount_minor.max(0);
+            effect.card = Some(Card {
+                merchant: e.payment.merchant_name.clone(),
+                country: e.payment.merchant_country,
+                approved: false,
+                reason: Some(e.decline_reason.as_str()),
+            });
+        }
+        AccountEvent::AccountFrozen(_) => next.status = Status::Frozen,
+        AccountEvent::AccountUnfrozen(_) => next.status = Status::Open,
+        AccountEvent::AccountClosed(_) => next.status = Status::Closed,
+    }
+    if before != Some(next.status) {
+        effect.status_change = Some((before, next.status));
+    }
+    Ok((next, effect))
 }
 
 fn positive(field: &'static str, value: i64) -> Result<i64, Rejection> {
@@ -272,7 +266,7 @@ mod tests {
         assert_eq!((account.version, account.currency.as_str()), (5, "EUR"));
         let moved: Vec<(i64, i64)> = effects.iter().map(|e| (e.money_in, e.money_out)).collect();
         assert_eq!(moved, [(0, 0), (10_000, 0), (0, 2_500), (0, 1_200), (0, 0)]);
-        assert!(effects.iter().all(|e| e.currency == "EUR"));
+        assert!(effects.iter().all(|e| e.currency.as_str() == "EUR"));
         let declined = effects[4].card.as_ref().expect("card");
         assert_eq!(
             (

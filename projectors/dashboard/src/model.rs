@@ -16,12 +16,14 @@
 //! [`crate::buckets`]). Every bucket key expires in event time ([`Keys::expires_at`]).
 //! Amounts are integer minor units, summed with `HINCRBY` (64-bit, exact).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use prism_events::Currency;
 
 use uuid::Uuid;
 
 use crate::buckets::Grain;
-use crate::fold::Effect;
+use crate::fold::{Effect, Status};
 
 /// The granularities counters and top lists are kept at.
 pub const COUNTER_GRAINS: [Grain; 3] = [Grain::Second, Grain::Minute, Grain::Hour];
@@ -185,11 +187,11 @@ impl FeedEntry {
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             ),
             ("amount_minor", effect.amount().to_string()),
-            ("currency", effect.currency.clone()),
+            ("currency", effect.currency.to_string()),
         ];
         if let Some(card) = &effect.card {
             fields.push(("merchant", card.merchant.clone()));
-            fields.push(("country", card.country.clone()));
+            fields.push(("country", card.country.to_string()));
             if let Some(reason) = card.reason {
                 fields.push(("reason", reason.to_owned()));
             }
@@ -208,57 +210,119 @@ impl FeedEntry {
     }
 }
 
+/// A field of a bucket's counters hash (`HINCRBY <bucket> <field>`), typed so that summing
+/// a batch allocates nothing per event; [`Field::name`] is its name in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// `n`: events.
+    Events,
+    /// `t:<cloudevents type>`.
+    Type(&'static str),
+    /// `in:<CUR>`: minor units in.
+    In(Currency),
+    /// `out:<CUR>`: minor units out.
+    Out(Currency),
+    /// `new`: accounts opened.
+    New,
+    /// `ok`: card payments approved.
+    Approved,
+    /// `no`: card payments declined.
+    Declined,
+    /// `r:<reason>`: declines by reason.
+    Reason(&'static str),
+}
+
+impl Field {
+    /// Appends the field's name to `out`.
+    pub fn write_name(self, out: &mut String) {
+        match self {
+            Field::Events => out.push('n'),
+            Field::Type(t) => {
+                out.push_str("t:");
+                out.push_str(t);
+            }
+            Field::In(c) => {
+                out.push_str("in:");
+                out.push_str(c.as_str());
+            }
+            Field::Out(c) => {
+                out.push_str("out:");
+                out.push_str(c.as_str());
+            }
+            Field::New => out.push_str("new"),
+            Field::Approved => out.push_str("ok"),
+            Field::Declined => out.push_str("no"),
+            Field::Reason(r) => {
+                out.push_str("r:");
+                out.push_str(r);
+            }
+        }
+    }
+
+    pub fn name(self) -> String {
+        let mut out = String::new();
+        self.write_name(&mut out);
+        out
+    }
+}
+
+/// A bucket: its grain and number.
+pub type Bucket = (Grain, i64);
+
 /// What a batch writes, summed per key and field: one `HINCRBY` per field however many
-/// events of the batch fall in the bucket.
+/// events of the batch fall in the bucket. Keys are kept typed ([`Bucket`], [`Field`]) and
+/// named only when written ([`Writes::counters`] and its siblings name them for a copy).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Writes {
-    /// key → field → increment (`HINCRBY`): bucket counters and the status counts.
-    pub counters: BTreeMap<String, BTreeMap<String, i64>>,
-    /// key → member → increment (`ZINCRBY`).
-    pub tops: BTreeMap<String, BTreeMap<String, i64>>,
-    /// key → members (`PFADD`).
-    pub distinct: BTreeMap<String, BTreeSet<String>>,
-    /// key → Unix time it expires (`EXPIREAT`), for every bucket key written.
-    pub expire: BTreeMap<String, i64>,
+    /// Bucket → field → increment (`HINCRBY`). A batch touches a handful of fields per
+    /// bucket: a list beats a map.
+    counters: HashMap<Bucket, Vec<(Field, i64)>>,
+    /// Accounts by status, the change (`HINCRBY status <status>`).
+    status: BTreeMap<Status, i64>,
+    /// Top list of a bucket → member → increment (`ZINCRBY`).
+    tops: HashMap<(Top, Bucket), HashMap<String, i64>>,
+    /// Bucket → accounts with an event (`PFADD`).
+    distinct: HashMap<Bucket, HashSet<Uuid>>,
     /// New feed entries in order (`XADD … MAXLEN = feed_max`).
-    pub feed: Vec<FeedEntry>,
+    feed: Vec<FeedEntry>,
     /// Events added.
-    pub events: usize,
+    events: usize,
+}
+
+fn bump<K: PartialEq>(list: &mut Vec<(K, i64)>, key: K, by: i64) {
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += by,
+        None => list.push((key, by)),
+    }
 }
 
 impl Writes {
     /// Adds what `effect` writes.
-    pub fn add(&mut self, keys: &Keys, effect: &Effect, large_amount_minor: i64) {
+    pub fn add(&mut self, effect: &Effect, large_amount_minor: i64) {
         self.events += 1;
-        let mut fields: Vec<(String, i64)> =
-            vec![("n".into(), 1), (format!("t:{}", effect.event_type), 1)];
-        if effect.money_in > 0 {
-            fields.push((format!("in:{}", effect.currency), effect.money_in));
-        }
-        if effect.money_out > 0 {
-            fields.push((format!("out:{}", effect.currency), effect.money_out));
-        }
-        if matches!(effect.status_change, Some((None, _))) {
-            fields.push(("new".into(), 1));
-        }
+        let mut fields: [Option<(Field, i64)>; 5] = [
+            Some((Field::Type(effect.event_type), 1)),
+            (effect.money_in > 0).then_some((Field::In(effect.currency), effect.money_in)),
+            (effect.money_out > 0).then_some((Field::Out(effect.currency), effect.money_out)),
+            matches!(effect.status_change, Some((None, _))).then_some((Field::New, 1)),
+            None,
+        ];
+        let mut reason = None;
         if let Some(card) = &effect.card {
             if card.approved {
-                fields.push(("ok".into(), 1));
+                fields[4] = Some((Field::Approved, 1));
             } else {
-                fields.push(("no".into(), 1));
-                if let Some(reason) = card.reason {
-                    fields.push((format!("r:{reason}"), 1));
-                }
+                fields[4] = Some((Field::Declined, 1));
+                reason = card.reason.map(|r| (Field::Reason(r), 1));
             }
         }
         for grain in COUNTER_GRAINS {
-            let n = grain.bucket(effect.time);
-            let key = keys.counters(grain, n);
-            let counters = self.counters.entry(key.clone()).or_default();
-            for (field, by) in &fields {
-                *counters.entry(field.clone()).or_default() += by;
+            let bucket = (grain, grain.bucket(effect.time));
+            let counters = self.counters.entry(bucket).or_default();
+            bump(counters, Field::Events, 1);
+            for (field, by) in fields.iter().chain([&reason]).flatten() {
+                bump(counters, *field, *by);
             }
-            self.expire.insert(key, keys.expires_at(grain, n));
             if let Some(card) = &effect.card {
                 let merchant_top = if card.approved {
                     Top::MerchantVolume
@@ -266,47 +330,140 @@ impl Writes {
                     Top::MerchantDeclines
                 };
                 for (top, member) in [
-                    (merchant_top, &card.merchant),
-                    (Top::Countries, &card.country),
+                    (merchant_top, card.merchant.as_str()),
+                    (Top::Countries, card.country.as_str()),
                 ] {
-                    let key = keys.top(top, grain, n);
-                    *self
-                        .tops
-                        .entry(key.clone())
-                        .or_default()
-                        .entry(member.clone())
-                        .or_default() += 1;
-                    self.expire.insert(key, keys.top_expires_at(grain, n));
+                    let members = self.tops.entry((top, bucket)).or_default();
+                    match members.get_mut(member) {
+                        Some(n) => *n += 1,
+                        None => {
+                            members.insert(member.to_owned(), 1);
+                        }
+                    }
                 }
             }
         }
         for grain in DISTINCT_GRAINS {
-            let n = grain.bucket(effect.time);
-            let key = keys.distinct(grain, n);
+            let bucket = (grain, grain.bucket(effect.time));
             self.distinct
-                .entry(key.clone())
+                .entry(bucket)
                 .or_default()
-                .insert(effect.account_id.to_string());
-            self.expire.insert(key, keys.expires_at(grain, n));
+                .insert(effect.account_id);
         }
         if let Some((before, after)) = effect.status_change {
-            let status = self.counters.entry(keys.status()).or_default();
             if let Some(before) = before {
-                *status.entry(before.as_str().into()).or_default() -= 1;
+                *self.status.entry(before).or_default() -= 1;
             }
-            *status.entry(after.as_str().into()).or_default() += 1;
+            *self.status.entry(after).or_default() += 1;
         }
         if effect.in_feed(large_amount_minor) {
             self.feed.push(FeedEntry::of(effect));
         }
     }
 
+    /// Events added.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// The bucket counters, typed: for writing them without naming each field twice.
+    pub fn bucket_counters(&self) -> impl Iterator<Item = (Bucket, &[(Field, i64)])> {
+        self.counters.iter().map(|(b, f)| (*b, f.as_slice()))
+    }
+
+    /// The change of accounts by status.
+    pub fn status_changes(&self) -> impl Iterator<Item = (Status, i64)> + '_ {
+        self.status.iter().map(|(s, n)| (*s, *n))
+    }
+
+    /// The top lists' increments, typed.
+    pub fn top_increments(&self) -> impl Iterator<Item = ((Top, Bucket), &HashMap<String, i64>)> {
+        self.tops.iter().map(|(k, m)| (*k, m))
+    }
+
+    /// The accounts of each distinct-count bucket, typed.
+    pub fn distinct_accounts(&self) -> impl Iterator<Item = (Bucket, &HashSet<Uuid>)> {
+        self.distinct.iter().map(|(b, m)| (*b, m))
+    }
+
+    /// Every bucket key written, with the Unix time it expires (`EXPIREAT`).
+    pub fn expire(&self, keys: &Keys) -> BTreeMap<String, i64> {
+        let counters = self
+            .counters
+            .keys()
+            .map(|&(g, n)| (keys.counters(g, n), keys.expires_at(g, n)));
+        let tops = self
+            .tops
+            .keys()
+            .map(|&(t, (g, n))| (keys.top(t, g, n), keys.top_expires_at(g, n)));
+        let distinct = self
+            .distinct
+            .keys()
+            .map(|&(g, n)| (keys.distinct(g, n), keys.expires_at(g, n)));
+        counters.chain(tops).chain(distinct).collect()
+    }
+
+    /// The counter hashes of copy `keys`, named: key → field → increment (the status
+    /// counts included).
+    pub fn counters(&self, keys: &Keys) -> BTreeMap<String, BTreeMap<String, i64>> {
+        let mut out: BTreeMap<String, BTreeMap<String, i64>> = self
+            .counters
+            .iter()
+            .map(|(&(g, n), fields)| {
+                let fields = fields.iter().map(|(f, by)| (f.name(), *by)).collect();
+                (keys.counters(g, n), fields)
+            })
+            .collect();
+        if !self.status.is_empty() {
+            out.insert(
+                keys.status(),
+                self.status
+                    .iter()
+                    .map(|(s, n)| (s.as_str().to_owned(), *n))
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    /// The top lists of copy `keys`, named: key → member → increment.
+    pub fn tops(&self, keys: &Keys) -> BTreeMap<String, BTreeMap<String, i64>> {
+        self.tops
+            .iter()
+            .map(|(&(t, (g, n)), members)| {
+                let members = members.iter().map(|(m, by)| (m.clone(), *by)).collect();
+                (keys.top(t, g, n), members)
+            })
+            .collect()
+    }
+
+    /// The distinct-account counts of copy `keys`, named: key → accounts.
+    pub fn distinct(&self, keys: &Keys) -> BTreeMap<String, BTreeSet<String>> {
+        self.distinct
+            .iter()
+            .map(|(&(g, n), ids)| {
+                (
+                    keys.distinct(g, n),
+                    ids.iter().map(Uuid::to_string).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// New feed entries in order.
+    pub fn feed(&self) -> &[FeedEntry] {
+        &self.feed
+    }
+
     /// Redis commands these writes take (what the benchmark's raw ceiling sends).
     pub fn commands(&self) -> usize {
-        self.counters.values().map(BTreeMap::len).sum::<usize>()
-            + self.tops.values().map(BTreeMap::len).sum::<usize>()
+        self.counters.values().map(Vec::len).sum::<usize>()
+            + self.status.len()
+            + self.tops.values().map(HashMap::len).sum::<usize>()
             + self.distinct.len()
-            + self.expire.len()
+            + self.counters.len()
+            + self.tops.len()
+            + self.distinct.len()
             + self.feed.len()
     }
 }
@@ -331,7 +488,7 @@ mod tests {
             } else {
                 "prism.account.money_deposited"
             },
-            currency: "EUR".into(),
+            currency: Currency::parse("EUR").expect("EUR"),
             money_in,
             money_out: 0,
             declined_amount: card.as_ref().map_or(0, |_| 500),
@@ -344,30 +501,40 @@ mod tests {
     fn events_of_one_bucket_sum_into_one_increment_per_field() {
         let keys = Keys::new("t", 3);
         let mut w = Writes::default();
-        w.add(&keys, &effect("2026-11-28T12:00:00.100Z", 100, None), 1_000);
-        w.add(&keys, &effect("2026-11-28T12:00:00.900Z", 250, None), 1_000);
+        w.add(&effect("2026-11-28T12:00:00.100Z", 100, None), 1_000);
+        w.add(&effect("2026-11-28T12:00:00.900Z", 250, None), 1_000);
         let sec = keys.counters(
             Grain::Second,
             Grain::Second.bucket(effect("2026-11-28T12:00:00Z", 0, None).time),
         );
-        assert_eq!(w.counters[&sec]["n"], 2);
-        assert_eq!(w.counters[&sec]["in:EUR"], 350);
-        assert_eq!(w.counters[&sec]["t:prism.account.money_deposited"], 2);
-        assert_eq!(w.counters.len(), 3, "one hash per grain");
-        assert!(w.feed.is_empty(), "below the large amount");
-        assert_eq!(w.distinct.len(), 2, "hour and day");
-        assert_eq!(w.distinct.values().next().map(BTreeSet::len), Some(1));
+        assert_eq!(w.counters(&keys)[&sec]["n"], 2);
+        assert_eq!(w.counters(&keys)[&sec]["in:EUR"], 350);
+        assert_eq!(
+            w.counters(&keys)[&sec]["t:prism.account.money_deposited"],
+            2
+        );
+        assert_eq!(w.counters(&keys).len(), 3, "one hash per grain");
+        assert!(w.feed().is_empty(), "below the large amount");
+        assert_eq!(w.distinct(&keys).len(), 2, "hour and day");
+        assert_eq!(
+            w.distinct(&keys).values().next().map(BTreeSet::len),
+            Some(1)
+        );
     }
 
     #[test]
     fn an_event_at_midnight_and_one_just_before_land_in_different_buckets_of_every_grain() {
         let keys = Keys::new("t", 1);
         let mut w = Writes::default();
-        w.add(&keys, &effect("2026-11-28T23:59:59.999Z", 1, None), 1_000);
-        w.add(&keys, &effect("2026-11-29T00:00:00.000Z", 1, None), 1_000);
-        assert_eq!(w.counters.len(), 6, "two seconds, two minutes, two hours");
-        assert_eq!(w.distinct.len(), 4, "two hours, two days");
-        assert!(w.counters.values().all(|f| f["n"] == 1));
+        w.add(&effect("2026-11-28T23:59:59.999Z", 1, None), 1_000);
+        w.add(&effect("2026-11-29T00:00:00.000Z", 1, None), 1_000);
+        assert_eq!(
+            w.counters(&keys).len(),
+            6,
+            "two seconds, two minutes, two hours"
+        );
+        assert_eq!(w.distinct(&keys).len(), 4, "two hours, two days");
+        assert!(w.counters(&keys).values().all(|f| f["n"] == 1));
     }
 
     #[test]
@@ -376,30 +543,30 @@ mod tests {
         let mut w = Writes::default();
         let card = Card {
             merchant: "Corner Cafe".into(),
-            country: "DE".into(),
+            country: prism_events::Country::parse("DE").expect("DE"),
             approved: false,
             reason: Some("account_frozen"),
         };
-        w.add(
-            &keys,
-            &effect("2026-11-28T12:00:00Z", 0, Some(card)),
-            1_000_000,
-        );
+        w.add(&effect("2026-11-28T12:00:00Z", 0, Some(card)), 1_000_000);
         let minute = keys.counters(
             Grain::Minute,
             Grain::Minute.bucket(effect("2026-11-28T12:00:00Z", 0, None).time),
         );
-        assert_eq!(w.counters[&minute]["no"], 1);
-        assert_eq!(w.counters[&minute]["r:account_frozen"], 1);
-        assert!(!w.counters[&minute].contains_key("ok"));
-        assert_eq!(w.tops.len(), 6, "declines and countries at three grains");
+        assert_eq!(w.counters(&keys)[&minute]["no"], 1);
+        assert_eq!(w.counters(&keys)[&minute]["r:account_frozen"], 1);
+        assert!(!w.counters(&keys)[&minute].contains_key("ok"));
+        assert_eq!(
+            w.tops(&keys).len(),
+            6,
+            "declines and countries at three grains"
+        );
         assert!(w
-            .tops
+            .tops(&keys)
             .keys()
             .all(|k| k.contains(":td:") || k.contains(":tc:")));
-        assert_eq!(w.feed.len(), 1);
+        assert_eq!(w.feed().len(), 1);
         assert_eq!(
-            w.feed[0].event_id(),
+            w.feed()[0].event_id(),
             Some(Uuid::from_u128(7).to_string().as_str())
         );
     }
@@ -410,35 +577,37 @@ mod tests {
         let mut w = Writes::default();
         let mut opened = effect("2026-11-28T12:00:00Z", 0, None);
         opened.status_change = Some((None, crate::fold::Status::Open));
-        w.add(&keys, &opened, 1_000);
-        assert!(w
-            .counters
-            .values()
-            .take(3)
-            .all(|f| f.get("new") == Some(&1)));
+        w.add(&opened, 1_000);
+        let counters = w.counters(&keys);
+        assert_eq!(counters.len(), 4, "three buckets and the status counts");
+        assert!(counters
+            .iter()
+            .filter(|(k, _)| **k != keys.status())
+            .all(|(_, f)| f.get("new") == Some(&1)));
+        assert_eq!(counters[&keys.status()]["open"], 1);
         let card = Card {
             merchant: "Corner Cafe".into(),
-            country: "DE".into(),
+            country: prism_events::Country::parse("DE").expect("DE"),
             approved: true,
             reason: None,
         };
         let paid = effect("2026-11-28T12:00:00Z", 0, Some(card));
-        w.add(&keys, &paid, 1_000);
+        w.add(&paid, 1_000);
         let minute = Grain::Minute.bucket(paid.time);
         let top = keys.top(Top::MerchantVolume, Grain::Minute, minute);
         let counters = keys.counters(Grain::Minute, minute);
         assert_eq!(
-            w.expire[&top] - Grain::Minute.start(minute).timestamp(),
+            w.expire(&keys)[&top] - Grain::Minute.start(minute).timestamp(),
             60 + 3_600 + crate::buckets::EXPIRY_MARGIN_S,
             "read by the 1-hour window at most"
         );
         assert!(
-            w.expire[&counters] > w.expire[&top],
+            w.expire(&keys)[&counters] > w.expire(&keys)[&top],
             "counters feed the 48-hour series"
         );
         assert_eq!(
             keys.expiry(keys.parse(&top).expect("a key")),
-            Some(w.expire[&top])
+            Some(w.expire(&keys)[&top])
         );
     }
 

@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use prism_events::Envelope;
-use prism_projector::{Batch, Sink, SinkError, StoredPosition};
+use prism_events::{Currency, Envelope};
+use prism_projector::{Batch, PositionUpdate, Sink, SinkError, StoredPosition};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use uuid::Uuid;
 
@@ -37,6 +37,10 @@ use crate::model::{Keys, Writes};
 
 /// Idle dedicated connections kept for the next batches.
 const IDLE_MAX: usize = 64;
+
+/// Most accounts remembered per partition ([`Remembered`]); past it only the last batch's
+/// accounts are kept.
+const REMEMBERED_MAX: usize = 50_000;
 
 /// Connections of their own for `WATCH` (which belongs to a connection: a shared,
 /// multiplexed one would mix other callers' commands into the transaction). A batch takes
@@ -95,6 +99,17 @@ pub struct RedisSink {
     keys: Keys,
     large_amount_minor: i64,
     feed_max: u32,
+    remembered: Arc<parking_lot::Mutex<HashMap<i32, Remembered>>>,
+}
+
+/// The accounts of one partition as this sink last wrote them, and the token it wrote
+/// with the partition's position. Only a writer of the partition writes its accounts, and
+/// always in the transaction that moves its position: while the stored token is this one,
+/// nobody else has written, and the accounts need not be read back.
+#[derive(Debug, Default)]
+struct Remembered {
+    token: u64,
+    accounts: HashMap<Uuid, Stored>,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -110,7 +125,7 @@ type AccountRow = (Option<u64>, Option<String>, Option<String>);
 
 /// An account as read back: the handled version, and the fold's state if the account was
 /// opened (an account whose opening was dead-lettered has a version and no state).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Stored {
     version: u64,
     account: Option<Account>,
@@ -130,6 +145,7 @@ impl RedisSink {
             keys,
             large_amount_minor,
             feed_max,
+            remembered: Arc::default(),
         }
     }
 
@@ -148,15 +164,16 @@ impl RedisSink {
         let mut writes = Writes::default();
         for (index, event) in events.iter().enumerate() {
             let id = event.account_id.0;
-            let current = accounts.get(&id).and_then(Option::as_ref);
+            let current = accounts.get(&id).copied().flatten();
             if current.is_some_and(|a| a.version >= event.account_version) {
                 continue;
             }
-            let (account, effect) = fold(current, event).map_err(|r| SinkError::Rejected {
-                index,
-                reason: r.to_string(),
-            })?;
-            writes.add(&self.keys, &effect, self.large_amount_minor);
+            let (account, effect) =
+                fold(current.as_ref(), event).map_err(|r| SinkError::Rejected {
+                    index,
+                    reason: r.to_string(),
+                })?;
+            writes.add(&effect, self.large_amount_minor);
             accounts.insert(id, Some(account));
         }
         Ok(writes)
@@ -172,7 +189,8 @@ impl RedisSink {
         let account = match (currency.filter(|c| !c.is_empty()), status) {
             (Some(currency), Some(status)) => Some(Account {
                 version,
-                currency,
+                currency: Currency::parse(&currency)
+                    .map_err(|e| SinkError::Permanent(format!("{}: {e}", self.keys.account(id))))?,
                 status: Status::parse(&status).ok_or_else(|| {
                     SinkError::Permanent(format!(
                         "{} holds status {status:?}, which this build does not know",
@@ -191,28 +209,34 @@ impl RedisSink {
         conn: &mut MultiplexedConnection,
         batch: &Batch,
     ) -> Result<(), SinkError> {
-        // 1. Watch, then read, the position and the accounts.
         let mut ids: Vec<Uuid> = batch.versions.iter().map(|v| v.account_id).collect();
         ids.extend(batch.events.iter().map(|e| e.account_id.0));
         ids.sort_unstable();
         ids.dedup();
-        let position_key = batch
-            .position
-            .as_ref()
-            .map(|p| self.keys.position(p.partition));
-        let account_keys: Vec<String> = ids.iter().map(|id| self.keys.account(*id)).collect();
+        let partition = batch.position.as_ref().map(|p| p.partition);
+        // What this sink remembers of the partition, taken out while the batch runs (put
+        // back only after a write that went through).
+        let mut remembered = partition
+            .and_then(|p| self.remembered.lock().remove(&p))
+            .unwrap_or_default();
+
+        // 1. Watch the position, then read it and the accounts not remembered.
+        let position_key = partition.map(|p| self.keys.position(p));
+        let unknown: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !remembered.accounts.contains_key(id))
+            .copied()
+            .collect();
         let mut read = redis::pipe();
-        read.cmd("WATCH")
-            .arg(&position_key)
-            .arg(&account_keys)
-            .ignore();
-        read.cmd("HGET")
-            .arg(position_key.as_deref().unwrap_or("-"))
-            .arg("offset");
-        for key in &account_keys {
-            read.cmd("HMGET").arg(key).arg("v").arg("c").arg("s");
+        if let Some(key) = &position_key {
+            read.cmd("WATCH").arg(key).ignore();
         }
-        let (stored_offset, rows): (Option<i64>, Vec<AccountRow>) = {
+        read.cmd("HMGET")
+            .arg(position_key.as_deref().unwrap_or("-"))
+            .arg("offset")
+            .arg("token");
+        add_account_reads(&mut read, &self.keys, &unknown);
+        let (stored_offset, stored_token, rows): (Option<i64>, Option<u64>, Vec<AccountRow>) = {
             let mut values: Vec<redis::Value> = read
                 .query_async(conn)
                 .await
@@ -221,14 +245,9 @@ impl RedisSink {
                 return Err(SinkError::Transient("Redis answered nothing".into()));
             }
             let first = values.remove(0);
-            let offset: Option<i64> = redis::from_redis_value(&first)
+            let (offset, token) = redis::from_redis_value(&first)
                 .map_err(|e| transient("reading the position", &e))?;
-            let rows = values
-                .iter()
-                .map(redis::from_redis_value)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| transient("reading the accounts", &e))?;
-            (offset, rows)
+            (offset, token, account_rows(&values)?)
         };
 
         // 2. The fence, then the fold, summed.
@@ -240,49 +259,118 @@ impl RedisSink {
                 });
             }
         }
-        let mut stored = HashMap::with_capacity(ids.len());
-        for (id, row) in ids.iter().zip(rows) {
-            stored.insert(*id, self.stored(*id, row)?);
+        if stored_token.is_none() || stored_token != Some(remembered.token) {
+            // Somebody else wrote the partition since (or nothing is remembered): what was
+            // remembered is stale. The position stays watched while the rest is read.
+            let known: Vec<Uuid> = ids
+                .iter()
+                .filter(|id| remembered.accounts.contains_key(id))
+                .copied()
+                .collect();
+            remembered.accounts.clear();
+            if !known.is_empty() {
+                let mut again = redis::pipe();
+                add_account_reads(&mut again, &self.keys, &known);
+                let values: Vec<redis::Value> = again
+                    .query_async(conn)
+                    .await
+                    .map_err(|e| transient("reading the batch's accounts", &e))?;
+                for (id, row) in known.iter().zip(account_rows(&values)?) {
+                    remembered.accounts.insert(*id, self.stored(*id, row)?);
+                }
+            }
         }
-        let mut accounts: HashMap<Uuid, Option<Account>> = stored
+        for (id, row) in unknown.iter().zip(rows) {
+            remembered.accounts.insert(*id, self.stored(*id, row)?);
+        }
+        let before: Vec<Stored> = ids
             .iter()
-            .map(|(id, s)| (*id, s.account.clone()))
+            .map(|id| remembered.accounts.get(id).copied().unwrap_or_default())
+            .collect();
+        let mut accounts: HashMap<Uuid, Option<Account>> = ids
+            .iter()
+            .zip(&before)
+            .map(|(id, s)| (*id, s.account))
             .collect();
         let writes = self.fold_batch(&mut accounts, &batch.events)?;
 
-        // 3. Everything, in one transaction that runs only if nothing watched changed.
+        // 3. Everything, in one transaction that runs only if the position did not change.
         let handled: HashMap<Uuid, u64> = batch
             .versions
             .iter()
             .map(|v| (v.account_id, v.version))
             .collect();
+        let after: Vec<(Uuid, Stored)> = ids
+            .iter()
+            .zip(&before)
+            .map(|(id, before)| {
+                let account = accounts.get(id).copied().flatten();
+                let version = handled
+                    .get(id)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(account.map_or(0, |a| a.version))
+                    .max(before.version);
+                (*id, Stored { version, account })
+            })
+            .collect();
+        let token = Uuid::new_v4().as_u64_pair().0;
+        let tx = self.transaction(&after, &writes, batch.position.as_ref(), token);
+        let answer: redis::Value = tx.query_async(conn).await.map_err(|e| {
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                transient("writing the batch", &e)
+            } else {
+                SinkError::Permanent(format!("Redis refused the batch: {e}"))
+            }
+        })?;
+        if answer == redis::Value::Nil {
+            return Err(SinkError::Transient(
+                "another writer changed the partition's position while the batch was folded; \
+                 nothing was written"
+                    .into(),
+            ));
+        }
+        if let Some(p) = partition {
+            if remembered.accounts.len() > REMEMBERED_MAX {
+                remembered.accounts.clear();
+            }
+            remembered.accounts.extend(after);
+            remembered.token = token;
+            self.remembered.lock().insert(p, remembered);
+        }
+        Ok(())
+    }
+
+    /// Step 3's transaction: the accounts as they are after the batch, the increments, and
+    /// the position with `token`.
+    fn transaction(
+        &self,
+        accounts: &[(Uuid, Stored)],
+        writes: &Writes,
+        position: Option<&PositionUpdate>,
+        token: u64,
+    ) -> redis::Pipeline {
         let mut tx = redis::pipe();
         tx.atomic();
-        for (id, key) in ids.iter().zip(&account_keys) {
-            let before = stored.get(id).map_or(0, |s| s.version);
-            let folded = accounts.get(id).and_then(Option::as_ref);
-            let version = handled
-                .get(id)
-                .copied()
-                .unwrap_or(0)
-                .max(folded.map_or(0, |a| a.version))
-                .max(before);
+        for (id, stored) in accounts {
             tx.cmd("HSET")
-                .arg(key)
+                .arg(self.keys.account(*id))
                 .arg("v")
-                .arg(version)
+                .arg(stored.version)
                 .arg("c")
-                .arg(folded.map_or("", |a| a.currency.as_str()))
+                .arg(stored.account.as_ref().map_or("", |a| a.currency.as_str()))
                 .arg("s")
-                .arg(folded.map_or("", |a| a.status.as_str()))
+                .arg(stored.account.map_or("", |a| a.status.as_str()))
                 .ignore();
         }
-        add_increments(&mut tx, &writes, &self.keys.feed(), self.feed_max);
-        if let (Some(p), Some(key)) = (&batch.position, &position_key) {
+        add_increments(&mut tx, writes, &self.keys, self.feed_max);
+        if let Some(p) = position {
             let mut hset = redis::cmd("HSET");
-            hset.arg(key)
+            hset.arg(self.keys.position(p.partition))
                 .arg("offset")
                 .arg(p.offset)
+                .arg("token")
+                .arg(token)
                 .arg("writer")
                 .arg(&p.writer)
                 .arg("updated_at")
@@ -296,60 +384,149 @@ impl RedisSink {
             tx.add_command(hset).ignore();
         }
         tx.cmd("PING");
-        let answer: redis::Value = tx.query_async(conn).await.map_err(|e| {
-            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-                transient("writing the batch", &e)
-            } else {
-                SinkError::Permanent(format!("Redis refused the batch: {e}"))
-            }
-        })?;
-        if answer == redis::Value::Nil {
-            return Err(SinkError::Transient(
-                "another writer changed the partition's position or one of its accounts \
-                 while the batch was folded; nothing was written"
-                    .into(),
-            ));
-        }
-        Ok(())
+        tx
     }
 
-    /// Sends `writes` as plain commands in one `MULTI`/`EXEC` (no checks, no position).
-    pub async fn write_raw(&self, writes: &Writes) -> Result<(), SinkError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        add_increments(&mut pipe, writes, &self.keys.feed(), self.feed_max);
+    /// Folds `events` from `accounts` into the transaction [`Sink::apply`] would send for
+    /// them after its reads and checks (untimed by the benchmark, which then sends it with
+    /// [`RedisSink::write_raw`]).
+    pub fn prepare(
+        &self,
+        accounts: &mut HashMap<Uuid, Option<Account>>,
+        events: &[Envelope],
+        position: Option<PositionUpdate>,
+    ) -> Result<Prepared, SinkError> {
+        let before: HashMap<Uuid, u64> = events
+            .iter()
+            .map(|e| {
+                let id = e.account_id.0;
+                (
+                    id,
+                    accounts
+                        .get(&id)
+                        .copied()
+                        .flatten()
+                        .map_or(0, |a| a.version),
+                )
+            })
+            .collect();
+        let writes = self.fold_batch(accounts, events)?;
+        let mut touched: Vec<(Uuid, Stored)> = before
+            .into_iter()
+            .map(|(id, version)| {
+                let account = accounts.get(&id).copied().flatten();
+                let version = version.max(account.map_or(0, |a| a.version));
+                (id, Stored { version, account })
+            })
+            .collect();
+        touched.sort_unstable_by_key(|(id, _)| *id);
+        Ok(Prepared {
+            accounts: touched,
+            writes,
+            position,
+        })
+    }
+
+    /// Sends a prepared batch's transaction as it is: no `WATCH`, no reads, no fence.
+    pub async fn write_raw(&self, prepared: &Prepared) -> Result<(), SinkError> {
+        let tx = self.transaction(
+            &prepared.accounts,
+            &prepared.writes,
+            prepared.position.as_ref(),
+            0,
+        );
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
+        tx.query_async::<()>(&mut conn)
             .await
             .map_err(|e| transient("writing the raw batch", &e))
     }
 }
 
-/// `writes` as plain commands (the raw path).
-fn add_increments(pipe: &mut redis::Pipeline, writes: &Writes, feed_key: &str, feed_max: u32) {
-    for (key, fields) in &writes.counters {
+/// One batch's transaction, folded ([`RedisSink::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    accounts: Vec<(Uuid, Stored)>,
+    writes: Writes,
+    position: Option<PositionUpdate>,
+}
+
+impl Prepared {
+    /// Redis commands the transaction holds.
+    pub fn commands(&self) -> usize {
+        self.accounts.len() + self.writes.commands() + usize::from(self.position.is_some())
+    }
+}
+
+/// `HMGET a:<id> v c s` for each of `ids`.
+fn add_account_reads(pipe: &mut redis::Pipeline, keys: &Keys, ids: &[Uuid]) {
+    for id in ids {
+        pipe.cmd("HMGET")
+            .arg(keys.account(*id))
+            .arg("v")
+            .arg("c")
+            .arg("s");
+    }
+}
+
+fn account_rows(values: &[redis::Value]) -> Result<Vec<AccountRow>, SinkError> {
+    values
+        .iter()
+        .map(redis::from_redis_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| transient("reading the accounts", &e))
+}
+
+/// `writes` as commands on copy `keys` (the raw path sends exactly these).
+fn add_increments(pipe: &mut redis::Pipeline, writes: &Writes, keys: &Keys, feed_max: u32) {
+    let mut name = String::new();
+    for ((grain, n), fields) in writes.bucket_counters() {
+        let key = keys.counters(grain, n);
         for (field, by) in fields {
-            pipe.cmd("HINCRBY").arg(key).arg(field).arg(by).ignore();
+            name.clear();
+            field.write_name(&mut name);
+            pipe.cmd("HINCRBY").arg(&key).arg(&name).arg(by).ignore();
         }
-    }
-    for (key, members) in &writes.tops {
-        for (member, by) in members {
-            pipe.cmd("ZINCRBY").arg(key).arg(by).arg(member).ignore();
-        }
-    }
-    for (key, members) in &writes.distinct {
-        pipe.cmd("PFADD")
-            .arg(key)
-            .arg(members.iter().collect::<Vec<_>>())
+        pipe.cmd("EXPIREAT")
+            .arg(&key)
+            .arg(keys.expires_at(grain, n))
             .ignore();
     }
-    for (key, at) in &writes.expire {
-        pipe.cmd("EXPIREAT").arg(key).arg(at).ignore();
+    let status = keys.status();
+    for (status_name, by) in writes.status_changes() {
+        pipe.cmd("HINCRBY")
+            .arg(&status)
+            .arg(status_name.as_str())
+            .arg(by)
+            .ignore();
     }
-    for entry in &writes.feed {
+    for ((top, (grain, n)), members) in writes.top_increments() {
+        let key = keys.top(top, grain, n);
+        for (member, by) in members {
+            pipe.cmd("ZINCRBY").arg(&key).arg(by).arg(member).ignore();
+        }
+        pipe.cmd("EXPIREAT")
+            .arg(&key)
+            .arg(keys.top_expires_at(grain, n))
+            .ignore();
+    }
+    let mut text = Uuid::encode_buffer();
+    for ((grain, n), accounts) in writes.distinct_accounts() {
+        let key = keys.distinct(grain, n);
+        let cmd = pipe.cmd("PFADD").arg(&key);
+        for id in accounts {
+            cmd.arg(&*id.hyphenated().encode_lower(&mut text));
+        }
+        cmd.ignore();
+        pipe.cmd("EXPIREAT")
+            .arg(&key)
+            .arg(keys.expires_at(grain, n))
+            .ignore();
+    }
+    let feed = keys.feed();
+    for entry in writes.feed() {
         let cmd = pipe
             .cmd("XADD")
-            .arg(feed_key)
+            .arg(&feed)
             .arg("MAXLEN")
             .arg("=")
             .arg(feed_max)

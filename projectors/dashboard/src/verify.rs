@@ -175,7 +175,7 @@ impl Verify for DashboardVerify {
         let history = fold_history::<DashboardFold>(events, |a| a.version);
         let mut writes = Writes::default();
         for effect in &history.effects {
-            writes.add(keys, effect, self.copy.large_amount_minor);
+            writes.add(effect, self.copy.large_amount_minor);
         }
         let kept = |key: &str| -> Option<String> {
             let kind = keys.parse(key)?;
@@ -185,17 +185,17 @@ impl Verify for DashboardVerify {
             snapshot_key(kind)
         };
         let mut out = Snapshot::new();
-        for (key, fields) in &writes.counters {
+        for (key, fields) in &writes.counters(keys) {
             if let Some(k) = kept(key) {
                 out.insert(k, counts(fields));
             }
         }
-        for (key, members) in &writes.tops {
+        for (key, members) in &writes.tops(keys) {
             if let Some(k) = kept(key) {
                 out.insert(k, counts(members));
             }
         }
-        for (key, members) in &writes.distinct {
+        for (key, members) in &writes.distinct(keys) {
             if let Some(k) = kept(key) {
                 out.insert(k, json!({ "members": members }));
             }
@@ -210,13 +210,13 @@ impl Verify for DashboardVerify {
                 }),
             );
         }
-        if !writes.feed.is_empty() {
+        if !writes.feed().is_empty() {
             out.insert(
                 "feed/len".into(),
-                json!(writes.feed.len().min(self.copy.feed_max as usize)),
+                json!(writes.feed().len().min(self.copy.feed_max as usize)),
             );
         }
-        for entry in &writes.feed {
+        for entry in writes.feed() {
             let Some(id) = entry.event_id() else { continue };
             if read.feed_ids.contains(id) {
                 let fields: BTreeMap<&str, &str> =

@@ -135,6 +135,9 @@ impl Running {
     }
 }
 
+/// How long a projector's fetch request may wait on the broker for new records.
+pub const FETCH_WAIT_MAX_MS: u64 = 100;
+
 /// The consumer settings of every projector: offsets are stored by the sink (Kafka's are
 /// committed by hand, for lag tools), cooperative rebalancing, a bounded prefetch. The
 /// benchmark's raw-consume ceiling uses the same.
@@ -152,6 +155,10 @@ pub fn consumer_config(
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("queued.max.messages.kbytes", "16384")
+        // A fetch waits at most this long for new records; the next fetch (a resumed
+        // partition's included) waits for it. librdkafka's default (500 ms) held every
+        // resumed partition up to half a second whenever another partition was caught up.
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
         .set("enable.partition.eof", "false");
     // Pass-through settings win over ours (set again last).
     for (key, value) in &kafka.client {

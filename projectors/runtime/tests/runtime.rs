@@ -292,3 +292,53 @@ async fn transient_errors_are_retried_with_a_growing_back_off() {
     })
     .await;
 }
+
+/// How long the backpressure test's catch-up may take (group join included). Each time
+/// its busy partition is resumed, its next fetch waits for the fetch in flight for the idle
+/// partition, which the broker holds up to `fetch.wait.max.ms`: measured 10.9 s at
+/// librdkafka's default (500 ms) against 2.4 s at the runtime's 100 ms.
+const BACKPRESSURE_CATCH_UP: Duration = Duration::from_secs(6);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_partition_resumes_without_waiting_out_an_idle_partitions_fetch() {
+    let mut env = KafkaEnv::new(2).await;
+    // A small buffer: the busy partition is paused and resumed about every 25 records.
+    env.config.partition_buffer = 50;
+    env.config.batch_max_events = 10;
+    let env = Arc::new(env);
+    let outcome = std::panic::AssertUnwindSafe(async {
+        let mut accounts: Vec<Account> = (0..20).map(|_| Account::new(0)).collect();
+        let mut events: Vec<(Envelope, i32)> = accounts
+            .iter_mut()
+            .map(|a| a.next_now(opened("Ada", "DE", "EUR")))
+            .collect();
+        for round in 0..60 {
+            for account in &mut accounts {
+                events.push(account.next_now(deposited(100 + round)));
+            }
+        }
+        let offsets = env.send_all(&events).await;
+        let last = offsets.last().copied().unwrap_or(-1);
+
+        let sink = MemorySink::new();
+        let begun = std::time::Instant::now();
+        let started = env.start(Arc::new(sink.clone())).await;
+        wait_offset(&sink, 0, last, CATCH_UP).await;
+        let took = begun.elapsed();
+        eprintln!("catch-up through the small buffer: {took:?}");
+        started.stop().await;
+        assert_eq!(sink.snapshot(), reference(envelopes(&events)));
+        assert!(
+            took < BACKPRESSURE_CATCH_UP,
+            "{} records through a 50-record buffer took {took:?}: resumed partitions wait \
+             for the idle partition's fetch",
+            events.len()
+        );
+    })
+    .catch_unwind()
+    .await;
+    env.clean_up().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -54,7 +54,7 @@ pub(super) async fn run(
         batch.clear();
         batch.extend(workload.by_ref().take(BATCH).map(|(_, e)| e));
         let folded = sink
-            .fold_batch(&mut state, &batch)
+            .prepare(&mut state, &batch, None)
             .map_err(|e| anyhow!("the fold refused: {e}"))?;
         let (sink, n) = (sink.clone(), batch.len() as u64);
         writes.spawn(async move {
@@ -75,26 +75,6 @@ pub(super) async fn run(
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    // The accounts' own hashes (the sink writes them with each batch; the raw path does not).
-    for chunk in state.iter().collect::<Vec<_>>().chunks(5_000) {
-        let mut pipe = redis::pipe();
-        for (id, account) in chunk {
-            if let Some(a) = account {
-                pipe.cmd("HSET")
-                    .arg(copy.keys.account(**id))
-                    .arg("v")
-                    .arg(a.version)
-                    .arg("c")
-                    .arg(&a.currency)
-                    .arg("s")
-                    .arg(a.status.as_str())
-                    .ignore();
-            }
-        }
-        pipe.query_async::<()>(&mut redis)
-            .await
-            .context("writing the accounts")?;
-    }
     let replay = Rate::of(events, elapsed).cpu(&cpu, std::process::id(), &[]);
     let after = used_memory(&mut redis).await?;
 

@@ -6,10 +6,11 @@
 //!    `--events` events of the seeded [`crate::traffic`] model, timed as if produced live
 //!    at `--event-rate` up to now (the dashboard keeps recent buckets only). Then:
 //!    - *the raw ceiling*: the same events, grouped by partition, folded in memory into
-//!      the writes of batches of `--batch` events ([`RedisSink::fold_batch`]), and sent as
-//!      plain commands in one `MULTI`/`EXEC` pipeline per batch
-//!      ([`RedisSink::write_raw`]: no reads, no script, no position), one task per
-//!      partition, into a fresh copy. Timed: the writes. Run before and after the projector.
+//!      the transactions of batches of `--batch` events ([`RedisSink::prepare`]: the
+//!      accounts, the increments, the expiries, the feed and the position, exactly what
+//!      the sink's `MULTI`/`EXEC` holds), and sent as they are ([`RedisSink::write_raw`]:
+//!      no `WATCH`, no reads, no fence), one task per partition, into a fresh copy.
+//!      Timed: the writes. Run before and after the projector.
 //!    - *the projector*: the kit's runtime with a `RedisSink` on another fresh copy, from its
 //!      start until every partition's stored position reached the partition's end.
 //!

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use prism_dashboard::app::NAME;
-use prism_dashboard::model::Writes;
-use prism_dashboard::sink::RedisSink;
+use prism_dashboard::sink::{Prepared, RedisSink};
 use prism_events::Envelope;
 use prism_platform::Config;
 use prism_projector::app::Projector as _;
-use prism_projector::{Projection, Runtime, Shared, Sink as _};
+use prism_projector::{PositionUpdate, Projection, Runtime, Shared, Sink as _};
 use tokio::task::JoinSet;
 
 use super::super::ledger::figures::{CpuSnapshot, Rate};
@@ -25,8 +24,8 @@ use super::{copies, dashboard_on, Args, Names, ProjectionFigures, RATIO_GOAL};
 const POSITION_POLL: Duration = Duration::from_millis(100);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One partition's batches, folded: (events of the batch, its writes).
-type Folded = Arc<Vec<(u64, Writes)>>;
+/// One partition's batches, folded: (events of the batch, its transaction).
+type Folded = Arc<Vec<(u64, Prepared)>>;
 
 /// The workload's events per partition, cut into batches of the runtime's size.
 struct Streams {
@@ -62,17 +61,30 @@ impl Streams {
         })
     }
 
-    /// Every partition's batches folded into the writes `sink` would send (untimed).
+    /// Every partition's batches folded into the transactions `sink` would send after its
+    /// reads and checks, positions included (untimed).
     fn fold(&self, sink: &RedisSink) -> anyhow::Result<Vec<Folded>> {
         let mut out = Vec::with_capacity(self.partitions.len());
         for (partition, batches) in self.partitions.iter().enumerate() {
             let mut accounts = HashMap::new();
             let mut folded = Vec::with_capacity(batches.len());
+            let mut offset = -1_i64;
             for batch in batches {
-                let writes = sink
-                    .fold_batch(&mut accounts, batch)
+                let expected = (offset >= 0).then_some(offset);
+                offset += i64::try_from(batch.len())?;
+                let last = batch.last();
+                let position = PositionUpdate {
+                    partition: i32::try_from(partition)?,
+                    expected,
+                    offset,
+                    event_id: last.map(|e| e.id),
+                    event_time: last.map(|e| e.time),
+                    writer: "bench raw ceiling".into(),
+                };
+                let prepared = sink
+                    .prepare(&mut accounts, batch, Some(position))
                     .map_err(|e| anyhow!("partition {partition}: the fold refused: {e}"))?;
-                folded.push((batch.len() as u64, writes));
+                folded.push((batch.len() as u64, prepared));
             }
             out.push(Arc::new(folded));
         }
@@ -101,7 +113,7 @@ async fn write_raw(
     let commands: u64 = folded
         .iter()
         .flat_map(|p| p.iter())
-        .map(|(_, w)| w.commands() as u64)
+        .map(|(_, p)| p.commands() as u64)
         .sum();
     let bar = bar("raw Redis pipeline ceiling", Some(streams.events));
     let done = Arc::new(AtomicU64::new(0));
@@ -112,8 +124,8 @@ async fn write_raw(
     for (partition, batches) in folded.into_iter().enumerate() {
         let (sink, done) = (sink.clone(), Arc::clone(&done));
         tasks.spawn(async move {
-            for (events, writes) in batches.iter() {
-                sink.write_raw(writes)
+            for (events, prepared) in batches.iter() {
+                sink.write_raw(prepared)
                     .await
                     .with_context(|| format!("the ceiling's partition {partition}"))?;
                 done.fetch_add(*events, Ordering::Relaxed);

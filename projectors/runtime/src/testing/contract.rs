@@ -76,6 +76,7 @@ pub async fn sink_checks<S: ContractSubject>(subject: &S) {
     apply_stores_model_versions_and_position(subject).await;
     replay_changes_nothing(subject).await;
     fenced_writer_changes_nothing(subject).await;
+    writers_taking_turns_end_as_one(subject).await;
     versions_are_what_the_batch_stored(subject).await;
     rejected_event_writes_nothing(subject).await;
     record_error_shows_on_nothing_else(subject).await;
@@ -282,6 +283,41 @@ pub async fn fenced_writer_changes_nothing<S: ContractSubject>(subject: &S) {
     let other = events_of(Feed::new(14, 1, 1).take(3));
     apply(&sink, &batch(other, 1, None, 2), "partition 1").await;
     assert_eq!(position(&sink, 0).await, stored);
+}
+
+/// Two writers taking turns on a partition (a rebalance handing it over and back) end
+/// where one writer does: a sink that remembers what it wrote must notice that another
+/// writer wrote since, and not fold onto what it remembers.
+pub async fn writers_taking_turns_end_as_one<S: ContractSubject>(subject: &S) {
+    let events = events_of(Feed::new(15, 3, 1).take(30));
+    let copy = subject.fresh().await;
+    let (a, b) = (subject.sink(&copy), subject.sink(&copy));
+    apply(&a, &batch(events[..10].to_vec(), 0, None, 9), "A: batch 1").await;
+    apply(
+        &b,
+        &batch(events[10..20].to_vec(), 0, Some(9), 19),
+        "B: batch 2",
+    )
+    .await;
+    apply(
+        &a,
+        &batch(events[20..].to_vec(), 0, Some(19), 29),
+        "A again: batch 3",
+    )
+    .await;
+    assert_eq!(
+        versions(
+            &a,
+            &expected_versions(&events).into_keys().collect::<Vec<_>>()
+        )
+        .await,
+        expected_versions(&events)
+    );
+    assert_same(
+        "two writers taking turns against one write",
+        &reference(subject, events).await,
+        &subject.snapshot(&copy).await,
+    );
 }
 
 /// `versions()` answers exactly what batches stored, including the version of an account
