@@ -5,8 +5,8 @@
 //! in and out per currency, card payments approved and declined, declines by reason), to
 //! top lists of merchants and countries, and to distinct-account counts; status changes
 //! move the account counts; large and declined transactions go to a capped feed. Each
-//! batch is one optimistic Redis transaction (`WATCH` the position and the accounts, read
-//! them, check the fence, then `MULTI`/`EXEC`), which writes nothing if any of them moved:
+//! batch is one optimistic Redis transaction (`WATCH` the partition's position, read it,
+//! check the fence, then `MULTI`/`EXEC`), which writes nothing if the position moved:
 //! increments are not idempotent, so the sink is the kit's *transactional* mode. Windows (1 min, 15 min, 1 h, 24 h) are summed from buckets when
 //! read; one reader per process feeds every stream viewer.
 //!
