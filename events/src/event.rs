@@ -169,6 +169,17 @@ macro_rules! event_types {
                 }
             }
 
+            /// Reads an event of `event_type` at the current schema version straight from
+            /// its JSON data (what [`AccountEvent::from_data`] does from a parsed tree).
+            pub fn from_json_slice(event_type: &str, data: &[u8]) -> Result<Self, DataError> {
+                match event_type {
+                    $($type => serde_json::from_slice(data)
+                        .map(Self::$variant)
+                        .map_err(|source| DataError::Invalid { event_type: $type, source }),)+
+                    other => Err(DataError::UnknownType(other.to_owned())),
+                }
+            }
+
             /// The JSON Schema of each type's data, for consumers in other languages.
             pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
                 vec![$(($type, schemars::schema_for!($variant)),)+]

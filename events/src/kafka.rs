@@ -5,8 +5,12 @@
 //! header; `datacontenttype` travels as the `content-type` header.
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
-use crate::envelope::{DecodeError, Envelope, RawEvent, DATA_CONTENT_TYPE, SPEC_VERSION};
+use crate::envelope::{
+    AccountId, DecodeError, Envelope, RawEvent, DATA_CONTENT_TYPE, SPEC_VERSION,
+};
+use crate::event::AccountEvent;
 
 pub const H_SPECVERSION: &str = "ce_specversion";
 pub const H_ID: &str = "ce_id";
@@ -64,12 +68,23 @@ pub fn encode_raw(raw: &RawEvent) -> KafkaRecord {
 }
 
 /// Decodes a consumed record. Headers are `(name, bytes)` as the client library gives them.
+///
+/// A record at the current schema version is read straight into its event, without a
+/// JSON tree in between or a copy of every header; anything else (an older schema to
+/// upcast, or a record that fails on the way) goes through [`decode_raw`] and
+/// [`RawEvent::decode`], so every record gets exactly the error that path gives.
 pub fn decode<'a>(
     key: Option<&[u8]>,
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     value: Option<&[u8]>,
 ) -> Result<Envelope, DecodeError> {
-    decode_raw(key, headers, value)?.decode()
+    let attributes = Attributes::read(key, headers)?;
+    if attributes.schema_version == AccountEvent::SCHEMA_VERSION {
+        if let Some(envelope) = attributes.decode_current(value) {
+            return Ok(envelope);
+        }
+    }
+    attributes.into_raw(value)?.decode()
 }
 
 /// Reads the attributes of a consumed record without upcasting or validating the data.
@@ -78,70 +93,144 @@ pub fn decode_raw<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     value: Option<&[u8]>,
 ) -> Result<RawEvent, DecodeError> {
-    let invalid = |field, reason: String| DecodeError::Invalid { field, reason };
-    let mut found: [Option<String>; 10] = Default::default();
-    let names = [
-        H_SPECVERSION,
-        H_ID,
-        H_SOURCE,
-        H_TYPE,
-        H_SUBJECT,
-        H_TIME,
-        H_ACCOUNT_VERSION,
-        H_CORRELATION_ID,
-        H_CAUSATION_ID,
-        H_SCHEMA_VERSION,
-    ];
-    for (name, bytes) in headers {
-        if let Some(i) = names.iter().position(|n| *n == name) {
-            let text = std::str::from_utf8(bytes).map_err(|e| invalid(names[i], e.to_string()))?;
-            found[i] = Some(text.to_owned());
-        }
-    }
-    let [spec, id, source, event_type, subject, time, version, correlation, causation, schema] =
-        found;
-    let spec = spec.ok_or(DecodeError::Missing(H_SPECVERSION))?;
-    if spec != SPEC_VERSION {
-        return Err(invalid(
+    Attributes::read(key, headers)?.into_raw(value)
+}
+
+/// A record's CloudEvents attributes, borrowed from its headers. The ones checked here are
+/// checked in this order by both ways of decoding; `id`, `source` and `type` are found
+/// missing only after the value was parsed ([`Attributes::into_raw`]).
+struct Attributes<'a> {
+    id: Option<&'a str>,
+    source: Option<&'a str>,
+    event_type: Option<&'a str>,
+    subject: &'a str,
+    time: DateTime<Utc>,
+    account_version: u64,
+    correlation_id: Option<&'a str>,
+    causation_id: Option<&'a str>,
+    schema_version: u32,
+}
+
+impl<'a> Attributes<'a> {
+    fn read(
+        key: Option<&[u8]>,
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self, DecodeError> {
+        let invalid = |field, reason: String| DecodeError::Invalid { field, reason };
+        let mut found: [Option<&'a str>; 10] = Default::default();
+        let names = [
             H_SPECVERSION,
-            format!("{spec:?} is not {SPEC_VERSION}"),
-        ));
-    }
-    let subject = subject.ok_or(DecodeError::Missing(H_SUBJECT))?;
-    if let Some(key) = key {
-        if key != subject.as_bytes() {
+            H_ID,
+            H_SOURCE,
+            H_TYPE,
+            H_SUBJECT,
+            H_TIME,
+            H_ACCOUNT_VERSION,
+            H_CORRELATION_ID,
+            H_CAUSATION_ID,
+            H_SCHEMA_VERSION,
+        ];
+        for (name, bytes) in headers {
+            if let Some(i) = names.iter().position(|n| *n == name) {
+                let text =
+                    std::str::from_utf8(bytes).map_err(|e| invalid(names[i], e.to_string()))?;
+                found[i] = Some(text);
+            }
+        }
+        let [spec, id, source, event_type, subject, time, version, correlation, causation, schema] =
+            found;
+        let spec = spec.ok_or(DecodeError::Missing(H_SPECVERSION))?;
+        if spec != SPEC_VERSION {
             return Err(invalid(
-                "key",
-                "the record key is not the event's subject".into(),
+                H_SPECVERSION,
+                format!("{spec:?} is not {SPEC_VERSION}"),
             ));
         }
+        let subject = subject.ok_or(DecodeError::Missing(H_SUBJECT))?;
+        if let Some(key) = key {
+            if key != subject.as_bytes() {
+                return Err(invalid(
+                    "key",
+                    "the record key is not the event's subject".into(),
+                ));
+            }
+        }
+        let time: DateTime<Utc> =
+            DateTime::parse_from_rfc3339(time.ok_or(DecodeError::Missing(H_TIME))?)
+                .map_err(|e| invalid(H_TIME, e.to_string()))?
+                .with_timezone(&Utc);
+        let account_version = version
+            .ok_or(DecodeError::Missing(H_ACCOUNT_VERSION))?
+            .parse()
+            .map_err(|e: std::num::ParseIntError| invalid(H_ACCOUNT_VERSION, e.to_string()))?;
+        let schema_version = schema
+            .ok_or(DecodeError::Missing(H_SCHEMA_VERSION))?
+            .parse()
+            .map_err(|e: std::num::ParseIntError| invalid(H_SCHEMA_VERSION, e.to_string()))?;
+        Ok(Self {
+            id,
+            source,
+            event_type,
+            subject,
+            time,
+            account_version,
+            correlation_id: correlation,
+            causation_id: causation,
+            schema_version,
+        })
     }
-    let time: DateTime<Utc> =
-        DateTime::parse_from_rfc3339(&time.ok_or(DecodeError::Missing(H_TIME))?)
-            .map_err(|e| invalid(H_TIME, e.to_string()))?
-            .with_timezone(&Utc);
-    let account_version = version
-        .ok_or(DecodeError::Missing(H_ACCOUNT_VERSION))?
-        .parse()
-        .map_err(|e: std::num::ParseIntError| invalid(H_ACCOUNT_VERSION, e.to_string()))?;
-    let schema_version = schema
-        .ok_or(DecodeError::Missing(H_SCHEMA_VERSION))?
-        .parse()
-        .map_err(|e: std::num::ParseIntError| invalid(H_SCHEMA_VERSION, e.to_string()))?;
-    let data = serde_json::from_slice(value.ok_or(DecodeError::Missing("value"))?)
-        .map_err(|e| invalid("value", e.to_string()))?;
-    Ok(RawEvent {
-        id: id.ok_or(DecodeError::Missing(H_ID))?,
-        source: source.ok_or(DecodeError::Missing(H_SOURCE))?,
-        event_type: event_type.ok_or(DecodeError::Missing(H_TYPE))?,
-        subject,
-        time,
-        account_version,
-        correlation_id: correlation,
-        causation_id: causation,
-        schema_version,
-        data,
-    })
+
+    /// The envelope of a record at the current schema version, read straight from the
+    /// value; `None` if anything is wrong with it (the caller then takes the general way,
+    /// which names what).
+    fn decode_current(&self, value: Option<&[u8]>) -> Option<Envelope> {
+        let id = Uuid::parse_str(self.id?).ok()?;
+        let source = self.source?;
+        let account_id: AccountId = self.subject.parse().ok()?;
+        if self.account_version == 0 {
+            return None;
+        }
+        let event = AccountEvent::from_json_slice(self.event_type?, value?).ok()?;
+        Some(Envelope {
+            id,
+            source: source.to_owned(),
+            account_id,
+            time: self.time,
+            account_version: self.account_version,
+            correlation_id: self.correlation_id.map(str::to_owned),
+            causation_id: self.causation_id.map(str::to_owned),
+            event,
+        })
+    }
+
+    /// The raw event: the value parsed as JSON, the attributes copied.
+    fn into_raw(self, value: Option<&[u8]>) -> Result<RawEvent, DecodeError> {
+        let data =
+            serde_json::from_slice(value.ok_or(DecodeError::Missing("value"))?).map_err(|e| {
+                DecodeError::Invalid {
+                    field: "value",
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(RawEvent {
+            id: self.id.ok_or(DecodeError::Missing(H_ID))?.to_owned(),
+            source: self
+                .source
+                .ok_or(DecodeError::Missing(H_SOURCE))?
+                .to_owned(),
+            event_type: self
+                .event_type
+                .ok_or(DecodeError::Missing(H_TYPE))?
+                .to_owned(),
+            subject: self.subject.to_owned(),
+            time: self.time,
+            account_version: self.account_version,
+            correlation_id: self.correlation_id.map(str::to_owned),
+            causation_id: self.causation_id.map(str::to_owned),
+            schema_version: self.schema_version,
+            data,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +292,147 @@ mod tests {
             decoded.time.timestamp_micros(),
             envelope.time.timestamp_micros()
         );
+    }
+
+    /// The general way of decoding: a parsed JSON tree, upcast, then the typed event.
+    fn decode_via_tree<'a>(
+        key: Option<&[u8]>,
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        value: Option<&[u8]>,
+    ) -> Result<Envelope, DecodeError> {
+        decode_raw(key, headers, value)?.decode()
+    }
+
+    fn every_type() -> Vec<Envelope> {
+        use serde_json::json;
+        let card = json!({ "amount_minor": 1_200, "merchant_name": "Corner \"Café\"",
+            "merchant_category": "5814", "merchant_country": "PT", "channel": "online" });
+        let mut declined = card.clone();
+        declined["decline_reason"] = json!("insufficient_funds");
+        let data = [
+            (
+                "prism.account.opened",
+                json!({ "holder_name": "Ada", "email": "ada@example.com",
+                "country": "DE", "currency": "EUR", "daily_withdrawal_limit_minor": 50_000 }),
+            ),
+            (
+                "prism.account.money_deposited",
+                json!({ "amount_minor": 10_000, "description": "pay" }),
+            ),
+            (
+                "prism.account.money_withdrawn",
+                json!({ "amount_minor": 2_500, "channel": "atm" }),
+            ),
+            ("prism.account.card_payment_approved", card),
+            ("prism.account.card_payment_declined", declined),
+            ("prism.account.frozen", json!({ "reason": "review" })),
+            ("prism.account.unfrozen", json!({})),
+            ("prism.account.closed", json!({})),
+        ];
+        let account = AccountId::generate();
+        data.into_iter()
+            .zip(1..)
+            .map(|((event_type, data), version)| Envelope {
+                id: Uuid::now_v7(),
+                source: "/prism/command".into(),
+                account_id: account,
+                time: Utc::now(),
+                account_version: version,
+                correlation_id: Some("corr".into()),
+                causation_id: None,
+                event: AccountEvent::from_data(event_type, data).expect(event_type),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_direct_way_decodes_every_type_as_the_tree_does() {
+        let all = every_type();
+        let types: std::collections::BTreeSet<&str> =
+            all.iter().map(|e| e.event.event_type()).collect();
+        assert_eq!(types.len(), AccountEvent::TYPES.len(), "every type once");
+        for envelope in all {
+            let record = encode(&envelope);
+            let key = Some(record.key.as_bytes());
+            let direct = decode(key, headers(&record), Some(&record.value)).expect("decodes");
+            let tree =
+                decode_via_tree(key, headers(&record), Some(&record.value)).expect("decodes");
+            assert_eq!(direct, tree, "{}", envelope.event.event_type());
+            // What was sent, but the time, which travels in microseconds.
+            let sent = Envelope {
+                time: direct.time,
+                ..envelope
+            };
+            assert_eq!(direct, sent);
+        }
+    }
+
+    #[test]
+    fn a_bad_record_gets_the_same_error_either_way() {
+        let record = encode(&every_type()[1]);
+        let with = |name: &'static str, value: &'static [u8]| {
+            let mut h = headers(&record);
+            h.retain(|(k, _)| *k != name);
+            h.push((name, value));
+            h
+        };
+        type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+        let cases: Vec<(&str, Headers, &[u8])> = vec![
+            ("not json", headers(&record), b"{not json"),
+            (
+                "a string amount",
+                headers(&record),
+                br#"{"amount_minor":"5"}"#,
+            ),
+            (
+                "a fractional amount",
+                headers(&record),
+                br#"{"amount_minor":1.5}"#,
+            ),
+            ("no data field", headers(&record), b"{}"),
+            (
+                "an unknown type",
+                with(H_TYPE, b"prism.account.renamed"),
+                &record.value,
+            ),
+            ("a bad id", with(H_ID, b"not-a-uuid"), &record.value),
+            ("version 0", with(H_ACCOUNT_VERSION, b"0"), &record.value),
+            ("bad json and a bad id", with(H_ID, b"x"), b"[1,"),
+        ];
+        for (what, headers, value) in cases {
+            let direct = decode(None, headers.clone(), Some(value)).expect_err(what);
+            let tree = decode_via_tree(None, headers, Some(value)).expect_err(what);
+            assert_eq!(direct.to_string(), tree.to_string(), "{what}");
+            assert_eq!(
+                direct.needs_newer_reader(),
+                tree.needs_newer_reader(),
+                "{what}"
+            );
+        }
+        let unknown = decode(
+            None,
+            with(H_TYPE, b"prism.account.renamed"),
+            Some(&record.value),
+        );
+        assert!(unknown.is_err_and(|e| e.needs_newer_reader()));
+        let bad = decode(None, headers(&record), Some(b"{not json"));
+        assert!(matches!(
+            bad,
+            Err(DecodeError::Invalid { field: "value", .. })
+        ));
+    }
+
+    #[test]
+    fn an_older_schema_version_is_still_upcast() {
+        let record = encode(&every_type()[1]);
+        let mut old = headers(&record);
+        old.retain(|(k, _)| *k != H_SCHEMA_VERSION);
+        old.push((H_SCHEMA_VERSION, b"0"));
+        // No upcaster goes from version 0: the general way is taken and says so.
+        assert!(matches!(
+            decode(None, old, Some(&record.value)),
+            Err(DecodeError::Upcast(_))
+        ));
     }
 
     #[test]

@@ -1127,16 +1127,22 @@ async fn held(projector: &support::Projector, partition: i32) -> String {
 /// The test's stand-in for a newer projector build: it knows `interest_paid` (read as a
 /// credit) and schema version 99 of a deposit (the same fields as today's).
 fn newer_build(record: &prism_projector::record::Record) -> prism_projector::plan::Decoded {
-    let mut record = record.clone();
-    for (name, value) in &mut record.headers {
-        if name == H_TYPE && value.as_slice() == b"prism.account.interest_paid" {
-            *value = b"prism.account.money_deposited".to_vec();
-        }
-        if name == H_SCHEMA_VERSION && value.as_slice() == b"99" {
-            *value = b"1".to_vec();
-        }
-    }
-    record.decode()
+    let headers = record.headers().map(|(name, value)| {
+        let value: &[u8] = match (name, value) {
+            (H_TYPE, b"prism.account.interest_paid") => b"prism.account.money_deposited",
+            (H_SCHEMA_VERSION, b"99") => b"1",
+            _ => value,
+        };
+        (name, value)
+    });
+    prism_projector::record::Record::new(
+        record.partition,
+        record.offset,
+        record.key(),
+        record.payload(),
+        headers,
+    )
+    .decode()
 }
 
 /// A write the database refuses for good (here a day's credits pushed out of BIGINT's range

@@ -83,11 +83,11 @@ impl DeadLetters {
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();
         let failed_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len() + 6);
-        for (name, value) in &record.headers {
+        let mut headers = OwnedHeaders::new_with_capacity(record.header_count() + 6);
+        for (name, value) in record.headers() {
             headers = headers.insert(Header {
                 key: name,
-                value: Some(value.as_slice()),
+                value: Some(value),
             });
         }
         for (key, value) in [
@@ -104,11 +104,11 @@ impl DeadLetters {
             });
         }
         let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
-        if let Some(key) = &record.key {
-            out = out.key(key.as_slice());
+        if let Some(key) = record.key() {
+            out = out.key(key);
         }
-        if let Some(payload) = &record.payload {
-            out = out.payload(payload.as_slice());
+        if let Some(payload) = record.payload() {
+            out = out.payload(payload);
         }
         self.producer
             .send(out, Duration::from_secs(30))

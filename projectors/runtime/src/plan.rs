@@ -11,7 +11,7 @@ use uuid::Uuid;
 pub struct Decoded {
     pub offset: i64,
     /// CloudEvents type from the headers, or `undecodable` when there is none.
-    pub event_type: String,
+    pub event_type: &'static str,
     pub envelope: Result<Envelope, String>,
     /// The record is well formed but from a newer writer (unknown event type, schema version
     /// above this build's): not poison, the partition waits for an upgraded projector.
@@ -97,7 +97,7 @@ mod tests {
             .build();
         Decoded {
             offset: 0,
-            event_type: envelope.event_type().into(),
+            event_type: envelope.event_type(),
             envelope: Ok(envelope),
             needs_upgrade: false,
         }
@@ -153,7 +153,7 @@ mod tests {
         let mut records = vec![event(a, 1)];
         records.push(Decoded {
             offset: 1,
-            event_type: "undecodable".into(),
+            event_type: "undecodable",
             envelope: Err("missing ce_id".into()),
             needs_upgrade: false,
         });

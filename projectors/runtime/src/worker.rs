@@ -396,7 +396,7 @@ impl Worker {
                 match self.dlq.send(&records[*index], reason).await {
                     Ok(()) => {
                         self.metrics
-                            .event(&decoded[*index].event_type, Outcome::DeadLettered, 1);
+                            .event(decoded[*index].event_type, Outcome::DeadLettered, 1);
                         tracing::warn!(
                             partition = self.partition,
                             offset = records[*index].offset,
@@ -607,7 +607,7 @@ impl Worker {
         }
         for index in &planned.skipped {
             self.metrics
-                .event(&decoded[*index].event_type, Outcome::Skipped, 1);
+                .event(decoded[*index].event_type, Outcome::Skipped, 1);
         }
         self.progress.send_modify(|n| *n = n.wrapping_add(1));
     }

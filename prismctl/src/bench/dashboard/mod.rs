@@ -438,6 +438,15 @@ fn print(args: &Args, r: &Report) -> anyhow::Result<()> {
             p.dead_lettered,
             p.sink_errors
         )?;
+        if let (Some(at), Some(rate)) =
+            (p.projector_startup_s, p.projector_after_startup_per_second)
+        {
+            writeln!(
+                out,
+                "    after its start    {rate:>10.0} events/s  (first position stored after {at:.2} s: \
+                 the group join)"
+            )?;
+        }
         writeln!(
             out,
             "  raw Redis pipeline   {:>10.0} events/s  ({} pipelines of {} events, {} commands)",

@@ -362,11 +362,10 @@ pub(super) fn consume(
                 let record = prism_projector::record::Record::from_message(&message);
                 drop(message);
                 count += 1;
-                bytes += (record.payload.as_ref().map_or(0, Vec::len)
-                    + record.key.as_ref().map_or(0, Vec::len)
+                bytes += (record.payload().map_or(0, <[u8]>::len)
+                    + record.key().map_or(0, <[u8]>::len)
                     + record
-                        .headers
-                        .iter()
+                        .headers()
                         .map(|(k, v)| k.len() + v.len())
                         .sum::<usize>()) as u64;
                 if let Some(end) = usize::try_from(record.partition)
