@@ -5,8 +5,11 @@
 //! upcaster (see [`crate::upcast`]). Data types accept unknown fields on purpose: a consumer
 //! built against an older contract must keep reading events that gained a field.
 
+use std::fmt;
+
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::codes::{Country, Currency};
 
@@ -137,6 +140,62 @@ pub enum DataError {
     },
 }
 
+/// Any JSON, read as [`serde_json::Value`] reads it (strings valid UTF-8 without lone
+/// surrogates, numbers within `f64`, the same nesting limit) and kept nowhere.
+///
+/// A data type skips the value of a field it does not know without those checks, so
+/// [`AccountEvent::from_json_slice`] reads its data this way first: it then refuses exactly
+/// the data that does not parse as a tree, as [`AccountEvent::from_data`]'s callers do.
+struct WellFormed;
+
+impl<'de> Deserialize<'de> for WellFormed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WellFormed)
+    }
+}
+
+impl<'de> Visitor<'de> for WellFormed {
+    type Value = WellFormed;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<WellFormed>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<WellFormed, WellFormed>()?.is_some() {}
+        Ok(self)
+    }
+}
+
 macro_rules! event_types {
     ($($variant:ident => $type:literal),+ $(,)?) => {
         impl AccountEvent {
@@ -170,10 +229,13 @@ macro_rules! event_types {
             }
 
             /// Reads an event of `event_type` at the current schema version straight from
-            /// its JSON data (what [`AccountEvent::from_data`] does from a parsed tree).
+            /// its JSON data: what [`AccountEvent::from_data`] gives for the parsed tree,
+            /// without building the tree (and refusing, like it, data that does not parse
+            /// as one: see `WellFormed`).
             pub fn from_json_slice(event_type: &str, data: &[u8]) -> Result<Self, DataError> {
                 match event_type {
-                    $($type => serde_json::from_slice(data)
+                    $($type => serde_json::from_slice::<WellFormed>(data)
+                        .and_then(|_| serde_json::from_slice(data))
                         .map(Self::$variant)
                         .map_err(|source| DataError::Invalid { event_type: $type, source }),)+
                     other => Err(DataError::UnknownType(other.to_owned())),

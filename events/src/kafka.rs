@@ -423,6 +423,43 @@ mod tests {
     }
 
     #[test]
+    fn the_direct_way_accepts_only_what_the_tree_accepts() {
+        // JSON that is well formed but that the tree refuses, in a field no type reads
+        // (a deposit's fields are read directly; a card payment's go through `flatten`).
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let unknown_field_values: [&[u8]; 6] = [
+            b"1e400",
+            b"-1e400",
+            br#""\ud800""#,
+            b"\"\xff\"",
+            deep.as_bytes(),
+            br#"{"\udc00":1}"#,
+        ];
+        for envelope in [&every_type()[1], &every_type()[3]] {
+            let record = encode(envelope);
+            for bad in unknown_field_values {
+                let mut value = record.value.clone();
+                value.pop();
+                value.extend_from_slice(b",\"later\":");
+                value.extend_from_slice(bad);
+                value.push(b'}');
+                let what = String::from_utf8_lossy(&value).into_owned();
+                let direct = decode(None, headers(&record), Some(&value));
+                let tree = decode_via_tree(None, headers(&record), Some(&value));
+                assert!(
+                    matches!(tree, Err(DecodeError::Invalid { field: "value", .. })),
+                    "{what}: {tree:?}"
+                );
+                assert_eq!(
+                    direct.map_err(|e| e.to_string()),
+                    tree.map_err(|e| e.to_string()),
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn an_older_schema_version_is_still_upcast() {
         let record = encode(&every_type()[1]);
         let mut old = headers(&record);

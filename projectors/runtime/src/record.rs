@@ -7,8 +7,8 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::plan::Decoded;
 
-/// A record's key, payload and headers, copied into a few buffers (the polling thread
-/// copies every record: a handful of allocations each, not two per header).
+/// A record's key, payload and headers, copied into three buffers sized exactly (the
+/// polling thread copies every record: three allocations each, not two per header).
 #[derive(Debug, Clone)]
 pub struct Record {
     pub partition: i32,
@@ -25,20 +25,30 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record of these parts.
-    pub fn new<'a>(
+    /// A record of these parts. The headers are gone through twice: once to size the
+    /// buffers, once to fill them.
+    pub fn new<'a, H>(
         partition: i32,
         offset: i64,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
-        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> Self {
-        /// Room for the usual CloudEvents headers' names and values.
-        const HEADERS_ROOM: usize = 192;
+        headers: H,
+    ) -> Self
+    where
+        H: IntoIterator<Item = (&'a str, &'a [u8])>,
+        H::IntoIter: Clone,
+    {
+        let headers = headers.into_iter();
+        let (count, names_len, values_len) =
+            headers
+                .clone()
+                .fold((0, 0, 0), |(count, names, values), (name, value)| {
+                    (count + 1, names + name.len(), values + value.len())
+                });
         let mut bytes = Vec::with_capacity(
-            key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + HEADERS_ROOM,
+            key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + values_len,
         );
-        let mut names = String::with_capacity(HEADERS_ROOM);
+        let mut names = String::with_capacity(names_len);
         let put = |bytes: &mut Vec<u8>, part: &[u8]| {
             let start = bytes.len();
             bytes.extend_from_slice(part);
@@ -46,14 +56,12 @@ impl Record {
         };
         let key = key.map(|k| put(&mut bytes, k));
         let payload = payload.map(|p| put(&mut bytes, p));
-        let headers = headers
-            .into_iter()
-            .map(|(name, value)| {
-                let start = names.len();
-                names.push_str(name);
-                (start..names.len(), put(&mut bytes, value))
-            })
-            .collect();
+        let mut ranges = Vec::with_capacity(count);
+        ranges.extend(headers.map(|(name, value)| {
+            let start = names.len();
+            names.push_str(name);
+            (start..names.len(), put(&mut bytes, value))
+        }));
         Self {
             partition,
             offset,
@@ -61,22 +69,23 @@ impl Record {
             names,
             key,
             payload,
-            headers,
+            headers: ranges,
         }
     }
 
     /// Copies a consumed message (what the polling thread does for every record).
     pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
-        let headers = message.headers();
+        let headers = message
+            .headers()
+            .into_iter()
+            .flat_map(|h| (0..h.count()).filter_map(move |i| h.try_get(i)))
+            .map(|h| (h.key, h.value.unwrap_or_default()));
         Self::new(
             message.partition(),
             message.offset(),
             message.key(),
             message.payload(),
-            headers
-                .iter()
-                .flat_map(|h| h.iter())
-                .map(|h| (h.key, h.value.unwrap_or_default())),
+            headers,
         )
     }
 
@@ -89,7 +98,7 @@ impl Record {
     }
 
     /// The headers as `(name, value)`, in order.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone + '_ {
         self.headers.iter().filter_map(|(name, value)| {
             Some((
                 self.names.get(name.clone())?,
@@ -128,6 +137,8 @@ impl Record {
 
 #[cfg(test)]
 mod tests {
+    use prism_events::Envelope;
+
     use super::*;
 
     #[test]
@@ -156,6 +167,54 @@ mod tests {
             ]
         );
         assert_eq!(record.header_count(), 3);
+    }
+
+    #[test]
+    fn the_buffers_are_sized_once() {
+        let headers = [
+            ("ce_type", &b"t"[..]),
+            ("empty", &b""[..]),
+            ("x", &b"yz"[..]),
+        ];
+        let record = Record::new(0, 0, Some(b"key"), Some(b"payload"), headers);
+        assert_eq!(record.bytes.len(), 3 + 7 + 1 + 2);
+        assert_eq!(record.bytes.capacity(), record.bytes.len());
+        assert_eq!(record.names.capacity(), record.names.len());
+        assert_eq!(record.headers.capacity(), 3);
+    }
+
+    #[test]
+    fn an_encoded_event_decodes_as_the_contract_says() {
+        let envelope = prism_events::testing::envelope(prism_events::testing::deposited(5))
+            .version(3)
+            .build();
+        let sent = prism_events::kafka::encode(&envelope);
+        let headers: Vec<(&str, &[u8])> = sent
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_bytes()))
+            .collect();
+        let record = Record::new(
+            1,
+            9,
+            Some(sent.key.as_bytes()),
+            Some(&sent.value),
+            headers.iter().copied(),
+        );
+        assert!(record.headers().eq(headers.iter().copied()));
+        let decoded = record.decode();
+        assert_eq!(
+            (decoded.offset, decoded.event_type, decoded.needs_upgrade),
+            (9, "prism.account.money_deposited", false)
+        );
+        let got = decoded.envelope.expect("decodes");
+        assert_eq!(
+            got,
+            Envelope {
+                time: got.time,
+                ..envelope
+            }
+        );
     }
 
     #[test]
