@@ -477,44 +477,35 @@ async fn demo(
         dashboard: dashboard_listener,
     } = listeners;
     // prism-command first: it creates the topic the ledger subscribes to.
-    let command = running.command.insert(Service::start(
+    let command_url = start_ready(
+        &mut running.command,
         Kind::Command,
         config.clone(),
         command_listener,
-    )?);
-    let bar = spinner("starting prism-command");
-    let ready = command
-        .wait_ready(COMMAND_READY, |why| bar.set_message(why.to_owned()))
-        .await;
-    bar.finish_and_clear();
-    ready?;
-    let command_url = command.url().to_owned();
+        "starting prism-command",
+        COMMAND_READY,
+    )
+    .await?;
 
-    let ledger = running.ledger.insert(Service::start(
+    let ledger_url = start_ready(
+        &mut running.ledger,
         Kind::Ledger,
         config.clone(),
         ledger_listener,
-    )?);
-    let bar = spinner("starting prism-ledger (it catches up with the topic first)");
-    let ready = ledger
-        .wait_ready(LEDGER_READY, |why| bar.set_message(why.to_owned()))
-        .await;
-    bar.finish_and_clear();
-    ready?;
-    let ledger_url = ledger.url().to_owned();
+        "starting prism-ledger (it catches up with the topic first)",
+        LEDGER_READY,
+    )
+    .await?;
 
-    let search = running.search.insert(Service::start(
+    let search_url = start_ready(
+        &mut running.search,
         Kind::Search,
         config.clone(),
         search_listener,
-    )?);
-    let bar = spinner("starting prism-search (it catches up with the topic first)");
-    let ready = search
-        .wait_ready(SEARCH_READY, |why| bar.set_message(why.to_owned()))
-        .await;
-    bar.finish_and_clear();
-    ready?;
-    let search_url = search.url().to_owned();
+        "starting prism-search (it catches up with the topic first)",
+        SEARCH_READY,
+    )
+    .await?;
 
     // The page's pipeline health reads the services this demo runs, wherever they listen.
     let mut with_health = config.clone();
@@ -529,18 +520,15 @@ async fn demo(
             ],
         ),
     );
-    let dashboard = running.dashboard.insert(Service::start(
+    let dashboard_url = start_ready(
+        &mut running.dashboard,
         Kind::Dashboard,
         with_health,
         dashboard_listener,
-    )?);
-    let bar = spinner("starting prism-dashboard (it catches up with the topic first)");
-    let ready = dashboard
-        .wait_ready(DASHBOARD_READY, |why| bar.set_message(why.to_owned()))
-        .await;
-    bar.finish_and_clear();
-    ready?;
-    let dashboard_url = dashboard.url().to_owned();
+        "starting prism-dashboard (it catches up with the topic first)",
+        DASHBOARD_READY,
+    )
+    .await?;
     let page = page_url(&dashboard_url, tokens.dashboard);
 
     let mut out = Report::new();
@@ -1612,6 +1600,26 @@ fn count(n: i64) -> String {
 /// Percent-encodes a query parameter value.
 fn encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Starts a service into `slot` and waits until it is ready, `what` on a spinner
+/// meanwhile; its URL.
+async fn start_ready(
+    slot: &mut Option<Service>,
+    kind: Kind,
+    config: Config,
+    listener: tokio::net::TcpListener,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let service = slot.insert(Service::start(kind, config, listener)?);
+    let bar = spinner(what);
+    let ready = service
+        .wait_ready(timeout, |why| bar.set_message(why.to_owned()))
+        .await;
+    bar.finish_and_clear();
+    ready?;
+    Ok(service.url().to_owned())
 }
 
 fn spinner(message: &str) -> ProgressBar {
