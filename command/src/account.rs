@@ -458,7 +458,7 @@ pub fn evolve(state: &mut Account, envelope: &Envelope) {
         AccountEvent::CardPaymentApproved(e) => {
             state.balance_minor = state.balance_minor.saturating_sub(e.payment.amount_minor);
         }
-        AccountEvent::CardPaymentDeclined(_) => {}
+        AccountEvent::CardPaymentDeclined(_) | AccountEvent::PaymentReportedFraudulent(_) => {}
         AccountEvent::AccountFrozen(e) => {
             state.status = Status::Frozen;
             state.freeze_reason = Some(e.reason.clone());

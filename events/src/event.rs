@@ -115,6 +115,18 @@ pub struct AccountUnfrozen {}
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct AccountClosed {}
 
+/// A card payment of the account was reported as fraud (by its holder, or by the bank
+/// after a chargeback). The label ML pipelines learn from: it names the payment event, and
+/// its own CloudEvents `time` is when the report was made. It changes no balance and no
+/// status; each payment is reported at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentReportedFraudulent {
+    /// Id of the account's `CardPaymentApproved` or `CardPaymentDeclined` event.
+    pub payment_event_id: uuid::Uuid,
+    /// Why it was reported, in the reporter's words.
+    pub reason: String,
+}
+
 /// Every fact about an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountEvent {
@@ -126,6 +138,7 @@ pub enum AccountEvent {
     AccountFrozen(AccountFrozen),
     AccountUnfrozen(AccountUnfrozen),
     AccountClosed(AccountClosed),
+    PaymentReportedFraudulent(PaymentReportedFraudulent),
 }
 
 /// An event's data did not match its type.
@@ -259,6 +272,7 @@ event_types! {
     AccountFrozen => "prism.account.frozen",
     AccountUnfrozen => "prism.account.unfrozen",
     AccountClosed => "prism.account.closed",
+    PaymentReportedFraudulent => "prism.account.payment_reported_fraudulent",
 }
 
 impl AccountEvent {
@@ -319,6 +333,10 @@ mod tests {
             }),
             AccountEvent::AccountUnfrozen(AccountUnfrozen {}),
             AccountEvent::AccountClosed(AccountClosed {}),
+            AccountEvent::PaymentReportedFraudulent(PaymentReportedFraudulent {
+                payment_event_id: uuid::Uuid::from_u128(7),
+                reason: "card not present".into(),
+            }),
         ];
         assert_eq!(events.len(), AccountEvent::TYPES.len());
         for event in events {

@@ -328,6 +328,10 @@ mod tests {
             ("prism.account.frozen", json!({ "reason": "review" })),
             ("prism.account.unfrozen", json!({})),
             ("prism.account.closed", json!({})),
+            (
+                "prism.account.payment_reported_fraudulent",
+                json!({ "payment_event_id": Uuid::from_u128(7), "reason": "card stolen" }),
+            ),
         ];
         let account = AccountId::generate();
         data.into_iter()

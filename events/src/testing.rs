@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::event::{
     AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, CardChannel, CardPayment,
     CardPaymentApproved, CardPaymentDeclined, DeclineReason, MinorUnits, MoneyDeposited,
-    MoneyWithdrawn, WithdrawalChannel,
+    MoneyWithdrawn, PaymentReportedFraudulent, WithdrawalChannel,
 };
 use crate::{AccountEvent, AccountId, Country, Currency, Envelope};
 
@@ -115,6 +115,14 @@ pub fn unfrozen() -> AccountEvent {
 
 pub fn closed() -> AccountEvent {
     AccountEvent::AccountClosed(AccountClosed {})
+}
+
+/// A fraud report of the payment event `payment_event_id`.
+pub fn reported_fraudulent(payment_event_id: Uuid, reason: &str) -> AccountEvent {
+    AccountEvent::PaymentReportedFraudulent(PaymentReportedFraudulent {
+        payment_event_id,
+        reason: reason.into(),
+    })
 }
 
 /// A card payment being built: at [`MERCHANT`], card present, until told otherwise.

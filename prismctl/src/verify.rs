@@ -379,6 +379,8 @@ impl Expected {
             AccountEvent::CardPaymentDeclined(_) => {
                 self.daily.entry(day).or_default().declined_payments += 1;
             }
+            // The ledger keeps no trace of a fraud report but its version.
+            AccountEvent::PaymentReportedFraudulent(_) => {}
         }
         self.updated_at = Some(at);
         if is_money(event) {

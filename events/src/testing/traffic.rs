@@ -1315,7 +1315,9 @@ impl Ledger {
             }
             AccountEvent::AccountFrozen(_) => self.frozen = true,
             AccountEvent::AccountUnfrozen(_) => self.frozen = false,
-            AccountEvent::CardPaymentDeclined(_) | AccountEvent::AccountClosed(_) => {}
+            AccountEvent::CardPaymentDeclined(_)
+            | AccountEvent::AccountClosed(_)
+            | AccountEvent::PaymentReportedFraudulent(_) => {}
         }
         self.version = envelope.account_version;
     }

@@ -204,6 +204,8 @@ pub fn fold(current: Option<&Account>, event: &Envelope) -> Result<(Account, Eff
         AccountEvent::AccountFrozen(_) => next.status = Status::Frozen,
         AccountEvent::AccountUnfrozen(_) => next.status = Status::Open,
         AccountEvent::AccountClosed(_) => next.status = Status::Closed,
+        // Counted by its type like every event; nothing else on the page.
+        AccountEvent::PaymentReportedFraudulent(_) => {}
     }
     if before != Some(next.status) {
         effect.status_change = Some((before, next.status));

@@ -419,6 +419,9 @@ pub fn fold(current: Option<&AccountRow>, envelope: &Envelope) -> Result<Folded,
             account.closed_at = Some(at);
             (None, None)
         }
+        // A label for the fraud features, not a ledger fact: no money moves and the
+        // reported payment's line stays as it was. Only the version moves.
+        AccountEvent::PaymentReportedFraudulent(_) => (None, None),
         // Handled above; kept for exhaustiveness without a panic.
         AccountEvent::AccountOpened(_) => {
             return Err(Rejection::AlreadyOpened {

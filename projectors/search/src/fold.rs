@@ -311,7 +311,9 @@ pub fn fold(current: Option<&AccountDoc>, envelope: &Envelope) -> Result<Folded,
                 .checked_sub(e.payment.amount_minor)
                 .ok_or(Rejection::Overflow { what: "balance" })?;
         }
-        AccountEvent::CardPaymentDeclined(_) => {}
+        // A fraud report is a label for the fraud features; the reported payment's
+        // transaction document stays as it was (its content depends on its own event only).
+        AccountEvent::CardPaymentDeclined(_) | AccountEvent::PaymentReportedFraudulent(_) => {}
         AccountEvent::AccountFrozen(_) => account.status = AccountStatus::Frozen,
         AccountEvent::AccountUnfrozen(_) => account.status = AccountStatus::Open,
         AccountEvent::AccountClosed(_) => account.status = AccountStatus::Closed,
@@ -404,7 +406,8 @@ pub fn transaction(
         AccountEvent::AccountOpened(_)
         | AccountEvent::AccountFrozen(_)
         | AccountEvent::AccountUnfrozen(_)
-        | AccountEvent::AccountClosed(_) => return Ok(None),
+        | AccountEvent::AccountClosed(_)
+        | AccountEvent::PaymentReportedFraudulent(_) => return Ok(None),
     };
     Ok(Some(doc))
 }

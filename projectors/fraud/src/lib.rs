@@ -1,0 +1,1 @@
+//! `prism-fraud`: fraud features for ML, folded from `account-events`.
