@@ -431,6 +431,8 @@ impl Build<'_> {
             let batch = Batch {
                 events: events.clone(),
                 versions: last.into_values().collect(),
+                // From the event store: no Kafka offsets.
+                offsets: Vec::new(),
                 position: None,
             };
             match sink.apply(&batch).await {

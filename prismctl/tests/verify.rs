@@ -77,6 +77,7 @@ async fn write_model(generation: &Generation, events: &[Envelope]) {
     let batch = Batch {
         events: events.to_vec(),
         versions,
+        offsets: Vec::new(),
         position: None,
     };
     up(

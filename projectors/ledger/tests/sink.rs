@@ -426,6 +426,7 @@ async fn positions_versions_and_errors_round_trip() {
         let dead = Uuid::now_v7();
         sink.apply(&Batch {
             events: vec![],
+            offsets: vec![],
             versions: vec![AccountVersion {
                 account_id: b,
                 version: 2,

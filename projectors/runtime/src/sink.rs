@@ -60,6 +60,9 @@ pub struct Batch {
     /// The last handled version of every account this batch touches, including accounts
     /// whose events were dead-lettered (their version moves past the dead letter).
     pub versions: Vec<AccountVersion>,
+    /// Each event's Kafka offset, in step with `events`; empty for batches that do not
+    /// come from Kafka (a rebuild from the event store).
+    pub offsets: Vec<i64>,
     /// Where the batch leaves its partition; `None` for batches that do not come from
     /// Kafka (a rebuild from the event store).
     pub position: Option<PositionUpdate>,

@@ -383,6 +383,7 @@ impl Worker {
                 })
                 .collect(),
             events,
+            offsets: Vec::new(),
             position: None,
         };
         let mut attempt = 0;
@@ -429,6 +430,8 @@ impl Worker {
                 writer: self.settings.writer.clone(),
             };
             batch.position = Some(position.clone());
+            // In step with the events (a rejection removes an event and its record index).
+            batch.offsets = planned.apply.iter().map(|i| records[*i].offset).collect();
             match self.sink.apply(&batch).await {
                 Ok(()) => {
                     if self.held.is_some() {

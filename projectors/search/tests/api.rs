@@ -88,6 +88,7 @@ impl Model {
         let batch = Batch {
             events,
             versions,
+            offsets: Vec::new(),
             position: Some(PositionUpdate {
                 partition: 0,
                 expected: self.stored,

@@ -191,6 +191,7 @@ fn batch(events: Vec<Envelope>, expected: Option<i64>, offset: i64) -> Batch {
     Batch {
         events,
         versions,
+        offsets: Vec::new(),
         position: Some(PositionUpdate {
             partition: 0,
             expected,

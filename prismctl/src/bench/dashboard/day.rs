@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use prism_dashboard::buckets::Grain;
 use prism_dashboard::model::KeyKind;
 use prism_platform::Config;
+use prism_projector::checkpoint::redis::Origin;
 use tokio::task::JoinSet;
 
 use super::super::ledger::figures::{CpuSnapshot, Rate};
@@ -54,7 +55,7 @@ pub(super) async fn run(
         batch.clear();
         batch.extend(workload.by_ref().take(BATCH).map(|(_, e)| e));
         let folded = sink
-            .prepare(&mut state, &batch, None)
+            .prepare(&mut state, &batch, Origin::NONE, None)
             .map_err(|e| anyhow!("the fold refused: {e}"))?;
         let (sink, n) = (sink.clone(), batch.len() as u64);
         writes.spawn(async move {

@@ -12,6 +12,7 @@ use prism_dashboard::sink::{Prepared, RedisSink};
 use prism_events::Envelope;
 use prism_platform::Config;
 use prism_projector::app::Projector as _;
+use prism_projector::checkpoint::redis::Origin;
 use prism_projector::{PositionUpdate, Projection, Runtime, Shared, Sink as _};
 use tokio::task::JoinSet;
 
@@ -82,7 +83,7 @@ impl Streams {
                     writer: "bench raw ceiling".into(),
                 };
                 let prepared = sink
-                    .prepare(&mut accounts, batch, Some(position))
+                    .prepare(&mut accounts, batch, Origin::NONE, Some(position))
                     .map_err(|e| anyhow!("partition {partition}: the fold refused: {e}"))?;
                 folded.push((batch.len() as u64, prepared));
             }
@@ -113,7 +114,7 @@ async fn write_raw(
     let commands: u64 = folded
         .iter()
         .flat_map(|p| p.iter())
-        .map(|(_, p)| p.commands() as u64)
+        .map(|(_, p)| (p.accounts() + p.writes().commands() + usize::from(p.has_position())) as u64)
         .sum();
     let bar = bar("raw Redis pipeline ceiling", Some(streams.events));
     let done = Arc::new(AtomicU64::new(0));

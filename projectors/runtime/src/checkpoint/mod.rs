@@ -32,6 +32,8 @@
 pub mod elasticsearch;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// How a sink keeps its position with its writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,11 +50,14 @@ pub fn versions_of(events: &[Envelope]) -> Vec<AccountVersion> {
 }
 
 /// A batch of `events` as the runtime's worker builds it: their versions, and the position
-/// `offset` on `partition`, written by a writer that last read `expected`.
+/// `offset` on `partition`, written by a writer that last read `expected`; the events sit
+/// at the offsets just before and up to `offset`.
 pub fn batch(events: Vec<Envelope>, partition: i32, expected: Option<i64>, offset: i64) -> Batch {
     let last = events.last().map(|e| (e.id, e.time));
+    let first = offset - i64::try_from(events.len()).unwrap_or(0) + 1;
     Batch {
         versions: versions_of(&events),
+        offsets: (first..=offset).collect(),
         events,
         position: Some(PositionUpdate {
             partition,
@@ -73,6 +76,7 @@ pub fn unpositioned(events: Vec<Envelope>) -> Batch {
     Batch {
         versions: versions_of(&events),
         events,
+        offsets: Vec::new(),
         position: None,
     }
 }

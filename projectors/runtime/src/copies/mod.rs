@@ -29,6 +29,9 @@ use uuid::Uuid;
 
 use crate::sink::Sink;
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 /// State of a copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
