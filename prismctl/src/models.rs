@@ -79,7 +79,7 @@ impl Model {
             Model::Dashboard => {
                 let projector = prism_dashboard::app::DashboardProjector::new(config.clone())?;
                 let copies = projector.open().await?;
-                let live = copies.live().await?;
+                let live = prism_projector::copies::Copies::live(&copies).await?;
                 Some(Box::new(prism_dashboard::verify::DashboardVerify::new(
                     live,
                 )))

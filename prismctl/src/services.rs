@@ -464,11 +464,9 @@ impl Scratch {
         }
         let dashboard = async {
             let projector = prism_dashboard::app::DashboardProjector::new(named.clone())?;
-            let copies = prism_dashboard::copies::DashboardCopies::connect(
-                &config.redis,
-                projector.dashboard_config(),
-            )
-            .await?;
+            let copies =
+                prism_dashboard::copies::connect(&config.redis, projector.dashboard_config())
+                    .await?;
             if copies.exists().await? {
                 copies.drop_everything().await?;
             }

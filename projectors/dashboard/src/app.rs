@@ -11,15 +11,13 @@ use anyhow::Context;
 use async_trait::async_trait;
 use prism_platform::config::{Config, ProjectorConfig};
 use prism_projector::app::{Projector, Settings};
-use prism_projector::copies::{
-    Copies, CopyInfo, InstanceReport, InstanceRow, LiveCopy, PartitionStatus,
-};
-use prism_projector::{Shared, Sink};
+use prism_projector::copies::LiveCopy;
+use prism_projector::Shared;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
 use crate::config::DashboardConfig;
-use crate::copies::{DashboardCopies, DashboardCopy};
+use crate::copies::DashboardCopies;
 
 /// The projector's short name: consumer group `prism-dashboard`, dead letters on
 /// `account-events.dlq.dashboard`, metric label `dashboard`.
@@ -70,7 +68,7 @@ impl Projector for DashboardProjector {
     }
 
     async fn open(&self) -> anyhow::Result<DashboardCopies> {
-        DashboardCopies::connect(&self.config.redis, &self.dashboard)
+        crate::copies::connect(&self.config.redis, &self.dashboard)
             .await
             .context("opening the dashboard in Redis")
     }
@@ -127,69 +125,4 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     prism_projector::app::run(DashboardProjector::new(config)?, listener, shutdown).await
-}
-
-#[async_trait]
-impl Copies for DashboardCopies {
-    type Copy = DashboardCopy;
-
-    fn number(copy: &DashboardCopy) -> u32 {
-        copy.number
-    }
-
-    fn sink(copy: &DashboardCopy) -> Arc<dyn Sink> {
-        crate::copies::sink_of(copy)
-    }
-
-    async fn live(&self) -> anyhow::Result<DashboardCopy> {
-        DashboardCopies::live(self).await
-    }
-
-    async fn live_number(&self) -> anyhow::Result<Option<u32>> {
-        DashboardCopies::live_number(self).await
-    }
-
-    async fn open(&self, number: u32) -> anyhow::Result<DashboardCopy> {
-        DashboardCopies::open(self, number).await
-    }
-
-    async fn create_next(&self) -> anyhow::Result<DashboardCopy> {
-        DashboardCopies::create_next(self).await
-    }
-
-    async fn promote(&self, number: u32) -> anyhow::Result<()> {
-        DashboardCopies::promote(self, number).await
-    }
-
-    async fn abandon(&self, number: u32) -> anyhow::Result<()> {
-        DashboardCopies::abandon(self, number).await
-    }
-
-    async fn newest_building(&self) -> anyhow::Result<Option<u32>> {
-        DashboardCopies::newest_building(self).await
-    }
-
-    async fn list(&self) -> anyhow::Result<Vec<CopyInfo>> {
-        DashboardCopies::list(self).await
-    }
-
-    async fn drop_retired(&self) -> anyhow::Result<Vec<String>> {
-        DashboardCopies::drop_retired(self).await
-    }
-
-    async fn report_instance(&self, report: &InstanceReport) -> anyhow::Result<()> {
-        DashboardCopies::report_instance(self, report).await
-    }
-
-    async fn forget_instance(&self, instance: &str) -> anyhow::Result<()> {
-        DashboardCopies::forget_instance(self, instance).await
-    }
-
-    async fn instances(&self, within: Duration) -> anyhow::Result<Vec<InstanceRow>> {
-        DashboardCopies::instances(self, within).await
-    }
-
-    async fn partitions(&self, copy: &DashboardCopy) -> anyhow::Result<Vec<PartitionStatus>> {
-        DashboardCopies::partitions(self, copy).await
-    }
 }

@@ -16,6 +16,7 @@ use futures::FutureExt as _;
 use prism_dashboard::copies::{self, DashboardCopies, DashboardCopy};
 use prism_dashboard::model::KeyKind;
 use prism_dashboard::DashboardConfig;
+use prism_projector::copies::Copies as _;
 use prism_projector::testing::contract::{self, ContractSubject};
 use prism_projector::Sink;
 use redis::aio::ConnectionManager;
@@ -117,10 +118,7 @@ where
         retention_hours: 876_000,
         ..DashboardConfig::default()
     };
-    let copies = prism_tests::up(
-        "redis",
-        DashboardCopies::connect(&config.redis, &dashboard).await,
-    );
+    let copies = prism_tests::up("redis", copies::connect(&config.redis, &dashboard).await);
     let outcome = AssertUnwindSafe(body(DashboardSubject {
         copies: copies.clone(),
     }))

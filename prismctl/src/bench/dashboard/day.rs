@@ -12,6 +12,7 @@ use prism_dashboard::buckets::Grain;
 use prism_dashboard::model::KeyKind;
 use prism_platform::Config;
 use prism_projector::checkpoint::redis::Origin;
+use prism_projector::copies::Copies as _;
 use tokio::task::JoinSet;
 
 use super::super::ledger::figures::{CpuSnapshot, Rate};

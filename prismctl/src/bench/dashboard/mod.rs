@@ -231,7 +231,7 @@ fn dashboard_on(
 /// The copies of `namespace`.
 async fn copies(config: &Config, namespace: &str) -> anyhow::Result<DashboardCopies> {
     let projector = dashboard_on(config, namespace, namespace)?;
-    DashboardCopies::connect(&config.redis, projector.dashboard_config()).await
+    prism_dashboard::copies::connect(&config.redis, projector.dashboard_config()).await
 }
 
 // ---------- the report ----------

@@ -13,6 +13,7 @@ use prism_events::Envelope;
 use prism_platform::Config;
 use prism_projector::app::Projector as _;
 use prism_projector::checkpoint::redis::Origin;
+use prism_projector::copies::Copies as _;
 use prism_projector::{PositionUpdate, Projection, Runtime, Shared, Sink as _};
 use tokio::task::JoinSet;
 

@@ -446,3 +446,126 @@ impl RedisCopies {
         Ok(out)
     }
 }
+
+/// How a read model in Redis opens one of its copies: what its sink and its queries need
+/// (key names, settings), from the copy's number.
+pub trait OpenCopy: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// An opened copy.
+    type Copy: Clone + Send + Sync + std::fmt::Debug + 'static;
+
+    /// Copy `number` of `copies` (which exists).
+    fn open(&self, copies: &RedisCopies, number: u32) -> Self::Copy;
+
+    /// The number of an opened copy.
+    fn number(copy: &Self::Copy) -> u32;
+
+    /// The sink that writes `copy`.
+    fn sink(copy: &Self::Copy) -> std::sync::Arc<dyn crate::Sink>;
+}
+
+/// A Redis read model's copies as the kit's [`super::Copies`]: the namespace's control
+/// keys ([`RedisCopies`]) and how the model opens a copy.
+#[derive(Clone, Debug)]
+pub struct ModelCopies<O: OpenCopy> {
+    copies: RedisCopies,
+    opener: O,
+}
+
+impl<O: OpenCopy> ModelCopies<O> {
+    pub fn new(copies: RedisCopies, opener: O) -> Self {
+        Self { copies, opener }
+    }
+
+    /// The namespace's control keys.
+    pub fn control(&self) -> &RedisCopies {
+        &self.copies
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.copies.namespace()
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.copies.connection()
+    }
+
+    /// Whether the namespace was ever used (without creating anything).
+    pub async fn exists(&self) -> anyhow::Result<bool> {
+        self.copies.exists().await
+    }
+
+    /// Deletes every key of the namespace (tools and tests that made one of their own).
+    pub async fn drop_everything(&self) -> anyhow::Result<()> {
+        self.copies.drop_everything().await
+    }
+
+    fn copy(&self, number: u32) -> O::Copy {
+        self.opener.open(&self.copies, number)
+    }
+}
+
+#[async_trait::async_trait]
+impl<O: OpenCopy> super::Copies for ModelCopies<O> {
+    type Copy = O::Copy;
+
+    fn number(copy: &O::Copy) -> u32 {
+        O::number(copy)
+    }
+
+    fn sink(copy: &O::Copy) -> std::sync::Arc<dyn crate::Sink> {
+        O::sink(copy)
+    }
+
+    async fn live(&self) -> anyhow::Result<O::Copy> {
+        Ok(self.copy(self.copies.live().await?))
+    }
+
+    async fn live_number(&self) -> anyhow::Result<Option<u32>> {
+        self.copies.live_number().await
+    }
+
+    async fn open(&self, number: u32) -> anyhow::Result<O::Copy> {
+        self.copies.check_exists(number).await?;
+        Ok(self.copy(number))
+    }
+
+    async fn create_next(&self) -> anyhow::Result<O::Copy> {
+        Ok(self.copy(self.copies.create_next().await?))
+    }
+
+    async fn promote(&self, number: u32) -> anyhow::Result<()> {
+        self.copies.promote(number).await
+    }
+
+    async fn abandon(&self, number: u32) -> anyhow::Result<()> {
+        self.copies.abandon(number).await
+    }
+
+    async fn newest_building(&self) -> anyhow::Result<Option<u32>> {
+        self.copies.newest_building().await
+    }
+
+    async fn list(&self) -> anyhow::Result<Vec<CopyInfo>> {
+        self.copies.list().await
+    }
+
+    async fn drop_retired(&self) -> anyhow::Result<Vec<String>> {
+        self.copies.drop_retired().await
+    }
+
+    async fn report_instance(&self, report: &InstanceReport) -> anyhow::Result<()> {
+        self.copies.report_instance(report).await
+    }
+
+    async fn forget_instance(&self, instance: &str) -> anyhow::Result<()> {
+        self.copies.forget_instance(instance).await
+    }
+
+    async fn instances(&self, within: Duration) -> anyhow::Result<Vec<InstanceRow>> {
+        self.copies.instances(within).await
+    }
+
+    async fn partitions(&self, copy: &O::Copy) -> anyhow::Result<Vec<PartitionStatus>> {
+        self.copies.partitions(O::number(copy)).await
+    }
+}
