@@ -1,5 +1,5 @@
 //! Wiring of `prism-dashboard` on the projector kit: the `[dashboard]` section, the copies
-//! (key prefixes) as the kit's [`Copies`], and the page with its API. The kit's
+//! (key prefixes, [`crate::copies`]), and the page with its API. The kit's
 //! [`prism_projector::app::run`] does the rest.
 
 use std::future::Future;

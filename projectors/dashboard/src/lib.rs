@@ -11,15 +11,15 @@
 //! read; one reader per process feeds every stream viewer.
 //!
 //! # Layout
-//! - [`app`]: the wiring on the projector kit (`DashboardProjector`, `run`) and the kit's
-//!   `Copies` over [`copies::DashboardCopies`].
+//! - [`app`]: the wiring on the projector kit (`DashboardProjector`, `run`).
 //! - [`config`]: the `[dashboard]` section.
 //! - [`buckets`]: pure: event time → buckets, windows → buckets, expiries.
 //! - [`fold`]: pure: an account's small state and one event → its next state and effect.
 //! - [`model`]: pure: key names, and what a batch's effects write, summed.
-//! - [`sink`]: `RedisSink` (`WATCH` … `MULTI`/`EXEC` per batch, on connections of its
-//!   own); `write_raw` for the benchmark.
-//! - [`copies`]: copies as key prefixes, the live pointer, instance reports.
+//! - [`sink`]: `RedisSink`, the kit's Redis checkpoint (`WATCH` … `MULTI`/`EXEC` per
+//!   batch) over the dashboard's `DashboardModel`; `write_raw` for the benchmark.
+//! - [`copies`]: the kit's Redis copies (key prefixes, the live pointer, instance
+//!   reports), opened as the dashboard needs them.
 //! - [`read`]: the summary in one round trip, series; the window sums (pure).
 //! - [`pipeline`]: the other services' health for the page, from their `/metrics`.
 //! - [`http`]: the page (embedded `assets/`), the API and the shared stream broadcaster.

@@ -17,16 +17,14 @@
 //! Both store the same [`crate::StoredPosition`] and versions, and both answer
 //! [`crate::SinkError::Fenced`] when another writer moved the partition.
 //!
-//! The Redis sinks fit one of the two:
-//! - **Redis** (dashboard) is transactional in the small: `WATCH` on the position key and
-//!   the batch's account keys, read them, check the fence, then `MULTI`/`EXEC` with the
-//!   increments, the versions and the position; `EXEC` runs nothing if a watched key moved.
-//!   The version check must be part of that step because increments are not idempotent.
-//! - **Two stores behind one position** (fraud: online state in Redis, an offline Parquet
-//!   log) is idempotent by version: the offline output is written first, durable and
-//!   deterministic (same batch → same file name and bytes, rows keyed by event id, so a
-//!   reader drops duplicates), then the online state and the position in one atomic step.
-//!   A crash between the two repeats the offline write, which changes nothing.
+//! Redis ([`redis`], feature `redis`) is transactional in the small: `WATCH` on the
+//! position key, read it and the accounts, check the fence, then `MULTI`/`EXEC` with the
+//! accounts, the read model's other writes and the position; `EXEC` runs nothing if the
+//! position moved. A read model in Redis supplies only its `RedisModel` (the dashboard's
+//! increments, the fraud model's feature states). A model that also keeps something
+//! outside Redis (the fraud model's offline Parquet files) writes it in
+//! `RedisModel::before_commit`, durable and harmless to repeat, before the transaction
+//! moves the position: a crash in between repeats that write, which changes nothing.
 
 #[cfg(feature = "elasticsearch")]
 pub mod elasticsearch;

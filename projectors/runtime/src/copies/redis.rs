@@ -461,6 +461,14 @@ pub trait OpenCopy: Clone + Send + Sync + std::fmt::Debug + 'static {
 
     /// The sink that writes `copy`.
     fn sink(copy: &Self::Copy) -> std::sync::Arc<dyn crate::Sink>;
+
+    /// Deletes what the model keeps of copy `number` outside Redis (files): when the copy
+    /// is created (a crash may have left a half-made one under that number), abandoned or
+    /// dropped. Default: the model keeps nothing outside Redis.
+    fn clear(&self, number: u32) -> anyhow::Result<()> {
+        let _ = number;
+        Ok(())
+    }
 }
 
 /// A Redis read model's copies as the kit's [`super::Copies`]: the namespace's control
@@ -494,9 +502,15 @@ impl<O: OpenCopy> ModelCopies<O> {
         self.copies.exists().await
     }
 
-    /// Deletes every key of the namespace (tools and tests that made one of their own).
+    /// Deletes every key of the namespace (tools and tests that made one of their own),
+    /// and what the model keeps outside Redis for each copy.
     pub async fn drop_everything(&self) -> anyhow::Result<()> {
-        self.copies.drop_everything().await
+        let numbers: Vec<u32> = self.copies.list().await?.iter().map(|c| c.number).collect();
+        self.copies.drop_everything().await?;
+        for number in numbers {
+            self.opener.clear(number)?;
+        }
+        Ok(())
     }
 
     fn copy(&self, number: u32) -> O::Copy {
@@ -530,7 +544,9 @@ impl<O: OpenCopy> super::Copies for ModelCopies<O> {
     }
 
     async fn create_next(&self) -> anyhow::Result<O::Copy> {
-        Ok(self.copy(self.copies.create_next().await?))
+        let number = self.copies.create_next().await?;
+        self.opener.clear(number)?;
+        Ok(self.copy(number))
     }
 
     async fn promote(&self, number: u32) -> anyhow::Result<()> {
@@ -538,7 +554,8 @@ impl<O: OpenCopy> super::Copies for ModelCopies<O> {
     }
 
     async fn abandon(&self, number: u32) -> anyhow::Result<()> {
-        self.copies.abandon(number).await
+        self.copies.abandon(number).await?;
+        self.opener.clear(number)
     }
 
     async fn newest_building(&self) -> anyhow::Result<Option<u32>> {
@@ -550,7 +567,19 @@ impl<O: OpenCopy> super::Copies for ModelCopies<O> {
     }
 
     async fn drop_retired(&self) -> anyhow::Result<Vec<String>> {
-        self.copies.drop_retired().await
+        let retired: Vec<u32> = self
+            .copies
+            .list()
+            .await?
+            .iter()
+            .filter(|c| c.state == CopyState::Retired)
+            .map(|c| c.number)
+            .collect();
+        let dropped = self.copies.drop_retired().await?;
+        for number in retired {
+            self.opener.clear(number)?;
+        }
+        Ok(dropped)
     }
 
     async fn report_instance(&self, report: &InstanceReport) -> anyhow::Result<()> {
