@@ -174,6 +174,8 @@ pub struct Config {
     pub search: Section,
     /// `prism-dashboard`'s section, owned and parsed by that crate ([`Section`]).
     pub dashboard: Section,
+    /// `prism-fraud`'s section, owned and parsed by that crate ([`Section`]).
+    pub fraud: Section,
 }
 
 /// A section owned by a projector crate (`[search]`, …): kept raw here and parsed by that
