@@ -154,7 +154,10 @@ pub fn export(store: &OfflineStore, request: &ExportRequest) -> Result<ExportSum
     }
     let mut summary = ExportSummary::default();
     let reported = labels(store, request.cutoff, &mut summary)?;
-    let (from_us, to_us) = (request.from.timestamp_micros(), request.to.timestamp_micros());
+    let (from_us, to_us) = (
+        request.from.timestamp_micros(),
+        request.to.timestamp_micros(),
+    );
     let (first_day, last_day) = (request.from.date_naive(), request.to.date_naive());
 
     let mut schema: Option<Arc<Schema>> = None;
@@ -348,7 +351,12 @@ mod tests {
         let store = OfflineStore::new(&root, 1);
         let d1 = ["2026-05-01T10:00:00Z", "2026-05-01T09:00:00Z"];
         store
-            .write(Table::Rows, day("2026-05-01"), "p0-o1-2", &rows(&["b", "a"], &d1, &[2, 1]))
+            .write(
+                Table::Rows,
+                day("2026-05-01"),
+                "p0-o1-2",
+                &rows(&["b", "a"], &d1, &[2, 1]),
+            )
             .expect("writes");
         // A replay with other batch boundaries wrote "a" again, and "c" (outside the range).
         store
@@ -356,7 +364,11 @@ mod tests {
                 Table::Rows,
                 day("2026-05-01"),
                 "p0-o2-3",
-                &rows(&["a", "c"], &["2026-05-01T09:00:00Z", "2026-05-01T23:00:00Z"], &[1, 3]),
+                &rows(
+                    &["a", "c"],
+                    &["2026-05-01T09:00:00Z", "2026-05-01T23:00:00Z"],
+                    &[1, 3],
+                ),
             )
             .expect("writes");
         // "a" reported before the cut-off, "b" after it.
@@ -365,7 +377,10 @@ mod tests {
                 Table::Labels,
                 day("2026-05-02"),
                 "p0-o9-10",
-                &reports(&["a", "b"], &["2026-05-02T00:00:00Z", "2026-05-03T12:00:00Z"]),
+                &reports(
+                    &["a", "b"],
+                    &["2026-05-02T00:00:00Z", "2026-05-03T12:00:00Z"],
+                ),
             )
             .expect("writes");
         let out = root.join("training.parquet");
@@ -380,7 +395,12 @@ mod tests {
         )
         .expect("exports");
         assert_eq!(
-            (summary.rows_read, summary.duplicates, summary.rows, summary.frauds),
+            (
+                summary.rows_read,
+                summary.duplicates,
+                summary.rows,
+                summary.frauds
+            ),
             (4, 1, 2, 1)
         );
         assert_eq!(summary.reports_after_cutoff, 1);
@@ -396,7 +416,10 @@ mod tests {
             .and_then(|c| c.as_boolean_opt())
             .expect("labels");
         assert!(labels.value(0), "a was reported before the cut-off");
-        assert!(!labels.value(1), "b's report came after the cut-off: unknown then");
+        assert!(
+            !labels.value(1),
+            "b's report came after the cut-off: unknown then"
+        );
         let _ = fs::remove_dir_all(root);
     }
 
@@ -412,7 +435,9 @@ mod tests {
                 &rows(&["a"], &["2026-05-01T09:00:00Z"], &[1]),
             )
             .expect("writes");
-        let bad = store.date_dir(Table::Rows, day("2026-05-01")).join("bad.parquet");
+        let bad = store
+            .date_dir(Table::Rows, day("2026-05-01"))
+            .join("bad.parquet");
         fs::write(&bad, b"PAR1 torn").expect("writes");
         let err = export(
             &store,

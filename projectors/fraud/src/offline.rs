@@ -75,6 +75,9 @@ pub enum OfflineError {
     Corrupt { path: PathBuf, reason: String },
     #[error("writing {path}: {reason}")]
     Encode { path: PathBuf, reason: String },
+    /// Two files disagree about one event: the store does not hold what the fold wrote.
+    #[error("{path}: {reason}")]
+    Conflict { path: PathBuf, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OfflineError + '_ {
@@ -105,9 +108,11 @@ impl OfflineStore {
 
     /// The directory of `table`'s files of `date`.
     pub fn date_dir(&self, table: Table, date: NaiveDate) -> PathBuf {
-        self.dir
-            .join(table.dir_name())
-            .join(format!("{}={}", table.date_key(), date.format("%Y-%m-%d")))
+        self.dir.join(table.dir_name()).join(format!(
+            "{}={}",
+            table.date_key(),
+            date.format("%Y-%m-%d")
+        ))
     }
 
     /// Writes `batch` as `<name>.parquet` in `table`'s directory of `date`, crash-safely
@@ -277,7 +282,9 @@ mod tests {
         let root = scratch("same");
         let store = OfflineStore::new(&root, 3);
         let rows = batch(&["a", "b"], &[10, 20]);
-        let path = store.write(Table::Rows, day(), "p0-o1-2", &rows).expect("writes");
+        let path = store
+            .write(Table::Rows, day(), "p0-o1-2", &rows)
+            .expect("writes");
         assert!(path.ends_with("c3/rows/event_date=2026-03-29/p0-o1-2.parquet"));
         let first = fs::read(&path).expect("bytes");
         store
@@ -313,10 +320,7 @@ mod tests {
         assert!(matches!(err, OfflineError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("cut.parquet"), "{err}");
         fs::write(&cut, b"not parquet at all").expect("writes");
-        assert!(matches!(
-            read_file(&cut),
-            Err(OfflineError::Corrupt { .. })
-        ));
+        assert!(matches!(read_file(&cut), Err(OfflineError::Corrupt { .. })));
         let _ = fs::remove_dir_all(root);
     }
 }
