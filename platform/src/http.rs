@@ -1,8 +1,13 @@
-//! HTTP plumbing every Prism service shares: problem documents, `/metrics`, shutdown.
+//! HTTP plumbing every Prism service shares: problem documents, JSON request bodies whose
+//! errors name the field, `/metrics`, shutdown.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder, Registry, TextEncoder};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Base of every problem `type` URI.
@@ -121,6 +126,111 @@ impl IntoResponse for Problem {
     }
 }
 
+/// A JSON request body: the content type checked, the size limited (by the router's body
+/// limit), and every error a problem naming the field at fault (`invalid_field` with
+/// `field`), the JSON's syntax (`malformed_json`), the media type (415) or the size (413).
+/// An empty body stands for `{}`. Unknown fields are refused where `T` says
+/// `deny_unknown_fields`.
+#[derive(Debug)]
+pub struct JsonBody<T> {
+    pub value: T,
+    /// The body as received (an idempotency check compares it).
+    pub raw: Bytes,
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let mime = v.split(';').next().unwrap_or("").trim();
+                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+            });
+        let raw = Bytes::from_request(request, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "Request body too large",
+                    )
+                    .detail(e.body_text())
+                } else {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_body",
+                        "Unreadable request body",
+                    )
+                    .detail(e.body_text())
+                }
+            })?;
+        let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &raw
+        };
+        if json == Some(false) || (json.is_none() && text != b"{}") {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            )
+            .detail("send the body as Content-Type: application/json"));
+        }
+        let value = parse_json(text)?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// Parses `text` as a `T`, every error a problem naming the field (see [`JsonBody`]).
+pub fn parse_json<T: DeserializeOwned>(text: &[u8]) -> Result<T, Problem> {
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return malformed_json(&inner);
+        }
+        let field = if path == "." {
+            // serde names missing and unknown fields in the message only.
+            field_from_message(&inner.to_string()).unwrap_or_default()
+        } else {
+            path
+        };
+        let problem = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "Invalid request field",
+        )
+        .detail(inner.to_string());
+        if field.is_empty() {
+            problem
+        } else {
+            problem.field(field)
+        }
+    })?;
+    // Trailing characters after the value.
+    deserializer.end().map_err(|e| malformed_json(&e))?;
+    Ok(value)
+}
+
+fn malformed_json(error: &serde_json::Error) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON")
+        .detail(error.to_string())
+}
+
+/// serde's "missing field `x`" / "unknown field `x`" messages name the field in backticks.
+fn field_from_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_owned())
+}
+
 /// Renders a registry in the Prometheus text format (for a `/metrics` route).
 pub fn render_metrics(registry: &Registry) -> Response {
     let mut buffer = Vec::new();
@@ -186,6 +296,48 @@ mod tests {
         assert_eq!(
             response.headers().get(header::RETRY_AFTER),
             Some(&HeaderValue::from(1))
+        );
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Payment {
+        amount_minor: i64,
+        merchant: Merchant,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Merchant {
+        country: String,
+    }
+
+    fn problem_of(text: &str) -> ProblemDocument {
+        parse_json::<Payment>(text.as_bytes())
+            .expect_err("refused")
+            .document()
+            .clone()
+    }
+
+    #[test]
+    fn a_body_error_names_the_field_or_the_syntax() {
+        let p = problem_of(r#"{"amount_minor": "ten", "merchant": {"country": "PT"}}"#);
+        assert_eq!(
+            (p.code.as_str(), p.field.as_deref()),
+            ("invalid_field", Some("amount_minor"))
+        );
+        let p = problem_of(r#"{"amount_minor": 1, "merchant": {"country": 7}}"#);
+        assert_eq!(p.field.as_deref(), Some("merchant.country"));
+        let p = problem_of(r#"{"amount_minor": 1}"#);
+        assert_eq!(p.field.as_deref(), Some("merchant"), "a missing field");
+        let p = problem_of(r#"{"amount_minor": 1, "merchant": {"country": "PT"}, "x": 1}"#);
+        assert_eq!(p.field.as_deref(), Some("x"), "an unknown field");
+        assert_eq!(problem_of(r#"{"amount_minor": "#).code, "malformed_json");
+        assert_eq!(
+            problem_of(r#"{"amount_minor": 1, "merchant": {"country": "PT"}} x"#).code,
+            "malformed_json"
         );
     }
 

@@ -256,7 +256,7 @@ async fn measure(
     while started.elapsed() < args.duration {
         bucket.take().await;
         n += 1;
-        let measured = n % args.large_every == 0;
+        let measured = n.is_multiple_of(args.large_every);
         let amount = if measured {
             large.max(1)
         } else {

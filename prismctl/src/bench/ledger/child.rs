@@ -189,7 +189,7 @@ pub(super) async fn project(
             cpu_first = Some(CpuSnapshot::take(child.pid, &mysql));
             bar.set_message("");
         }
-        if round % 5 == 0 || stored >= total {
+        if round.is_multiple_of(5) || stored >= total {
             if let (Some(rss_kib), _) = sample::memory_kib(child.pid) {
                 samples.push(Sample {
                     at: now.duration_since(started),

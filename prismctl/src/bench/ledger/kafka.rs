@@ -378,7 +378,7 @@ pub(super) fn consume(
                     }
                 }
                 std::hint::black_box(&record);
-                if count % 4096 == 0 {
+                if count.is_multiple_of(4096) {
                     bar.set_position(count);
                 }
             }
