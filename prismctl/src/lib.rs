@@ -13,13 +13,17 @@
 //! - `demo`: runs the write side and the ledger in-process (`services`), sends a short load
 //!   and shows the query API, including a read-your-writes query.
 //! - `status`: each projector's stored positions against Kafka's end offsets.
-//! - `verify`: re-folds the event store independently and compares it with a read model.
+//! - `verify`: re-folds the event store independently and compares it with a read model
+//!   (`verify_model` through the kit's `Verify`; `verify_fraud` the fraud features' plain
+//!   re-implementation).
+//! - `export`: the fraud model's training set from its offline store.
 //! - `rebuild`: builds a new copy of a read model beside the live one and switches to it.
 //! - `seed`: fills an event store with a long seeded history through its raw insert.
 
 pub mod bench;
 pub mod demo;
 pub mod doctor;
+pub mod export;
 pub mod loadgen;
 pub mod models;
 pub mod rebuild;
@@ -30,4 +34,5 @@ pub mod status;
 pub mod table;
 pub mod traffic;
 pub mod verify;
+pub mod verify_fraud;
 pub mod verify_model;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use prismctl::{bench, demo, doctor, loadgen, rebuild, seed, status, verify};
+use prismctl::{bench, demo, doctor, export, loadgen, rebuild, seed, status, verify};
 
 /// The projectors' allocator: `demo` and the benches run the services in this process, and
 /// should measure them as their binaries run.
@@ -61,6 +61,12 @@ enum Command {
     /// unpublished: a running prism-command's relay publishes them. The same --seed writes
     /// the same accounts, so a second run with it is refused. Exits 2 on a bad flag.
     Seed(seed::Args),
+    /// Export a read model's data for other tools.
+    ///
+    /// `export features --from --to --out`: the fraud model's training set (Parquet): one
+    /// row per card payment and withdrawal, duplicates dropped, labelled with the fraud
+    /// reports known at --cutoff. Exits 1 when the store cannot be read, 2 on a bad flag.
+    Export(export::Args),
 }
 
 #[tokio::main]
@@ -82,6 +88,7 @@ async fn main() -> ExitCode {
         Command::Rebuild(args) => rebuild::run(&config, &args).await,
         Command::Demo(args) => demo::run(&config, &args).await,
         Command::Seed(args) => seed::run(&config, &args).await,
+        Command::Export(args) => export::run(&config, &args).await,
     };
     match result {
         Ok(code) => code,

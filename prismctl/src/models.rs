@@ -21,11 +21,13 @@ pub enum Model {
     Search,
     /// `prism-dashboard`: live counters, top lists and the feed in Redis.
     Dashboard,
+    /// `prism-fraud`: fraud features, online in Redis and offline in Parquet.
+    Fraud,
 }
 
 impl Model {
     /// Every read model, in the order `status` shows them.
-    pub const ALL: [Model; 3] = [Model::Ledger, Model::Search, Model::Dashboard];
+    pub const ALL: [Model; 4] = [Model::Ledger, Model::Search, Model::Dashboard, Model::Fraud];
 
     /// Connects to the read model's store and opens its copies.
     pub async fn open(self, config: &Config) -> anyhow::Result<ReadModel> {
@@ -41,6 +43,9 @@ impl Model {
                     config.clone(),
                 )?)
                 .await
+            }
+            Model::Fraud => {
+                ReadModel::open(prism_fraud::app::FraudProjector::new(config.clone())?).await
             }
         }
     }
@@ -63,12 +68,21 @@ impl Model {
                 )?)
                 .await
             }
+            Model::Fraud => {
+                ReadModel::open_existing(prism_fraud::app::FraudProjector::new(config.clone())?)
+                    .await
+            }
         }
     }
 
     /// The projector's side of `verify` for read models checked through the kit's
     /// [`Verify`]; `None` for the ledger, whose `verify` has its own independent fold.
-    pub async fn verifier(self, config: &Config) -> anyhow::Result<Option<Box<dyn Verify>>> {
+    /// `sample_percent` is the share of accounts compared where a model samples (fraud).
+    pub async fn verifier(
+        self,
+        config: &Config,
+        sample_percent: u8,
+    ) -> anyhow::Result<Option<Box<dyn Verify>>> {
         Ok(match self {
             Model::Ledger => None,
             Model::Search => {
@@ -84,6 +98,15 @@ impl Model {
                     live,
                 )))
             }
+            Model::Fraud => {
+                let projector = prism_fraud::app::FraudProjector::new(config.clone())?;
+                let copies = projector.open().await?;
+                let live = prism_projector::copies::Copies::live(&copies).await?;
+                Some(Box::new(crate::verify_fraud::FraudVerify::new(
+                    live,
+                    sample_percent,
+                )))
+            }
         })
     }
 
@@ -96,6 +119,8 @@ impl Model {
                 .map_or("elasticsearch", |p| p.service()),
             Model::Dashboard => prism_dashboard::app::DashboardProjector::new(config.clone())
                 .map_or("redis", |p| p.service()),
+            Model::Fraud => prism_fraud::app::FraudProjector::new(config.clone())
+                .map_or("redis", |p| p.service()),
         }
     }
 
@@ -107,6 +132,7 @@ impl Model {
             Model::Dashboard => {
                 prism_dashboard::app::DashboardProjector::new(config.clone())?.settings()
             }
+            Model::Fraud => prism_fraud::app::FraudProjector::new(config.clone())?.settings(),
         })
     }
 }

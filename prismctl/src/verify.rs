@@ -74,6 +74,11 @@ pub struct Args {
     /// model holds equals the store at the model's version (verifying under traffic).
     #[arg(long)]
     allow_behind: bool,
+    /// Compare only this percentage of the accounts, chosen by account id (the fraud
+    /// model, whose plain re-implementation rescans each account's history per payment).
+    #[arg(long, value_name = "PERCENT", default_value_t = 100,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    sample: u8,
 }
 
 /// How [`verify_ledger_with`] runs.
@@ -201,13 +206,19 @@ fn backend_name(config: &Config) -> &'static str {
 }
 
 pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
-    if let Some(verifier) = args.model.verifier(config).await.ok().flatten() {
+    if let Some(verifier) = args
+        .model
+        .verifier(config, args.sample)
+        .await
+        .ok()
+        .flatten()
+    {
         return run_model(config, args, verifier.as_ref()).await;
     }
     if args.model != Model::Ledger {
         // The read model's store did not answer: say so like a failed verification.
         let name = args.model.settings(config).map(|s| s.name).unwrap_or("?");
-        return match args.model.verifier(config).await {
+        return match args.model.verifier(config, args.sample).await {
             Err(e) => {
                 eprintln!("prismctl: verify {name}: {e:#}\n(is the stack up? `dev/stack up`)");
                 Ok(ExitCode::FAILURE)

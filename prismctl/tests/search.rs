@@ -421,7 +421,7 @@ fn steady_deposits(
 /// up to `wait` while the projector catches up; its figures printed.
 async fn verify(config: &Config, wait: Duration) -> ModelReport {
     let started = Instant::now();
-    let verifier = up("elasticsearch", Model::Search.verifier(config).await);
+    let verifier = up("elasticsearch", Model::Search.verifier(config, 100).await);
     let Some(verifier) = verifier else {
         panic!("the search model has no verifier");
     };

@@ -1,11 +1,10 @@
 //! The dashboard tests' world: a profile of its own per test, the real `prism-dashboard`
 //! process, `verify dashboard`, the stream reader, Redis stopped and started.
 
-use std::fs::File;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use prismctl::verify_model::{verify_model, ModelReport};
 use serde_json::{json, Value};
 
 use crate::e2e::{CommandService, TOKEN};
+use crate::projector::ProjectorProcess;
 
 /// One test at a time: one of them restarts Redis.
 pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -143,137 +143,30 @@ where
     }
 }
 
-pub(crate) fn binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_prismctl")).with_file_name("prism-dashboard");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first with `cargo build -p prism-dashboard` \
-         (`cargo test --workspace` builds it too).",
-        path.display()
-    );
-    path
+/// The real `prism-dashboard`; killed when dropped.
+pub(crate) struct Dashboard(ProjectorProcess);
+
+impl std::ops::Deref for Dashboard {
+    type Target = ProjectorProcess;
+
+    fn deref(&self) -> &ProjectorProcess {
+        &self.0
+    }
 }
 
-/// The real `prism-dashboard`; killed when dropped.
-pub(crate) struct Dashboard {
-    profile: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    pub(crate) url: String,
-    http: reqwest::Client,
+impl std::ops::DerefMut for Dashboard {
+    fn deref_mut(&mut self) -> &mut ProjectorProcess {
+        &mut self.0
+    }
 }
 
 impl Dashboard {
     pub(crate) fn start(env: &Env) -> Dashboard {
-        let log = std::env::temp_dir().join(format!("{}.log", unique("prism-dash-e2e")));
-        eprintln!("prism-dashboard's stderr goes to {}", log.display());
-        let mut d = Dashboard {
-            profile: env.profile.clone(),
-            log,
-            child: None,
-            url: String::new(),
-            http: up(
-                "reqwest",
-                reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build(),
-            ),
-        };
-        d.spawn();
-        d
-    }
-
-    /// Starts the process (again: on the same port).
-    pub(crate) fn spawn(&mut self) {
-        let root = repo_root();
-        // The same address across restarts (a page open on it reconnects there).
-        let port = match self
-            .url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-        {
-            Some(port) => port,
-            None => {
-                let listener = up("localhost", std::net::TcpListener::bind("127.0.0.1:0"));
-                up("localhost", listener.local_addr()).port()
-            }
-        };
-        let stderr = up(
-            "the log file",
-            File::options().create(true).append(true).open(&self.log),
-        );
-        let child = Command::new(binary())
-            .current_dir(&root)
-            .env("PRISM_CONFIG", root.join("config/prism.toml"))
-            .env("PRISM_PROFILE", &self.profile)
-            .env("PRISM_DASHBOARD__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn();
-        self.child = Some(up("the prism-dashboard binary", child));
-        self.url = format!("http://127.0.0.1:{port}");
-    }
-
-    /// SIGKILL: no shutdown, nothing stored on the way out.
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub(crate) fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    pub(crate) async fn wait_ready(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "prism-dashboard exited ({status}); its log:\n{}",
-                    self.log_tail()
-                );
-            }
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prism-dashboard not ready within {limit:?}; its log:\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// GET `path` with the token: status and body.
-    pub(crate) async fn get(&self, path: &str) -> (u16, String, String) {
-        let r = up(
+        Dashboard(ProjectorProcess::start(
             "prism-dashboard",
-            self.http
-                .get(format!("{}{path}", self.url))
-                .bearer_auth(TOKEN)
-                .send()
-                .await,
-        );
-        let status = r.status().as_u16();
-        let content_type = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        (status, content_type, r.text().await.unwrap_or_default())
+            "PRISM_DASHBOARD__LISTEN",
+            &env.profile,
+        ))
     }
 
     pub(crate) async fn summary(&self) -> Value {
@@ -283,15 +176,9 @@ impl Dashboard {
     }
 }
 
-impl Drop for Dashboard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// `prismctl verify dashboard`, re-checking for up to `wait`.
 pub(crate) async fn verify(config: &Config, wait: Duration) -> ModelReport {
-    let verifier = up("redis", Model::Dashboard.verifier(config).await);
+    let verifier = up("redis", Model::Dashboard.verifier(config, 100).await);
     let Some(verifier) = verifier else {
         panic!("the dashboard has no verifier");
     };

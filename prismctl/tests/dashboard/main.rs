@@ -20,4 +20,6 @@ mod browser;
 #[path = "../e2e/mod.rs"]
 mod e2e;
 mod harness;
+#[path = "../e2e/projector.rs"]
+mod projector;
 mod service;

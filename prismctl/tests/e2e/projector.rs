@@ -1,0 +1,162 @@
+//! A projector binary (`prism-dashboard`, `prism-fraud`, …) as a child process, configured
+//! like an operator would: the repository's `config/prism.toml`, the test's profile, and a
+//! port of its own that stays the same across restarts. Killed when dropped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prism_tests::{repo_root, unique, up};
+
+/// The bearer token of the local configuration.
+const TOKEN: &str = "prism-local-dev-token";
+
+/// `name` (e.g. `prism-fraud`) next to the `prismctl` under test.
+pub fn binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_prismctl")).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first with `cargo build -p {name}` \
+         (`cargo test --workspace` builds it too).",
+        path.display()
+    );
+    path
+}
+
+/// The real projector process.
+pub struct ProjectorProcess {
+    name: &'static str,
+    /// The environment variable of its listen address (`PRISM_FRAUD__LISTEN`).
+    listen_var: &'static str,
+    profile: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+impl ProjectorProcess {
+    /// Starts `name` with the test's `profile`; its stderr goes to a log file of its own.
+    pub fn start(name: &'static str, listen_var: &'static str, profile: &Path) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
+        eprintln!("{name}'s stderr goes to {}", log.display());
+        let mut process = Self {
+            name,
+            listen_var,
+            profile: profile.to_owned(),
+            log,
+            child: None,
+            url: String::new(),
+            http: up(
+                "reqwest",
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build(),
+            ),
+        };
+        process.spawn();
+        process
+    }
+
+    /// Starts the process (again: on the same port).
+    pub fn spawn(&mut self) {
+        let root = repo_root();
+        let port = match self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            Some(port) => port,
+            None => {
+                let listener = up("localhost", std::net::TcpListener::bind("127.0.0.1:0"));
+                up("localhost", listener.local_addr()).port()
+            }
+        };
+        let stderr = up(
+            "the log file",
+            File::options().create(true).append(true).open(&self.log),
+        );
+        let child = Command::new(binary(self.name))
+            .current_dir(&root)
+            .env("PRISM_CONFIG", root.join("config/prism.toml"))
+            .env("PRISM_PROFILE", &self.profile)
+            .env(self.listen_var, format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn();
+        self.child = Some(up(self.name, child));
+        self.url = format!("http://127.0.0.1:{port}");
+    }
+
+    /// SIGKILL: no shutdown, nothing stored on the way out.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Waits until `/readyz` answers 200; panics with the log if it exits or times out.
+    pub async fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{} exited ({status}); its log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready within {limit:?}; its log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// GET `path` with the token: status, content type and body.
+    pub async fn get(&self, path: &str) -> (u16, String, String) {
+        let r = up(
+            self.name,
+            self.http
+                .get(format!("{}{path}", self.url))
+                .bearer_auth(TOKEN)
+                .send()
+                .await,
+        );
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, content_type, r.text().await.unwrap_or_default())
+    }
+}
+
+impl Drop for ProjectorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,181 @@
+//! The fraud tests' world: a profile of its own per test, the real `prism-fraud` process,
+//! `verify fraud`.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use prism_platform::config::{Config, Sources};
+use prism_tests::{repo_root, unique, up};
+use prismctl::models::Model;
+use prismctl::verify_model::{verify_model, ModelReport};
+
+use crate::projector::ProjectorProcess;
+
+/// One test's names, as a profile file (what the child loads) and as the loaded config.
+pub(crate) struct Env {
+    pub(crate) config: Config,
+    pub(crate) profile: PathBuf,
+    pub(crate) offline_dir: PathBuf,
+}
+
+impl Env {
+    fn new(partitions: i32) -> Env {
+        let topic = unique("prism-test-fraud");
+        let schema = unique("prism_test_fraud");
+        let namespace = format!("prism-test:{}", unique("fraud"));
+        let group = unique("prism-test-fraud");
+        let offline_dir = std::env::temp_dir().join(unique("prism-fraud-offline"));
+        let profile = std::env::temp_dir().join(format!("{}.toml", unique("prism-fraud-e2e")));
+        let text = format!(
+            r#"[log]
+level = "warn"
+
+[kafka]
+topic = "{topic}"
+topic_partitions = {partitions}
+
+[event_store]
+backend = "postgres"
+postgres_schema = "{schema}"
+
+[relay]
+sweep_interval_ms = 200
+
+[projector]
+batch_max_wait_ms = 5
+lag_interval_ms = 200
+session_timeout_ms = 6000
+retry_backoff_ms = 50
+retry_backoff_max_ms = 1000
+
+[fraud]
+namespace = "{namespace}"
+group_id = "{group}"
+offline_dir = "{offline}"
+copy_poll_ms = 200
+
+[fraud.projector]
+batch_max_events = 500
+batch_max_wait_ms = 5
+"#,
+            offline = offline_dir.display()
+        );
+        up("the temp dir", std::fs::write(&profile, text));
+        let sources = Sources {
+            base: Some(repo_root().join("config/prism.toml")),
+            profile: Some(profile.display().to_string()),
+        };
+        let config = match sources.load() {
+            Ok(config) => config,
+            Err(e) => panic!("loading the test's profile {}: {e}", profile.display()),
+        };
+        Env {
+            config,
+            profile,
+            offline_dir,
+        }
+    }
+
+    pub(crate) fn fraud(&self) -> prism_fraud::config::FraudConfig {
+        up("the [fraud] section", self.config.fraud.parse("fraud"))
+    }
+
+    async fn clean_up(&self) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        use rdkafka::client::DefaultClientContext;
+        let kafka = prism_platform::clients::kafka_client_config(&self.config.kafka);
+        if let Ok(admin) = kafka.create::<AdminClient<DefaultClientContext>>() {
+            let options = AdminOptions::new();
+            let dlq = prism_projector::dlq::topic_name(
+                &self.config.kafka.topic,
+                &self.config.projector.dlq_suffix,
+                "fraud",
+            );
+            let _ = admin
+                .delete_topics(&[&self.config.kafka.topic, &dlq], &options)
+                .await;
+            let _ = admin
+                .delete_groups(&[&self.fraud().group_id], &options)
+                .await;
+        }
+        if let Ok(pg) = prism_platform::clients::postgres(&self.config.postgres).await {
+            let _ = sqlx::query(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.config.event_store.postgres_schema
+            ))
+            .execute(&pg)
+            .await;
+        }
+        if let Ok(copies) = prism_fraud::copies::connect(&self.config.redis, &self.fraud()).await {
+            let _ = copies.drop_everything().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.offline_dir);
+        let _ = std::fs::remove_file(&self.profile);
+    }
+}
+
+/// Runs `body` in an [`Env`] of its own and cleans up whether it passed or not.
+pub(crate) async fn isolated<F, Fut>(partitions: i32, body: F)
+where
+    F: FnOnce(Arc<Env>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let env = Arc::new(Env::new(partitions));
+    let outcome = AssertUnwindSafe(body(Arc::clone(&env)))
+        .catch_unwind()
+        .await;
+    env.clean_up().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The real `prism-fraud`.
+pub(crate) fn start(env: &Env) -> ProjectorProcess {
+    ProjectorProcess::start("prism-fraud", "PRISM_FRAUD__LISTEN", &env.profile)
+}
+
+/// `prismctl verify fraud` (every account), re-checking for up to `wait`.
+pub(crate) async fn verify(config: &Config, wait: Duration) -> ModelReport {
+    let verifier = up("redis", Model::Fraud.verifier(config, 100).await);
+    let Some(verifier) = verifier else {
+        panic!("the fraud model has no verifier");
+    };
+    let options = prismctl::verify::Options {
+        wait,
+        ..Default::default()
+    };
+    let report = up(
+        "prismctl verify fraud",
+        verify_model(config, "fraud", verifier.as_ref(), &options).await,
+    );
+    eprintln!(
+        "verify fraud: ok={} events={} expected={} stored={} differences={} attempts={}",
+        report.ok,
+        report.events,
+        report.documents_expected,
+        report.documents_stored,
+        report.difference_count,
+        report.attempts
+    );
+    report
+}
+
+pub(crate) fn assert_identical(report: &ModelReport, documents: usize) {
+    assert!(
+        report.ok,
+        "the fraud model differs from the plain re-implementation: {} differences; first: {}",
+        report.difference_count,
+        serde_json::to_string(&report.differences.iter().take(3).collect::<Vec<_>>())
+            .unwrap_or_default()
+    );
+    assert!(
+        report.documents_expected >= documents,
+        "{} documents expected, at least {documents} wanted",
+        report.documents_expected
+    );
+}
