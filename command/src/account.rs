@@ -25,6 +25,10 @@
 //!   malformed input, not a payment, and is rejected.
 //! - Closing needs a zero balance. Each command yields exactly the events it causes (today
 //!   always one).
+//! - A fraud report names one of the account's card payments (approved or declined) by its
+//!   event id; anything else is [`Rejection::PaymentNotFound`]. Each payment is reported at
+//!   most once ([`Rejection::AlreadyReported`]). Reports are taken on open, frozen **and
+//!   closed** accounts (chargebacks arrive after a closure); the reason is a required text.
 //!
 //! # Choices where the issue is silent
 //! - **Order of checks:** the account's existence (not found / closed / already open) first,
@@ -51,14 +55,17 @@
 //!   in it passed [`decide`]) and saturates rather than wraps if a forged history would
 //!   overflow.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use prism_events::event::{
     AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, CardPayment, CardPaymentApproved,
     CardPaymentDeclined, DeclineReason, MinorUnits, MoneyDeposited, MoneyWithdrawn,
-    WithdrawalChannel,
+    PaymentReportedFraudulent, WithdrawalChannel,
 };
 use prism_events::{AccountEvent, Country, Currency, Envelope};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// The sane bound on a single amount (and on a daily limit): 10^12 minor units.
 pub const MAX_AMOUNT_MINOR: MinorUnits = 1_000_000_000_000;
@@ -111,6 +118,26 @@ pub struct PayByCard {
     pub payment: CardPayment,
 }
 
+/// Reports one of the account's card payments as fraud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportFraud {
+    pub payment_event_id: Uuid,
+    pub reason: String,
+    /// What the account's history holds under `payment_event_id`, up to the state's
+    /// version: the aggregate keeps no list of payments (it would grow without bound), so
+    /// the service looks the event up before deciding.
+    pub payment: PaymentLookup,
+}
+
+/// What an event id is in an account's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentLookup {
+    /// A `CardPaymentApproved` or `CardPaymentDeclined` of this account.
+    CardPayment,
+    /// No event of this account, or one that is not a card payment.
+    NotAPayment,
+}
+
 /// Stops withdrawals and card payments until unfrozen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FreezeAccount {
@@ -127,6 +154,7 @@ pub enum Command {
     Freeze(FreezeAccount),
     Unfreeze,
     Close,
+    ReportFraud(ReportFraud),
 }
 
 impl Command {
@@ -140,6 +168,7 @@ impl Command {
             Self::Freeze(_) => "freeze",
             Self::Unfreeze => "unfreeze",
             Self::Close => "close",
+            Self::ReportFraud(_) => "report_fraud",
         }
     }
 }
@@ -197,6 +226,8 @@ pub struct Account {
     freeze_reason: Option<String>,
     opened_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
+    /// Payments reported as fraud (reports are rare: small).
+    reported: BTreeSet<Uuid>,
 }
 
 /// A snapshot as stored: the state with the format it was written in. Decoding is strict,
@@ -220,7 +251,7 @@ pub enum SnapshotError {
 
 impl Account {
     /// The version of the snapshot format; a store discards snapshots of another version.
-    pub const SNAPSHOT_VERSION: u32 = 1;
+    pub const SNAPSHOT_VERSION: u32 = 2;
 
     /// This state as a snapshot document, tagged with [`Account::SNAPSHOT_VERSION`].
     pub fn to_snapshot(&self) -> Result<serde_json::Value, serde_json::Error> {
@@ -302,6 +333,11 @@ impl Account {
         self.updated_at
     }
 
+    /// Whether the payment `event_id` was reported as fraud.
+    pub fn reported(&self, event_id: Uuid) -> bool {
+        self.reported.contains(&event_id)
+    }
+
     fn record_withdrawal(&mut self, day: NaiveDate, amount: MinorUnits) {
         match &mut self.latest_withdrawals {
             Some(latest) if latest.day == day => {
@@ -367,6 +403,10 @@ pub enum Rejection {
     BalanceOverflow,
     #[error("the balance must be zero to close the account, it is {balance_minor} minor units")]
     BalanceNotZero { balance_minor: MinorUnits },
+    #[error("the account has no card payment {payment_event_id}")]
+    PaymentNotFound { payment_event_id: Uuid },
+    #[error("card payment {payment_event_id} was already reported as fraud")]
+    AlreadyReported { payment_event_id: Uuid },
 }
 
 impl Rejection {
@@ -386,12 +426,24 @@ impl Rejection {
             Self::DailyLimitExceeded { .. } => "daily_limit_exceeded",
             Self::BalanceOverflow => "balance_overflow",
             Self::BalanceNotZero { .. } => "balance_not_zero",
+            Self::PaymentNotFound { .. } => "payment_not_found",
+            Self::AlreadyReported { .. } => "payment_already_reported",
         }
     }
 
     /// True only for a command on an account that was never opened (HTTP 404).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::AccountNotFound)
+    }
+
+    /// True for a fraud report of a payment the account does not have (HTTP 404).
+    pub fn is_payment_not_found(&self) -> bool {
+        matches!(self, Self::PaymentNotFound { .. })
+    }
+
+    /// True for a second report of one payment (HTTP 409: the request repeats a done one).
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Self::AlreadyReported { .. })
     }
 
     /// True when the command's own input is malformed whatever the state (HTTP 400); the
@@ -421,6 +473,10 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Result<Vec<AccountEvent>, Rejection> {
     match (state.status, command) {
+        // Chargebacks arrive after a closure: reports are taken on any opened account.
+        (Status::Open | Status::Frozen | Status::Closed, Command::ReportFraud(report)) => {
+            report_fraud(state, report)
+        }
         (Status::Closed, _) => Err(Rejection::AccountClosed),
         (Status::Unopened, Command::Open(open)) => open_account(open),
         (_, Command::Open(_)) => Err(Rejection::AlreadyOpen),
@@ -458,7 +514,10 @@ pub fn evolve(state: &mut Account, envelope: &Envelope) {
         AccountEvent::CardPaymentApproved(e) => {
             state.balance_minor = state.balance_minor.saturating_sub(e.payment.amount_minor);
         }
-        AccountEvent::CardPaymentDeclined(_) | AccountEvent::PaymentReportedFraudulent(_) => {}
+        AccountEvent::CardPaymentDeclined(_) => {}
+        AccountEvent::PaymentReportedFraudulent(e) => {
+            state.reported.insert(e.payment_event_id);
+        }
         AccountEvent::AccountFrozen(e) => {
             state.status = Status::Frozen;
             state.freeze_reason = Some(e.reason.clone());
@@ -605,6 +664,23 @@ fn close_account(state: &Account) -> Result<AccountEvent, Rejection> {
         });
     }
     Ok(AccountEvent::AccountClosed(AccountClosed {}))
+}
+
+fn report_fraud(state: &Account, report: &ReportFraud) -> Result<AccountEvent, Rejection> {
+    let reason = text("reason", &report.reason, TEXT_MAX_CHARS)?;
+    let payment_event_id = report.payment_event_id;
+    if report.payment != PaymentLookup::CardPayment {
+        return Err(Rejection::PaymentNotFound { payment_event_id });
+    }
+    if state.reported.contains(&payment_event_id) {
+        return Err(Rejection::AlreadyReported { payment_event_id });
+    }
+    Ok(AccountEvent::PaymentReportedFraudulent(
+        PaymentReportedFraudulent {
+            payment_event_id,
+            reason,
+        },
+    ))
 }
 
 /// Whether `balance` can pay `amount` without going below zero (overflow-checked).
@@ -944,6 +1020,107 @@ mod tests {
         Command::Freeze(FreezeAccount {
             reason: "card reported stolen".into(),
         })
+    }
+
+    /// A report of `payment`, as the service resolves it (`found`: a card payment of the
+    /// account).
+    fn report(payment: Uuid, found: bool) -> Command {
+        Command::ReportFraud(ReportFraud {
+            payment_event_id: payment,
+            reason: "  Cardholder does not recognise it  ".into(),
+            payment: if found {
+                PaymentLookup::CardPayment
+            } else {
+                PaymentLookup::NotAPayment
+            },
+        })
+    }
+
+    fn reported(payment: Uuid) -> AccountEvent {
+        AccountEvent::PaymentReportedFraudulent(PaymentReportedFraudulent {
+            payment_event_id: payment,
+            reason: "Cardholder does not recognise it".into(),
+        })
+    }
+
+    // ---- fraud reports ---------------------------------------------------------------------
+
+    #[test]
+    fn a_card_payment_is_reported_once_with_its_reason_trimmed() {
+        let mut scenario = given_open_with(10_000).and_at("2026-05-01T10:00:00Z", approved(500));
+        let payment = scenario.history[2].id;
+        let state = scenario
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        assert!(state.reported(payment));
+        assert_eq!(state.balance_minor(), 9_500, "a report moves no money");
+        scenario
+            .when(report(payment, true))
+            .then_rejected("payment_already_reported");
+    }
+
+    #[test]
+    fn a_declined_payment_can_be_reported_and_anything_else_is_not_found() {
+        let mut scenario = given_open_with(0).and_at(
+            "2026-05-01T10:00:00Z",
+            declined(500, DeclineReason::InsufficientFunds),
+        );
+        let payment = scenario.history[1].id;
+        scenario
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        // The service found no card payment under that id (a deposit's, another account's).
+        scenario
+            .when(report(Uuid::now_v7(), false))
+            .then_rejected("payment_not_found");
+    }
+
+    #[test]
+    fn reports_are_taken_on_frozen_and_closed_accounts_but_not_unopened_ones() {
+        let mut frozen_account = given_open_with(1_000)
+            .and_at("2026-05-01T10:00:00Z", approved(1_000))
+            .and_at("2026-05-01T11:00:00Z", frozen());
+        let payment = frozen_account.history[2].id;
+        frozen_account
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        let mut closed_account = given_open_with(1_000)
+            .and_at("2026-05-01T10:00:00Z", approved(1_000))
+            .and_at("2026-05-02T10:00:00Z", closed());
+        let payment = closed_account.history[2].id;
+        closed_account
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        given_nothing()
+            .when(report(Uuid::now_v7(), true))
+            .then_rejected("account_not_found");
+    }
+
+    #[test]
+    fn a_report_needs_a_reason() {
+        let mut scenario = given_open_with(1_000).and_at("2026-05-01T10:00:00Z", approved(10));
+        let payment = scenario.history[2].id;
+        let Command::ReportFraud(mut blank) = report(payment, true) else {
+            unreachable!("a report")
+        };
+        blank.reason = "   ".into();
+        let rejection = scenario
+            .when(Command::ReportFraud(blank))
+            .then_rejected("invalid_field");
+        assert_eq!(rejection.field(), Some("reason"));
+    }
+
+    #[test]
+    fn the_reported_payments_survive_a_snapshot() {
+        let mut scenario = given_open_with(1_000).and_at("2026-05-01T10:00:00Z", approved(10));
+        let payment = scenario.history[2].id;
+        let state = scenario
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        let back =
+            Account::from_snapshot(state.to_snapshot().expect("serialises")).expect("reads back");
+        assert!(back.reported(payment));
+        assert_eq!(back, state);
     }
 
     fn every_command() -> Vec<Command> {
@@ -1614,10 +1791,21 @@ mod tests {
 
     #[test]
     fn command_names_are_stable_metric_labels() {
-        let names: Vec<_> = every_command().iter().map(Command::name).collect();
+        let mut commands = every_command();
+        commands.push(report(Uuid::nil(), true));
+        let names: Vec<_> = commands.iter().map(Command::name).collect();
         assert_eq!(
             names,
-            ["open", "deposit", "withdraw", "pay", "freeze", "unfreeze", "close"]
+            [
+                "open",
+                "deposit",
+                "withdraw",
+                "pay",
+                "freeze",
+                "unfreeze",
+                "close",
+                "report_fraud"
+            ]
         );
     }
 
@@ -1647,6 +1835,12 @@ mod tests {
             },
             Rejection::BalanceOverflow,
             Rejection::BalanceNotZero { balance_minor: 1 },
+            Rejection::PaymentNotFound {
+                payment_event_id: Uuid::nil(),
+            },
+            Rejection::AlreadyReported {
+                payment_event_id: Uuid::nil(),
+            },
         ];
         let mut codes: Vec<_> = rejections.iter().map(Rejection::code).collect();
         for code in &codes {

@@ -5,12 +5,11 @@
 //! input; every handler then validates fields before the aggregate sees a command. No input
 //! reaches a 500: store failures are 503 with `Retry-After`, panics are caught and logged.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -20,15 +19,16 @@ use axum::{Json, Router};
 use prism_events::event::{CardChannel, CardPayment, WithdrawalChannel};
 use prism_events::{AccountEvent, AccountId, Country, Currency};
 use prism_platform::auth::Principal;
-use prism_platform::http::{render_metrics, Problem};
+use prism_platform::http::{render_metrics, JsonBody, Problem};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
 
 use crate::account::{
-    Account, Command, DepositMoney, FreezeAccount, OpenAccount, PayByCard, Rejection, Status,
-    WithdrawMoney,
+    Account, Command, DepositMoney, FreezeAccount, OpenAccount, PayByCard, PaymentLookup,
+    Rejection, ReportFraud, Status, WithdrawMoney,
 };
 use crate::metrics::Metrics;
 use crate::relay::RelayStatus;
@@ -108,6 +108,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/accounts/{id}/freeze", post(freeze))
         .route("/v1/accounts/{id}/unfreeze", post(unfreeze))
         .route("/v1/accounts/{id}/close", post(close))
+        .route(
+            "/v1/accounts/{id}/payments/{event_id}/fraud-reports",
+            post(report_fraud),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.auth.clone(),
             prism_platform::auth::require_bearer,
@@ -166,92 +170,12 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
     response
 }
 
-/// A JSON body: content type checked, size limited, every error naming the field.
-struct Body<T> {
-    value: T,
-    raw: Bytes,
-}
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
-    type Rejection = Problem;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                let mime = v.split(';').next().unwrap_or("").trim();
-                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
-            });
-        let raw = Bytes::from_request(request, state)
-            .await
-            .map_err(|e: BytesRejection| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "Request body too large",
-                    )
-                    .detail(e.body_text())
-                } else {
-                    Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "malformed_body",
-                        "Unreadable request body",
-                    )
-                    .detail(e.body_text())
-                }
-            })?;
-        // An empty body stands for `{}` on commands that take no fields.
-        let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &raw
-        };
-        if json == Some(false) || (json.is_none() && text != b"{}") {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Unsupported media type",
-            )
-            .detail("send the body as Content-Type: application/json"));
-        }
-        let mut deserializer = serde_json::Deserializer::from_slice(text);
-        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                return malformed_json(&inner);
-            }
-            let field = if path == "." {
-                // serde names missing and unknown fields in the message only.
-                field_from_message(&inner.to_string()).unwrap_or_default()
-            } else {
-                path
-            };
-            let problem = Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_field",
-                "Invalid request field",
-            )
-            .detail(inner.to_string());
-            if field.is_empty() {
-                problem
-            } else {
-                problem.field(field)
-            }
-        })?;
-        // Trailing characters after the object.
-        deserializer.end().map_err(|e| malformed_json(&e))?;
-        Ok(Self { value, raw })
-    }
-}
-
 /// A command on an existing account: its id from the path, the caller, the request's
 /// metadata (correlation, causation, idempotency) and the parsed body.
 struct AccountCommand<T> {
     account: AccountId,
+    /// The path's other parameters (`event_id` of a fraud report).
+    params: HashMap<String, String>,
     meta: Meta,
     body: T,
 }
@@ -261,9 +185,11 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for AccountCommand<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
-        let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
-            .await
-            .map_err(|e| invalid("account_id", e.body_text()))?;
+        let Path(mut params) =
+            Path::<HashMap<String, String>>::from_request_parts(&mut parts, state)
+                .await
+                .map_err(|e| invalid("account_id", e.body_text()))?;
+        let id = params.remove("id").unwrap_or_default();
         let account = account_id(&id)?;
         let principal = parts
             .extensions
@@ -273,26 +199,15 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for AccountCommand<T> {
         // The canonical path (the id as parsed) keys the idempotency hash.
         let path = canonical_path(parts.uri.path(), &account.to_string());
         let headers = parts.headers.clone();
-        let body = Body::<T>::from_request(Request::from_parts(parts, body), state).await?;
+        let body = JsonBody::<T>::from_request(Request::from_parts(parts, body), state).await?;
         let meta = meta(&Method::POST, &path, &headers, &principal, &body.raw)?;
         Ok(Self {
             account,
+            params,
             meta,
             body: body.value,
         })
     }
-}
-
-fn malformed_json(error: &serde_json::Error) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON")
-        .detail(error.to_string())
-}
-
-/// serde's "missing field `x`" / "unknown field `x`" messages name the field in backticks.
-fn field_from_message(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let end = start + message[start..].find('`')?;
-    Some(message[start..end].to_owned())
 }
 
 fn invalid(field: &str, detail: impl Into<String>) -> Problem {
@@ -475,6 +390,14 @@ pub struct FreezeRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct FraudReportRequest {
+    /// Why the payment is reported (at most 500 characters).
+    #[schema(example = "Cardholder does not recognise the payment")]
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EmptyRequest {}
 
 /// The answer to every accepted command.
@@ -617,6 +540,14 @@ fn rejection_problem(rejection: &Rejection) -> Problem {
         return Problem::new(StatusCode::NOT_FOUND, rejection.code(), "Account not found")
             .detail(rejection.to_string());
     }
+    if rejection.is_payment_not_found() {
+        return Problem::new(StatusCode::NOT_FOUND, rejection.code(), "Payment not found")
+            .detail(rejection.to_string());
+    }
+    if rejection.is_duplicate() {
+        return Problem::new(StatusCode::CONFLICT, rejection.code(), "Already reported")
+            .detail(rejection.to_string());
+    }
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         rejection.code(),
@@ -657,7 +588,7 @@ async fn open_account(
     State(state): State<AppState>,
     axum::Extension(principal): axum::Extension<Principal>,
     headers: HeaderMap,
-    body: Body<OpenAccountRequest>,
+    body: JsonBody<OpenAccountRequest>,
 ) -> Result<Response, Problem> {
     let meta = meta(
         &Method::POST,
@@ -817,6 +748,43 @@ async fn freeze(
     .await)
 }
 
+/// Reports one of the account's card payments (approved or declined) as fraud: the label the
+/// fraud features learn from. Taken on open, frozen and closed accounts; once per payment.
+#[utoipa::path(post, path = "/v1/accounts/{id}/payments/{event_id}/fraud-reports",
+    request_body = FraudReportRequest,
+    params(("id" = String, Path), ("event_id" = String, Path, description = "The payment's event id"),
+        ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = CommandResponse), (status = 400),
+        (status = 404, description = "no such account, or no such card payment of it"),
+        (status = 409, description = "the payment was already reported")),
+    security(("bearer" = [])))]
+async fn report_fraud(
+    State(state): State<AppState>,
+    request: AccountCommand<FraudReportRequest>,
+) -> Result<Response, Problem> {
+    let raw = request.params.get("event_id").map_or("", String::as_str);
+    let payment_event_id = raw.parse::<Uuid>().map_err(|_| {
+        invalid(
+            "event_id",
+            format!("{raw:?} is not a payment's event id (a UUID)"),
+        )
+    })?;
+    let command = Command::ReportFraud(ReportFraud {
+        payment_event_id,
+        reason: text("reason", request.body.reason, 500)?,
+        // Looked up by the service against the account's history.
+        payment: PaymentLookup::NotAPayment,
+    });
+    Ok(run(
+        &state,
+        request.account,
+        command,
+        request.meta,
+        StatusCode::CREATED,
+    )
+    .await)
+}
+
 #[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", request_body = EmptyRequest,
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
     responses((status = 200, body = CommandResponse), (status = 404), (status = 422)),
@@ -897,9 +865,10 @@ fn account_response(account_id: AccountId, a: &Account) -> AccountResponse {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "prism-command", description = "Prism's write side: commands on bank accounts. Money is integer minor units of the account's currency. Errors are application/problem+json."),
-    paths(open_account, get_account, deposit, withdraw, pay, freeze, unfreeze, close),
+    paths(open_account, get_account, deposit, withdraw, pay, freeze, unfreeze, close,
+        report_fraud),
     components(schemas(OpenAccountRequest, DepositRequest, WithdrawalRequest, PaymentRequest,
-        FreezeRequest, EmptyRequest, CommandResponse, AccountResponse)),
+        FreezeRequest, FraudReportRequest, EmptyRequest, CommandResponse, AccountResponse)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]

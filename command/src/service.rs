@@ -41,7 +41,7 @@ use prism_events::{AccountEvent, AccountId, ConsistencyToken, Envelope};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::account::{self, Account, Command, Rejection};
+use crate::account::{self, Account, Command, PaymentLookup, Rejection, ReportFraud};
 use crate::metrics::Metrics;
 use crate::relay::RelayHandle;
 use crate::store::batcher::Batcher;
@@ -304,7 +304,8 @@ impl CommandService {
         let mut attempt = 0;
         loop {
             let now = now_micros();
-            let events = match account::decide(&state, command, now) {
+            let resolved = self.resolve(account_id, &state, command).await?;
+            let events = match account::decide(&state, resolved.as_ref().unwrap_or(command), now) {
                 Ok(events) => events,
                 Err(_) if !fresh => {
                     state = self.catch_up(account_id, state).await?;
@@ -630,6 +631,40 @@ impl CommandService {
             }
         }
         self.catch_up(account_id, state).await
+    }
+
+    /// A fraud report with its payment looked up in the account's history up to `state`'s
+    /// version (the aggregate keeps no list of payments); `None` for other commands.
+    async fn resolve(
+        &self,
+        account_id: AccountId,
+        state: &Account,
+        command: &Command,
+    ) -> Result<Option<Command>, CommandError> {
+        let Command::ReportFraud(report) = command else {
+            return Ok(None);
+        };
+        let mut payment = PaymentLookup::NotAPayment;
+        // Reports are rare and name a past payment: reading the account's history is
+        // cheaper than keeping every payment id in every cached state.
+        for envelope in self.store.load(account_id, 0).await? {
+            if envelope.account_version > state.version() {
+                break;
+            }
+            if envelope.id == report.payment_event_id {
+                if matches!(
+                    envelope.event,
+                    AccountEvent::CardPaymentApproved(_) | AccountEvent::CardPaymentDeclined(_)
+                ) {
+                    payment = PaymentLookup::CardPayment;
+                }
+                break;
+            }
+        }
+        Ok(Some(Command::ReportFraud(ReportFraud {
+            payment,
+            ..report.clone()
+        })))
     }
 
     /// Applies the events stored after `state`'s version.

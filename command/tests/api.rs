@@ -319,6 +319,103 @@ async fn payments_are_approved_or_declined_and_both_are_stored() {
     clean_up(&config).await;
 }
 
+/// A fraud report names one of the account's card payments: once (409 after), never a
+/// deposit or a stranger's payment (404), with a reason (400), also after the account was
+/// closed; the label is stored as an event.
+async fn fraud_reports(backend: EventStoreBackend) {
+    let config = isolated_config(backend);
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let account = api.open("EUR").await;
+    let deposit = api.deposit(&account, 1_000).await;
+    let deposit_id = deposit.body["event_ids"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let paid = api
+        .post(
+            &format!("/v1/accounts/{account}/payments"),
+            json!({ "amount_minor": 1_000, "merchant_name": "Café Rosa", "merchant_category": "5814",
+                    "merchant_country": "PT", "channel": "online" }),
+        )
+        .await;
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    let payment = paid.body["event_ids"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let other = api.open("EUR").await;
+    let report = |account: String, event: String, reason: &'static str| {
+        let api = api.clone();
+        async move {
+            api.post(
+                &format!("/v1/accounts/{account}/payments/{event}/fraud-reports"),
+                json!({ "reason": reason }),
+            )
+            .await
+        }
+    };
+    let blank = report(account.clone(), payment.clone(), "  ").await;
+    assert_eq!(
+        (blank.status, &blank.body["field"]),
+        (400, &json!("reason")),
+        "{}",
+        blank.body
+    );
+    let bad_id = report(account.clone(), "nope".into(), "x").await;
+    assert_eq!(
+        (bad_id.status, &bad_id.body["field"]),
+        (400, &json!("event_id")),
+        "{}",
+        bad_id.body
+    );
+    let of_a_deposit = report(account.clone(), deposit_id, "x").await;
+    assert_eq!(of_a_deposit.status, 404, "{}", of_a_deposit.body);
+    assert_eq!(of_a_deposit.body["code"], "payment_not_found");
+    let strangers = report(other.clone(), payment.clone(), "x").await;
+    assert_eq!(strangers.status, 404, "{}", strangers.body);
+    // The account pays nothing more and closes; the chargeback comes after.
+    let closed = api
+        .post(&format!("/v1/accounts/{account}/close"), json!({}))
+        .await;
+    assert_eq!(closed.status, 200, "{}", closed.body);
+    let first = report(account.clone(), payment.clone(), "Not me").await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.body["version"], 5);
+    let again = report(account.clone(), payment.clone(), "Not me").await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(again.body["code"], "payment_already_reported");
+
+    let stored = stored_events(&config).await;
+    let reports: Vec<_> = stored
+        .values()
+        .flatten()
+        .filter(|e| e.event_type() == "prism.account.payment_reported_fraudulent")
+        .collect();
+    assert_eq!(
+        reports.len(),
+        1,
+        "one report stored, nothing for the refusals"
+    );
+    assert_eq!(
+        reports[0].event.data()["payment_event_id"],
+        json!(payment),
+        "the label names the payment"
+    );
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_reports_name_a_card_payment_once_on_mongodb() {
+    fraud_reports(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_reports_name_a_card_payment_once_on_postgres() {
+    fraud_reports(EventStoreBackend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_kafka_in_order_per_account() {
     for backend in BACKENDS {
