@@ -16,10 +16,16 @@
 //!   unknown account, invalid field) — a failure;
 //! - 5xx and transport errors (after retries): failures.
 //!
+//! # Labels
+//! Every card-testing payment is reported as fraud (`POST …/payments/{event_id}/fraud-reports`)
+//! about `--fraud-reports-after` steps later, with the event id its own answer carried, so a
+//! run leaves labelled data for the fraud features. A report whose payment got no answer
+//! (it failed, or is still in flight) is skipped and counted.
+//!
 //! Exit status 0 when there was no failure, 1 otherwise (and when the server does not
 //! answer at all), 2 for a wrong invocation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,7 +44,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::traffic::{Op, Step, Traffic, COMMANDS};
+use crate::traffic::{Op, Pattern, Step, Traffic, COMMANDS};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -75,6 +81,10 @@ pub struct Args {
     /// Share of steps that are suspicious patterns (card testing, freezes), 0 to 1.
     #[arg(long, default_value_t = 0.02)]
     pub suspicious_share: f64,
+    /// Mean number of steps between a card-testing payment and its fraud report (half to
+    /// one and a half times this); 0 sends no reports.
+    #[arg(long, default_value_t = 500)]
+    pub fraud_reports_after: u64,
     /// Retries of a request that failed in transport (same idempotency key).
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
@@ -158,6 +168,8 @@ pub struct Answer {
     pub replayed: bool,
     /// `account_id` of a successful answer.
     pub account_id: Option<String>,
+    /// The first event id of a successful answer.
+    pub event_id: Option<uuid::Uuid>,
     /// A short description of a failure, for the summary.
     pub detail: Option<String>,
 }
@@ -269,12 +281,14 @@ impl Client {
             }
         });
         let account_id = json["account_id"].as_str().map(str::to_owned);
+        let event_id = json["event_ids"][0].as_str().and_then(|id| id.parse().ok());
         Answer {
             outcome,
             latency: started.elapsed(),
             retries: attempt,
             replayed,
             account_id,
+            event_id,
             detail,
         }
     }
@@ -295,6 +309,7 @@ impl Client {
             retries,
             replayed: false,
             account_id: None,
+            event_id: None,
             detail: Some(format!("{e}")),
         }
     }
@@ -380,6 +395,7 @@ struct Stats {
     replayed: u64,
     skipped: u64,
     suspicious: u64,
+    unresolved_reports: u64,
     failures: Vec<String>,
     latency_us: Histogram<u64>,
 }
@@ -400,6 +416,7 @@ impl Stats {
             replayed: 0,
             skipped: 0,
             suspicious: 0,
+            unresolved_reports: 0,
             failures: Vec::new(),
             latency_us: Histogram::new_with_bounds(1, 120_000_000, 3)?,
         })
@@ -466,6 +483,8 @@ pub struct Summary {
     pub skipped: u64,
     /// Steps of suspicious patterns sent.
     pub suspicious: u64,
+    /// Fraud reports not sent because their payment had no answer with an event id yet.
+    pub unresolved_reports: u64,
     /// Per command, per outcome label (`accepted`, `approved`, `declined:<reason>`,
     /// `rejected:<code>`, `conflict`, `http_<status>:<code>`, `transport:<kind>`).
     pub commands: BTreeMap<String, BTreeMap<String, u64>>,
@@ -544,7 +563,10 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
 /// Runs the traffic and returns the summary.
 async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let traffic = Traffic::new(args.seed, args.accounts, args.suspicious_share);
+    let traffic = Traffic::new(args.seed, args.accounts, args.suspicious_share)
+        .with_fraud_reports(args.fraud_reports_after);
+    // Event ids of card-testing payments whose report is still to come, by step.
+    let reported_later: Arc<Mutex<HashMap<u64, uuid::Uuid>>> = Default::default();
     let stats = Arc::new(Mutex::new(Stats::new()?));
     let ids: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(vec![None; args.accounts]));
     let semaphore = Arc::new(Semaphore::new(args.concurrency));
@@ -566,7 +588,7 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
     tokio::pin!(interrupted);
     let mut opening = true;
     let mut opened: Option<Arc<Vec<Option<String>>>> = None;
-    for step in traffic {
+    for mut step in traffic {
         if step.seq >= limit || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
@@ -590,6 +612,15 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
                 }
             },
         };
+        if let Some(payment) = step.op.unresolved_payment() {
+            match reported_later.lock().remove(&payment) {
+                Some(event_id) => step.op.resolve_payment(event_id),
+                None => {
+                    stats.lock().unresolved_reports += 1;
+                    continue;
+                }
+            }
+        }
         let permit = tokio::select! {
             _ = &mut interrupted => break,
             permit = async {
@@ -604,12 +635,21 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
         }
         let key = format!("loadgen-{run_id}-{}", step.seq);
         let (client, stats, ids) = (client.clone(), Arc::clone(&stats), Arc::clone(&ids));
+        let reported_later = Arc::clone(&reported_later);
+        let will_be_reported = args.fraud_reports_after > 0 && step.pattern == Pattern::CardTesting;
         tasks.spawn(async move {
-            let Step { account, op, .. } = step;
+            let Step {
+                account, op, seq, ..
+            } = step;
             let answer = client.send(&op, &account_id, Some(&key)).await;
             if let (Op::Open { .. }, Some(id)) = (&op, &answer.account_id) {
                 if answer.outcome.stored() {
                     ids.lock()[account] = Some(id.clone());
+                }
+            }
+            if let (Op::Pay { .. }, true, Some(id)) = (&op, will_be_reported, answer.event_id) {
+                if answer.outcome.stored() {
+                    reported_later.lock().insert(seq, id);
                 }
             }
             stats.lock().record(op.command(), &answer);
@@ -662,6 +702,7 @@ async fn generate(client: &Client, args: &Args) -> anyhow::Result<Summary> {
         replayed: stats.replayed,
         skipped: stats.skipped,
         suspicious: stats.suspicious,
+        unresolved_reports: stats.unresolved_reports,
         commands: stats
             .outcomes
             .iter()
@@ -775,8 +816,8 @@ fn print_summary(s: &Summary) {
     );
     let _ = writeln!(
         out,
-        "conflicts {}, other 4xx {}, 5xx {}, transport errors {} (retries {}, replayed {}), skipped {}",
-        s.conflicts, s.client_errors, s.server_errors, s.transport_errors, s.retries, s.replayed, s.skipped
+        "conflicts {}, other 4xx {}, 5xx {}, transport errors {} (retries {}, replayed {}), skipped {}, fraud reports without their payment {}",
+        s.conflicts, s.client_errors, s.server_errors, s.transport_errors, s.retries, s.replayed, s.skipped, s.unresolved_reports
     );
     for failure in &s.failures {
         let _ = writeln!(out, "  e.g. {failure}");

@@ -14,7 +14,7 @@ mod tests {
     use chrono::{DateTime, Utc};
     use prism_command::account::{
         decide, evolve, replay, Account, Command, DepositMoney, FreezeAccount, OpenAccount,
-        PayByCard, WithdrawMoney,
+        PayByCard, PaymentLookup, ReportFraud, WithdrawMoney,
     };
     use prism_events::event::CardPayment;
     use prism_events::{AccountEvent, Country, Currency, Envelope};
@@ -74,6 +74,19 @@ mod tests {
                 reason: (*reason).to_owned(),
             }),
             Op::Unfreeze => Command::Unfreeze,
+            // The reference below resolves the payment from the step that made it.
+            Op::ReportFraud {
+                payment: PaymentRef::Event(payment_event_id),
+                reason,
+            } => Command::ReportFraud(ReportFraud {
+                payment_event_id: *payment_event_id,
+                reason: (*reason).to_owned(),
+                payment: PaymentLookup::CardPayment,
+            }),
+            Op::ReportFraud {
+                payment: PaymentRef::Step(_),
+                ..
+            } => return None,
         })
     }
 
@@ -87,22 +100,71 @@ mod tests {
             .collect()
     }
 
+    /// `events` with fraud reports every `reports` steps on average, each report naming its
+    /// payment by the payment's place in the sequence (the ids differ from the reference's).
+    fn events_with_reports(
+        seed: u64,
+        accounts: usize,
+        share: f64,
+        reports: u64,
+        n: usize,
+    ) -> Vec<(usize, u64, DateTime<Utc>, AccountEvent)> {
+        let all: Vec<(usize, Envelope)> =
+            Events::new(seed, accounts, share, start(), chrono::Duration::minutes(1))
+                .with_fraud_reports(reports)
+                .take(n)
+                .collect();
+        let place: HashMap<Uuid, usize> = all
+            .iter()
+            .enumerate()
+            .map(|(i, (_, e))| (e.id, i))
+            .collect();
+        all.into_iter()
+            .map(|(a, e)| {
+                let mut event = e.event;
+                if let AccountEvent::PaymentReportedFraudulent(report) = &mut event {
+                    let i = place
+                        .get(&report.payment_event_id)
+                        .copied()
+                        .unwrap_or(usize::MAX);
+                    report.payment_event_id = Uuid::from_u128(i as u128);
+                }
+                (a, e.account_version, e.time, event)
+            })
+            .collect()
+    }
+
     /// The same traffic decided by the command service's rules: `(account index, version,
-    /// time, event)` of every event it would store.
+    /// time, event)` of every event it would store. With `reports`, a fraud report names
+    /// its payment by the payment's place in the sequence.
     fn decided_by_the_rules(
         seed: u64,
         accounts: usize,
         share: f64,
+        reports: u64,
         n: usize,
     ) -> Vec<(usize, u64, DateTime<Utc>, AccountEvent)> {
         let mut states: Vec<Account> = vec![Account::default(); accounts.max(1)];
         let mut out = Vec::with_capacity(n);
-        let mut traffic = Traffic::new(seed, accounts, share);
+        let mut traffic = Traffic::new(seed, accounts, share).with_fraud_reports(reports);
+        // The step that made each payment → its place in the output.
+        let mut payments: HashMap<u64, usize> = HashMap::new();
         while out.len() < n {
-            let Some(step) = traffic.next() else { break };
+            let Some(mut step) = traffic.next() else {
+                break;
+            };
+            if let Some(paid) = step.op.unresolved_payment() {
+                let Some(place) = payments.get(&paid) else {
+                    continue;
+                };
+                step.op.resolve_payment(Uuid::from_u128(*place as u128));
+            }
             let minutes = i64::try_from(out.len()).expect("a small count");
             let time = start() + chrono::Duration::minutes(minutes);
             let command = to_command(&step.op).expect("the model's codes are valid");
+            if matches!(step.op, Op::Pay { .. }) {
+                payments.insert(step.seq, out.len());
+            }
             let state = &mut states[step.account];
             let Ok(decided) = decide(state, &command, time) else {
                 continue;
@@ -134,7 +196,7 @@ mod tests {
                 .into_iter()
                 .map(|(a, e)| (a, e.account_version, e.time, e.event))
                 .collect();
-            let reference = decided_by_the_rules(seed, accounts, share, 20_000);
+            let reference = decided_by_the_rules(seed, accounts, share, 0, 20_000);
             assert_eq!(generated.len(), reference.len());
             if let Some(i) = (0..generated.len()).find(|&i| generated[i] != reference[i]) {
                 panic!(
@@ -142,6 +204,25 @@ mod tests {
                     generated[i], reference[i]
                 );
             }
+        }
+    }
+
+    #[test]
+    fn fraud_reports_are_what_the_command_service_rules_decide() {
+        let (seed, accounts, share, reports) = (5, 30, 0.3, 200);
+        let generated = events_with_reports(seed, accounts, share, reports, 20_000);
+        let reference = decided_by_the_rules(seed, accounts, share, reports, 20_000);
+        let labels = generated
+            .iter()
+            .filter(|(_, _, _, e)| matches!(e, AccountEvent::PaymentReportedFraudulent(_)))
+            .count();
+        assert!(labels > 100, "{labels} reports");
+        assert_eq!(generated.len(), reference.len());
+        if let Some(i) = (0..generated.len()).find(|&i| generated[i] != reference[i]) {
+            panic!(
+                "event {i} differs\n generated: {:?}\n rules:     {:?}",
+                generated[i], reference[i]
+            );
         }
     }
 

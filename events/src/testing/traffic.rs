@@ -13,6 +13,10 @@
 //!    payments at distinct merchants abroad in quick succession, sometimes followed by the
 //!    bank freezing the account and unfreezing it a little later) and the occasional freeze
 //!    and unfreeze for other reasons.
+//! 5. With [`Traffic::with_fraud_reports`], every card-testing payment is reported as fraud
+//!    a while later ([`Op::ReportFraud`]), so a run yields labelled data for the fraud
+//!    features. Off by default: without it the sequence is the same as before reports
+//!    existed.
 //!
 //! Amounts are chosen in euro cents and converted with an integer rate per currency into
 //! the account's minor units, so 10 EUR is 1 000 cents, about 1 620 yen (JPY has no minor
@@ -31,7 +35,7 @@
 //! break (balance, daily withdrawal limit, frozen accounts); `prismctl`'s tests run the same
 //! sequence through the real rules and require the very same envelopes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rand::seq::SliceRandom;
@@ -43,7 +47,7 @@ use uuid::Uuid;
 use crate::event::{
     AccountFrozen, AccountOpened, AccountUnfrozen, CardChannel, CardPayment, CardPaymentApproved,
     CardPaymentDeclined, DeclineReason, MinorUnits, MoneyDeposited, MoneyWithdrawn,
-    WithdrawalChannel,
+    PaymentReportedFraudulent, WithdrawalChannel,
 };
 use crate::{AccountEvent, AccountId, Country, Currency, Envelope};
 
@@ -605,10 +609,35 @@ pub enum Op {
         reason: &'static str,
     },
     Unfreeze,
+    /// Reports an earlier card payment of the account as fraud.
+    ReportFraud {
+        payment: PaymentRef,
+        reason: &'static str,
+    },
+}
+
+/// The card payment a fraud report names. The generator knows only the step that made it
+/// ([`PaymentRef::Step`]); the payment's event id comes back in that step's answer (or from
+/// [`Events`]), and a client resolves the report with it ([`Op::resolve_payment`]) before
+/// sending. An unresolved report's path names the step, which the server refuses (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentRef {
+    /// The `seq` of the [`Step`] that made the payment.
+    Step(u64),
+    /// The payment's event id.
+    Event(Uuid),
 }
 
 /// The commands, in the order summaries list them.
-pub const COMMANDS: &[&str] = &["open", "deposit", "withdraw", "pay", "freeze", "unfreeze"];
+pub const COMMANDS: &[&str] = &[
+    "open",
+    "deposit",
+    "withdraw",
+    "pay",
+    "freeze",
+    "unfreeze",
+    "report_fraud",
+];
 
 impl Op {
     /// The command's name, one of [`COMMANDS`].
@@ -620,6 +649,25 @@ impl Op {
             Self::Pay { .. } => "pay",
             Self::Freeze { .. } => "freeze",
             Self::Unfreeze => "unfreeze",
+            Self::ReportFraud { .. } => "report_fraud",
+        }
+    }
+
+    /// The step whose payment a fraud report still waits for, if this is one.
+    pub fn unresolved_payment(&self) -> Option<u64> {
+        match self {
+            Self::ReportFraud {
+                payment: PaymentRef::Step(seq),
+                ..
+            } => Some(*seq),
+            _ => None,
+        }
+    }
+
+    /// Names the payment's event id in a fraud report (no-op for other commands).
+    pub fn resolve_payment(&mut self, event_id: Uuid) {
+        if let Self::ReportFraud { payment, .. } = self {
+            *payment = PaymentRef::Event(event_id);
         }
     }
 
@@ -632,6 +680,13 @@ impl Op {
             Self::Pay { .. } => format!("/v1/accounts/{account_id}/payments"),
             Self::Freeze { .. } => format!("/v1/accounts/{account_id}/freeze"),
             Self::Unfreeze => format!("/v1/accounts/{account_id}/unfreeze"),
+            Self::ReportFraud { payment, .. } => {
+                let payment = match payment {
+                    PaymentRef::Event(id) => id.to_string(),
+                    PaymentRef::Step(seq) => format!("step-{seq}"),
+                };
+                format!("/v1/accounts/{account_id}/payments/{payment}/fraud-reports")
+            }
         }
     }
 
@@ -675,7 +730,9 @@ impl Op {
                 "merchant_country": merchant_country,
                 "channel": channel,
             }),
-            Self::Freeze { reason } => json!({ "reason": reason }),
+            Self::Freeze { reason } | Self::ReportFraud { reason, .. } => {
+                json!({ "reason": reason })
+            }
             Self::Unfreeze => json!({}),
         }
     }
@@ -704,6 +761,8 @@ pub enum Pattern {
     CardTesting,
     /// A freeze and its later unfreeze for other reasons.
     Hold,
+    /// A fraud report of an earlier card-testing payment.
+    FraudReport,
 }
 
 impl Pattern {
@@ -753,6 +812,8 @@ const DAILY_LIMIT_EUR_CENTS: i64 = 500_000;
 /// Steps between a freeze and its unfreeze (inclusive range).
 const UNFREEZE_AFTER_MIN: u64 = 150;
 const UNFREEZE_AFTER_MAX: u64 = 600;
+/// What the reports of card-testing payments say.
+pub const FRAUD_REPORT_REASON: &str = "Cardholder disputes: card testing";
 
 /// The seeded generator: an endless iterator of [`Step`]s.
 #[derive(Debug, Clone)]
@@ -765,6 +826,10 @@ pub struct Traffic {
     queued: std::collections::VecDeque<(usize, Op, Pattern)>,
     /// Unfreezes due at a sequence number, with the pattern of their freeze.
     due: BTreeMap<u64, Vec<(usize, Pattern)>>,
+    /// Mean steps between a card-testing payment and its fraud report; `None`: no reports.
+    report_after: Option<u64>,
+    /// Fraud reports due at a sequence number: `(account, step of the payment)`.
+    reports_due: BTreeMap<u64, Vec<(usize, u64)>>,
 }
 
 impl Traffic {
@@ -804,7 +869,16 @@ impl Traffic {
             seq: 0,
             queued: Default::default(),
             due: BTreeMap::new(),
+            report_after: None,
+            reports_due: BTreeMap::new(),
         }
+    }
+
+    /// Reports every card-testing payment as fraud, uniformly between `mean_steps / 2` and
+    /// `3 · mean_steps / 2` steps after it (at least one step); 0 turns reports off.
+    pub fn with_fraud_reports(mut self, mean_steps: u64) -> Self {
+        self.report_after = (mean_steps > 0).then_some(mean_steps);
+        self
     }
 
     /// The number of accounts the sequence opens first.
@@ -832,6 +906,15 @@ impl Traffic {
         if let Some(accounts) = self.due.remove(&self.seq) {
             for (index, pattern) in accounts {
                 self.queued.push_back((index, Op::Unfreeze, pattern));
+            }
+        }
+        if let Some(reports) = self.reports_due.remove(&self.seq) {
+            for (index, payment) in reports {
+                let op = Op::ReportFraud {
+                    payment: PaymentRef::Step(payment),
+                    reason: FRAUD_REPORT_REASON,
+                };
+                self.queued.push_back((index, op, Pattern::FraudReport));
             }
         }
         if let Some(step) = self.queued.pop_front() {
@@ -1145,6 +1228,19 @@ impl Iterator for Traffic {
         if matches!(op, Op::Unfreeze) {
             self.accounts[account].frozen = false;
         }
+        if let (Some(mean), Op::Pay { .. }, Pattern::CardTesting) =
+            (self.report_after, &op, pattern)
+        {
+            let after = self
+                .rng
+                .gen_range(mean / 2..=mean.saturating_mul(3) / 2)
+                .max(1);
+            let at = self.seq.saturating_add(after);
+            self.reports_due
+                .entry(at)
+                .or_default()
+                .push((account, self.seq));
+        }
         let step = Step {
             seq: self.seq,
             account,
@@ -1175,6 +1271,8 @@ pub struct Events {
     start_us: i64,
     step_us: i64,
     yielded: i64,
+    /// Event ids of card-testing payments whose fraud report is still to come, by step.
+    reported_later: HashMap<u64, Uuid>,
 }
 
 /// What the command service's rules need to know about an account to decide this traffic.
@@ -1292,6 +1390,17 @@ impl Ledger {
             }),
             Op::Unfreeze if self.frozen => AccountEvent::AccountUnfrozen(AccountUnfrozen {}),
             Op::Freeze { .. } | Op::Unfreeze => return None,
+            Op::ReportFraud {
+                payment: PaymentRef::Event(payment_event_id),
+                reason,
+            } => AccountEvent::PaymentReportedFraudulent(PaymentReportedFraudulent {
+                payment_event_id: *payment_event_id,
+                reason: reason.trim().to_owned(),
+            }),
+            Op::ReportFraud {
+                payment: PaymentRef::Step(_),
+                ..
+            } => return None,
         })
     }
 
@@ -1369,7 +1478,14 @@ impl Events {
             start_us: start.timestamp_micros(),
             step_us: step.num_microseconds().unwrap_or(1).max(1),
             yielded: 0,
+            reported_later: HashMap::new(),
         }
+    }
+
+    /// Reports card-testing payments as fraud, as [`Traffic::with_fraud_reports`] does.
+    pub fn with_fraud_reports(mut self, mean_steps: u64) -> Self {
+        self.traffic = self.traffic.with_fraud_reports(mean_steps);
+        self
     }
 
     /// The id of account `index` (in opening order).
@@ -1410,7 +1526,13 @@ impl Iterator for Events {
         // Rejected steps leave no event; the model rarely asks for one (a few percent of
         // withdrawals deliberately), so this loop ends after a step or two.
         loop {
-            let step = self.traffic.next()?;
+            let mut step = self.traffic.next()?;
+            if let Some(payment) = step.op.unresolved_payment() {
+                let Some(event_id) = self.reported_later.remove(&payment) else {
+                    continue;
+                };
+                step.op.resolve_payment(event_id);
+            }
             let Some((account_id, state)) = self.accounts.get(step.account) else {
                 continue;
             };
@@ -1430,6 +1552,12 @@ impl Iterator for Events {
             };
             if let Some((_, state)) = self.accounts.get_mut(step.account) {
                 state.apply(&envelope);
+            }
+            if self.traffic.report_after.is_some()
+                && step.pattern == Pattern::CardTesting
+                && matches!(step.op, Op::Pay { .. })
+            {
+                self.reported_later.insert(step.seq, envelope.id);
             }
             self.yielded += 1;
             return Some((step.account, envelope));
@@ -1614,6 +1742,86 @@ mod tests {
             }
         }
         assert!(checked > 10);
+    }
+
+    #[test]
+    fn fraud_reports_are_off_by_default_and_change_nothing_before_the_first_report() {
+        let plain: Vec<Step> = Traffic::new(13, 80, 0.1).take(20_000).collect();
+        let off: Vec<Step> = Traffic::new(13, 80, 0.1)
+            .with_fraud_reports(0)
+            .take(20_000)
+            .collect();
+        assert_eq!(plain, off);
+        assert!(plain.iter().all(|s| s.op.command() != "report_fraud"));
+    }
+
+    #[test]
+    fn every_card_testing_payment_is_reported_once_a_while_later() {
+        let mean = 400;
+        let steps: Vec<Step> = Traffic::new(17, 100, 0.1)
+            .with_fraud_reports(mean)
+            .take(30_000)
+            .collect();
+        let mut reported: HashMap<u64, u64> = HashMap::new();
+        for step in &steps {
+            let Some(payment) = step.op.unresolved_payment() else {
+                continue;
+            };
+            assert_eq!(step.pattern, Pattern::FraudReport);
+            let paid = &steps[usize::try_from(payment).expect("index")];
+            assert_eq!(paid.seq, payment);
+            assert_eq!(
+                (paid.pattern, paid.op.command(), paid.account),
+                (Pattern::CardTesting, "pay", step.account),
+                "a report names a card-testing payment of its own account"
+            );
+            // Due at `payment + delay`, and emitted at or (behind other due steps) after it.
+            let delay = step.seq - payment;
+            assert!(delay >= mean / 2, "reported {delay} steps after");
+            assert!(reported.insert(payment, step.seq).is_none(), "twice");
+        }
+        let card_testing: Vec<u64> = steps
+            .iter()
+            .filter(|s| s.pattern == Pattern::CardTesting && s.op.command() == "pay")
+            .map(|s| s.seq)
+            .collect();
+        // Every payment whose report was due within the run was reported.
+        let last = steps.len() as u64;
+        for seq in &card_testing {
+            if seq + 3 * mean / 2 + 50 < last {
+                assert!(reported.contains_key(seq), "payment {seq} never reported");
+            }
+        }
+        assert!(reported.len() > 100, "{} reports", reported.len());
+    }
+
+    #[test]
+    fn events_report_card_testing_payments_by_their_event_ids() {
+        let start = DateTime::<Utc>::from_timestamp(1_735_689_600, 0).expect("start");
+        let all: Vec<(usize, Envelope)> =
+            Events::new(19, 60, 0.1, start, chrono::Duration::seconds(1))
+                .with_fraud_reports(300)
+                .take(20_000)
+                .collect();
+        let by_id: HashMap<Uuid, &Envelope> = all.iter().map(|(_, e)| (e.id, e)).collect();
+        let mut reported = HashSet::new();
+        for (_, envelope) in &all {
+            let AccountEvent::PaymentReportedFraudulent(report) = &envelope.event else {
+                continue;
+            };
+            let payment = by_id
+                .get(&report.payment_event_id)
+                .expect("the reported payment is an earlier event");
+            assert_eq!(payment.account_id, envelope.account_id);
+            assert!(payment.account_version < envelope.account_version);
+            assert!(matches!(
+                payment.event,
+                AccountEvent::CardPaymentApproved(_) | AccountEvent::CardPaymentDeclined(_)
+            ));
+            assert_eq!(report.reason, FRAUD_REPORT_REASON);
+            assert!(reported.insert(report.payment_event_id), "reported twice");
+        }
+        assert!(reported.len() > 50, "{} reports", reported.len());
     }
 
     #[test]
