@@ -14,6 +14,7 @@
 #[path = "../e2e/mod.rs"]
 mod e2e;
 mod harness;
+mod ml;
 #[path = "../e2e/projector.rs"]
 mod projector;
 mod service;
