@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::http::{self, AppState, Auth, Readiness};
 use crate::metrics::Metrics;
 use crate::relay::{Relay, RelayHandle, RelayStatus};
-use crate::service::{CommandService, ServiceConfig};
+use crate::service::{Clock, CommandService, ServiceConfig};
 use crate::store::mongo::MongoStore;
 use crate::store::postgres::PgStore;
 use crate::store::EventStore;
@@ -45,6 +45,17 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_clock(config, listener, shutdown, Clock::system()).await
+}
+
+/// [`run`] with events stamped by `clock` (tests that must know an event's time before
+/// sending its command, such as the fraud model's online = offline test).
+pub async fn run_with_clock(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    clock: Clock,
 ) -> anyhow::Result<()> {
     // The compiled-in token is public: never on an address other machines can reach.
     config
@@ -84,6 +95,7 @@ pub async fn run(
             cache_accounts: config.command.cache_accounts,
             append_batch_max: config.command.append_batch_max,
             append_batches_in_flight: config.command.append_batches_in_flight,
+            clock,
         },
     ));
     let state = AppState {

@@ -62,6 +62,42 @@ pub struct ServiceConfig {
     /// Batches written at the same time; while they are, the next commits queue and go
     /// together.
     pub append_batches_in_flight: usize,
+    /// Where "now" comes from: the system clock, except in tests that need to know an
+    /// event's time before they send its command.
+    pub clock: Clock,
+}
+
+/// The time every decision and event of the service is stamped with.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    /// The system's clock.
+    pub fn system() -> Self {
+        Self(Arc::new(Utc::now))
+    }
+
+    /// Any source of time (tests).
+    pub fn from_fn(now: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// Now, at the precision every store keeps (microseconds).
+    pub fn now_micros(&self) -> DateTime<Utc> {
+        (self.0)().trunc_subsecs(6)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 /// Who asked, for the envelope and for idempotency.
@@ -303,7 +339,7 @@ impl CommandService {
         };
         let mut attempt = 0;
         loop {
-            let now = now_micros();
+            let now = self.config.clock.now_micros();
             let resolved = self.resolve(account_id, &state, command).await?;
             let events = match account::decide(&state, resolved.as_ref().unwrap_or(command), now) {
                 Ok(events) => events,
@@ -728,9 +764,4 @@ impl CommandService {
             }
         });
     }
-}
-
-/// Now, at the precision every store keeps (microseconds).
-fn now_micros() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
 }

@@ -25,6 +25,14 @@ pub struct CommandService {
 impl CommandService {
     /// Starts it on a port-0 listener and waits until `/readyz` answers 200.
     pub async fn start(config: &Config) -> CommandService {
+        Self::start_with_clock(config, prism_command::service::Clock::system()).await
+    }
+
+    /// [`CommandService::start`] with events stamped by `clock`.
+    pub async fn start_with_clock(
+        config: &Config,
+        clock: prism_command::service::Clock,
+    ) -> CommandService {
         let listener = up(
             "localhost",
             tokio::net::TcpListener::bind("127.0.0.1:0").await,
@@ -33,9 +41,14 @@ impl CommandService {
         let (stop, stopped) = oneshot::channel::<()>();
         let config = config.clone();
         let task = tokio::spawn(async move {
-            prism_command::app::run(config, listener, async {
-                let _ = stopped.await;
-            })
+            prism_command::app::run_with_clock(
+                config,
+                listener,
+                async {
+                    let _ = stopped.await;
+                },
+                clock,
+            )
             .await
         });
         let http = reqwest::Client::new();

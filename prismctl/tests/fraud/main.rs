@@ -15,6 +15,7 @@
 mod e2e;
 mod harness;
 mod ml;
+mod online_offline;
 #[path = "../e2e/projector.rs"]
 mod projector;
 mod service;
