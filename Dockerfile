@@ -13,5 +13,7 @@ RUN apt-get update \
 COPY --from=build /out/ /usr/local/bin/
 COPY config/ /etc/prism/
 ENV PRISM_CONFIG=/etc/prism/prism.toml
+# The fraud model's offline store (a volume under compose), writable by the service.
+RUN mkdir -p /var/lib/prism/fraud && chown nobody /var/lib/prism/fraud
 USER nobody
 CMD ["prismctl", "doctor"]

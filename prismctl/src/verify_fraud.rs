@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Timelike as _};
-use prism_events::event::{CardChannel, WithdrawalChannel};
+use prism_events::event::{
+    CardChannel, CardPaymentApproved, CardPaymentDeclined, WithdrawalChannel,
+};
 use prism_events::{AccountEvent, Country, Currency, Envelope};
 use prism_fraud::copies::FraudCopy;
 use prism_fraud::features::{self, Candidate, FEATURE_SET_VERSION};
@@ -307,8 +309,9 @@ impl Account {
                 self.currency = Some(e.currency);
                 (None, PastKind::Other)
             }
-            AccountEvent::CardPaymentApproved(e) => {
-                let p = &e.payment;
+            AccountEvent::CardPaymentApproved(CardPaymentApproved { payment: p })
+            | AccountEvent::CardPaymentDeclined(CardPaymentDeclined { payment: p, .. }) => {
+                let declined = matches!(event.event, AccountEvent::CardPaymentDeclined(_));
                 let online = p.channel == CardChannel::Online;
                 let features = self.features(
                     t,
@@ -318,36 +321,19 @@ impl Account {
                         merchant: Some((&p.merchant_name, p.merchant_country)),
                     },
                 );
+                let event_type = if declined {
+                    "card_payment_declined"
+                } else {
+                    "card_payment_approved"
+                };
                 (
-                    Some(("card_payment_approved", features)),
+                    Some((event_type, features)),
                     PastKind::Payment {
                         amount: p.amount_minor,
                         merchant: p.merchant_name.clone(),
                         country: p.merchant_country,
                         online,
-                        declined: false,
-                    },
-                )
-            }
-            AccountEvent::CardPaymentDeclined(e) => {
-                let p = &e.payment;
-                let online = p.channel == CardChannel::Online;
-                let features = self.features(
-                    t,
-                    &Scored {
-                        amount: p.amount_minor,
-                        online,
-                        merchant: Some((&p.merchant_name, p.merchant_country)),
-                    },
-                );
-                (
-                    Some(("card_payment_declined", features)),
-                    PastKind::Payment {
-                        amount: p.amount_minor,
-                        merchant: p.merchant_name.clone(),
-                        country: p.merchant_country,
-                        online,
-                        declined: true,
+                        declined,
                     },
                 )
             }

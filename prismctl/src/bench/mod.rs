@@ -4,6 +4,8 @@
 //! - [`command`]: prism-command's commands/s next to its store's raw append ceiling.
 //! - [`dashboard`]: prism-dashboard's projection rate next to the raw pipelined Redis
 //!   ceiling, the delay until a command shows in its stream, 200 viewers, a day in Redis.
+//! - [`fraud`]: prism-fraud's projection rate next to its lower raw ceiling (Kafka
+//!   consume; Redis states and Parquet files), and the online API's latency.
 //! - [`ledger`]: prism-ledger's replay rate next to the raw Kafka and MySQL ceilings.
 //! - [`search`]: prism-search's projection rate next to the raw `_bulk` ceiling, its query
 //!   latency and the delay until a command is searchable.
@@ -11,7 +13,9 @@
 
 pub mod command;
 pub mod dashboard;
+pub mod fraud;
 pub mod ledger;
+pub mod redis_projection;
 pub mod search;
 pub mod visibility;
 
@@ -38,6 +42,10 @@ enum Target {
     /// viewers, and (`--day`) Redis's memory after a day of traffic. See
     /// `bench/dashboard/mod.rs`.
     Dashboard(dashboard::Args),
+    /// prism-fraud's projection rate next to the lower of its raw ceilings (raw Kafka
+    /// consume; raw writes of the same Redis states and Parquet files), and its online
+    /// API's latency at 8 clients. See `bench/fraud.rs`.
+    Fraud(fraud::Args),
     /// prism-ledger's replay rate (events/s), next to the raw Kafka consume and raw MySQL
     /// write ceilings of the same events on this machine. See `bench/ledger/mod.rs`.
     Ledger(ledger::Args),
@@ -53,6 +61,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     match &args.target {
         Target::Command(args) => command::run(config, args).await,
         Target::Dashboard(args) => dashboard::run(config, args).await,
+        Target::Fraud(args) => fraud::run(config, args).await,
         Target::Ledger(args) => ledger::run(config, args).await,
         Target::Search(args) => search::run(config, args).await,
         Target::Visibility(args) => visibility::run(config, args).await,

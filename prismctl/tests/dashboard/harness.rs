@@ -12,7 +12,7 @@ use futures::FutureExt as _;
 use prism_platform::config::{Config, Sources};
 use prism_tests::{repo_root, unique, up};
 use prismctl::models::Model;
-use prismctl::verify_model::{verify_model, ModelReport};
+use prismctl::verify_model::ModelReport;
 use serde_json::{json, Value};
 
 use crate::e2e::{CommandService, TOKEN};
@@ -176,46 +176,12 @@ impl Dashboard {
     }
 }
 
-/// `prismctl verify dashboard`, re-checking for up to `wait`.
+/// `prismctl verify`, re-checking for up to `wait`.
 pub(crate) async fn verify(config: &Config, wait: Duration) -> ModelReport {
-    let verifier = up("redis", Model::Dashboard.verifier(config, 100).await);
-    let Some(verifier) = verifier else {
-        panic!("the dashboard has no verifier");
-    };
-    let options = prismctl::verify::Options {
-        wait,
-        ..Default::default()
-    };
-    let report = up(
-        "prismctl verify dashboard",
-        verify_model(config, "dashboard", verifier.as_ref(), &options).await,
-    );
-    eprintln!(
-        "verify dashboard: ok={} events={} expected={} stored={} differences={} attempts={}",
-        report.ok,
-        report.events,
-        report.documents_expected,
-        report.documents_stored,
-        report.difference_count,
-        report.attempts
-    );
-    report
+    crate::projector::verify(Model::Dashboard, config, wait).await
 }
 
-pub(crate) fn assert_identical(report: &ModelReport, documents: usize) {
-    assert!(
-        report.ok,
-        "the dashboard differs from the event store: {} differences; first: {}",
-        report.difference_count,
-        serde_json::to_string(&report.differences.iter().take(5).collect::<Vec<_>>())
-            .unwrap_or_default()
-    );
-    assert!(
-        report.documents_expected >= documents,
-        "{} documents expected, at least {documents} wanted",
-        report.documents_expected
-    );
-}
+pub(crate) use crate::projector::assert_identical;
 
 pub(crate) async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
     let response = up(

@@ -13,6 +13,7 @@ use crate::harness::{
     assert_identical, frames, isolated, open_account, post, stack, verify, Dashboard, RedisBack,
     ONE_AT_A_TIME,
 };
+use crate::projector::load_with_kills;
 
 /// A seeded load of `events` commands while the dashboard is killed (SIGKILL) twice and
 /// started again: the model ends equal to the fold of the store, and the summary's hour
@@ -24,24 +25,8 @@ async fn the_dashboard_survives_kills_mid_load_and_verifies_clean() {
         let command = CommandService::start(&env.config).await;
         let mut dashboard = Dashboard::start(&env);
         dashboard.wait_ready(Duration::from_secs(60)).await;
-        let stored = Arc::new(AtomicU64::new(0));
-        let load = tokio::spawn(e2e::seeded_load(
-            command.url.clone(),
-            11,
-            40,
-            1_500,
-            8,
-            Arc::clone(&stored),
-        ));
-        for at in [400, 900] {
-            while stored.load(Ordering::Relaxed) < at && !load.is_finished() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            dashboard.kill();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            dashboard.spawn();
-        }
-        let total = up("the load", load.await);
+        let total =
+            load_with_kills(&command.url, (11, 40, 1_500), &mut dashboard, &[400, 900]).await;
         dashboard.wait_ready(Duration::from_secs(60)).await;
         let report = verify(&env.config, Duration::from_secs(90)).await;
         assert_identical(&report, 40);

@@ -160,3 +160,81 @@ impl Drop for ProjectorProcess {
         self.kill();
     }
 }
+
+/// `prismctl verify <model>` (every account), re-checking for up to `wait`.
+pub async fn verify(
+    model: prismctl::models::Model,
+    config: &prism_platform::config::Config,
+    wait: Duration,
+) -> prismctl::verify_model::ModelReport {
+    let name = up("the configuration", model.settings(config)).name;
+    let verifier = up(model.service(config), model.verifier(config, 100).await);
+    let Some(verifier) = verifier else {
+        panic!("{name} has no verifier");
+    };
+    let options = prismctl::verify::Options {
+        wait,
+        ..Default::default()
+    };
+    let report = up(
+        "prismctl verify",
+        prismctl::verify_model::verify_model(config, name, verifier.as_ref(), &options).await,
+    );
+    eprintln!(
+        "verify {name}: ok={} events={} expected={} stored={} differences={} attempts={}",
+        report.ok,
+        report.events,
+        report.documents_expected,
+        report.documents_stored,
+        report.difference_count,
+        report.attempts
+    );
+    report
+}
+
+/// The report found no difference, over at least `documents` documents.
+pub fn assert_identical(report: &prismctl::verify_model::ModelReport, documents: usize) {
+    assert!(
+        report.ok,
+        "{} differs from the event store: {} differences; first: {}",
+        report.model,
+        report.difference_count,
+        serde_json::to_string(&report.differences.iter().take(3).collect::<Vec<_>>())
+            .unwrap_or_default()
+    );
+    assert!(
+        report.documents_expected >= documents,
+        "{} documents expected, at least {documents} wanted",
+        report.documents_expected
+    );
+}
+
+/// Sends the seeded load of `seed` (`accounts` accounts, `events` commands) through
+/// `command_url` while `process` is killed (SIGKILL) and started again each time the
+/// stored count reaches one of `kills`; returns the number of commands stored.
+pub async fn load_with_kills(
+    command_url: &str,
+    (seed, accounts, events): (u64, usize, u64),
+    process: &mut ProjectorProcess,
+    kills: &[u64],
+) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let stored = std::sync::Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(crate::e2e::seeded_load(
+        command_url.to_owned(),
+        seed,
+        accounts,
+        events,
+        8,
+        std::sync::Arc::clone(&stored),
+    ));
+    for at in kills {
+        while stored.load(Ordering::Relaxed) < *at && !load.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        process.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        process.spawn();
+    }
+    up("the load", load.await)
+}

@@ -11,7 +11,7 @@ use futures::FutureExt as _;
 use prism_platform::config::{Config, Sources};
 use prism_tests::{repo_root, unique, up};
 use prismctl::models::Model;
-use prismctl::verify_model::{verify_model, ModelReport};
+use prismctl::verify_model::ModelReport;
 
 use crate::projector::ProjectorProcess;
 
@@ -139,43 +139,9 @@ pub(crate) fn start(env: &Env) -> ProjectorProcess {
     ProjectorProcess::start("prism-fraud", "PRISM_FRAUD__LISTEN", &env.profile)
 }
 
-/// `prismctl verify fraud` (every account), re-checking for up to `wait`.
+/// `prismctl verify`, re-checking for up to `wait`.
 pub(crate) async fn verify(config: &Config, wait: Duration) -> ModelReport {
-    let verifier = up("redis", Model::Fraud.verifier(config, 100).await);
-    let Some(verifier) = verifier else {
-        panic!("the fraud model has no verifier");
-    };
-    let options = prismctl::verify::Options {
-        wait,
-        ..Default::default()
-    };
-    let report = up(
-        "prismctl verify fraud",
-        verify_model(config, "fraud", verifier.as_ref(), &options).await,
-    );
-    eprintln!(
-        "verify fraud: ok={} events={} expected={} stored={} differences={} attempts={}",
-        report.ok,
-        report.events,
-        report.documents_expected,
-        report.documents_stored,
-        report.difference_count,
-        report.attempts
-    );
-    report
+    crate::projector::verify(Model::Fraud, config, wait).await
 }
 
-pub(crate) fn assert_identical(report: &ModelReport, documents: usize) {
-    assert!(
-        report.ok,
-        "the fraud model differs from the plain re-implementation: {} differences; first: {}",
-        report.difference_count,
-        serde_json::to_string(&report.differences.iter().take(3).collect::<Vec<_>>())
-            .unwrap_or_default()
-    );
-    assert!(
-        report.documents_expected >= documents,
-        "{} documents expected, at least {documents} wanted",
-        report.documents_expected
-    );
-}
+pub(crate) use crate::projector::assert_identical;

@@ -1,6 +1,6 @@
 //! The fraud model's guarantees under kills, its API, and the training set.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::e2e::{self, CommandService, TOKEN};
 use crate::harness::{assert_identical, isolated, start, verify};
+use crate::projector::load_with_kills;
 
 async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let response = up(
@@ -34,24 +35,7 @@ async fn the_fraud_model_survives_kills_mid_load_and_verifies_clean() {
         let command = CommandService::start(&env.config).await;
         let mut fraud = start(&env);
         fraud.wait_ready(Duration::from_secs(60)).await;
-        let stored = Arc::new(AtomicU64::new(0));
-        let load = tokio::spawn(e2e::seeded_load(
-            command.url.clone(),
-            23,
-            40,
-            1_500,
-            8,
-            Arc::clone(&stored),
-        ));
-        for at in [400, 900] {
-            while stored.load(Ordering::Relaxed) < at && !load.is_finished() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            fraud.kill();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            fraud.spawn();
-        }
-        let total = up("the load", load.await);
+        let total = load_with_kills(&command.url, (23, 40, 1_500), &mut fraud, &[400, 900]).await;
         fraud.wait_ready(Duration::from_secs(60)).await;
         let report = verify(&env.config, Duration::from_secs(90)).await;
         assert_identical(&report, 40);

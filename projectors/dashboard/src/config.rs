@@ -76,38 +76,19 @@ impl Default for DashboardConfig {
                 "command=http://127.0.0.1:8080/metrics".into(),
                 "ledger=http://127.0.0.1:8081/metrics".into(),
                 "search=http://127.0.0.1:8082/metrics".into(),
+                "fraud=http://127.0.0.1:8084/metrics".into(),
             ],
             health_poll_ms: 2_000,
         }
     }
 }
 
-/// Longest namespace: keys stay short (every key of the model starts with it).
-pub const NAMESPACE_MAX: usize = 64;
-
 impl DashboardConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: String| ConfigError::Section(format!("[dashboard] {key} {why}"));
-        if self.namespace.is_empty() || self.namespace.len() > NAMESPACE_MAX {
-            return Err(bad(
-                "namespace",
-                format!("must be 1 to {NAMESPACE_MAX} characters"),
-            ));
-        }
-        if !self
-            .namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":-_.".contains(&b))
-        {
-            return Err(bad(
-                "namespace",
-                format!(
-                    "{:?} may only contain letters, digits, : - _ .",
-                    self.namespace
-                ),
-            ));
-        }
+        prism_projector::copies::redis::check_namespace("dashboard", &self.namespace)
+            .map_err(ConfigError::Section)?;
         if self.retention_hours < 48 {
             return Err(bad(
                 "retention_hours",
@@ -191,7 +172,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8083");
         assert_eq!(c.group_id, "prism-dashboard");
         assert_eq!(c.tick_ms, 250);
-        assert_eq!(c.targets().len(), 3);
+        assert_eq!(c.targets().len(), 4);
     }
 
     #[test]

@@ -51,32 +51,12 @@ impl Default for FraudConfig {
     }
 }
 
-/// Longest namespace: keys stay short (every key of the online store starts with it).
-pub const NAMESPACE_MAX: usize = 64;
-
 impl FraudConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: String| ConfigError::Section(format!("[fraud] {key} {why}"));
-        if self.namespace.is_empty() || self.namespace.len() > NAMESPACE_MAX {
-            return Err(bad(
-                "namespace",
-                format!("must be 1 to {NAMESPACE_MAX} characters"),
-            ));
-        }
-        if !self
-            .namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":-_.".contains(&b))
-        {
-            return Err(bad(
-                "namespace",
-                format!(
-                    "{:?} may only contain letters, digits, : - _ .",
-                    self.namespace
-                ),
-            ));
-        }
+        prism_projector::copies::redis::check_namespace("fraud", &self.namespace)
+            .map_err(ConfigError::Section)?;
         if self.offline_dir.as_os_str().is_empty() {
             return Err(bad("offline_dir", "must name a directory".into()));
         }

@@ -40,7 +40,6 @@
 
 mod day;
 mod live;
-mod projection;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -52,15 +51,21 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use prism_dashboard::app::{DashboardProjector, NAME};
 use prism_dashboard::copies::DashboardCopies;
+use prism_dashboard::sink::{Prepared, RedisSink};
+use prism_platform::config::ProjectorConfig;
 use prism_platform::Config;
+use prism_projector::app::Projector as _;
+use prism_projector::copies::Copies as _;
 use serde::Serialize;
 
 use super::ledger::figures::Rate;
 use super::ledger::kafka::{delete_groups, delete_topics};
+use super::redis_projection::{Target, Workload};
 use crate::loadgen::{parse_duration, Latency};
 
-/// The goals of the issue.
-pub const RATIO_GOAL: f64 = 0.8;
+pub use super::redis_projection::{ProjectionFigures, RATIO_GOAL};
+
+/// The goal of the stream's delay.
 pub const VISIBLE_P99_GOAL_MS: f64 = 400.0;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -234,39 +239,45 @@ async fn copies(config: &Config, namespace: &str) -> anyhow::Result<DashboardCop
     prism_dashboard::copies::connect(&config.redis, projector.dashboard_config()).await
 }
 
-// ---------- the report ----------
-
-/// Phase 1.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProjectionFigures {
-    /// The projector, from `Runtime::start` to every partition's end stored (this
-    /// process: the runtime, the fold, the sink).
-    pub projector: Rate,
-    /// Start of the runtime to its first stored position (the group join included).
-    pub projector_startup_s: Option<f64>,
-    /// The projector's rate from its first stored position to the end, for reference (the
-    /// ratio uses the rate from the start).
-    pub projector_after_startup_per_second: Option<f64>,
-    /// The raw ceiling: both runs together.
-    pub raw_pipelined: Rate,
-    pub raw_runs: Vec<Rate>,
-    /// Pipelines of the ceiling (both runs) and the Redis commands they held.
-    pub raw_batches: u64,
-    pub raw_commands: u64,
-    pub batch_events: usize,
-    pub projector_batches: u64,
-    pub projector_mean_batch_records: f64,
-    /// Time the workers spent in batches (decode, plan, the sink's write), summed over the
-    /// partitions: the rest of their time they waited for records.
-    pub projector_batch_seconds: f64,
-    pub applied: u64,
-    pub dead_lettered: u64,
-    pub sink_errors: u64,
-    /// projector ÷ raw_pipelined.
-    pub ratio: f64,
-    pub goal: f64,
-    pub goal_met: bool,
+/// The dashboard as the projection phase drives it: fresh copies in the bench's namespace.
+struct Bench {
+    config: Config,
+    namespace: String,
+    projector: DashboardProjector,
 }
+
+#[async_trait::async_trait]
+impl Target for Bench {
+    type Model = prism_dashboard::sink::DashboardModel;
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn runtime(&self) -> ProjectorConfig {
+        self.projector.settings().runtime
+    }
+
+    async fn fresh(&self) -> anyhow::Result<(u32, RedisSink)> {
+        let copy = copies(&self.config, &self.namespace)
+            .await?
+            .create_next()
+            .await?;
+        Ok((copy.number, copy.sink()))
+    }
+
+    async fn abandon(&self, number: u32) {
+        if let Ok(copies) = copies(&self.config, &self.namespace).await {
+            copies.abandon(number).await.ok();
+        }
+    }
+
+    fn commands(p: &Prepared) -> u64 {
+        (p.accounts() + p.writes().commands() + usize::from(p.has_position())) as u64
+    }
+}
+
+// ---------- the report ----------
 
 /// Phase 2.
 #[derive(Debug, Clone, Serialize)]
@@ -392,7 +403,24 @@ async fn measure(
     binary: &std::path::Path,
     cancel: &Arc<AtomicBool>,
 ) -> anyhow::Result<Report> {
-    let projection = projection::run(config, args, names, cancel).await?;
+    let target = Bench {
+        config: config.clone(),
+        namespace: names.namespace.clone(),
+        projector: dashboard_on(config, &names.namespace, &names.group)?,
+    };
+    let workload = Workload {
+        topic: names.topic.clone(),
+        group: names.group.clone(),
+        events: args.events,
+        accounts: args.accounts,
+        partitions: args.partitions,
+        seed: args.seed,
+        event_rate: args.event_rate,
+        batch: args.batch,
+        timeout: args.timeout,
+        keep: args.keep,
+    };
+    let projection = super::redis_projection::run(config, &target, &workload, cancel).await?;
     let live = if args.no_live {
         None
     } else {

@@ -315,7 +315,7 @@ impl ConsumerContext for Assignment {
 }
 
 /// Reads the whole topic with the runtime's consumer settings (blocking).
-pub(super) fn consume(
+pub(in crate::bench) fn consume(
     config: &Config,
     topic: &str,
     group: &str,

@@ -24,6 +24,29 @@ use serde::{Deserialize, Serialize};
 use super::{CopyInfo, CopyState, InstanceReport, InstanceRow, PartitionStatus};
 use crate::checkpoint::redis::{keys_matching, position_key};
 
+/// Longest namespace: keys stay short (every key of a copy starts with it).
+pub const NAMESPACE_MAX: usize = 64;
+
+/// Why `namespace` (the `namespace` key of a Redis model's section `[section]`) cannot
+/// prefix keys: empty, longer than [`NAMESPACE_MAX`], or with characters other than
+/// letters, digits and `: - _ .`.
+pub fn check_namespace(section: &str, namespace: &str) -> Result<(), String> {
+    if namespace.is_empty() || namespace.len() > NAMESPACE_MAX {
+        return Err(format!(
+            "[{section}] namespace must be 1 to {NAMESPACE_MAX} characters"
+        ));
+    }
+    if !namespace
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b":-_.".contains(&b))
+    {
+        return Err(format!(
+            "[{section}] namespace {namespace:?} may only contain letters, digits, : - _ ."
+        ));
+    }
+    Ok(())
+}
+
 /// The key prefix of copy `number` in `namespace`: `<namespace>:c<N>:`.
 pub fn copy_prefix(namespace: &str, number: u32) -> String {
     format!("{namespace}:c{number}:")

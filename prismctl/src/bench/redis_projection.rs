@@ -1,5 +1,7 @@
-//! Phase 1: the projector (the kit's runtime with a `RedisSink`) and the raw pipelined
-//! ceiling of the same writes.
+//! The projection phase of every Redis read model's bench (`bench dashboard`, `bench
+//! fraud`): the projector (the kit's runtime with the model's `RedisCheckpoint` sink) and
+//! the raw ceiling of the same writes ([`RedisCheckpoint::prepare`], untimed, then
+//! [`RedisCheckpoint::write_raw`]: no `WATCH`, no reads, no fence), each on a fresh copy.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,27 +9,101 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use prism_dashboard::app::NAME;
-use prism_dashboard::sink::{Prepared, RedisSink};
+use async_trait::async_trait;
 use prism_events::Envelope;
+use prism_platform::config::ProjectorConfig;
 use prism_platform::Config;
-use prism_projector::app::Projector as _;
-use prism_projector::checkpoint::redis::Origin;
-use prism_projector::copies::Copies as _;
+use prism_projector::checkpoint::redis::{Origin, Prepared, RedisCheckpoint, RedisModel};
 use prism_projector::{PositionUpdate, Projection, Runtime, Shared, Sink as _};
+use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::super::ledger::figures::{CpuSnapshot, Rate};
-use super::super::ledger::kafka::{create_topic, end_offsets, produce_workload};
-use super::super::ledger::report::{bar, tick};
-use super::super::ledger::workload::{timed_workload, Timing};
-use super::{copies, dashboard_on, Args, Names, ProjectionFigures, RATIO_GOAL};
+use super::ledger::figures::{CpuSnapshot, Rate};
+use super::ledger::kafka::{create_topic, end_offsets, produce_workload};
+use super::ledger::report::{bar, tick};
+use super::ledger::workload::{timed_workload, Timing};
+
+/// The goal of every projector: its rate ÷ the raw ceiling.
+pub const RATIO_GOAL: f64 = 0.8;
+
+/// A Redis read model as its bench drives it.
+#[async_trait]
+pub trait Target: Send + Sync {
+    type Model: RedisModel<Account: Clone>;
+
+    /// The projector's short name (metric label).
+    fn name(&self) -> &'static str;
+
+    /// The runtime settings of its projector.
+    fn runtime(&self) -> ProjectorConfig;
+
+    /// A fresh copy: its number and its sink.
+    async fn fresh(&self) -> anyhow::Result<(u32, RedisCheckpoint<Self::Model>)>;
+
+    /// Drops a copy [`Target::fresh`] made.
+    async fn abandon(&self, number: u32);
+
+    /// The Redis commands a prepared batch's transaction holds.
+    fn commands(prepared: &Prepared<Self::Model>) -> u64;
+}
+
+/// What the phase projects, and where.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub topic: String,
+    pub group: String,
+    pub events: u64,
+    pub accounts: u64,
+    pub partitions: i32,
+    pub seed: u64,
+    /// Events per second of event time (the events end now).
+    pub event_rate: f64,
+    /// Events per batch (default: the projector's `batch_max_events`).
+    pub batch: Option<usize>,
+    pub timeout: Duration,
+    /// Keep the copies.
+    pub keep: bool,
+}
+
+/// The phase's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionFigures {
+    /// The projector, from `Runtime::start` to every partition's end stored (this
+    /// process: the runtime, the fold, the sink).
+    pub projector: Rate,
+    /// Start of the runtime to its first stored position (the group join included).
+    pub projector_startup_s: Option<f64>,
+    /// The projector's rate from its first stored position to the end, for reference (the
+    /// ratio uses the rate from the start).
+    pub projector_after_startup_per_second: Option<f64>,
+    /// The raw ceiling: both runs together.
+    pub raw_pipelined: Rate,
+    pub raw_runs: Vec<Rate>,
+    /// Pipelines of the ceiling (both runs) and the Redis commands they held.
+    pub raw_batches: u64,
+    pub raw_commands: u64,
+    pub batch_events: usize,
+    pub projector_batches: u64,
+    pub projector_mean_batch_records: f64,
+    /// Time the workers spent in batches (decode, plan, the sink's write), summed over the
+    /// partitions: the rest of their time they waited for records.
+    pub projector_batch_seconds: f64,
+    pub applied: u64,
+    pub dead_lettered: u64,
+    pub sink_errors: u64,
+    /// This process's resident memory at each quarter of the projector's run (MiB).
+    pub projector_rss_mib: Vec<f64>,
+    /// projector ÷ raw_pipelined.
+    pub ratio: f64,
+    pub goal: f64,
+    pub goal_met: bool,
+}
 
 const POSITION_POLL: Duration = Duration::from_millis(100);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One partition's batches, folded: (events of the batch, its transaction).
-type Folded = Arc<Vec<(u64, Prepared)>>;
+type Folded<M> = Arc<Vec<(u64, Prepared<M>)>>;
 
 /// The workload's events per partition, cut into batches of the runtime's size.
 struct Streams {
@@ -37,7 +113,7 @@ struct Streams {
 
 impl Streams {
     fn new(
-        args: &Args,
+        args: &Workload,
         timing: Timing,
         partition_of: &[i32],
         batch: usize,
@@ -65,7 +141,10 @@ impl Streams {
 
     /// Every partition's batches folded into the transactions `sink` would send after its
     /// reads and checks, positions included (untimed).
-    fn fold(&self, sink: &RedisSink) -> anyhow::Result<Vec<Folded>> {
+    fn fold<M: RedisModel<Account: Clone>>(
+        &self,
+        sink: &RedisCheckpoint<M>,
+    ) -> anyhow::Result<Vec<Folded<M>>> {
         let mut out = Vec::with_capacity(self.partitions.len());
         for (partition, batches) in self.partitions.iter().enumerate() {
             let mut accounts = HashMap::new();
@@ -83,8 +162,14 @@ impl Streams {
                     event_time: last.map(|e| e.time),
                     writer: "bench raw ceiling".into(),
                 };
+                let first = offset + 1 - i64::try_from(batch.len())?;
+                let offsets: Vec<i64> = (first..=offset).collect();
+                let origin = Origin {
+                    partition: Some(i32::try_from(partition)?),
+                    offsets: &offsets,
+                };
                 let prepared = sink
-                    .prepare(&mut accounts, batch, Origin::NONE, Some(position))
+                    .prepare(&mut accounts, batch, origin, Some(position))
                     .map_err(|e| anyhow!("partition {partition}: the fold refused: {e}"))?;
                 folded.push((batch.len() as u64, prepared));
             }
@@ -100,22 +185,19 @@ struct RawRun {
     commands: u64,
 }
 
-/// Writes the streams' writes with [`RedisSink::write_raw`] into a fresh copy, one task per
-/// partition, all at once.
-async fn write_raw(
-    config: &Config,
-    names: &Names,
+/// Writes the streams' writes with [`RedisCheckpoint::write_raw`] into a fresh copy, one
+/// task per partition, all at once.
+async fn write_raw<T: Target>(
+    target: &T,
     streams: &Streams,
-    args: &Args,
+    args: &Workload,
 ) -> anyhow::Result<RawRun> {
-    let copies = copies(config, &names.namespace).await?;
-    let copy = copies.create_next().await.context("the ceiling's copy")?;
-    let sink = copy.sink();
+    let (number, sink) = target.fresh().await.context("the ceiling's copy")?;
     let folded = streams.fold(&sink)?;
     let commands: u64 = folded
         .iter()
         .flat_map(|p| p.iter())
-        .map(|(_, p)| (p.accounts() + p.writes().commands() + usize::from(p.has_position())) as u64)
+        .map(|(_, p)| T::commands(p))
         .sum();
     let bar = bar("raw Redis pipeline ceiling", Some(streams.events));
     let done = Arc::new(AtomicU64::new(0));
@@ -154,7 +236,7 @@ async fn write_raw(
     bar.finish_and_clear();
     outcome?;
     if !args.keep {
-        copies.abandon(copy.number).await.ok();
+        target.abandon(number).await;
     }
     Ok(RawRun {
         rate: Rate::of(streams.events, elapsed).cpu(&cpu, std::process::id(), &[]),
@@ -165,6 +247,7 @@ async fn write_raw(
 
 struct ProjectorRun {
     rate: Rate,
+    rss: Vec<f64>,
     /// Time the workers spent in batches (decode, plan, the sink's write), all together.
     batch_seconds: f64,
     /// Start of the runtime to its first stored position (group join included), and the
@@ -177,27 +260,25 @@ struct ProjectorRun {
     sink_errors: u64,
 }
 
-async fn project(
+async fn project<T: Target>(
     config: &Config,
-    args: &Args,
-    names: &Names,
+    target: &T,
+    args: &Workload,
     ends: &[i64],
     cancel: &AtomicBool,
 ) -> anyhow::Result<ProjectorRun> {
-    let projector = dashboard_on(config, &names.namespace, &names.group)?;
-    let runtime = projector.settings().runtime;
+    let runtime = target.runtime();
     let runtime = match args.batch {
-        Some(batch) => prism_platform::config::ProjectorConfig {
+        Some(batch) => ProjectorConfig {
             batch_max_events: batch,
             ..runtime
         },
         None => runtime,
     };
-    let copies = copies(config, &names.namespace).await?;
-    let copy = copies.create_next().await.context("the projector's copy")?;
-    let sink = Arc::new(copy.sink());
+    let (number, sink) = target.fresh().await.context("the projector's copy")?;
+    let sink = Arc::new(sink);
     let registry = prometheus::Registry::new();
-    let shared = Shared::new(&registry, NAME, &runtime)?;
+    let shared = Shared::new(&registry, target.name(), &runtime)?;
     let partitions: Vec<i32> = (0..args.partitions).collect();
     let total: u64 = ends.iter().map(|e| u64::try_from(*e).unwrap_or(0)).sum();
 
@@ -206,9 +287,9 @@ async fn project(
     let started = Instant::now();
     let running = Runtime::start(
         Projection {
-            name: NAME.into(),
-            group_id: names.group.clone(),
-            topic: names.topic.clone(),
+            name: target.name().into(),
+            group_id: args.group.clone(),
+            topic: args.topic.clone(),
         },
         &config.kafka,
         &runtime,
@@ -218,6 +299,7 @@ async fn project(
     .await
     .context("starting the projector runtime")?;
     let mut startup = None;
+    let mut rss = Vec::new();
     let outcome = loop {
         if cancel.load(Ordering::Relaxed) {
             break Err(anyhow!("interrupted"));
@@ -237,6 +319,11 @@ async fn project(
                 behind |= offset + 1 < *end;
             }
             bar.set_position(stored);
+            // At each quarter of the run.
+            if total > 0 && stored * 4 >= total * (rss.len() as u64 + 1) && rss.len() < 4 {
+                let (resident, _) = crate::sample::memory_kib(std::process::id());
+                rss.push(resident.map_or(0.0, |kib| kib as f64 / 1024.0));
+            }
             if startup.is_none() && !positions.is_empty() {
                 startup = Some((started.elapsed(), stored));
             }
@@ -255,6 +342,9 @@ async fn project(
         tracing::warn!("the bench's projector runtime did not stop in time");
     }
     let rate = rate?;
+    if !args.keep {
+        target.abandon(number).await;
+    }
     let families = registry.gather();
     let counter = |name: &str, label: Option<(&str, &str)>| -> f64 {
         families
@@ -288,6 +378,7 @@ async fn project(
     let events = |outcome| counter("prism_projector_events_total", Some(("outcome", outcome)));
     Ok(ProjectorRun {
         batch_seconds,
+        rss,
         rate,
         startup,
         batches,
@@ -298,25 +389,25 @@ async fn project(
     })
 }
 
-pub(super) async fn run(
+/// Fills the topic, measures the raw ceiling, the projector, and the ceiling again.
+pub async fn run<T: Target>(
     config: &Config,
-    args: &Args,
-    names: &Names,
+    target: &T,
+    args: &Workload,
     cancel: &Arc<AtomicBool>,
 ) -> anyhow::Result<ProjectionFigures> {
-    let projector = dashboard_on(config, &names.namespace, &names.group)?;
     let batch = args
         .batch
-        .unwrap_or(projector.settings().runtime.batch_max_events)
+        .unwrap_or(target.runtime().batch_max_events)
         .max(1);
     let partitions = usize::try_from(args.partitions).context("--partitions")?;
     let timing = Timing::ending_now(args.events, args.event_rate);
 
-    create_topic(config, &names.topic, args.partitions)
+    create_topic(config, &args.topic, args.partitions)
         .await
-        .with_context(|| format!("creating the bench topic {}", names.topic))?;
+        .with_context(|| format!("creating the bench topic {}", args.topic))?;
     let filled = {
-        let (config, topic, cancel) = (config.clone(), names.topic.clone(), Arc::clone(cancel));
+        let (config, topic, cancel) = (config.clone(), args.topic.clone(), Arc::clone(cancel));
         let (seed, accounts, events) = (args.seed, args.accounts, args.events);
         tokio::task::spawn_blocking(move || {
             produce_workload(&config, seed, accounts, events, timing, &topic, &cancel)
@@ -324,12 +415,12 @@ pub(super) async fn run(
         .await
         .map_err(|e| anyhow!("the producing thread failed: {e}"))??
     };
-    let ends = end_offsets(config, &names.topic, partitions).await?;
+    let ends = end_offsets(config, &args.topic, partitions).await?;
     let streams = Streams::new(args, timing, &filled.partition_of, batch)?;
 
-    let raw_1 = write_raw(config, names, &streams, args).await?;
-    let run = project(config, args, names, &ends, cancel).await?;
-    let raw_2 = write_raw(config, names, &streams, args).await?;
+    let raw_1 = write_raw(target, &streams, args).await?;
+    let run = project(config, target, args, &ends, cancel).await?;
+    let raw_2 = write_raw(target, &streams, args).await?;
 
     let raw_runs = vec![raw_1.rate.clone(), raw_2.rate.clone()];
     let raw_pipelined = Rate::combined(&raw_runs);
@@ -354,6 +445,7 @@ pub(super) async fn run(
         applied: run.applied,
         dead_lettered: run.dead_lettered,
         sink_errors: run.sink_errors,
+        projector_rss_mib: run.rss,
         ratio,
         goal: RATIO_GOAL,
         goal_met: ratio >= RATIO_GOAL,
