@@ -29,6 +29,7 @@
 //!   event id; anything else is [`Rejection::PaymentNotFound`]. Each payment is reported at
 //!   most once ([`Rejection::AlreadyReported`]). Reports are taken on open, frozen **and
 //!   closed** accounts (chargebacks arrive after a closure); the reason is a required text.
+//!   On an account never opened a report is [`Rejection::AccountNotFound`], like any command.
 //!
 //! # Choices where the issue is silent
 //! - **Order of checks:** the account's existence (not found / closed / already open) first,
@@ -46,11 +47,24 @@
 //! - **Texts** are trimmed. Holder name (≤ 200 chars), email (≤ 254, `local@domain`, no
 //!   whitespace), merchant name (≤ 200) and freeze reason (≤ 500) must not be blank and, except
 //!   the reason, not contain control characters; the merchant category is four ASCII digits.
+//!   A fraud report's reason is required too, at most 500 chars, trimmed.
 //!   A blank description is stored as none; a description is at most 500 chars. Violations are
 //!   [`Rejection::InvalidField`] naming the field.
 //! - **The daily tracker is bounded:** the state keeps only the latest UTC day that had a
 //!   withdrawal and its total. An event of an earlier day (clock skew between instances)
 //!   leaves the tracker alone; an event of a later day replaces it.
+//! - **Fraud reports need the history, the state keeps only their results.** Whether the
+//!   named event is a card payment of this account is looked up by the service in the
+//!   account's stored events (up to the state's version) and handed over in the command
+//!   ([`PaymentLookup`]): the state keeps no list of payments, which would grow without
+//!   bound in every cached state. It keeps the set of payments already reported (reports
+//!   are rare), which is part of the snapshot. An event id of the account that is not a
+//!   card payment (a deposit, a freeze, a report) is `payment_not_found` like an unknown
+//!   id: only card payments can be fraud. Order: the reason, then the payment, then
+//!   whether it was reported already. A report moves no money and changes no status.
+//! - **HTTP statuses** ([`Rejection::http_status`]): invalid input 400, an account never
+//!   opened or a payment the account does not have 404, a payment reported already 409 (the
+//!   request repeats one that is done), every other rule 422.
 //! - **[`evolve`] never fails and never panics:** it trusts the stored history (every event
 //!   in it passed [`decide`]) and saturates rather than wraps if a forged history would
 //!   overflow.
@@ -447,12 +461,28 @@ impl Rejection {
     }
 
     /// True when the command's own input is malformed whatever the state (HTTP 400); the
-    /// other rejections are rule violations (422), apart from [`Self::is_not_found`].
+    /// other rejections are rule violations, answered as [`Self::http_status`] says.
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
             Self::InvalidAmount { .. } | Self::InvalidLimit { .. } | Self::InvalidField { .. }
         )
+    }
+
+    /// The HTTP status that answers this rejection, live or replayed from an idempotency
+    /// key's stored answer: 400 for invalid input, 404 for an account never opened or a
+    /// payment the account does not have, 409 for a payment reported already, 422 for the
+    /// other rules.
+    pub fn http_status(&self) -> u16 {
+        if self.is_invalid_input() {
+            400
+        } else if self.is_not_found() || self.is_payment_not_found() {
+            404
+        } else if self.is_duplicate() {
+            409
+        } else {
+            422
+        }
     }
 
     /// The field of the command at fault, for an invalid input.
@@ -1037,9 +1067,15 @@ mod tests {
     }
 
     fn reported(payment: Uuid) -> AccountEvent {
-        AccountEvent::PaymentReportedFraudulent(PaymentReportedFraudulent {
+        prism_events::testing::reported_fraudulent(payment, "Cardholder does not recognise it")
+    }
+
+    /// A report of `payment` (found) with `reason`.
+    fn report_with(payment: Uuid, reason: &str) -> Command {
+        Command::ReportFraud(ReportFraud {
             payment_event_id: payment,
-            reason: "Cardholder does not recognise it".into(),
+            reason: reason.into(),
+            payment: PaymentLookup::CardPayment,
         })
     }
 
@@ -1111,16 +1147,187 @@ mod tests {
     }
 
     #[test]
+    fn a_report_on_a_frozen_or_closed_account_leaves_its_status_and_balance_alone() {
+        let mut frozen_account = given_open_with(1_000)
+            .and_at("2026-05-01T10:00:00Z", approved(400))
+            .and_at("2026-05-01T11:00:00Z", frozen());
+        let payment = frozen_account.history[2].id;
+        let state = frozen_account
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        assert_eq!(state.status(), Status::Frozen);
+        assert_eq!(state.freeze_reason(), Some("card reported stolen"));
+        assert_eq!(state.balance_minor(), 600);
+        assert_eq!(state.version(), 5, "the report is the next version");
+
+        let mut closed_account = given_open_with(1_000)
+            .and_at("2026-05-01T10:00:00Z", approved(1_000))
+            .and_at("2026-05-02T10:00:00Z", closed());
+        let payment = closed_account.history[2].id;
+        let state = closed_account
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        assert_eq!(state.status(), Status::Closed);
+        assert_eq!(state.version(), 5);
+        // Still closed for everything else.
+        closed_account
+            .when(deposit(1))
+            .then_rejected("account_closed");
+    }
+
+    #[test]
+    fn a_second_report_is_refused_on_a_closed_account_too() {
+        let mut scenario = given_open_with(1_000)
+            .and_at("2026-05-01T10:00:00Z", approved(1_000))
+            .and_at("2026-05-02T10:00:00Z", closed());
+        let payment = scenario.history[2].id;
+        scenario
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        let rejection = scenario
+            .when(report(payment, true))
+            .then_rejected("payment_already_reported");
+        assert_eq!(
+            rejection,
+            Rejection::AlreadyReported {
+                payment_event_id: payment
+            }
+        );
+        assert_eq!(rejection.http_status(), 409);
+    }
+
+    #[test]
+    fn each_payment_is_reported_on_its_own() {
+        let mut scenario = given_open_with(1_000)
+            .and_at("2026-05-01T10:00:00Z", approved(100))
+            .and_at("2026-05-01T10:05:00Z", approved(100));
+        let (first, second) = (scenario.history[2].id, scenario.history[3].id);
+        scenario.when(report(first, true)).then([reported(first)]);
+        let state = scenario.when(report(second, true)).then([reported(second)]);
+        assert!(state.reported(first) && state.reported(second));
+        assert!(!state.reported(scenario.history[1].id));
+    }
+
+    #[test]
+    fn a_payment_the_service_did_not_find_is_not_found_whatever_else_holds() {
+        let mut scenario = given_open_with(1_000);
+        // The deposit's own id: an event of the account, but not a card payment.
+        let deposit_id = scenario.history[1].id;
+        let rejection = scenario
+            .when(report(deposit_id, false))
+            .then_rejected("payment_not_found");
+        assert_eq!(
+            rejection,
+            Rejection::PaymentNotFound {
+                payment_event_id: deposit_id
+            }
+        );
+        assert_eq!(rejection.http_status(), 404);
+        assert!(!rejection.is_not_found(), "the account exists");
+        let mut closed_account = given([opened(None), closed()]);
+        closed_account
+            .when(report(Uuid::now_v7(), false))
+            .then_rejected("payment_not_found");
+    }
+
+    #[test]
+    fn on_an_account_never_opened_a_report_is_account_not_found_whatever_the_lookup() {
+        for found in [true, false] {
+            let rejection = given_nothing()
+                .when(report(Uuid::now_v7(), found))
+                .then_rejected("account_not_found");
+            assert_eq!(rejection.http_status(), 404);
+        }
+    }
+
+    #[test]
+    fn a_report_reason_is_trimmed_and_at_most_500_chars() {
+        let mut scenario = given_open_with(1_000).and_at("2026-05-01T10:00:00Z", approved(10));
+        let payment = scenario.history[2].id;
+        let too_long = format!("  {}  ", "é".repeat(501));
+        let rejection = scenario
+            .when(report_with(payment, &too_long))
+            .then_rejected("invalid_field");
+        assert_eq!(rejection.field(), Some("reason"));
+        assert_eq!(rejection.http_status(), 400);
+        let longest = "é".repeat(500);
+        scenario
+            .when(report_with(payment, &format!("\n {longest} \t")))
+            .then([prism_events::testing::reported_fraudulent(
+                payment, &longest,
+            )]);
+    }
+
+    #[test]
+    fn a_bad_reason_is_reported_before_the_payment_and_the_duplicate() {
+        let mut scenario = given_open_with(1_000).and_at("2026-05-01T10:00:00Z", approved(10));
+        let payment = scenario.history[2].id;
+        scenario
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        for found in [true, false] {
+            let Command::ReportFraud(mut blank) = report(payment, found) else {
+                unreachable!("a report")
+            };
+            blank.reason = String::new();
+            let rejection = scenario
+                .when(Command::ReportFraud(blank))
+                .then_rejected("invalid_field");
+            assert_eq!(rejection.field(), Some("reason"));
+        }
+    }
+
+    #[test]
+    fn replay_folds_reports_into_the_reported_set() {
+        let mut scenario = given_open_with(1_000).and_at("2026-05-01T10:00:00Z", approved(10));
+        let payment = scenario.history[2].id;
+        let decided = scenario
+            .when(report(payment, true))
+            .then([reported(payment)]);
+        let replayed = replay(&scenario.history);
+        assert_eq!(replayed, decided);
+        assert!(replayed.reported(payment));
+        assert_eq!(replayed.version(), 4);
+        assert_eq!(replayed.balance_minor(), 990);
+    }
+
+    #[test]
     fn the_reported_payments_survive_a_snapshot() {
         let mut scenario = given_open_with(1_000).and_at("2026-05-01T10:00:00Z", approved(10));
         let payment = scenario.history[2].id;
         let state = scenario
             .when(report(payment, true))
             .then([reported(payment)]);
-        let back =
-            Account::from_snapshot(state.to_snapshot().expect("serialises")).expect("reads back");
+        let document = state.to_snapshot().expect("serialises");
+        assert_eq!(document["format"], Account::SNAPSHOT_VERSION);
+        assert_eq!(
+            document["account"]["reported"],
+            serde_json::json!([payment.to_string()])
+        );
+        let back = Account::from_snapshot(document.clone()).expect("reads back");
         assert!(back.reported(payment));
         assert_eq!(back, state);
+
+        // A snapshot of the format before reports (no `reported` set) is not read as one
+        // without reports: it is refused, and the account replayed from its events.
+        let mut before_reports = document;
+        before_reports["format"] = serde_json::json!(1);
+        if let Some(account) = before_reports["account"].as_object_mut() {
+            account.remove("reported");
+        }
+        assert_eq!(
+            Account::from_snapshot(before_reports.clone()),
+            Err(SnapshotError::OtherFormat {
+                found: 1,
+                expected: Account::SNAPSHOT_VERSION
+            })
+        );
+        // Nor is that shape under today's format number.
+        before_reports["format"] = serde_json::json!(Account::SNAPSHOT_VERSION);
+        assert!(matches!(
+            Account::from_snapshot(before_reports),
+            Err(SnapshotError::Unreadable(_))
+        ));
     }
 
     fn every_command() -> Vec<Command> {
@@ -1854,6 +2061,19 @@ mod tests {
         assert_eq!(codes.len(), rejections.len());
         let not_found: Vec<_> = rejections.iter().filter(|r| r.is_not_found()).collect();
         assert_eq!(not_found, [&Rejection::AccountNotFound]);
+        let statuses: Vec<_> = rejections
+            .iter()
+            .map(|r| (r.code(), r.http_status()))
+            .collect();
+        for (code, status) in statuses {
+            let expected = match code {
+                "invalid_amount" | "invalid_limit" | "invalid_field" => 400,
+                "account_not_found" | "payment_not_found" => 404,
+                "payment_already_reported" => 409,
+                _ => 422,
+            };
+            assert_eq!(status, expected, "{code}");
+        }
         assert!(rejections.iter().all(|r| !r.to_string().is_empty()));
     }
 }

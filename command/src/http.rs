@@ -1,9 +1,10 @@
 //! The HTTP API (axum): JSON in snake_case, money in `*_minor` integers beside a currency,
 //! errors as `application/problem+json`.
 //!
-//! Request bodies are parsed by [`Body`], which names the offending field of any malformed
-//! input; every handler then validates fields before the aggregate sees a command. No input
-//! reaches a 500: store failures are 503 with `Retry-After`, panics are caught and logged.
+//! Request bodies are parsed by the platform's `JsonBody`, which names the offending field
+//! of any malformed input; every handler then validates fields before the aggregate sees a
+//! command. No input reaches a 500: store failures are 503 with `Retry-After`, panics are
+//! caught and logged.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -174,8 +175,8 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
 /// metadata (correlation, causation, idempotency) and the parsed body.
 struct AccountCommand<T> {
     account: AccountId,
-    /// The path's other parameters (`event_id` of a fraud report).
-    params: HashMap<String, String>,
+    /// The path's `event_id` (a fraud report's payment), parsed; `None` on other routes.
+    event_id: Option<Uuid>,
     meta: Meta,
     body: T,
 }
@@ -191,19 +192,27 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for AccountCommand<T> {
                 .map_err(|e| invalid("account_id", e.body_text()))?;
         let id = params.remove("id").unwrap_or_default();
         let account = account_id(&id)?;
+        let event_id = params
+            .remove("event_id")
+            .map(|raw| payment_event_id(&raw))
+            .transpose()?;
         let principal = parts
             .extensions
             .get::<Principal>()
             .cloned()
             .ok_or_else(Problem::internal)?;
-        // The canonical path (the id as parsed) keys the idempotency hash.
-        let path = canonical_path(parts.uri.path(), &account.to_string());
+        // The canonical path (the ids as parsed) keys the idempotency hash.
+        let path = canonical_path(
+            parts.uri.path(),
+            &account.to_string(),
+            event_id.map(|id| id.to_string()).as_deref(),
+        );
         let headers = parts.headers.clone();
         let body = JsonBody::<T>::from_request(Request::from_parts(parts, body), state).await?;
         let meta = meta(&Method::POST, &path, &headers, &principal, &body.raw)?;
         Ok(Self {
             account,
-            params,
+            event_id,
             meta,
             body: body.value,
         })
@@ -219,6 +228,15 @@ fn account_id(raw: &str) -> Result<AccountId, Problem> {
         invalid(
             "account_id",
             format!("{raw:?} is not an account id (a UUID)"),
+        )
+    })
+}
+
+fn payment_event_id(raw: &str) -> Result<Uuid, Problem> {
+    raw.parse().map_err(|_| {
+        invalid(
+            "event_id",
+            format!("{raw:?} is not a payment's event id (a UUID)"),
         )
     })
 }
@@ -480,7 +498,7 @@ fn command_error(error: CommandError) -> Problem {
                 .to_owned();
             let status =
                 StatusCode::from_u16(stored.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-            let mut problem = Problem::new(status, &code, "Command rejected");
+            let mut problem = Problem::new(status, &code, rejection_title(&code));
             if let Some(detail) = stored.body["detail"].as_str() {
                 problem = problem.detail(detail);
             }
@@ -513,47 +531,40 @@ fn command_error(error: CommandError) -> Problem {
     }
 }
 
-/// `/v1/accounts/{id}/<action>` with the id segment as parsed, whatever its spelling in
-/// the URI (letter case, percent-encoding), so an honest retry hashes the same.
-fn canonical_path(raw: &str, account_id: &str) -> String {
+/// `/v1/accounts/{id}/<action>` (or `/v1/accounts/{id}/payments/{event_id}/<action>`) with
+/// the id segments as parsed, whatever their spelling in the URI (letter case,
+/// percent-encoding), so an honest retry hashes the same.
+fn canonical_path(raw: &str, account_id: &str, event_id: Option<&str>) -> String {
     let mut segments: Vec<&str> = raw.split('/').collect();
     if let Some(segment) = segments.get_mut(3) {
         *segment = account_id;
     }
+    if let (Some(event_id), Some(segment)) = (event_id, segments.get_mut(5)) {
+        *segment = event_id;
+    }
     segments.join("/")
 }
 
+/// The problem title of a rejection's code, live or replayed from a stored answer.
+fn rejection_title(code: &str) -> &'static str {
+    match code {
+        "invalid_amount" | "invalid_limit" | "invalid_field" => "Invalid request field",
+        "account_not_found" => "Account not found",
+        "payment_not_found" => "Payment not found",
+        "payment_already_reported" => "Already reported",
+        _ => "Command rejected",
+    }
+}
+
 fn rejection_problem(rejection: &Rejection) -> Problem {
-    if rejection.is_invalid_input() {
-        let problem = Problem::new(
-            StatusCode::BAD_REQUEST,
-            rejection.code(),
-            "Invalid request field",
-        )
+    let status =
+        StatusCode::from_u16(rejection.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+    let problem = Problem::new(status, rejection.code(), rejection_title(rejection.code()))
         .detail(rejection.to_string());
-        return match rejection.field() {
-            Some(field) => problem.field(field),
-            None => problem,
-        };
+    match rejection.field() {
+        Some(field) if rejection.is_invalid_input() => problem.field(field),
+        _ => problem,
     }
-    if rejection.is_not_found() {
-        return Problem::new(StatusCode::NOT_FOUND, rejection.code(), "Account not found")
-            .detail(rejection.to_string());
-    }
-    if rejection.is_payment_not_found() {
-        return Problem::new(StatusCode::NOT_FOUND, rejection.code(), "Payment not found")
-            .detail(rejection.to_string());
-    }
-    if rejection.is_duplicate() {
-        return Problem::new(StatusCode::CONFLICT, rejection.code(), "Already reported")
-            .detail(rejection.to_string());
-    }
-    Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        rejection.code(),
-        "Command rejected",
-    )
-    .detail(rejection.to_string())
 }
 
 async fn run(
@@ -563,10 +574,12 @@ async fn run(
     meta: Meta,
     status: StatusCode,
 ) -> Response {
+    // A new account is a resource of its own; a fraud report (also 201) has none to point at.
+    let locate = matches!(command, Command::Open(_));
     match state.service.execute(account_id, command, meta).await {
         Ok(accepted) => {
             let mut response = accepted_response(&accepted, status);
-            if status == StatusCode::CREATED {
+            if status == StatusCode::CREATED && locate {
                 if let Ok(location) =
                     HeaderValue::from_str(&format!("/v1/accounts/{}", accepted.account_id))
                 {
@@ -752,23 +765,24 @@ async fn freeze(
 /// fraud features learn from. Taken on open, frozen and closed accounts; once per payment.
 #[utoipa::path(post, path = "/v1/accounts/{id}/payments/{event_id}/fraud-reports",
     request_body = FraudReportRequest,
-    params(("id" = String, Path), ("event_id" = String, Path, description = "The payment's event id"),
+    params(("id" = String, Path),
+        ("event_id" = String, Path, description = "The event id of the account's `CardPaymentApproved` or `CardPaymentDeclined` (a UUID)"),
         ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 201, body = CommandResponse), (status = 400),
-        (status = 404, description = "no such account, or no such card payment of it"),
-        (status = 409, description = "the payment was already reported")),
+    responses((status = 201, body = CommandResponse, description = "The report is stored (`PaymentReportedFraudulent`)"),
+        (status = 400, description = "a malformed field: `reason` (required, at most 500 characters), `event_id`, `account_id`"),
+        (status = 401),
+        (status = 404, description = "`account_not_found`, or `payment_not_found`: no card payment of the account has this event id"),
+        (status = 409, description = "`payment_already_reported`; or a concurrent update / idempotency key in progress (retry)"),
+        (status = 422, description = "`idempotency_key_reused`")),
     security(("bearer" = [])))]
 async fn report_fraud(
     State(state): State<AppState>,
     request: AccountCommand<FraudReportRequest>,
 ) -> Result<Response, Problem> {
-    let raw = request.params.get("event_id").map_or("", String::as_str);
-    let payment_event_id = raw.parse::<Uuid>().map_err(|_| {
-        invalid(
-            "event_id",
-            format!("{raw:?} is not a payment's event id (a UUID)"),
-        )
-    })?;
+    // Always there on this route (the extractor parsed it).
+    let payment_event_id = request
+        .event_id
+        .ok_or_else(|| invalid("event_id", "the path names no payment event id"))?;
     let command = Command::ReportFraud(ReportFraud {
         payment_event_id,
         reason: text("reason", request.body.reason, 500)?,
@@ -934,20 +948,72 @@ mod tests {
     fn the_canonical_path_spells_the_account_id_one_way() {
         let id = "01a22161-2934-76f9-ada0-484d27d22232";
         let canonical = format!("/v1/accounts/{id}/deposits");
-        assert_eq!(canonical_path(&canonical, id), canonical);
+        assert_eq!(canonical_path(&canonical, id, None), canonical);
         assert_eq!(
             canonical_path(
                 "/v1/accounts/%30%31a22161-2934-76f9-ada0-484d27d22232/deposits",
-                id
+                id,
+                None
             ),
             canonical
         );
         assert_eq!(
             canonical_path(
                 "/v1/accounts/01A22161-2934-76F9-ADA0-484D27D22232/deposits",
-                id
+                id,
+                None
             ),
             canonical
         );
+    }
+
+    #[test]
+    fn the_canonical_path_spells_the_payment_event_id_one_way() {
+        let id = "01a22161-2934-76f9-ada0-484d27d22232";
+        let event = "01a22162-0000-7000-8000-000000000001";
+        let canonical = format!("/v1/accounts/{id}/payments/{event}/fraud-reports");
+        for raw in [
+            canonical.clone(),
+            format!(
+                "/v1/accounts/{id}/payments/{}/fraud-reports",
+                event.to_uppercase()
+            ),
+            format!(
+                "/v1/accounts/{id}/payments/%30%31a22162-0000-7000-8000-000000000001/fraud-reports"
+            ),
+        ] {
+            assert_eq!(canonical_path(&raw, id, Some(event)), canonical, "{raw}");
+        }
+    }
+
+    #[test]
+    fn rejections_answer_with_their_status_and_name_the_field_of_bad_input() {
+        let cases = [
+            (
+                Rejection::InvalidField {
+                    field: "reason",
+                    reason: "must not be blank",
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (Rejection::AccountNotFound, StatusCode::NOT_FOUND),
+            (
+                Rejection::PaymentNotFound {
+                    payment_event_id: Uuid::nil(),
+                },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Rejection::AlreadyReported {
+                    payment_event_id: Uuid::nil(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (Rejection::AccountClosed, StatusCode::UNPROCESSABLE_ENTITY),
+        ];
+        for (rejection, status) in cases {
+            let response = rejection_problem(&rejection).into_response();
+            assert_eq!(response.status(), status, "{rejection}");
+        }
     }
 }

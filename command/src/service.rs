@@ -13,6 +13,12 @@
 //! - **Loading.** A cold account is the latest snapshot plus the events after it; a snapshot
 //!   is written every `snapshot_every` events, tagged with its format
 //!   ([`Account::SNAPSHOT_VERSION`]); one of another format is ignored (replayed instead).
+//! - **Fraud reports.** The one command that needs more than the state: whether the named
+//!   event is a card payment of the account is looked up in the account's stored events,
+//!   up to the version of the state being decided on (`resolve`), and handed to the
+//!   aggregate inside the command. It is looked up again before every decision, so a
+//!   report decided again after a conflict or on fresh state rests on its own lookup. A
+//!   payment the state already holds as reported needs no lookup.
 //! - **Group commit.** An accepted commit is appended through the [`Batcher`]: the
 //!   commits of different accounts that are ready at the same time share one store round
 //!   trip (up to `append_batch_max`), each with its own version check and idempotency key;
@@ -25,9 +31,9 @@
 //!   key. Before committing, an attempt *claims* the key in the store's `responses` (first
 //!   insert wins; the store writes the claim just before the commit, in the same round
 //!   trip, and the commit only if the claim went in); a rejected request stores its answer
-//!   in that same unique key space (or turns its own claim into it). So a key never holds
-//!   both a rejection and a commit:
-//!   whoever stored first decides, the others replay that outcome, and a claim whose owner
+//!   in that same unique key space (or turns its own claim into it), with the status of its
+//!   live answer ([`Rejection::http_status`]). So a key never holds both a rejection and a
+//!   commit: whoever stored first decides, the others replay that outcome, and a claim whose owner
 //!   is still working answers 409 "in progress" (taken over after `CLAIM_LEASE` if its
 //!   owner died before committing). An owner appends only within `CLAIM_APPEND_WINDOW`
 //!   of its claim, well inside the lease, so a takeover never races a late commit.
@@ -41,7 +47,7 @@ use prism_events::{AccountEvent, AccountId, ConsistencyToken, Envelope};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::account::{self, Account, Command, PaymentLookup, Rejection, ReportFraud};
+use crate::account::{self, Account, Command, PaymentLookup, Rejection, ReportFraud, Status};
 use crate::metrics::Metrics;
 use crate::relay::RelayHandle;
 use crate::store::batcher::Batcher;
@@ -554,7 +560,9 @@ impl CommandService {
         let response = StoredResponse {
             key: mark.key.clone(),
             request_hash: mark.request_hash.clone(),
-            status: 422,
+            // A replay answers with the status of the live answer (404 for a payment the
+            // account does not have, 409 for one reported already, else 422).
+            status: rejection.http_status(),
             body: serde_json::json!({ "code": rejection.code(), "detail": rejection.to_string() }),
         };
         let mut claim = match key {
@@ -670,7 +678,12 @@ impl CommandService {
     }
 
     /// A fraud report with its payment looked up in the account's history up to `state`'s
-    /// version (the aggregate keeps no list of payments); `None` for other commands.
+    /// version (the aggregate keeps no list of payments); `None` when the command is to be
+    /// decided as it is (other commands, and a report on an account never opened, which is
+    /// not found whatever it names).
+    ///
+    /// Called before every decision of the command, so a decision made again (after a
+    /// conflict, or a rejection on a cached state) rests on a lookup at its own state.
     async fn resolve(
         &self,
         account_id: AccountId,
@@ -680,9 +693,25 @@ impl CommandService {
         let Command::ReportFraud(report) = command else {
             return Ok(None);
         };
+        if state.status() == Status::Unopened {
+            return Ok(None);
+        }
+        let resolved = |payment| {
+            Command::ReportFraud(ReportFraud {
+                payment,
+                ..report.clone()
+            })
+        };
+        if state.reported(report.payment_event_id) {
+            // Only a card payment of this account was ever accepted as reported: no need
+            // to read the history to answer that it was reported already.
+            return Ok(Some(resolved(PaymentLookup::CardPayment)));
+        }
         let mut payment = PaymentLookup::NotAPayment;
         // Reports are rare and name a past payment: reading the account's history is
-        // cheaper than keeping every payment id in every cached state.
+        // cheaper than keeping every payment id in every cached state. The store offers no
+        // lookup of an event by id (events are keyed by account and version), so this
+        // reads the account's stream.
         for envelope in self.store.load(account_id, 0).await? {
             if envelope.account_version > state.version() {
                 break;
@@ -697,10 +726,7 @@ impl CommandService {
                 break;
             }
         }
-        Ok(Some(Command::ReportFraud(ReportFraud {
-            payment,
-            ..report.clone()
-        })))
+        Ok(Some(resolved(payment)))
     }
 
     /// Applies the events stored after `state`'s version.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use prism_platform::config::EventStoreBackend;
+use prism_tests::up;
 use serde_json::json;
 use support::{
     assert_per_account_order, clean_up, consume, isolated_config, stored_events, Api, Instance,
@@ -319,72 +320,218 @@ async fn payments_are_approved_or_declined_and_both_are_stored() {
     clean_up(&config).await;
 }
 
-/// A fraud report names one of the account's card payments: once (409 after), never a
-/// deposit or a stranger's payment (404), with a reason (400), also after the account was
-/// closed; the label is stored as an event.
+/// A fraud report names one of the account's card payments, approved or declined: once
+/// (409 after), never a deposit, a stranger's payment or an unknown id (404), with a reason
+/// (400), also after the account was closed; the answer is a command's answer (201, the next
+/// version, the event id, the consistency token); a keyed retry gets the same answer,
+/// rejections included; the label is stored as an event, the refusals store nothing.
 async fn fraud_reports(backend: EventStoreBackend) {
     let config = isolated_config(backend);
     let instance = Instance::start(&config).await;
     let api = Api::new(&instance.url);
     let account = api.open("EUR").await;
+    let event_id = |answer: &support::Answer| {
+        answer.body["event_ids"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
     let deposit = api.deposit(&account, 1_000).await;
-    let deposit_id = deposit.body["event_ids"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let paid = api
-        .post(
-            &format!("/v1/accounts/{account}/payments"),
-            json!({ "amount_minor": 1_000, "merchant_name": "Café Rosa", "merchant_category": "5814",
-                    "merchant_country": "PT", "channel": "online" }),
-        )
-        .await;
-    assert_eq!(paid.status, 200, "{}", paid.body);
-    let payment = paid.body["event_ids"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let other = api.open("EUR").await;
-    let report = |account: String, event: String, reason: &'static str| {
+    assert_eq!(deposit.status, 200, "{}", deposit.body);
+    let deposit_id = event_id(&deposit);
+    let pay = |amount: i64| {
         let api = api.clone();
+        let account = account.clone();
         async move {
             api.post(
-                &format!("/v1/accounts/{account}/payments/{event}/fraud-reports"),
-                json!({ "reason": reason }),
+                &format!("/v1/accounts/{account}/payments"),
+                json!({ "amount_minor": amount, "merchant_name": "Café Rosa", "merchant_category": "5814",
+                        "merchant_country": "PT", "channel": "online" }),
             )
             .await
         }
     };
-    let blank = report(account.clone(), payment.clone(), "  ").await;
+    let paid = pay(1_000).await;
     assert_eq!(
-        (blank.status, &blank.body["field"]),
-        (400, &json!("reason")),
+        (paid.status, &paid.body["decision"]),
+        (200, &json!("approved")),
         "{}",
-        blank.body
+        paid.body
     );
-    let bad_id = report(account.clone(), "nope".into(), "x").await;
+    let payment = event_id(&paid);
+    let declined = pay(500).await;
     assert_eq!(
-        (bad_id.status, &bad_id.body["field"]),
-        (400, &json!("event_id")),
+        (declined.status, &declined.body["decision"]),
+        (200, &json!("declined")),
         "{}",
-        bad_id.body
+        declined.body
     );
-    let of_a_deposit = report(account.clone(), deposit_id, "x").await;
-    assert_eq!(of_a_deposit.status, 404, "{}", of_a_deposit.body);
-    assert_eq!(of_a_deposit.body["code"], "payment_not_found");
-    let strangers = report(other.clone(), payment.clone(), "x").await;
-    assert_eq!(strangers.status, 404, "{}", strangers.body);
-    // The account pays nothing more and closes; the chargeback comes after.
+    assert_eq!(declined.body["version"], 4);
+    let declined_payment = event_id(&declined);
+    let other = api.open("EUR").await;
+    let path = |account: &str, event: &str| {
+        format!("/v1/accounts/{account}/payments/{event}/fraud-reports")
+    };
+    let report = |account: &str, event: &str, reason: &str| {
+        let api = api.clone();
+        let path = path(account, event);
+        let body = json!({ "reason": reason });
+        async move { api.post(&path, body).await }
+    };
+    let report_with_key = |account: &str, event: &str, key: &'static str| {
+        let api = api.clone();
+        let path = path(account, event);
+        async move {
+            api.post_with_key(&path, key, json!({ "reason": "Not me" }))
+                .await
+        }
+    };
+
+    // Malformed input: 400 naming the field, as every command answers.
+    let bad_input = [
+        (
+            "blank reason",
+            path(&account, &payment),
+            json!({ "reason": "  " }),
+            "reason",
+        ),
+        ("no reason", path(&account, &payment), json!({}), "reason"),
+        (
+            "long reason",
+            path(&account, &payment),
+            json!({ "reason": "x".repeat(501) }),
+            "reason",
+        ),
+        (
+            "reason not a string",
+            path(&account, &payment),
+            json!({ "reason": 5 }),
+            "reason",
+        ),
+        (
+            "unknown field",
+            path(&account, &payment),
+            json!({ "reason": "x", "amount_minor": 5 }),
+            "amount_minor",
+        ),
+        (
+            "malformed event id",
+            path(&account, "nope"),
+            json!({ "reason": "x" }),
+            "event_id",
+        ),
+        (
+            "malformed account id",
+            path("nope", &payment),
+            json!({ "reason": "x" }),
+            "account_id",
+        ),
+    ];
+    for (name, path, body, field) in bad_input {
+        let answer = api.post(&path, body).await;
+        assert_eq!(answer.status, 400, "{name}: {}", answer.body);
+        assert_eq!(answer.content_type, "application/problem+json", "{name}");
+        assert_eq!(answer.body["field"], field, "{name}: {}", answer.body);
+    }
+
+    // Not a card payment of this account: 404 payment_not_found.
+    let random = "0190b8f2-c3a4-7e3c-8a6b-4d5e6f708192";
+    for (name, account, event) in [
+        ("a deposit", &account, deposit_id.as_str()),
+        ("an unknown id", &account, random),
+        ("a stranger's payment", &other, payment.as_str()),
+    ] {
+        let answer = report(account, event, "x").await;
+        assert_eq!(answer.status, 404, "{name}: {}", answer.body);
+        assert_eq!(answer.content_type, "application/problem+json", "{name}");
+        assert_eq!(answer.body["code"], "payment_not_found", "{name}");
+    }
+    let unknown_account = report(random, &payment, "x").await;
+    assert_eq!(unknown_account.status, 404, "{}", unknown_account.body);
+    assert_eq!(unknown_account.body["code"], "account_not_found");
+
+    // The declined payment, reported while the account is open: the next version.
+    let first = report(&account, &declined_payment, "  Card testing  ").await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert_eq!(first.body["version"], 5);
+    assert_eq!(first.body["account_id"], json!(account));
+    assert_eq!(
+        first.body["consistency_token"],
+        json!(format!("v1.{}.5", account.replace('-', "")))
+    );
+    assert_eq!(
+        first.body["event_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        first.body
+    );
+    assert!(first.body.get("decision").is_none(), "{}", first.body);
+    assert_eq!(
+        first
+            .headers
+            .get("consistency-token")
+            .and_then(|v| v.to_str().ok()),
+        Some(format!("v1.{}.5", account.replace('-', "")).as_str())
+    );
+    assert!(
+        first.headers.get("location").is_none(),
+        "a report creates no resource to point at"
+    );
+    let again = report(&account, &declined_payment, "Card testing").await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(again.body["code"], "payment_already_reported");
+    assert_eq!(again.content_type, "application/problem+json");
+
+    // The account pays nothing more and closes (zero balance); the chargeback comes after.
     let closed = api
         .post(&format!("/v1/accounts/{account}/close"), json!({}))
         .await;
     assert_eq!(closed.status, 200, "{}", closed.body);
-    let first = report(account.clone(), payment.clone(), "Not me").await;
-    assert_eq!(first.status, 201, "{}", first.body);
-    assert_eq!(first.body["version"], 5);
-    let again = report(account.clone(), payment.clone(), "Not me").await;
-    assert_eq!(again.status, 409, "{}", again.body);
-    assert_eq!(again.body["code"], "payment_already_reported");
+    assert_eq!(closed.body["version"], 6);
+    let after_closure = report_with_key(&account, &payment, "report-1").await;
+    assert_eq!(after_closure.status, 201, "{}", after_closure.body);
+    assert_eq!(after_closure.body["version"], 7);
+    // A retry with the same key, the payment's id spelled in capitals: the same answer.
+    let retried = report_with_key(&account, &payment.to_uppercase(), "report-1").await;
+    assert_eq!(retried.status, 201, "{}", retried.body);
+    assert_eq!(retried.body, after_closure.body);
+    assert_eq!(
+        retried
+            .headers
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    // Keyed rejections keep their status when replayed from the stored answer.
+    for (key, event, status, code) in [
+        (
+            "report-2",
+            payment.as_str(),
+            409,
+            "payment_already_reported",
+        ),
+        ("report-3", deposit_id.as_str(), 404, "payment_not_found"),
+    ] {
+        for attempt in ["first", "retry"] {
+            let answer = report_with_key(&account, event, key).await;
+            assert_eq!(answer.status, status, "{key} {attempt}: {}", answer.body);
+            assert_eq!(answer.body["code"], code, "{key} {attempt}");
+        }
+    }
+    // What a replay answers from: the stored answer carries the live status.
+    let store = up("event store", prism_command::app::open_store(&config).await);
+    for (key, status) in [("report-2", 409), ("report-3", 404)] {
+        let stored = up("event store", store.find_response(&scoped_key(key)).await);
+        assert_eq!(stored.map(|r| r.status), Some(status), "{key}");
+    }
+    let deposit_after_closure = api.deposit(&account, 1).await;
+    assert_eq!(deposit_after_closure.status, 422);
+    assert_eq!(deposit_after_closure.body["code"], "account_closed");
+
+    let state = api.get(&format!("/v1/accounts/{account}")).await;
+    assert_eq!(state.body["status"], "closed", "{}", state.body);
+    assert_eq!(state.body["version"], 7);
+    assert_eq!(state.body["balance_minor"], 0);
 
     let stored = stored_events(&config).await;
     let reports: Vec<_> = stored
@@ -394,16 +541,32 @@ async fn fraud_reports(backend: EventStoreBackend) {
         .collect();
     assert_eq!(
         reports.len(),
-        1,
-        "one report stored, nothing for the refusals"
+        2,
+        "two reports stored, nothing for the refusals"
     );
     assert_eq!(
-        reports[0].event.data()["payment_event_id"],
-        json!(payment),
-        "the label names the payment"
+        reports[0].event.data(),
+        json!({ "payment_event_id": declined_payment, "reason": "Card testing" }),
+        "the label names the payment, the reason trimmed"
+    );
+    assert_eq!(reports[0].account_version, 5);
+    assert_eq!(reports[1].event.data()["payment_event_id"], json!(payment));
+    assert_eq!(reports[1].account_version, 7);
+    assert_eq!(
+        stored.values().flatten().count(),
+        8,
+        "7 events of the account, 1 of the other"
     );
     instance.stop().await;
     clean_up(&config).await;
+}
+
+/// An idempotency key as the store holds it: scoped by the caller identity of the test's
+/// token (the first 8 bytes of its SHA-256, in hex).
+fn scoped_key(key: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(support::TOKEN.as_bytes());
+    format!("{}:{key}", hex::encode(&digest[..8]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,6 +691,17 @@ async fn the_service_describes_itself_and_reports_health() {
     let openapi = api.get("/openapi.json").await;
     assert_eq!(openapi.status, 200);
     assert!(openapi.body["paths"]["/v1/accounts/{id}/payments"]["post"].is_object());
+    let report =
+        &openapi.body["paths"]["/v1/accounts/{id}/payments/{event_id}/fraud-reports"]["post"];
+    assert!(report["responses"]["201"].is_object(), "{report}");
+    assert_eq!(
+        report["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/FraudReportRequest"
+    );
+    assert_eq!(
+        openapi.body["components"]["schemas"]["FraudReportRequest"]["required"],
+        json!(["reason"])
+    );
     assert_eq!(api.get("/healthz").await.status, 200);
     let ready = api.get("/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.body);

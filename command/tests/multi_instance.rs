@@ -85,6 +85,97 @@ async fn a_rejection_is_decided_on_the_current_state_on_postgres() {
     rejections_are_decided_on_current_state(EventStoreBackend::Postgres).await;
 }
 
+/// A fraud report needs the account's history (is the named event one of its card
+/// payments?), which the service looks up at the state it decides on; the lookup is made
+/// again whenever the command is decided again. Two instances, A and B, on one account:
+/// - a report on A of a payment made on B, which A's cached state does not know yet: the
+///   lookup at A's state finds nothing, so it is decided again on the current state and
+///   accepted;
+/// - a report on A of a payment A knows while B wrote after it: the append conflicts, A
+///   catches up, looks up again and is accepted at the next version;
+/// - a report on A of a payment B reported meanwhile: accepted on A's cached state, the
+///   append conflicts, and decided again it is `payment_already_reported`.
+async fn fraud_reports_are_decided_on_current_state(backend: EventStoreBackend) {
+    let config = isolated_config(backend);
+    let one = Instance::start(&config).await;
+    let two = Instance::start(&config).await;
+    let (a, b) = (Api::new(&one.url), Api::new(&two.url));
+    let account = a.open("EUR").await;
+    assert_eq!(a.deposit(&account, 1_000).await.status, 200);
+    let pay = |api: &Api, amount: i64| {
+        let api = api.clone();
+        let path = format!("/v1/accounts/{account}/payments");
+        async move {
+            let answer = api
+                .post(
+                    &path,
+                    json!({ "amount_minor": amount, "merchant_name": "GAMECOINS*TOPUP",
+                            "merchant_category": "5816", "merchant_country": "US", "channel": "online" }),
+                )
+                .await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            assert_eq!(answer.body["decision"], "approved", "{}", answer.body);
+            answer.body["event_ids"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    let report = |api: &Api, payment: &str| {
+        let api = api.clone();
+        let path = format!("/v1/accounts/{account}/payments/{payment}/fraud-reports");
+        async move { api.post(&path, json!({ "reason": "card testing" })).await }
+    };
+
+    // A knows version 2; B pays (version 3).
+    let p1 = pay(&b, 300).await;
+    let first = report(&a, &p1).await;
+    assert_eq!(
+        first.status, 201,
+        "{backend:?}: a report on A of a payment made on B: {}",
+        first.body
+    );
+    assert_eq!(first.body["version"], 4, "{}", first.body);
+
+    // A pays (version 5, A knows it); B deposits (version 6): A's append conflicts.
+    let p2 = pay(&a, 200).await;
+    assert_eq!(b.deposit(&account, 1).await.status, 200);
+    let second = report(&a, &p2).await;
+    assert_eq!(
+        second.status, 201,
+        "{backend:?}: a report on A after B wrote: {}",
+        second.body
+    );
+    assert_eq!(second.body["version"], 7, "{}", second.body);
+
+    // A pays (version 8); B, which knows version 6, reports it (version 9); A, which
+    // knows version 8, reports it too: the conflict tells A it was reported already.
+    let p3 = pay(&a, 100).await;
+    let on_b = report(&b, &p3).await;
+    assert_eq!(on_b.status, 201, "{backend:?}: {}", on_b.body);
+    assert_eq!(on_b.body["version"], 9, "{}", on_b.body);
+    let on_a = report(&a, &p3).await;
+    assert_eq!(on_a.status, 409, "{backend:?}: {}", on_a.body);
+    assert_eq!(on_a.body["code"], "payment_already_reported");
+
+    let state = a.get(&format!("/v1/accounts/{account}")).await;
+    assert_eq!(state.body["version"], 9, "{}", state.body);
+    assert_eq!(state.body["balance_minor"], 401, "{}", state.body);
+    one.stop().await;
+    two.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_reports_are_decided_on_the_current_state_on_mongodb() {
+    fraud_reports_are_decided_on_current_state(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_reports_are_decided_on_the_current_state_on_postgres() {
+    fraud_reports_are_decided_on_current_state(EventStoreBackend::Postgres).await;
+}
+
 /// Snapshots every 3 events: a cold instance loads snapshot + tail, another instance with
 /// snapshots off replays everything; both answer the same state. Then a snapshot of another
 /// format (here: the bare state, as builds before formats were recorded wrote it) with a
