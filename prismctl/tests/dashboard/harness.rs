@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -260,26 +259,4 @@ pub(crate) async fn frames(
     rx
 }
 
-pub(crate) fn stack(args: &[&str]) {
-    let status = Command::new(repo_root().join("dev/stack"))
-        .args(args)
-        .current_dir(repo_root())
-        .stdout(Stdio::null())
-        .status();
-    let status = up("dev/stack", status);
-    assert!(status.success(), "dev/stack {}: {status}", args.join(" "));
-}
-
-/// Brings Redis back if the test fails while it is down.
-pub(crate) struct RedisBack(pub(crate) bool);
-
-impl Drop for RedisBack {
-    fn drop(&mut self) {
-        if self.0 {
-            let _ = Command::new(repo_root().join("dev/stack"))
-                .args(["up", "redis"])
-                .current_dir(repo_root())
-                .status();
-        }
-    }
-}
+pub(crate) use crate::projector::{stack, RedisBack};

@@ -238,3 +238,28 @@ pub async fn load_with_kills(
     }
     up("the load", load.await)
 }
+
+/// `dev/stack <args>` (e.g. `down redis`), which must succeed.
+pub fn stack(args: &[&str]) {
+    let status = Command::new(repo_root().join("dev/stack"))
+        .args(args)
+        .current_dir(repo_root())
+        .stdout(Stdio::null())
+        .status();
+    let status = up("dev/stack", status);
+    assert!(status.success(), "dev/stack {}: {status}", args.join(" "));
+}
+
+/// Brings Redis back if the test fails while it is down.
+pub struct RedisBack(pub bool);
+
+impl Drop for RedisBack {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = Command::new(repo_root().join("dev/stack"))
+                .args(["up", "redis"])
+                .current_dir(repo_root())
+                .status();
+        }
+    }
+}

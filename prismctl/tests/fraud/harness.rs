@@ -15,6 +15,9 @@ use prismctl::verify_model::ModelReport;
 
 use crate::projector::ProjectorProcess;
 
+/// One test at a time: one of them restarts Redis.
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One test's names, as a profile file (what the child loads) and as the loaded config.
 pub(crate) struct Env {
     pub(crate) config: Config,

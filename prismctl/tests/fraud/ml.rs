@@ -21,6 +21,7 @@ const MIN_AUC: &str = "0.85";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_example_pipeline_learns_card_testing_from_the_exported_features() {
+    let _one = crate::harness::ONE_AT_A_TIME.lock().await;
     isolated(3, |env| async move {
         let command = CommandService::start(&env.config).await;
         let mut fraud = start(&env);

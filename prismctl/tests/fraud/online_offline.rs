@@ -31,6 +31,7 @@ async fn send(http: &reqwest::Client, url: String, body: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scored_payment_gets_the_same_features_offline_once_it_is_made() {
+    let _one = crate::harness::ONE_AT_A_TIME.lock().await;
     isolated(1, |env| async move {
         // The command service's clock: the system's, or a time the test sets.
         let fixed: Arc<Mutex<Option<DateTime<Utc>>>> = Arc::default();
