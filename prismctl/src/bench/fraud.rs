@@ -41,6 +41,7 @@ use prism_platform::config::ProjectorConfig;
 use prism_platform::Config;
 use prism_projector::app::Projector as _;
 use prism_projector::copies::Copies as _;
+use prism_projector::Sink as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 
@@ -119,9 +120,10 @@ impl Names {
         }
     }
 
-    /// `config` pointed at this run's namespace, offline directory and `group`.
+    /// `config` pointed at this run's topic, namespace, offline directory and `group`.
     fn config(&self, config: &Config, group: &str) -> Config {
         let mut config = config.clone();
+        config.kafka.topic.clone_from(&self.topic);
         config.fraud.set("namespace", self.namespace.as_str());
         config.fraud.set("group_id", group);
         config
@@ -221,6 +223,8 @@ pub struct LatencyFigures {
     pub features_requests: u64,
     pub features_ms: Latency,
     pub errors: u64,
+    /// The first failed request's status and body (or transport error), if any failed.
+    pub first_error: Option<String>,
     pub goal_p99_ms: f64,
     pub goal_met: bool,
 }
@@ -310,7 +314,8 @@ async fn measure(
     let latency = if args.no_latency {
         None
     } else {
-        Some(online_latency(config, args, names).await?)
+        let ends = end_offsets(config, &names.topic, partitions).await?;
+        Some(online_latency(config, args, names, &ends).await?)
     };
     Ok(Figures {
         events: args.events,
@@ -331,6 +336,7 @@ async fn online_latency(
     config: &Config,
     args: &Args,
     names: &Names,
+    ends: &[i64],
 ) -> anyhow::Result<LatencyFigures> {
     let config = names.config(config, &names.api_group);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -362,13 +368,34 @@ async fn online_latency(
     let accounts: Vec<uuid::Uuid> = (0..events.accounts())
         .filter_map(|i| events.account_id(i).map(|a| a.0))
         .collect();
+    // Caught up: every partition's position in the live copy at the topic's end.
     let deadline = Instant::now() + args.timeout;
+    let partitions: Vec<i32> = (0..args.partitions).collect();
     let caught_up = loop {
         if service.is_finished() {
             break Err(anyhow!("prism-fraud stopped during the latency phase"));
         }
-        let ready = http.get(format!("{url}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
+        let done = match copies(&config).await {
+            Ok(copies) => match copies.live().await {
+                Ok(copy) => copy
+                    .sink()
+                    .positions(&partitions)
+                    .await
+                    .ok()
+                    .is_some_and(|p| {
+                        ends.iter().enumerate().all(|(partition, end)| {
+                            *end == 0
+                                || p.iter().any(|s| {
+                                    usize::try_from(s.partition).ok() == Some(partition)
+                                        && s.offset + 1 >= *end
+                                })
+                        })
+                    }),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if done {
             break Ok(());
         }
         if Instant::now() > deadline {
@@ -398,6 +425,7 @@ async fn measure_latency(
             "channel": if i.is_multiple_of(3) { "online" } else { "pos" }})
     };
     let mut results = Vec::new();
+    let mut first_error: Option<String> = None;
     for scoring in [true, false] {
         let until = Instant::now() + args.duration;
         let mut tasks = tokio::task::JoinSet::new();
@@ -409,6 +437,7 @@ async fn measure_latency(
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(client as u64);
                 let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                 let mut errors = 0u64;
+                let mut first_error: Option<String> = None;
                 let mut i = 0usize;
                 while Instant::now() < until {
                     let account = accounts[rng.gen_range(0..accounts.len())];
@@ -430,19 +459,35 @@ async fn measure_latency(
                             let _ = r.bytes().await;
                             histogram.record(started.elapsed().as_micros() as u64)?;
                         }
-                        _ => errors += 1,
+                        Ok(r) => {
+                            errors += 1;
+                            if first_error.is_none() {
+                                let status = r.status();
+                                first_error = Some(format!(
+                                    "{status} {}",
+                                    r.text().await.unwrap_or_default()
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| e.to_string());
+                        }
                     }
                     i += 1;
                 }
-                anyhow::Ok((histogram, errors))
+                anyhow::Ok((histogram, errors, first_error))
             });
         }
         let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let mut errors = 0;
         while let Some(done) = tasks.join_next().await {
-            let (histogram, e) = done.map_err(|e| anyhow!("a client failed: {e}"))??;
+            let (histogram, e, first) = done.map_err(|e| anyhow!("a client failed: {e}"))??;
             all.add(histogram)?;
             errors += e;
+            if first_error.is_none() {
+                first_error = first;
+            }
         }
         results.push((all, errors));
     }
@@ -450,14 +495,19 @@ async fn measure_latency(
     let (get_h, get_errors) = &results[1];
     let score_ms = Latency::of(score_h);
     let features_ms = Latency::of(get_h);
-    let goal_met = score_ms.p99 <= LATENCY_P99_GOAL_MS && features_ms.p99 <= LATENCY_P99_GOAL_MS;
+    let errors = score_errors + get_errors;
+    let goal_met = errors == 0
+        && !score_h.is_empty()
+        && score_ms.p99 <= LATENCY_P99_GOAL_MS
+        && features_ms.p99 <= LATENCY_P99_GOAL_MS;
     Ok(LatencyFigures {
         clients: args.clients,
         score_requests: score_h.len(),
         score_ms,
         features_requests: get_h.len(),
         features_ms,
-        errors: score_errors + get_errors,
+        errors,
+        first_error,
         goal_p99_ms: LATENCY_P99_GOAL_MS,
         goal_met,
     })
@@ -535,6 +585,9 @@ fn print(out: &mut impl std::io::Write, f: &Figures) -> std::io::Result<()> {
             l.goal_p99_ms,
             if l.goal_met { "met" } else { "NOT met" }
         )?;
+        if let Some(e) = &l.first_error {
+            writeln!(out, "  first failed request: {e}")?;
+        }
     }
     Ok(())
 }
