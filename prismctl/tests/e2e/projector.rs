@@ -209,34 +209,57 @@ pub fn assert_identical(report: &prismctl::verify_model::ModelReport, documents:
     );
 }
 
-/// Sends the seeded load of `seed` (`accounts` accounts, `events` commands) through
-/// `command_url` while `process` is killed (SIGKILL) and started again each time the
-/// stored count reaches one of `kills`; returns the number of commands stored.
+/// The seeded load of `seed` (`accounts` accounts, `events` commands) sent through a
+/// command service in the background.
+pub struct Load {
+    stored: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Load {
+    pub fn start(command_url: &str, (seed, accounts, events): (u64, usize, u64)) -> Self {
+        let stored = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn(crate::e2e::seeded_load(
+            command_url.to_owned(),
+            seed,
+            accounts,
+            events,
+            8,
+            std::sync::Arc::clone(&stored),
+        ));
+        Self { stored, task }
+    }
+
+    /// Waits until `n` commands are stored (or the load ended).
+    pub async fn until(&self, n: u64) {
+        while self.stored.load(std::sync::atomic::Ordering::Relaxed) < n && !self.task.is_finished()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The number of commands stored, once the load ended.
+    pub async fn finish(self) -> u64 {
+        up("the load", self.task.await)
+    }
+}
+
+/// A seeded load (see [`Load`]) while `process` is killed (SIGKILL) and started again each
+/// time the stored count reaches one of `kills`; returns the number of commands stored.
 pub async fn load_with_kills(
     command_url: &str,
-    (seed, accounts, events): (u64, usize, u64),
+    workload: (u64, usize, u64),
     process: &mut ProjectorProcess,
     kills: &[u64],
 ) -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let stored = std::sync::Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(crate::e2e::seeded_load(
-        command_url.to_owned(),
-        seed,
-        accounts,
-        events,
-        8,
-        std::sync::Arc::clone(&stored),
-    ));
+    let load = Load::start(command_url, workload);
     for at in kills {
-        while stored.load(Ordering::Relaxed) < *at && !load.is_finished() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        load.until(*at).await;
         process.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
         process.spawn();
     }
-    up("the load", load.await)
+    load.finish().await
 }
 
 /// `dev/stack <args>` (e.g. `down redis`), which must succeed.

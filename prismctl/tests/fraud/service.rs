@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::e2e::{self, CommandService, TOKEN};
 use crate::harness::{assert_identical, isolated, start, verify};
-use crate::projector::{load_with_kills, stack, RedisBack};
+use crate::projector::{load_with_kills, stack, Load, RedisBack};
 
 async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let response = up(
@@ -283,24 +283,14 @@ async fn the_fraud_model_converges_after_redis_restarts_mid_stream() {
         let command = CommandService::start(&env.config).await;
         let mut fraud = start(&env);
         fraud.wait_ready(Duration::from_secs(60)).await;
-        let stored = Arc::new(AtomicU64::new(0));
-        let load = tokio::spawn(e2e::seeded_load(
-            command.url.clone(),
-            31,
-            30,
-            1_200,
-            4,
-            Arc::clone(&stored),
-        ));
-        while stored.load(std::sync::atomic::Ordering::Relaxed) < 300 && !load.is_finished() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let load = Load::start(&command.url, (31, 30, 1_200));
+        load.until(300).await;
         let mut back = RedisBack(true);
         stack(&["down", "redis"]);
         tokio::time::sleep(Duration::from_secs(4)).await;
         stack(&["up", "redis"]);
         back.0 = false;
-        let total = up("the load", load.await);
+        let total = load.finish().await;
         let report = verify(&env.config, Duration::from_secs(90)).await;
         assert_identical(&report, 30);
         assert_eq!(report.events, total, "every stored command is one event");
@@ -329,18 +319,8 @@ async fn rebuild_fraud_builds_a_new_copy_that_verifies_clean() {
         let command = CommandService::start(&env.config).await;
         let mut fraud = start(&env);
         fraud.wait_ready(Duration::from_secs(60)).await;
-        let stored = Arc::new(AtomicU64::new(0));
-        let load = tokio::spawn(e2e::seeded_load(
-            command.url.clone(),
-            37,
-            30,
-            1_200,
-            4,
-            Arc::clone(&stored),
-        ));
-        while stored.load(std::sync::atomic::Ordering::Relaxed) < 400 && !load.is_finished() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let load = Load::start(&command.url, (37, 30, 1_200));
+        load.until(400).await;
         let options = prismctl::rebuild::Options {
             from: prismctl::rebuild::Source::Auto,
             drop_old: false,
@@ -359,7 +339,7 @@ async fn rebuild_fraud_builds_a_new_copy_that_verifies_clean() {
         .unwrap_or_else(|e| panic!("rebuild fraud: {e:#}"));
         assert_eq!(report.previous, Some(1));
         assert!(report.handed_over, "{report:?}");
-        let total = up("the load", load.await);
+        let total = load.finish().await;
         let verified = verify(&env.config, Duration::from_secs(90)).await;
         assert_identical(&verified, 30);
         assert_eq!(verified.events, total);
