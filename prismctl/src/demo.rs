@@ -2,14 +2,15 @@
 //!
 //! 1. Checks that the backing services it needs answer (Kafka, the event store, MySQL);
 //!    if not, says `dev/stack up` and exits 1.
-//! 2. Starts prism-command, prism-ledger, prism-search and prism-dashboard in this process —
-//!    their `app::run`, the code of the binaries — on `command.listen`, `ledger.listen`,
-//!    `search.listen` and `dashboard.listen` (127.0.0.1:8080, :8081, :8082, :8083;
-//!    `--command-listen`, `--ledger-listen`, `--search-listen`, `--dashboard-listen` change
-//!    them, port 0 takes any free port). A port in use is named, exit 2. They use the
-//!    configuration as it is (the topic `account-events`, the event store, ledger databases,
-//!    search indices and dashboard keys), so what the demo writes is there for the binaries
-//!    afterwards; only the dashboard's pipeline health is pointed at the services it runs.
+//! 2. Starts prism-command, prism-ledger, prism-search, prism-dashboard and prism-fraud in
+//!    this process — their `app::run`, the code of the binaries — on `command.listen`,
+//!    `ledger.listen`, `search.listen`, `dashboard.listen` and `fraud.listen` (127.0.0.1:8080
+//!    to :8084; `--command-listen`, `--ledger-listen`, `--search-listen`, `--dashboard-listen`,
+//!    `--fraud-listen` change them, port 0 takes any free port). A port in use is named,
+//!    exit 2. They use the configuration as it is (the topic `account-events`, the event
+//!    store, ledger databases, search indices, dashboard keys, fraud keys and offline files),
+//!    so what the demo writes is there for the binaries afterwards; only the dashboard's
+//!    pipeline health is pointed at the services it runs.
 //! 3. Prints the live page's address with its token (`http://…/#token=…`, the page connects
 //!    by itself) for a human to open before the traffic starts: it moves as the traffic flows.
 //! 4. Sends seeded loadgen traffic (the [`crate::traffic`] model through
@@ -23,7 +24,8 @@
 //!    accents, online card payments by category and merchant country, an autocomplete.
 //! 7. Reads the live dashboard's summary once it has counted the traffic: events in the last
 //!    hour, money in and out per currency, the decline rate, the top merchants, accounts by
-//!    status.
+//!    status; then prism-fraud's features of the busiest account now, and the feature vector
+//!    of a card-testing-like candidate payment scored on it.
 //! 8. Prints what to try next, stops the services cleanly (the relay drains to Kafka, the
 //!    projectors store their positions and commit) and exits 0. `--keep-running` leaves them up
 //!    until Ctrl-C instead, to try the curl commands, with a light traffic of the same model
@@ -47,6 +49,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use prism_dashboard::DashboardConfig;
 use prism_events::Currency;
+use prism_fraud::config::FraudConfig;
 use prism_ledger::LedgerConfig;
 use prism_platform::config::EventStoreBackend;
 use prism_platform::Config;
@@ -78,6 +81,10 @@ pub struct Args {
     /// `dashboard.listen`, 127.0.0.1:8083); port 0 picks a free port.
     #[arg(long, value_name = "HOST:PORT")]
     pub dashboard_listen: Option<String>,
+    /// Address prism-fraud (fraud features) listens on (default: `fraud.listen`,
+    /// 127.0.0.1:8084); port 0 picks a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub fraud_listen: Option<String>,
     /// Accounts the traffic opens.
     #[arg(long, default_value_t = 100)]
     pub accounts: usize,
@@ -115,41 +122,53 @@ const SEARCH_CATCH_UP: Duration = Duration::from_secs(60);
 const DASHBOARD_READY: Duration = Duration::from_secs(300);
 /// How long the demo waits for prism-dashboard to have counted the traffic.
 const DASHBOARD_CATCH_UP: Duration = Duration::from_secs(60);
+/// How long prism-fraud may take to become ready (it catches up with the topic first).
+const FRAUD_READY: Duration = Duration::from_secs(300);
+/// How long the demo waits for prism-fraud to hold the chosen account.
+const FRAUD_CATCH_UP: Duration = Duration::from_secs(60);
 /// Most commands per second of the traffic that keeps the page moving with `--keep-running`.
 const BACKGROUND_RATE: f64 = 20.0;
 
 /// The bearer token the README documents for local use (safe to print).
 const LOCAL_TOKEN: &str = "prism-local-dev-token";
 
-/// The token the demo sends to the ledger: its first `[ledger] tokens` entry (prism-command's
-/// token when the ledger takes none).
-fn ledger_token(ledger: &LedgerConfig, command_token: &str) -> anyhow::Result<String> {
-    match ledger.tokens.first() {
+/// The token the demo sends to a projector's API: the first of its section's `tokens`
+/// (prism-command's token when the section takes none).
+fn section_token(
+    section: &str,
+    tokens: &[prism_platform::secret::Secret],
+    auth_enabled: bool,
+    command_token: &str,
+) -> anyhow::Result<String> {
+    match tokens.first() {
         Some(token) => Ok(token.expose().to_owned()),
-        None if !ledger.auth_enabled => Ok(command_token.to_owned()),
-        None => bail!("[ledger] tokens is empty while auth_enabled: the demo has no token to send"),
-    }
-}
-
-/// The token the demo sends to prism-search: its first `[search] tokens` entry.
-fn search_token(search: &SearchConfig, command_token: &str) -> anyhow::Result<String> {
-    match search.tokens.first() {
-        Some(token) => Ok(token.expose().to_owned()),
-        None if !search.auth_enabled => Ok(command_token.to_owned()),
-        None => bail!("[search] tokens is empty while auth_enabled: the demo has no token to send"),
-    }
-}
-
-/// The token the demo sends to prism-dashboard (and puts in the page's address): its first
-/// `[dashboard] tokens` entry.
-fn dashboard_token(dashboard: &DashboardConfig, command_token: &str) -> anyhow::Result<String> {
-    match dashboard.tokens.first() {
-        Some(token) => Ok(token.expose().to_owned()),
-        None if !dashboard.auth_enabled => Ok(command_token.to_owned()),
+        None if !auth_enabled => Ok(command_token.to_owned()),
         None => {
-            bail!("[dashboard] tokens is empty while auth_enabled: the demo has no token to send")
+            bail!("[{section}] tokens is empty while auth_enabled: the demo has no token to send")
         }
     }
+}
+
+fn ledger_token(ledger: &LedgerConfig, command_token: &str) -> anyhow::Result<String> {
+    section_token("ledger", &ledger.tokens, ledger.auth_enabled, command_token)
+}
+
+fn search_token(search: &SearchConfig, command_token: &str) -> anyhow::Result<String> {
+    section_token("search", &search.tokens, search.auth_enabled, command_token)
+}
+
+/// Also the token put in the live page's address.
+fn dashboard_token(dashboard: &DashboardConfig, command_token: &str) -> anyhow::Result<String> {
+    section_token(
+        "dashboard",
+        &dashboard.tokens,
+        dashboard.auth_enabled,
+        command_token,
+    )
+}
+
+fn fraud_token(fraud: &FraudConfig, command_token: &str) -> anyhow::Result<String> {
+    section_token("fraud", &fraud.tokens, fraud.auth_enabled, command_token)
 }
 
 /// The live page at `url` with `token` in its address (`http://…/#token=…`): the page takes
@@ -201,6 +220,14 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| dashboard.listen.clone());
     let page_token = dashboard_token(&dashboard, &token)?;
+    let fraud = prism_fraud::app::FraudProjector::new(config.clone())?
+        .fraud_config()
+        .clone();
+    let fraud_listen = args
+        .fraud_listen
+        .clone()
+        .unwrap_or_else(|| fraud.listen.clone());
+    let fraud_token = fraud_token(&fraud, &token)?;
 
     // 1. The stack.
     let spinner = spinner("checking the stack (Kafka, event store, MySQL)");
@@ -248,11 +275,19 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let fraud_listener = match services::bind(Kind::Fraud, &fraud_listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("prismctl: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let listeners = Listeners {
         command: command_listener,
         ledger: ledger_listener,
         search: search_listener,
         dashboard: dashboard_listener,
+        fraud: fraud_listener,
     };
 
     let mut running = Running::default();
@@ -260,10 +295,12 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         ledger: &ledger,
         search: &search,
         dashboard: &dashboard,
+        fraud: &fraud,
     };
     let tokens = Tokens {
         command: &token,
         dashboard: &page_token,
+        fraud: &fraud_token,
     };
     let outcome = tokio::select! {
         outcome = demo(&config, sections, args, tokens, listeners, &mut running) => outcome,
@@ -287,13 +324,14 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         let _ = writeln!(
             out,
             "\nThe services keep running (prism-command at {}, prism-ledger at {}, \
-             prism-search at {}, prism-dashboard at {}).\nA light traffic of the same model \
+             prism-search at {}, prism-dashboard at {}, prism-fraud at {}).\nA light traffic of the same model \
              ({rate:.0} commands/s on the demo's accounts) keeps the live page moving: open {}\n\
              Press Ctrl-C to stop them.",
             running.url(Kind::Command),
             running.url(Kind::Ledger),
             running.url(Kind::Search),
             running.url(Kind::Dashboard),
+            running.url(Kind::Fraud),
             page_url(&running.url(Kind::Dashboard), &page_token)
         );
         let _ = out.flush();
@@ -350,6 +388,7 @@ struct Running {
     ledger: Option<Service>,
     search: Option<Service>,
     dashboard: Option<Service>,
+    fraud: Option<Service>,
     /// What keeps the live page moving with `--keep-running`, once the traffic ran.
     background: Option<Background>,
 }
@@ -360,6 +399,7 @@ struct Listeners {
     ledger: tokio::net::TcpListener,
     search: tokio::net::TcpListener,
     dashboard: tokio::net::TcpListener,
+    fraud: tokio::net::TcpListener,
 }
 
 /// The projectors' configuration sections, parsed once.
@@ -368,11 +408,18 @@ struct Sections<'a> {
     ledger: &'a LedgerConfig,
     search: &'a SearchConfig,
     dashboard: &'a DashboardConfig,
+    fraud: &'a FraudConfig,
 }
 
 impl Running {
-    fn services(&self) -> [&Option<Service>; 4] {
-        [&self.command, &self.ledger, &self.search, &self.dashboard]
+    fn services(&self) -> [&Option<Service>; 5] {
+        [
+            &self.command,
+            &self.ledger,
+            &self.search,
+            &self.dashboard,
+            &self.fraud,
+        ]
     }
 
     fn all_up(&self) -> bool {
@@ -387,6 +434,7 @@ impl Running {
             Kind::Ledger => &self.ledger,
             Kind::Search => &self.search,
             Kind::Dashboard => &self.dashboard,
+            Kind::Fraud => &self.fraud,
         };
         service
             .as_ref()
@@ -400,7 +448,7 @@ impl Running {
             return true;
         }
         let bar = spinner(
-            "stopping prism-command (relay drains), prism-ledger, prism-search and prism-dashboard",
+            "stopping prism-command (relay drains), prism-ledger, prism-search, prism-dashboard and prism-fraud",
         );
         let began = Instant::now();
         let mut errors = Vec::new();
@@ -409,6 +457,7 @@ impl Running {
             self.ledger.as_mut(),
             self.search.as_mut(),
             self.dashboard.as_mut(),
+            self.fraud.as_mut(),
         ]
         .into_iter()
         .flatten()
@@ -469,12 +518,14 @@ async fn demo(
         ledger: ledger_config,
         search: search_config,
         dashboard: dashboard_config,
+        fraud: fraud_config,
     } = sections;
     let Listeners {
         command: command_listener,
         ledger: ledger_listener,
         search: search_listener,
         dashboard: dashboard_listener,
+        fraud: fraud_listener,
     } = listeners;
     // prism-command first: it creates the topic the ledger subscribes to.
     let command_url = start_ready(
@@ -507,6 +558,16 @@ async fn demo(
     )
     .await?;
 
+    let fraud_url = start_ready(
+        &mut running.fraud,
+        Kind::Fraud,
+        config.clone(),
+        fraud_listener,
+        "starting prism-fraud (it catches up with the topic first)",
+        FRAUD_READY,
+    )
+    .await?;
+
     // The page's pipeline health reads the services this demo runs, wherever they listen.
     let mut with_health = config.clone();
     with_health.dashboard.set(
@@ -517,6 +578,7 @@ async fn demo(
                 ("command", &command_url),
                 ("ledger", &ledger_url),
                 ("search", &search_url),
+                ("fraud", &fraud_url),
             ],
         ),
     );
@@ -536,7 +598,13 @@ async fn demo(
         &mut out,
         config,
         sections,
-        [&command_url, &ledger_url, &search_url, &dashboard_url],
+        [
+            &command_url,
+            &ledger_url,
+            &search_url,
+            &dashboard_url,
+            &fraud_url,
+        ],
         &page,
     );
 
@@ -575,8 +643,10 @@ async fn demo(
     show_statement(&mut out, &api, &chosen).await?;
     let visible = read_your_writes(&mut out, &api, &chosen, &account).await?;
     let searched = show_searches(&mut out, &api, &account, SEARCH_CATCH_UP).await;
-    let board = DashboardApi::new(&dashboard_url, tokens.dashboard)?;
+    let board = ProjectorApi::new("prism-dashboard", &dashboard_url, tokens.dashboard)?;
     let counted = show_dashboard(&mut out, &board, traffic.accepted, DASHBOARD_CATCH_UP).await;
+    let features = ProjectorApi::new("prism-fraud", &fraud_url, tokens.fraud)?;
+    let scored = show_fraud(&mut out, &features, &chosen, &account, FRAUD_CATCH_UP).await;
     // Once the demo ends, the binaries would listen where the configuration says.
     let tried = if args.keep_running {
         [
@@ -584,6 +654,7 @@ async fn demo(
             ledger_url.clone(),
             search_url.clone(),
             dashboard_url.clone(),
+            fraud_url.clone(),
         ]
     } else {
         [
@@ -591,14 +662,21 @@ async fn demo(
             format!("http://{}", ledger_config.listen),
             format!("http://{}", search_config.listen),
             format!("http://{}", dashboard_config.listen),
+            format!("http://{}", fraud_config.listen),
         ]
     };
-    let [try_command, try_ledger, try_search, try_dashboard] = &tried;
+    let [try_command, try_ledger, try_search, try_dashboard, try_fraud] = &tried;
     print_next_steps(
         &mut out,
         args,
         tokens,
-        [try_command, try_ledger, try_search, try_dashboard],
+        [
+            try_command,
+            try_ledger,
+            try_search,
+            try_dashboard,
+            try_fraud,
+        ],
         &chosen,
     );
 
@@ -619,6 +697,9 @@ async fn demo(
     }
     if let Err(e) = counted {
         problems.push(format!("the live dashboard: {e:#}"));
+    }
+    if let Err(e) = scored {
+        problems.push(format!("the fraud features: {e:#}"));
     }
     Ok(if problems.is_empty() {
         Finish::Clean
@@ -1269,14 +1350,15 @@ fn print_header(
     out: &mut Report,
     config: &Config,
     sections: Sections<'_>,
-    urls: [&str; 4],
+    urls: [&str; 5],
     page: &str,
 ) {
-    let [command_url, ledger_url, search_url, dashboard_url] = urls;
+    let [command_url, ledger_url, search_url, dashboard_url, fraud_url] = urls;
     let Sections {
         ledger,
         search,
         dashboard,
+        fraud,
     } = sections;
     let (search_prefix, search_group) = (&search.index_prefix, &search.group_id);
     let store = match config.event_store.backend {
@@ -1348,10 +1430,26 @@ fn print_header(
                     config.redis.url.hosts()
                 ),
             ],
+            vec![
+                "prism-fraud".into(),
+                fraud_url.into(),
+                "fraud features for ML: each account's now, a candidate payment's score".into(),
+            ],
+            vec![
+                String::new(),
+                String::new(),
+                format!(
+                    "consumes it too (group {:?}): online state in Redis keys {:?}:*, offline \
+                     rows in Parquet under {}",
+                    fraud.group_id,
+                    fraud.namespace,
+                    fraud.offline_dir.display()
+                ),
+            ],
         ],
     );
     out.line(
-        "All four run in this process with the code of their binaries and stop when the demo ends.",
+        "All five run in this process with the code of their binaries and stop when the demo ends.",
     );
     out.blank();
     out.line(&format!(
@@ -1428,10 +1526,11 @@ fn print_traffic(out: &mut Report, args: &Args, t: &TrafficRun) {
 struct Tokens<'a> {
     command: &'a str,
     dashboard: &'a str,
+    fraud: &'a str,
 }
 
-fn print_next_steps(out: &mut Report, args: &Args, tokens: Tokens<'_>, urls: [&str; 4], id: &str) {
-    let [command_url, ledger_url, search_url, dashboard_url] = urls;
+fn print_next_steps(out: &mut Report, args: &Args, tokens: Tokens<'_>, urls: [&str; 5], id: &str) {
+    let [command_url, ledger_url, search_url, dashboard_url, fraud_url] = urls;
     out.section("Try it yourself");
     if args.keep_running {
         out.line("The services keep running below; in another terminal:");
@@ -1439,13 +1538,14 @@ fn print_next_steps(out: &mut Report, args: &Args, tokens: Tokens<'_>, urls: [&s
         out.line("Start the services (or run `prismctl demo --keep-running`), then:");
         out.line(
             "  cargo run --release -p prism-command &   cargo run --release -p prism-ledger &   \
-             cargo run --release -p prism-search &   cargo run --release -p prism-dashboard &",
+             cargo run --release -p prism-search &   cargo run --release -p prism-dashboard &   \
+             cargo run --release -p prism-fraud &",
         );
     }
     let shown_token = if tokens.command == LOCAL_TOKEN {
         tokens.command
     } else {
-        "<a token from [command], [ledger], [search] and [dashboard] tokens>"
+        "<a token from [command], [ledger], [search], [dashboard] and [fraud] tokens>"
     };
     let page_token = if tokens.dashboard == LOCAL_TOKEN {
         tokens.dashboard
@@ -1460,6 +1560,7 @@ fn print_next_steps(out: &mut Report, args: &Args, tokens: Tokens<'_>, urls: [&s
     let l = ledger_url.trim_start_matches("http://");
     let s = search_url.trim_start_matches("http://");
     let d = dashboard_url.trim_start_matches("http://");
+    let f = fraud_url.trim_start_matches("http://");
     for line in [
         format!("ID={id}"),
         format!("T='Authorization: Bearer {shown_token}'"),
@@ -1474,16 +1575,22 @@ fn print_next_steps(out: &mut Report, args: &Args, tokens: Tokens<'_>, urls: [&s
         format!("curl -s -H \"$T\" '{s}/v1/search/transactions?q=cafe&channel=online&facets=true&limit=5'"),
         format!("curl -s -H \"$T\" '{s}/v1/search/accounts?q=zoe'"),
         format!("curl -s -H \"$T\" {d}/v1/dashboard/summary   # what the live page shows"),
+        format!("curl -s -H \"$T\" {f}/v1/features/$ID   # the account's fraud features now"),
+        format!(
+            "curl -s -H \"$T\" -H 'content-type: application/json' {f}/v1/features/$ID/score \
+             -d '{{\"amount_minor\":95,\"merchant_name\":\"GAMECOINS*TOPUP\",\"merchant_category\":\"5816\",\"merchant_country\":\"US\",\"channel\":\"online\"}}'"
+        ),
         "prismctl status                   # where each projector stands on each Kafka partition".into(),
         "prismctl verify ledger            # re-fold the event store and compare".into(),
         "prismctl verify search            # every search document against the event store".into(),
+        "prismctl verify fraud             # online state and offline rows vs a plain re-implementation".into(),
         "prismctl bench visibility --rate 500 --duration 30s   # command → visible delay".into(),
     ] {
         out.line(&format!("  {line}"));
     }
     out.line(&format!(
         "The API descriptions: {command_url}/openapi.json, {ledger_url}/openapi.json, \
-         {search_url}/openapi.json"
+         {search_url}/openapi.json, {fraud_url}/openapi.json"
     ));
 }
 
@@ -1833,39 +1940,56 @@ async fn show_searches(
 // ---------- the live dashboard ----------
 
 /// HTTP client for prism-dashboard's API, with its token (`[dashboard] tokens`).
-struct DashboardApi {
+struct ProjectorApi {
+    /// The service's name, for errors.
+    name: &'static str,
     http: reqwest::Client,
     url: String,
     token: String,
 }
 
-impl DashboardApi {
-    fn new(url: &str, token: &str) -> anyhow::Result<Self> {
+impl ProjectorApi {
+    fn new(name: &'static str, url: &str, token: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;
         Ok(Self {
+            name,
             http,
             url: url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         })
     }
 
-    /// `GET path` on prism-dashboard, authenticated.
+    /// `GET path` on the service, authenticated.
     async fn get(&self, path: &str) -> anyhow::Result<QueryReply> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
+        let request = self.http.get(format!("{}{path}", self.url));
+        self.send(request, "GET", path).await
+    }
+
+    /// `POST path` with a JSON `body`, authenticated.
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<QueryReply> {
+        let request = self.http.post(format!("{}{path}", self.url)).json(body);
+        self.send(request, "POST", path).await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+    ) -> anyhow::Result<QueryReply> {
+        let response = request
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("GET {path} from prism-dashboard"))?;
+            .with_context(|| format!("{method} {path} to {}", self.name))?;
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .await
-            .with_context(|| format!("reading the answer to GET {path} from prism-dashboard"))?;
+            .with_context(|| format!("reading the answer to {method} {path} from {}", self.name))?;
         Ok(QueryReply {
             status,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -1877,7 +2001,7 @@ impl DashboardApi {
 /// The summary once prism-dashboard has counted the traffic: caught up with the topic, and
 /// at least `accepted` events (the commands the traffic stored) in the last hour.
 async fn counted_summary(
-    board: &DashboardApi,
+    board: &ProjectorApi,
     accepted: u64,
     limit: Duration,
 ) -> anyhow::Result<Value> {
@@ -1934,7 +2058,7 @@ fn money_rows(money_in: &Value, money_out: &Value, currencies: &Value) -> Vec<Ve
 /// The live dashboard, read through its API once it has counted the traffic.
 async fn show_dashboard(
     out: &mut Report,
-    board: &DashboardApi,
+    board: &ProjectorApi,
     accepted: u64,
     limit: Duration,
 ) -> anyhow::Result<()> {
@@ -2020,6 +2144,91 @@ async fn show_dashboard(
                 .collect::<Vec<_>>(),
         );
     }
+    Ok(())
+}
+
+// ---------- fraud features ----------
+
+/// A feature's value for a line of the report (`—` for null).
+fn feature(value: &Value) -> String {
+    match value {
+        Value::Null => "—".to_owned(),
+        Value::Number(n) if n.is_f64() => {
+            n.as_f64().map_or_else(String::new, |f| format!("{f:.3}"))
+        }
+        other => text(other),
+    }
+}
+
+/// The busiest account's fraud features now, and the vector a suspicious candidate payment
+/// would get, through prism-fraud's API once it holds the account's `version`.
+async fn show_fraud(
+    out: &mut Report,
+    api: &ProjectorApi,
+    id: &str,
+    account: &Value,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    out.section("Fraud features (prism-fraud)");
+    let version = account["version"].as_u64().unwrap_or(0);
+    let path = format!("/v1/features/{id}?min_version={version}");
+    let deadline = Instant::now() + limit;
+    let now = loop {
+        let reply = api.get(&path).await?;
+        if reply.status == 200 {
+            break reply.body;
+        }
+        if Instant::now() >= deadline {
+            bail!("GET {path}: {}", reply.describe());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    out.line(&format!(
+        "GET /v1/features/{id}   (feature set {}, as of version {})",
+        text(&now["feature_set_version"]),
+        number(&now["version"])
+    ));
+    let f = &now["features"];
+    for name in [
+        "card_payments_count_24h",
+        "card_payments_sum_24h",
+        "amount_mean",
+        "amount_std",
+        "distinct_merchants_24h",
+        "declines_count_24h",
+        "seconds_since_previous_event",
+        "local_hour",
+        "account_age_seconds",
+    ] {
+        out.line(&format!("  {name:<32} {}", feature(&f[name])));
+    }
+    // A card-testing probe: a tiny online payment abroad, at a merchant it never paid.
+    let candidate = json!({"amount_minor": 95, "merchant_name": "GAMECOINS*TOPUP DEMO",
+        "merchant_category": "5816", "merchant_country": "US", "channel": "online"});
+    let scored = api
+        .post(&format!("/v1/features/{id}/score"), &candidate)
+        .await?;
+    if scored.status != 200 {
+        bail!("POST /v1/features/{id}/score: {}", scored.describe());
+    }
+    out.line(&format!(
+        "POST /v1/features/{id}/score   {candidate}   (the vector a model would score)"
+    ));
+    let f = &scored.body["features"];
+    for name in [
+        "is_online",
+        "first_time_at_merchant",
+        "merchant_country_differs",
+        "small_online_payments_10m",
+        "amount_zscore",
+        "amount_to_balance",
+        "seconds_since_previous_payment",
+    ] {
+        out.line(&format!("  {name:<32} {}", feature(&f[name])));
+    }
+    out.line(
+        "The same code wrote an offline row for every past payment (prismctl export features).",
+    );
     Ok(())
 }
 
@@ -2121,6 +2330,7 @@ mod tests {
             ledger_listen: None,
             search_listen: None,
             dashboard_listen: None,
+            fraud_listen: None,
             accounts,
             rate,
             duration,

@@ -43,6 +43,7 @@ pub enum Kind {
     Ledger,
     Search,
     Dashboard,
+    Fraud,
 }
 
 impl Kind {
@@ -53,6 +54,7 @@ impl Kind {
             Self::Ledger => "prism-ledger",
             Self::Search => "prism-search",
             Self::Dashboard => "prism-dashboard",
+            Self::Fraud => "prism-fraud",
         }
     }
 
@@ -63,6 +65,7 @@ impl Kind {
             Self::Ledger => "--ledger-listen",
             Self::Search => "--search-listen",
             Self::Dashboard => "--dashboard-listen",
+            Self::Fraud => "--fraud-listen",
         }
     }
 }
@@ -148,6 +151,7 @@ impl Service {
             Kind::Ledger => tokio::spawn(prism_ledger::app::run(config, listener, shutdown)),
             Kind::Search => tokio::spawn(prism_search::app::run(config, listener, shutdown)),
             Kind::Dashboard => tokio::spawn(prism_dashboard::app::run(config, listener, shutdown)),
+            Kind::Fraud => tokio::spawn(prism_fraud::app::run(config, listener, shutdown)),
         };
         Ok(Self {
             kind,
@@ -374,6 +378,9 @@ pub struct Scratch {
     pub search_prefix: String,
     /// `[dashboard] namespace`; the dashboard's group is `<group_id>-dashboard`.
     pub dashboard_namespace: String,
+    /// `[fraud] namespace` (the fraud group is `<group_id>-fraud`) and `offline_dir`.
+    pub fraud_namespace: String,
+    pub fraud_offline_dir: std::path::PathBuf,
 }
 
 impl Scratch {
@@ -390,6 +397,8 @@ impl Scratch {
             group_id: name.replace('_', "-"),
             search_prefix: name.replace('_', "-"),
             dashboard_namespace: format!("prism:{name}"),
+            fraud_namespace: format!("prism:{name}:fraud"),
+            fraud_offline_dir: std::env::temp_dir().join(format!("{name}-fraud")),
         }
     }
 
@@ -411,6 +420,16 @@ impl Scratch {
             .dashboard
             .set("namespace", self.dashboard_namespace.as_str());
         config.dashboard.set("group_id", self.dashboard_group());
+        config.fraud.set("namespace", self.fraud_namespace.as_str());
+        config.fraud.set("group_id", self.fraud_group());
+        config
+            .fraud
+            .set("offline_dir", self.fraud_offline_dir.display().to_string());
+    }
+
+    /// The consumer group of prism-fraud on these names.
+    pub fn fraud_group(&self) -> String {
+        format!("{}-fraud", self.group_id)
     }
 
     /// The consumer group of prism-dashboard on these names.
@@ -478,15 +497,39 @@ impl Scratch {
                 self.dashboard_namespace
             ));
         }
+        let fraud = async {
+            let projector = prism_fraud::app::FraudProjector::new(named.clone())?;
+            let copies =
+                prism_fraud::copies::connect(&config.redis, projector.fraud_config()).await?;
+            if copies.exists().await? {
+                copies.drop_everything().await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = fraud.await {
+            failures.push(format!(
+                "the fraud keys {}:* and files: {e:#}",
+                self.fraud_namespace
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&self.fraud_offline_dir);
         let dlq = format!("{}.{}.ledger", self.topic, config.projector.dlq_suffix);
         let search_dlq = format!("{}.{}.search", self.topic, config.projector.dlq_suffix);
         let dashboard_dlq = format!("{}.{}.dashboard", self.topic, config.projector.dlq_suffix);
+        let fraud_dlq = format!("{}.{}.fraud", self.topic, config.projector.dlq_suffix);
         let groups = [
             self.group_id.as_str(),
             &self.search_group(),
             &self.dashboard_group(),
+            &self.fraud_group(),
         ];
-        let topics = [self.topic.as_str(), &dlq, &search_dlq, &dashboard_dlq];
+        let topics = [
+            self.topic.as_str(),
+            &dlq,
+            &search_dlq,
+            &dashboard_dlq,
+            &fraud_dlq,
+        ];
         if let Err(e) = delete_kafka(config, &topics, &groups).await {
             failures.push(format!("the Kafka topic {}: {e:#}", self.topic));
         }

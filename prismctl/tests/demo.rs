@@ -49,6 +49,12 @@ fn scratch_env(scratch: &Scratch) -> Vec<(&'static str, String)> {
             scratch.dashboard_namespace.clone(),
         ),
         ("PRISM_DASHBOARD__GROUP_ID", scratch.dashboard_group()),
+        ("PRISM_FRAUD__NAMESPACE", scratch.fraud_namespace.clone()),
+        ("PRISM_FRAUD__GROUP_ID", scratch.fraud_group()),
+        (
+            "PRISM_FRAUD__OFFLINE_DIR",
+            scratch.fraud_offline_dir.display().to_string(),
+        ),
     ]
 }
 
@@ -104,6 +110,8 @@ async fn the_demo_runs_end_to_end_and_stops_cleanly() {
             "--search-listen",
             "127.0.0.1:0",
             "--dashboard-listen",
+            "127.0.0.1:0",
+            "--fraud-listen",
             "127.0.0.1:0",
             "--duration",
             "3s",
@@ -212,9 +220,17 @@ async fn the_demo_runs_end_to_end_and_stops_cleanly() {
     assert!(stdout.contains("declines, last 15 min"), "{stdout}");
     assert!(stdout.contains("top merchants, last hour"), "{stdout}");
     assert!(stdout.contains(" open · "), "{stdout}");
+    // The busiest account's fraud features, and a scored candidate.
+    assert!(stdout.contains("Fraud features (prism-fraud)"), "{stdout}");
+    assert!(stdout.contains("(feature set fraud-v1"), "{stdout}");
+    let first_time = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("first_time_at_merchant"))
+        .unwrap_or_else(|| panic!("no scored candidate:\n{stdout}"));
+    assert!(first_time.trim_end().ends_with("true"), "{first_time}");
     assert!(
         stdout.contains(
-            "Stopped prism-command, prism-ledger, prism-search and prism-dashboard cleanly"
+            "Stopped prism-command, prism-ledger, prism-search, prism-dashboard and prism-fraud cleanly"
         ),
         "{stdout}"
     );
@@ -260,6 +276,7 @@ async fn a_port_in_use_is_named_and_exits_2() {
             "--ledger-listen",
             "--search-listen",
             "--dashboard-listen",
+            "--fraud-listen",
         ] {
             args.extend([
                 other,
