@@ -2154,7 +2154,14 @@ fn feature(value: &Value) -> String {
     match value {
         Value::Null => "—".to_owned(),
         Value::Number(n) if n.is_f64() => {
-            n.as_f64().map_or_else(String::new, |f| format!("{f:.3}"))
+            n.as_f64().map_or_else(String::new, |f| {
+                // A small ratio keeps its digits.
+                if f != 0.0 && f.abs() < 0.01 {
+                    format!("{f:.2e}")
+                } else {
+                    format!("{f:.3}")
+                }
+            })
         }
         other => text(other),
     }
