@@ -30,7 +30,7 @@ use prism_projector::consistency::{self, VersionLookup};
 use prism_projector::Sink as _;
 use prometheus::Registry;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value as Json_};
+use serde_json::{Map, Value as JsonValue};
 use tokio::sync::watch;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
@@ -148,7 +148,7 @@ pub struct AccountFeaturesResponse {
     /// Every feature of the account (names and meanings as in FEATURES.md), without those
     /// of a payment of its own.
     #[schema(value_type = Object)]
-    pub features: Map<String, Json_>,
+    pub features: Map<String, JsonValue>,
 }
 
 /// `POST /v1/features/{id}/score`: a card payment that has not been made.
@@ -217,13 +217,15 @@ async fn load(state: &ApiState, id: Uuid) -> Result<(u64, AccountFeatures), Prob
 }
 
 /// A feature's value as JSON.
-fn json_value(value: Value) -> Json_ {
+fn json_value(value: Value) -> JsonValue {
     match value {
-        Value::Int64(v) => Json_::from(v),
-        Value::UInt32(v) => Json_::from(v),
-        Value::Float64(v) => serde_json::Number::from_f64(v).map_or(Json_::Null, Json_::Number),
-        Value::Bool(v) => Json_::Bool(v),
-        Value::Null => Json_::Null,
+        Value::Int64(v) => JsonValue::from(v),
+        Value::UInt32(v) => JsonValue::from(v),
+        Value::Float64(v) => {
+            serde_json::Number::from_f64(v).map_or(JsonValue::Null, JsonValue::Number)
+        }
+        Value::Bool(v) => JsonValue::Bool(v),
+        Value::Null => JsonValue::Null,
     }
 }
 
