@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
-use prism_platform::config::{Config, Sources};
-use prism_tests::{repo_root, unique, up};
+use prism_platform::config::Config;
+use prism_tests::{unique, up};
 use prismctl::models::Model;
 use prismctl::verify_model::ModelReport;
 use serde_json::{json, Value};
@@ -28,50 +28,21 @@ pub(crate) struct Env {
 
 impl Env {
     fn new(partitions: i32) -> Env {
-        let topic = unique("prism-test-dash");
-        let schema = unique("prism_test_dash");
         let namespace = format!("prism-test:{}", unique("dash"));
         let group = unique("prism-test-dash");
-        let profile = std::env::temp_dir().join(format!("{}.toml", unique("prism-dash-e2e")));
-        let text = format!(
-            r#"[log]
-level = "warn"
-
-[kafka]
-topic = "{topic}"
-topic_partitions = {partitions}
-
-[event_store]
-backend = "postgres"
-postgres_schema = "{schema}"
-
-[relay]
-sweep_interval_ms = 200
-
-[projector]
-batch_max_wait_ms = 5
-lag_interval_ms = 200
-session_timeout_ms = 6000
-retry_backoff_ms = 50
-retry_backoff_max_ms = 1000
-
-[dashboard]
+        let (profile, config) = crate::projector::write_profile(
+            "dash",
+            partitions,
+            &format!(
+                r#"[dashboard]
 namespace = "{namespace}"
 group_id = "{group}"
 copy_poll_ms = 200
 health_poll_ms = 500
 health_targets = []
 "#
+            ),
         );
-        up("the temp dir", std::fs::write(&profile, text));
-        let sources = Sources {
-            base: Some(repo_root().join("config/prism.toml")),
-            profile: Some(profile.display().to_string()),
-        };
-        let config = match sources.load() {
-            Ok(config) => config,
-            Err(e) => panic!("loading the test's profile {}: {e}", profile.display()),
-        };
         Env { config, profile }
     }
 

@@ -286,3 +286,51 @@ impl Drop for RedisBack {
         }
     }
 }
+
+/// Writes a test profile of its own (`<name>` names the files): a topic of `partitions`
+/// partitions and a PostgreSQL event store schema of its own, a fast relay and runtime, and
+/// the projector's `section` (TOML) after them. Returns the profile's path and the
+/// configuration loaded from `config/prism.toml` with it, as the child will load it.
+pub fn write_profile(
+    name: &str,
+    partitions: i32,
+    section: &str,
+) -> (PathBuf, prism_platform::config::Config) {
+    let topic = unique(&format!("prism-test-{name}"));
+    let schema = unique(&format!("prism_test_{name}"));
+    let profile =
+        std::env::temp_dir().join(format!("{}.toml", unique(&format!("prism-{name}-e2e"))));
+    let text = format!(
+        r#"[log]
+level = "warn"
+
+[kafka]
+topic = "{topic}"
+topic_partitions = {partitions}
+
+[event_store]
+backend = "postgres"
+postgres_schema = "{schema}"
+
+[relay]
+sweep_interval_ms = 200
+
+[projector]
+batch_max_wait_ms = 5
+lag_interval_ms = 200
+session_timeout_ms = 6000
+retry_backoff_ms = 50
+retry_backoff_max_ms = 1000
+
+{section}"#
+    );
+    up("the temp dir", std::fs::write(&profile, text));
+    let sources = prism_platform::config::Sources {
+        base: Some(repo_root().join("config/prism.toml")),
+        profile: Some(profile.display().to_string()),
+    };
+    match sources.load() {
+        Ok(config) => (profile, config),
+        Err(e) => panic!("loading the test's profile {}: {e}", profile.display()),
+    }
+}

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
-use prism_platform::config::{Config, Sources};
-use prism_tests::{repo_root, unique, up};
+use prism_platform::config::Config;
+use prism_tests::{unique, up};
 use prismctl::models::Model;
 use prismctl::verify_model::ModelReport;
 
+use crate::e2e::CommandService;
 use crate::projector::ProjectorProcess;
 
 /// One test at a time: one of them restarts Redis.
@@ -27,35 +28,14 @@ pub(crate) struct Env {
 
 impl Env {
     fn new(partitions: i32) -> Env {
-        let topic = unique("prism-test-fraud");
-        let schema = unique("prism_test_fraud");
         let namespace = format!("prism-test:{}", unique("fraud"));
         let group = unique("prism-test-fraud");
         let offline_dir = std::env::temp_dir().join(unique("prism-fraud-offline"));
-        let profile = std::env::temp_dir().join(format!("{}.toml", unique("prism-fraud-e2e")));
-        let text = format!(
-            r#"[log]
-level = "warn"
-
-[kafka]
-topic = "{topic}"
-topic_partitions = {partitions}
-
-[event_store]
-backend = "postgres"
-postgres_schema = "{schema}"
-
-[relay]
-sweep_interval_ms = 200
-
-[projector]
-batch_max_wait_ms = 5
-lag_interval_ms = 200
-session_timeout_ms = 6000
-retry_backoff_ms = 50
-retry_backoff_max_ms = 1000
-
-[fraud]
+        let (profile, config) = crate::projector::write_profile(
+            "fraud",
+            partitions,
+            &format!(
+                r#"[fraud]
 namespace = "{namespace}"
 group_id = "{group}"
 offline_dir = "{offline}"
@@ -65,22 +45,22 @@ copy_poll_ms = 200
 batch_max_events = 500
 batch_max_wait_ms = 5
 "#,
-            offline = offline_dir.display()
+                offline = offline_dir.display()
+            ),
         );
-        up("the temp dir", std::fs::write(&profile, text));
-        let sources = Sources {
-            base: Some(repo_root().join("config/prism.toml")),
-            profile: Some(profile.display().to_string()),
-        };
-        let config = match sources.load() {
-            Ok(config) => config,
-            Err(e) => panic!("loading the test's profile {}: {e}", profile.display()),
-        };
         Env {
             config,
             profile,
             offline_dir,
         }
+    }
+
+    /// The real `prism-command` in this process and `prism-fraud`, both ready.
+    pub(crate) async fn started(&self) -> (CommandService, ProjectorProcess) {
+        let command = CommandService::start(&self.config).await;
+        let mut fraud = start(self);
+        fraud.wait_ready(Duration::from_secs(60)).await;
+        (command, fraud)
     }
 
     pub(crate) fn fraud(&self) -> prism_fraud::config::FraudConfig {

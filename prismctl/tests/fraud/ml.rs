@@ -13,8 +13,8 @@ use prism_fraud::export::{export, ExportRequest};
 use prism_projector::copies::Copies as _;
 use prism_tests::{repo_root, up};
 
-use crate::e2e::{CommandService, TOKEN};
-use crate::harness::{assert_identical, isolated, start, verify};
+use crate::e2e::TOKEN;
+use crate::harness::{assert_identical, isolated, verify};
 
 /// Well below what the features give (about 0.99), well above chance (0.5).
 const MIN_AUC: &str = "0.85";
@@ -23,9 +23,7 @@ const MIN_AUC: &str = "0.85";
 async fn the_example_pipeline_learns_card_testing_from_the_exported_features() {
     let _one = crate::harness::ONE_AT_A_TIME.lock().await;
     isolated(3, |env| async move {
-        let command = CommandService::start(&env.config).await;
-        let mut fraud = start(&env);
-        fraud.wait_ready(Duration::from_secs(60)).await;
+        let (command, _fraud) = env.started().await;
 
         let loadgen = Command::new(env!("CARGO_BIN_EXE_prismctl"))
             .current_dir(repo_root())

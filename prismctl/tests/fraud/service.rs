@@ -8,8 +8,8 @@ use prism_fraud::offline::{OfflineStore, Table};
 use prism_tests::up;
 use serde_json::{json, Value};
 
-use crate::e2e::{self, CommandService, TOKEN};
-use crate::harness::{assert_identical, isolated, start, verify};
+use crate::e2e::{self, TOKEN};
+use crate::harness::{assert_identical, isolated, verify};
 use crate::projector::{load_with_kills, stack, Load, RedisBack};
 
 async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
@@ -33,9 +33,7 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
 async fn the_fraud_model_survives_kills_mid_load_and_verifies_clean() {
     let _one = crate::harness::ONE_AT_A_TIME.lock().await;
     isolated(3, |env| async move {
-        let command = CommandService::start(&env.config).await;
-        let mut fraud = start(&env);
-        fraud.wait_ready(Duration::from_secs(60)).await;
+        let (command, mut fraud) = env.started().await;
         let total = load_with_kills(&command.url, (23, 40, 1_500), &mut fraud, &[400, 900]).await;
         fraud.wait_ready(Duration::from_secs(60)).await;
         let report = verify(&env.config, Duration::from_secs(90)).await;
@@ -57,9 +55,7 @@ async fn the_fraud_model_survives_kills_mid_load_and_verifies_clean() {
 async fn the_api_scores_a_candidate_and_refuses_bad_input() {
     let _one = crate::harness::ONE_AT_A_TIME.lock().await;
     isolated(1, |env| async move {
-        let command = CommandService::start(&env.config).await;
-        let mut fraud = start(&env);
-        fraud.wait_ready(Duration::from_secs(60)).await;
+        let (command, fraud) = env.started().await;
         let http = reqwest::Client::new();
         let (status, opened) = post(
             &http,
@@ -224,9 +220,7 @@ async fn the_api_scores_a_candidate_and_refuses_bad_input() {
 async fn the_offline_store_holds_complete_files_only() {
     let _one = crate::harness::ONE_AT_A_TIME.lock().await;
     isolated(2, |env| async move {
-        let command = CommandService::start(&env.config).await;
-        let mut fraud = start(&env);
-        fraud.wait_ready(Duration::from_secs(60)).await;
+        let (command, _fraud) = env.started().await;
         let stored = Arc::new(AtomicU64::new(0));
         up(
             "the load",
@@ -280,9 +274,7 @@ async fn the_offline_store_holds_complete_files_only() {
 async fn the_fraud_model_converges_after_redis_restarts_mid_stream() {
     let _one = crate::harness::ONE_AT_A_TIME.lock().await;
     isolated(2, |env| async move {
-        let command = CommandService::start(&env.config).await;
-        let mut fraud = start(&env);
-        fraud.wait_ready(Duration::from_secs(60)).await;
+        let (command, fraud) = env.started().await;
         let load = Load::start(&command.url, (31, 30, 1_200));
         load.until(300).await;
         let mut back = RedisBack(true);
@@ -316,9 +308,7 @@ async fn the_fraud_model_converges_after_redis_restarts_mid_stream() {
 async fn rebuild_fraud_builds_a_new_copy_that_verifies_clean() {
     let _one = crate::harness::ONE_AT_A_TIME.lock().await;
     isolated(2, |env| async move {
-        let command = CommandService::start(&env.config).await;
-        let mut fraud = start(&env);
-        fraud.wait_ready(Duration::from_secs(60)).await;
+        let (command, _fraud) = env.started().await;
         let load = Load::start(&command.url, (37, 30, 1_200));
         load.until(400).await;
         let options = prismctl::rebuild::Options {

@@ -27,7 +27,6 @@
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use chrono::NaiveDate;
@@ -239,11 +238,10 @@ pub fn read_file(path: &Path) -> Result<Vec<RecordBatch>, OfflineError> {
         .map_err(|e| corrupt(e.to_string()))
 }
 
-/// The schema every file of a table shares, for readers that get no file (an empty store).
-pub type SchemaRef = Arc<arrow_schema::Schema>;
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use arrow_array::{Int64Array, StringArray};
     use arrow_schema::{DataType, Field, Schema};
 

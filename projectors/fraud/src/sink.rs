@@ -59,14 +59,6 @@ impl FraudModel {
     pub fn new(keys: Keys, offline: OfflineStore) -> Self {
         Self { keys, offline }
     }
-
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    pub fn offline(&self) -> &OfflineStore {
-        &self.offline
-    }
 }
 
 /// An account's feature state as stored in Redis.

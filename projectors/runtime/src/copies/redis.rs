@@ -301,9 +301,11 @@ impl RedisCopies {
 
     /// Deletes every key of the namespace: every copy, the control keys, the instances
     /// (tools and tests that made a namespace of their own).
-    pub async fn drop_everything(&self) -> anyhow::Result<()> {
-        for copy in self.list().await? {
-            self.delete_prefix(copy.number).await?;
+    /// Returns the numbers of the copies it dropped.
+    pub async fn drop_everything(&self) -> anyhow::Result<Vec<u32>> {
+        let numbers: Vec<u32> = self.list().await?.iter().map(|c| c.number).collect();
+        for number in &numbers {
+            self.delete_prefix(*number).await?;
         }
         let mut conn = self.conn.clone();
         redis::cmd("UNLINK")
@@ -312,7 +314,8 @@ impl RedisCopies {
             .arg(self.instances_key())
             .query_async::<()>(&mut conn)
             .await
-            .with_context(|| format!("deleting the {}'s control keys", self.what))
+            .with_context(|| format!("deleting the {}'s control keys", self.what))?;
+        Ok(numbers)
     }
 
     pub async fn newest_building(&self) -> anyhow::Result<Option<u32>> {
@@ -351,12 +354,13 @@ impl RedisCopies {
         Ok(out)
     }
 
-    pub async fn drop_retired(&self) -> anyhow::Result<Vec<String>> {
+    /// Returns the copies it dropped.
+    pub async fn drop_retired(&self) -> anyhow::Result<Vec<CopyInfo>> {
         let mut dropped = Vec::new();
         for copy in self.list().await? {
             if copy.state == CopyState::Retired {
                 self.drop_copy(copy.number).await?;
-                dropped.push(copy.name);
+                dropped.push(copy);
             }
         }
         Ok(dropped)
@@ -528,9 +532,7 @@ impl<O: OpenCopy> ModelCopies<O> {
     /// Deletes every key of the namespace (tools and tests that made one of their own),
     /// and what the model keeps outside Redis for each copy.
     pub async fn drop_everything(&self) -> anyhow::Result<()> {
-        let numbers: Vec<u32> = self.copies.list().await?.iter().map(|c| c.number).collect();
-        self.copies.drop_everything().await?;
-        for number in numbers {
+        for number in self.copies.drop_everything().await? {
             self.opener.clear(number)?;
         }
         Ok(())
@@ -590,19 +592,12 @@ impl<O: OpenCopy> super::Copies for ModelCopies<O> {
     }
 
     async fn drop_retired(&self) -> anyhow::Result<Vec<String>> {
-        let retired: Vec<u32> = self
-            .copies
-            .list()
-            .await?
-            .iter()
-            .filter(|c| c.state == CopyState::Retired)
-            .map(|c| c.number)
-            .collect();
-        let dropped = self.copies.drop_retired().await?;
-        for number in retired {
-            self.opener.clear(number)?;
+        let mut names = Vec::new();
+        for copy in self.copies.drop_retired().await? {
+            self.opener.clear(copy.number)?;
+            names.push(copy.name);
         }
-        Ok(dropped)
+        Ok(names)
     }
 
     async fn report_instance(&self, report: &InstanceReport) -> anyhow::Result<()> {
