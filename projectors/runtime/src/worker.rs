@@ -312,8 +312,15 @@ impl Worker {
 
         self.write(&records, decoded, planned, dead, last_offset)
             .await?;
-        self.metrics
-            .batch(started.elapsed().as_secs_f64(), records.len());
+        let elapsed = started.elapsed();
+        tracing::debug!(
+            partition = self.partition,
+            records = records.len(),
+            last_offset,
+            ms = elapsed.as_secs_f64() * 1e3,
+            "batch stored"
+        );
+        self.metrics.batch(elapsed.as_secs_f64(), records.len());
         Ok(())
     }
 

@@ -342,3 +342,59 @@ async fn a_paused_partition_resumes_without_waiting_out_an_idle_partitions_fetch
         std::panic::resume_unwind(panic);
     }
 }
+
+/// How long the full-queue test's catch-up may take (group join included): measured
+/// 43.5 s with librdkafka's default `fetch.queue.backoff.ms` (1000 ms) against 1.3 s with
+/// the runtime's.
+const FULL_QUEUE_CATCH_UP: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_fetch_queue_does_not_stall_a_catching_up_partition_for_a_second() {
+    let mut env = KafkaEnv::new(2).await;
+    // Small fetches into a local queue that is full at one record: librdkafka decides
+    // most next fetches with the last one's records not all polled yet, and puts them off
+    // by `fetch.queue.backoff.ms`. A real backlog meets the same with the runtime's 16 MB
+    // queue whenever the polling thread falls behind the broker (measured in the fraud
+    // bench: partitions idle for a second at a time).
+    for (key, value) in [
+        ("queued.min.messages", "1"),
+        ("max.partition.fetch.bytes", "65536"),
+    ] {
+        env.kafka.client.insert(key.into(), value.into());
+    }
+    let env = Arc::new(env);
+    let outcome = std::panic::AssertUnwindSafe(async {
+        let mut accounts: Vec<Account> = (0..20).map(|_| Account::new(0)).collect();
+        let mut events: Vec<(Envelope, i32)> = accounts
+            .iter_mut()
+            .map(|a| a.next_now(opened("Ada", "DE", "EUR")))
+            .collect();
+        for round in 0..300 {
+            for account in &mut accounts {
+                events.push(account.next_now(deposited(100 + round)));
+            }
+        }
+        let offsets = env.send_all(&events).await;
+        let last = offsets.last().copied().unwrap_or(-1);
+
+        let sink = MemorySink::new();
+        let begun = std::time::Instant::now();
+        let started = env.start(Arc::new(sink.clone())).await;
+        wait_offset(&sink, 0, last, CATCH_UP).await;
+        let took = begun.elapsed();
+        eprintln!("catch-up through 64 KB fetches into a one-record queue: {took:?}");
+        started.stop().await;
+        assert_eq!(sink.snapshot(), reference(envelopes(&events)));
+        assert!(
+            took < FULL_QUEUE_CATCH_UP,
+            "{} records took {took:?}: each fetch after a full queue was put off a second",
+            events.len()
+        );
+    })
+    .catch_unwind()
+    .await;
+    env.clean_up().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
