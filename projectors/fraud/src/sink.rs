@@ -12,7 +12,7 @@
 //!   same file if the batch has the same boundaries; identical rows in another file if
 //!   not): nothing is lost, and readers drop duplicates by event id.
 //!
-//! Both come from one fold ([`features::apply`]): the row an event gets offline is the
+//! Both come from one fold ([`features::apply_in_place`]): the row an event gets offline is the
 //! vector the online API would have given it just before (`features::vector`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -165,11 +165,15 @@ impl RedisModel for FraudModel {
         let mut labels: BTreeMap<NaiveDate, FileRows<LabelRow>> = BTreeMap::new();
         for (index, event) in events.iter().enumerate() {
             let id = event.account_id.0;
-            let current = accounts.get(&id).and_then(Option::as_ref);
-            if current.is_some_and(|a| a.version() >= event.account_version) {
+            // Every account of the batch has its slot (`None`: not known yet).
+            let slot = accounts.entry(id).or_default();
+            if slot
+                .as_ref()
+                .is_some_and(|a| a.version() >= event.account_version)
+            {
                 continue;
             }
-            let (next, row) = features::apply(current, event).map_err(|r| SinkError::Rejected {
+            let row = features::apply_in_place(slot, event).map_err(|r| SinkError::Rejected {
                 index,
                 reason: r.to_string(),
             })?;
@@ -198,7 +202,6 @@ impl RedisModel for FraudModel {
                     event.id,
                 );
             }
-            accounts.insert(id, Some(next));
         }
         let mut writes = FraudWrites::default();
         let failed = |e: arrow_schema::ArrowError| {

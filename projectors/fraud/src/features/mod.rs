@@ -134,10 +134,50 @@ pub enum Rejection {
 /// Folds `event` onto `state` (`None`: the account is not known yet): the account's next
 /// state, and for a card payment (approved or declined) or a withdrawal the [`Row`] of
 /// features it got, computed on `state` as [`vector()`] computes them.
+///
+/// [`apply_in_place`] does the same without copying the state.
 pub fn apply(
     state: Option<&AccountFeatures>,
     event: &Envelope,
 ) -> Result<(AccountFeatures, Option<Row>), Rejection> {
+    match step(state, event)? {
+        Step::Open(opened) => Ok((opened, None)),
+        Step::Update(before) => {
+            let mut next = before.clone();
+            let row = update(&mut next, event);
+            Ok((next, row))
+        }
+    }
+}
+
+/// [`apply`] on the state where it lies: `slot` becomes the next state, and the row is
+/// returned. On a [`Rejection`] `slot` is left as it was.
+pub fn apply_in_place(
+    slot: &mut Option<AccountFeatures>,
+    event: &Envelope,
+) -> Result<Option<Row>, Rejection> {
+    let opened = match step(slot.as_ref(), event)? {
+        Step::Open(opened) => Some(opened),
+        Step::Update(_) => None,
+    };
+    match opened {
+        Some(opened) => {
+            *slot = Some(opened);
+            Ok(None)
+        }
+        None => Ok(slot.as_mut().and_then(|state| update(state, event))),
+    }
+}
+
+/// What an acceptable event does: open the account, or update the state it has.
+enum Step<'a> {
+    Open(AccountFeatures),
+    Update(&'a AccountFeatures),
+}
+
+/// Checks `event` against `state` (the version must be the next one; the account must be
+/// opened once, first).
+fn step<'a>(state: Option<&'a AccountFeatures>, event: &Envelope) -> Result<Step<'a>, Rejection> {
     let account_id = event.account_id;
     let version = event.account_version;
     let stored = state.map_or(0, AccountFeatures::version);
@@ -148,73 +188,74 @@ pub fn apply(
             stored,
         });
     }
-    let time = event.time.timestamp_micros();
-    let before = match (state, &event.event) {
-        (None, AccountEvent::AccountOpened(opened)) => {
-            return Ok((AccountFeatures::opened(opened, time, version), None));
-        }
-        (None, other) => {
-            return Err(Rejection::UnknownAccount {
-                account_id,
-                event_type: other.event_type(),
-            })
-        }
-        (Some(s), AccountEvent::AccountOpened(_)) => {
-            return Err(Rejection::AlreadyOpened {
-                account_id,
-                version: s.version,
-            })
-        }
-        (Some(s), _) => s,
-    };
-    let mut next = before.clone();
-    next.version = version;
+    match (state, &event.event) {
+        (None, AccountEvent::AccountOpened(opened)) => Ok(Step::Open(AccountFeatures::opened(
+            opened,
+            event.time.timestamp_micros(),
+            version,
+        ))),
+        (None, other) => Err(Rejection::UnknownAccount {
+            account_id,
+            event_type: other.event_type(),
+        }),
+        (Some(s), AccountEvent::AccountOpened(_)) => Err(Rejection::AlreadyOpened {
+            account_id,
+            version: s.version,
+        }),
+        (Some(s), _) => Ok(Step::Update(s)),
+    }
+}
 
+/// Folds an accepted event (the next version, not an opening) onto `state`; its row, if
+/// it gets one, is scored on `state` as it was before.
+fn update(state: &mut AccountFeatures, event: &Envelope) -> Option<Row> {
+    let time = event.time.timestamp_micros();
     // Every event type is named: a new one must be decided on here, not fall through.
     let scored = match &event.event {
         // A label, not account activity: nothing but the version moves (module docs).
-        AccountEvent::PaymentReportedFraudulent(_) => return Ok((next, None)),
-        AccountEvent::CardPaymentApproved(e) => Some(card_payment(
-            before, &mut next, &e.payment, false, event.time,
-        )),
-        AccountEvent::CardPaymentDeclined(e) => Some(card_payment(
-            before, &mut next, &e.payment, true, event.time,
-        )),
-        AccountEvent::MoneyWithdrawn(e) => Some(withdrawal(before, &mut next, e, time)),
+        AccountEvent::PaymentReportedFraudulent(_) => {
+            state.version = event.account_version;
+            return None;
+        }
+        AccountEvent::CardPaymentApproved(e) => {
+            Some(card_payment(state, &e.payment, false, event.time))
+        }
+        AccountEvent::CardPaymentDeclined(e) => {
+            Some(card_payment(state, &e.payment, true, event.time))
+        }
+        AccountEvent::MoneyWithdrawn(e) => Some(withdrawal(state, e, time)),
         AccountEvent::AccountOpened(_)
         | AccountEvent::MoneyDeposited(_)
         | AccountEvent::AccountFrozen(_)
         | AccountEvent::AccountUnfrozen(_)
         | AccountEvent::AccountClosed(_) => None,
     };
-    let row = scored.map(|(kind, t, features)| Row {
+    state.version = event.account_version;
+    state.balance = state
+        .balance
+        .saturating_add(i128::from(event.event.balance_change()));
+    state.advance(time);
+    scored.map(|(kind, t, features)| Row {
         event_id: event.id,
-        account_id,
-        account_version: version,
+        account_id: event.account_id,
+        account_version: event.account_version,
         kind,
         event_time: event.time,
         feature_time_micros: t,
         features,
-    });
-
-    next.balance = next
-        .balance
-        .saturating_add(i128::from(event.event.balance_change()));
-    next.advance(time);
-    Ok((next, row))
+    })
 }
 
-/// Scores a card payment on `before` and records it in `next`.
+/// Scores a card payment on `state`, then records it there.
 fn card_payment(
-    before: &AccountFeatures,
-    next: &mut AccountFeatures,
+    state: &mut AccountFeatures,
     payment: &CardPayment,
     declined: bool,
     time: DateTime<Utc>,
 ) -> (RowKind, Micros, FeatureVector) {
     let candidate = Candidate::from_payment(payment, time);
-    let (t, features) = compute(Some(before), &Subject::card(&candidate));
-    next.payments.push_back(Payment {
+    let (t, features) = compute(Some(state), &Subject::card(&candidate));
+    state.payments.push_back(Payment {
         at: t,
         amount: payment.amount_minor,
         merchant: payment.merchant_name.clone(),
@@ -222,11 +263,11 @@ fn card_payment(
         online: payment.channel == CardChannel::Online,
         declined,
     });
-    if !next.merchants.contains(&payment.merchant_name) {
-        next.merchants.insert(payment.merchant_name.clone());
+    if !state.merchants.contains(&payment.merchant_name) {
+        state.merchants.insert(payment.merchant_name.clone());
     }
-    next.amounts.add(payment.amount_minor);
-    next.last_payment_at = Some(t);
+    state.amounts.add(payment.amount_minor);
+    state.last_payment_at = Some(t);
     let kind = if declined {
         RowKind::CardPaymentDeclined
     } else {
@@ -235,10 +276,9 @@ fn card_payment(
     (kind, t, features)
 }
 
-/// Scores a withdrawal on `before` (no merchant: [`Row`]) and records it in `next`.
+/// Scores a withdrawal on `state` (no merchant: [`Row`]), then records it there.
 fn withdrawal(
-    before: &AccountFeatures,
-    next: &mut AccountFeatures,
+    state: &mut AccountFeatures,
     withdrawn: &MoneyWithdrawn,
     time: Micros,
 ) -> (RowKind, Micros, FeatureVector) {
@@ -248,8 +288,8 @@ fn withdrawal(
         merchant: None,
         time,
     };
-    let (t, features) = compute(Some(before), &subject);
-    next.withdrawals.push_back(Withdrawal {
+    let (t, features) = compute(Some(state), &subject);
+    state.withdrawals.push_back(Withdrawal {
         at: t,
         amount: withdrawn.amount_minor,
     });

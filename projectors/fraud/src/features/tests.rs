@@ -45,9 +45,7 @@ impl Given {
     /// The next version of the account at `time`, folded: its row, if any.
     fn event(&mut self, time: DateTime<Utc>, event: AccountEvent) -> Option<Row> {
         let envelope = self.envelope(time, event);
-        let (state, row) = apply(self.state.as_ref(), &envelope).expect("folds");
-        self.state = Some(state);
-        row
+        apply_in_place(&mut self.state, &envelope).expect("folds")
     }
 
     /// [`Given::event`] for an event that has a row.
@@ -830,6 +828,38 @@ fn a_seeded_traffic_feed_folds_without_refusal_and_rows_match_their_events() {
             .seconds_since_previous_event
             .is_some_and(|s| s >= 0.0));
     }
+}
+
+#[test]
+fn folding_in_place_gives_the_states_and_rows_of_folding_a_copy_and_a_refusal_changes_nothing() {
+    let events: Vec<Envelope> = Feed::new(12, 25, 3)
+        .take(3_000)
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    let mut copied: std::collections::HashMap<AccountId, AccountFeatures> = Default::default();
+    let mut in_place: std::collections::HashMap<AccountId, Option<AccountFeatures>> =
+        Default::default();
+    let mut rows = 0;
+    for event in &events {
+        let slot = in_place.entry(event.account_id).or_default();
+        // A duplicate of the event before is refused, and leaves the state as it was.
+        if let Some(before) = slot.clone() {
+            let duplicate = envelope(event.event.clone())
+                .account(event.account_id)
+                .version(before.version())
+                .build();
+            assert!(apply_in_place(slot, &duplicate).is_err());
+            assert_eq!(slot.as_ref(), Some(&before));
+        }
+        let (next, row) = apply(copied.get(&event.account_id), event).expect("folds");
+        let in_place_row = apply_in_place(slot, event).expect("folds in place");
+        assert_eq!(slot.as_ref(), Some(&next), "{event:?}");
+        assert_eq!(in_place_row, row);
+        rows += usize::from(row.is_some());
+        copied.insert(event.account_id, next);
+    }
+    assert!(rows > 100, "the feed has payments");
 }
 
 #[test]
