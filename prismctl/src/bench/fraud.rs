@@ -234,6 +234,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         eprintln!("prismctl: bench fraud: --events, --accounts, --partitions and --clients must be at least 1");
         return Ok(ExitCode::from(2));
     }
+    crate::services::logs_if_asked(config);
     let names = Names::new(config);
     let cancel = Arc::new(AtomicBool::new(false));
     let figures = tokio::select! {

@@ -355,6 +355,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         eprintln!("prismctl: bench dashboard: {e}");
         return Ok(ExitCode::from(2));
     }
+    crate::services::logs_if_asked(config);
     let binary = match args.dashboard_bin.clone() {
         Some(path) => path,
         None => std::env::current_exe()

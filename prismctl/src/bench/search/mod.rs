@@ -256,8 +256,8 @@ async fn drop_raw(config: &Config, args: &Args, prefix: &str) -> anyhow::Result<
 /// Phase 1.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectionFigures {
-    /// The projector, from `Runtime::start` to every partition's end stored. Client CPU:
-    /// this process (the runtime, the sink and the fold).
+    /// The projector, from its subscription (`Runtime::start` returned) to every
+    /// partition's end stored. Client CPU: this process (the runtime, the sink and the fold).
     pub projector: Rate,
     /// The raw ceiling: both runs together (events ÷ time).
     pub raw_bulk: Rate,
