@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use prism_platform::auth::Scope;
 use prism_platform::config::{Config, EventStoreBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -57,10 +58,12 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()> + Send + 'static,
     clock: Clock,
 ) -> anyhow::Result<()> {
-    // The compiled-in token is public: never on an address other machines can reach.
-    config
-        .command
-        .refuse_local_secrets(listener.local_addr().context("listener address")?)?;
+    // The compiled-in tokens are public: never on an address other machines can reach.
+    config.auth.refuse_local_tokens(
+        "command",
+        config.command.auth_enabled,
+        listener.local_addr().context("listener address")?,
+    )?;
     let metrics = Metrics::new().context("registering metrics")?;
     let store = open_store(&config).await?;
 
@@ -101,7 +104,11 @@ pub async fn run_with_clock(
     let state = AppState {
         service,
         metrics,
-        auth: Auth::new(config.command.auth_enabled, &config.command.tokens),
+        auth: Auth::new(
+            config.command.auth_enabled,
+            &config.auth.tokens,
+            Scope::Commands,
+        ),
         readiness: Readiness {
             store,
             relay: relay_status,

@@ -194,6 +194,12 @@ async fn bad_input_gets_a_problem_document_and_stores_nothing() {
             None,
         ),
         (
+            "token without the commands scope",
+            api.http.post(&deposits).bearer_auth(support::READER_TOKEN).json(&json!({ "amount_minor": 5 })),
+            403,
+            None,
+        ),
+        (
             "unknown account",
             api.http
                 .post(format!("{}/v1/accounts/0190b8f2-c3a4-7e3c-8a6b-4d5e6f708192/deposits", instance.url))

@@ -19,7 +19,7 @@ fn the_compiled_in_token_is_refused_off_loopback_and_logged_without_colour() {
             .env_remove("PRISM_PROFILE")
             .env_remove("RUST_LOG")
             .env_remove("NO_COLOR")
-            .env_remove("PRISM_COMMAND__TOKENS")
+            .env_remove("PRISM_AUTH__TOKENS")
             .env("PRISM_COMMAND__LISTEN", "0.0.0.0:0")
             // Names of its own, should it start anyway.
             .env("PRISM_MONGODB__DATABASE", unique("t_cmd_start"))
@@ -49,8 +49,8 @@ fn the_compiled_in_token_is_refused_off_loopback_and_logged_without_colour() {
         status.is_some_and(|s| !s.success()),
         "prism-command served on 0.0.0.0 with the compiled-in token ({status:?}):\n{log}"
     );
-    assert!(log.contains("[command] tokens"), "{log}");
-    assert!(log.contains("PRISM_COMMAND__TOKENS"), "{log}");
+    assert!(log.contains("[command] auth.tokens"), "{log}");
+    assert!(log.contains("PRISM_AUTH__TOKENS"), "{log}");
     assert!(log.contains("prism-command failed"), "no log line:\n{log}");
     assert!(
         !log.contains("\x1b["),

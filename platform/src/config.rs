@@ -19,6 +19,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+use crate::auth::{Scope, TokenConfig};
 use crate::secret::{Dsn, Secret};
 
 /// Environment variable naming the base configuration file.
@@ -27,9 +28,13 @@ pub const CONFIG_ENV: &str = "PRISM_CONFIG";
 pub const PROFILE_ENV: &str = "PRISM_PROFILE";
 /// The base file looked for when `PRISM_CONFIG` is not set.
 pub const DEFAULT_CONFIG_FILE: &str = "config/prism.toml";
-/// The bearer token compiled in for local use (documented in the README). Refused on a
-/// listener other than loopback: see [`Config::check_secrets`].
+/// The bearer token compiled in for local use, with every scope (documented in the
+/// README). Refused on a listener other than loopback: see
+/// [`AuthConfig::refuse_local_tokens`].
 pub const LOCAL_DEV_TOKEN: &str = "prism-local-dev-token";
+/// The analysts' token compiled in for local use: the read scopes of search, the dashboard
+/// and fraud features, without personal data. Refused like [`LOCAL_DEV_TOKEN`].
+pub const LOCAL_ANALYST_TOKEN: &str = "prism-local-analyst-token";
 /// The cursor-signing key compiled in for local use; refused like [`LOCAL_DEV_TOKEN`].
 pub const LOCAL_DEV_CURSOR_SECRET: &str = "prism-local-dev-cursor-secret";
 
@@ -165,6 +170,7 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
     pub doctor: DoctorConfig,
     pub event_store: EventStoreConfig,
+    pub auth: AuthConfig,
     pub command: CommandConfig,
     pub relay: RelayConfig,
     pub projector: ProjectorConfig,
@@ -580,10 +586,9 @@ impl Default for EventStoreConfig {
 pub struct CommandConfig {
     /// Address of the HTTP API.
     pub listen: String,
-    /// Whether requests to /v1 need `Authorization: Bearer <token>`.
+    /// Whether requests to /v1 need `Authorization: Bearer <token>` of a caller with the
+    /// `commands` scope (`[[auth.tokens]]`).
     pub auth_enabled: bool,
-    /// Accepted bearer tokens (masked in logs).
-    pub tokens: Vec<Secret>,
     /// Largest accepted request body; larger ones get 413.
     pub max_body_bytes: usize,
     /// How often a command is re-decided after another instance wrote first, before 409.
@@ -605,7 +610,6 @@ impl Default for CommandConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             auth_enabled: true,
-            tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
             max_body_bytes: 16 * 1024,
             conflict_retries: 5,
             cache_accounts: 100_000,
@@ -616,17 +620,60 @@ impl Default for CommandConfig {
     }
 }
 
-impl CommandConfig {
-    /// Refuses to serve on `listening` (the bound address) with the compiled-in token
-    /// unless that is a loopback address. Call it once the listener is bound.
-    pub fn refuse_local_secrets(&self, listening: SocketAddr) -> Result<(), ConfigError> {
+/// The callers of every Prism API (`[[auth.tokens]]`): each token with its scopes. Each
+/// service's `auth_enabled` turns the check on or off for that service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for AuthConfig {
+    /// The two local callers of the README: one with every scope, one analyst.
+    fn default() -> Self {
+        Self {
+            tokens: vec![
+                TokenConfig::new("local", LOCAL_DEV_TOKEN, &Scope::ALL),
+                TokenConfig::new(
+                    "local-analyst",
+                    LOCAL_ANALYST_TOKEN,
+                    &[Scope::SearchRead, Scope::DashboardRead, Scope::FraudRead],
+                ),
+            ],
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The first configured token with `scope` (what a local client such as the demo
+    /// sends), if any.
+    pub fn token_with(&self, scope: Scope) -> Option<&Secret> {
+        self.tokens
+            .iter()
+            .find(|t| t.scopes.contains(&scope) && !t.token.is_empty())
+            .map(|t| &t.token)
+    }
+
+    /// Refuses to serve `section`'s API on `listening` (the bound address) while a
+    /// compiled-in token would let callers in, unless that is a loopback address. Call it
+    /// once the listener is bound.
+    pub fn refuse_local_tokens(
+        &self,
+        section: &'static str,
+        auth_enabled: bool,
+        listening: SocketAddr,
+    ) -> Result<(), ConfigError> {
+        let local = self
+            .tokens
+            .iter()
+            .any(|t| [LOCAL_DEV_TOKEN, LOCAL_ANALYST_TOKEN].contains(&t.token.expose()));
         refuse_local_secrets(
-            "command",
+            section,
             listening,
             &[(
-                "tokens",
-                "PRISM_COMMAND__TOKENS='[\"<token>\"]'",
-                self.auth_enabled && self.tokens.iter().any(|t| t.expose() == LOCAL_DEV_TOKEN),
+                "auth.tokens",
+                "PRISM_AUTH__TOKENS='[{name=\"ops\", token=\"<token>\", scopes=[\"commands\"]}]'",
+                auth_enabled && local,
             )],
         )
     }
@@ -966,9 +1013,9 @@ sasl.mechanism = "PLAIN"
     }
 
     #[test]
-    fn compiled_in_secrets_are_refused_off_loopback_naming_the_key() {
-        // The projectors' sections ([ledger], [search]) are checked by their own crates.
-        let command = CommandConfig::default();
+    fn compiled_in_tokens_are_refused_off_loopback_naming_the_key() {
+        // The projectors' own secrets (cursor keys) are checked by their own crates.
+        let auth = AuthConfig::default();
         for loopback in [
             "127.0.0.1:8080",
             "127.9.9.9:1",
@@ -976,7 +1023,8 @@ sasl.mechanism = "PLAIN"
             "[::ffff:127.0.0.1]:80",
         ] {
             assert!(
-                command.refuse_local_secrets(at(loopback)).is_ok(),
+                auth.refuse_local_tokens("command", true, at(loopback))
+                    .is_ok(),
                 "{loopback}"
             );
         }
@@ -986,46 +1034,79 @@ sasl.mechanism = "PLAIN"
             "10.1.2.3:8080",
             "[2001:db8::1]:80",
         ] {
-            let err = command
-                .refuse_local_secrets(at(exposed))
+            let err = auth
+                .refuse_local_tokens("command", true, at(exposed))
                 .expect_err("the local token off loopback");
             let shown = err.to_string();
-            assert!(shown.contains("[command] tokens"), "{shown}");
-            assert!(shown.contains("PRISM_COMMAND__TOKENS"), "{shown}");
+            assert!(shown.contains("[command] auth.tokens"), "{shown}");
+            assert!(shown.contains("PRISM_AUTH__TOKENS"), "{shown}");
             assert!(shown.contains(exposed), "{shown}");
         }
     }
 
     #[test]
-    fn the_local_token_is_refused_among_others_and_unused_without_auth() {
+    fn a_local_token_is_refused_among_others_and_unused_without_auth() {
         let exposed = at("0.0.0.0:8080");
-        // The local token among others is still refused: it would still be let in.
-        let mixed = CommandConfig {
-            tokens: vec![Secret::new("a-real-token"), Secret::new(LOCAL_DEV_TOKEN)],
-            ..CommandConfig::default()
+        for local in [LOCAL_DEV_TOKEN, LOCAL_ANALYST_TOKEN] {
+            // A local token among others is still refused: it would still be let in.
+            let mixed = AuthConfig {
+                tokens: vec![
+                    TokenConfig::new("ops", "a-real-token", &Scope::ALL),
+                    TokenConfig::new("local", local, &[Scope::SearchRead]),
+                ],
+            };
+            assert!(mixed.refuse_local_tokens("search", true, exposed).is_err());
+            // Without authentication no token is used.
+            assert!(mixed.refuse_local_tokens("search", false, exposed).is_ok());
+        }
+        let own = AuthConfig {
+            tokens: vec![TokenConfig::new("ops", "a-real-token", &Scope::ALL)],
         };
-        assert!(mixed.refuse_local_secrets(exposed).is_err());
-        let own = CommandConfig {
-            tokens: vec![Secret::new("a-real-token")],
-            ..CommandConfig::default()
-        };
-        assert!(own.refuse_local_secrets(exposed).is_ok());
-        // Without authentication no token is used.
-        let open = CommandConfig {
-            auth_enabled: false,
-            ..CommandConfig::default()
-        };
-        assert!(open.refuse_local_secrets(exposed).is_ok());
+        assert!(own.refuse_local_tokens("command", true, exposed).is_ok());
     }
 
     #[test]
-    fn tokens_can_come_from_the_environment() {
+    fn tokens_and_their_scopes_can_come_from_the_environment() {
         Jail::expect_with(|jail| {
-            jail.set_env("PRISM_COMMAND__TOKENS", r#"["from-env-1", "from-env-2"]"#);
+            jail.set_env(
+                "PRISM_AUTH__TOKENS",
+                r#"[{name="app", token="from-env-1", scopes=["commands"]}, {name="analyst", token="from-env-2", scopes=["search:read", "pii"]}]"#,
+            );
             let c = load_here().map_err(|e| e.to_string())?;
-            let shown: Vec<&str> = c.command.tokens.iter().map(|t| t.expose()).collect();
-            assert_eq!(shown, ["from-env-1", "from-env-2"]);
-            assert!(c.command.refuse_local_secrets(at("0.0.0.0:8080")).is_ok());
+            let shown: Vec<(&str, &str, &[Scope])> = c
+                .auth
+                .tokens
+                .iter()
+                .map(|t| (t.name.as_str(), t.token.expose(), t.scopes.as_slice()))
+                .collect();
+            assert_eq!(
+                shown,
+                [
+                    ("app", "from-env-1", &[Scope::Commands][..]),
+                    (
+                        "analyst",
+                        "from-env-2",
+                        &[Scope::SearchRead, Scope::Pii][..]
+                    ),
+                ]
+            );
+            assert!(c
+                .auth
+                .refuse_local_tokens("command", true, at("0.0.0.0:8080"))
+                .is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_scope_is_a_configuration_error_naming_it() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "PRISM_AUTH__TOKENS",
+                r#"[{name="app", token="t", scopes=["ledger:write"]}]"#,
+            );
+            let err = load_here().expect_err("an unknown scope");
+            assert!(err.to_string().contains("ledger:write"), "{err}");
             Ok(())
         });
     }
@@ -1037,16 +1118,18 @@ sasl.mechanism = "PLAIN"
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let compose =
             std::fs::read_to_string(root.join("docker-compose.yml")).expect("docker-compose.yml");
-        for key in [
-            "PRISM_COMMAND__TOKENS",
-            "PRISM_LEDGER__TOKENS",
-            "PRISM_LEDGER__CURSOR_SECRET",
-        ] {
+        for key in ["PRISM_AUTH__TOKENS", "PRISM_LEDGER__CURSOR_SECRET"] {
             assert!(
                 compose.contains(key),
                 "docker-compose.yml does not set {key}"
             );
         }
-        assert!(!compose.contains(LOCAL_DEV_TOKEN) && !compose.contains(LOCAL_DEV_CURSOR_SECRET));
+        for local in [
+            LOCAL_DEV_TOKEN,
+            LOCAL_ANALYST_TOKEN,
+            LOCAL_DEV_CURSOR_SECRET,
+        ] {
+            assert!(!compose.contains(local), "docker-compose.yml holds {local}");
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod http;
+pub mod pii;
 pub mod secret;
 pub mod telemetry;
 

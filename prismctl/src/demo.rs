@@ -51,7 +51,8 @@ use prism_dashboard::DashboardConfig;
 use prism_events::Currency;
 use prism_fraud::config::FraudConfig;
 use prism_ledger::LedgerConfig;
-use prism_platform::config::EventStoreBackend;
+use prism_platform::auth::Scope;
+use prism_platform::config::{AuthConfig, EventStoreBackend, LOCAL_ANALYST_TOKEN};
 use prism_platform::Config;
 use prism_search::SearchConfig;
 use serde_json::{json, Value};
@@ -132,43 +133,22 @@ const BACKGROUND_RATE: f64 = 20.0;
 /// The bearer token the README documents for local use (safe to print).
 const LOCAL_TOKEN: &str = "prism-local-dev-token";
 
-/// The token the demo sends to a projector's API: the first of its section's `tokens`
-/// (prism-command's token when the section takes none).
-fn section_token(
-    section: &str,
-    tokens: &[prism_platform::secret::Secret],
+/// The token the demo sends to an API needing `scope`: the first of `[[auth.tokens]]` with
+/// it (prism-command's token when the API does not check tokens).
+fn scoped_token(
+    auth: &AuthConfig,
+    scope: Scope,
     auth_enabled: bool,
     command_token: &str,
 ) -> anyhow::Result<String> {
-    match tokens.first() {
+    match auth.token_with(scope) {
         Some(token) => Ok(token.expose().to_owned()),
         None if !auth_enabled => Ok(command_token.to_owned()),
-        None => {
-            bail!("[{section}] tokens is empty while auth_enabled: the demo has no token to send")
-        }
+        None => bail!(
+            "no [[auth.tokens]] entry has the scope {scope} while its API checks tokens: the \
+             demo has no token to send"
+        ),
     }
-}
-
-fn ledger_token(ledger: &LedgerConfig, command_token: &str) -> anyhow::Result<String> {
-    section_token("ledger", &ledger.tokens, ledger.auth_enabled, command_token)
-}
-
-fn search_token(search: &SearchConfig, command_token: &str) -> anyhow::Result<String> {
-    section_token("search", &search.tokens, search.auth_enabled, command_token)
-}
-
-/// Also the token put in the live page's address.
-fn dashboard_token(dashboard: &DashboardConfig, command_token: &str) -> anyhow::Result<String> {
-    section_token(
-        "dashboard",
-        &dashboard.tokens,
-        dashboard.auth_enabled,
-        command_token,
-    )
-}
-
-fn fraud_token(fraud: &FraudConfig, command_token: &str) -> anyhow::Result<String> {
-    section_token("fraud", &fraud.tokens, fraud.auth_enabled, command_token)
 }
 
 /// The live page at `url` with `token` in its address (`http://…/#token=…`): the page takes
@@ -185,13 +165,12 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
     check_args(args)?;
     services::logs_if_asked(config);
     let config = config.clone();
-    let token = match config.command.tokens.first() {
-        Some(token) => token.expose().to_owned(),
-        None if !config.command.auth_enabled => LOCAL_TOKEN.to_owned(),
-        None => {
-            bail!("[command] tokens is empty while auth_enabled: the demo has no token to send")
-        }
-    };
+    let token = scoped_token(
+        &config.auth,
+        Scope::Commands,
+        config.command.auth_enabled,
+        LOCAL_TOKEN,
+    )?;
     let command_listen = args
         .command_listen
         .clone()
@@ -219,7 +198,12 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .dashboard_listen
         .clone()
         .unwrap_or_else(|| dashboard.listen.clone());
-    let page_token = dashboard_token(&dashboard, &token)?;
+    let page_token = scoped_token(
+        &config.auth,
+        Scope::DashboardRead,
+        dashboard.auth_enabled,
+        &token,
+    )?;
     let fraud = prism_fraud::app::FraudProjector::new(config.clone())?
         .fraud_config()
         .clone();
@@ -227,7 +211,7 @@ pub async fn run(config: &Config, args: &Args) -> anyhow::Result<ExitCode> {
         .fraud_listen
         .clone()
         .unwrap_or_else(|| fraud.listen.clone());
-    let fraud_token = fraud_token(&fraud, &token)?;
+    let fraud_token = scoped_token(&config.auth, Scope::FraudRead, fraud.auth_enabled, &token)?;
 
     // 1. The stack.
     let spinner = spinner("checking the stack (Kafka, event store, MySQL)");
@@ -635,8 +619,21 @@ async fn demo(
 
     // 5. The ledger's query API, 6. the searches, 7. the live dashboard.
     let api = Api::new(&command_url, &ledger_url, token, Duration::from_secs(30), 4)?
-        .with_ledger_token(&ledger_token(ledger_config, token)?)
-        .with_search(&search_url, &search_token(search_config, token)?);
+        .with_ledger_token(&scoped_token(
+            &config.auth,
+            Scope::LedgerRead,
+            ledger_config.auth_enabled,
+            token,
+        )?)
+        .with_search(
+            &search_url,
+            &scoped_token(
+                &config.auth,
+                Scope::SearchRead,
+                search_config.auth_enabled,
+                token,
+            )?,
+        );
     let known: Vec<&str> = traffic.ids.iter().flatten().map(String::as_str).collect();
     show_accounts(&mut out, &api, &known).await?;
     let account = show_account(&mut out, &api, &chosen).await?;
@@ -1545,12 +1542,12 @@ fn print_next_steps(out: &mut Report, args: &Args, tokens: Tokens<'_>, urls: [&s
     let shown_token = if tokens.command == LOCAL_TOKEN {
         tokens.command
     } else {
-        "<a token from [command], [ledger], [search], [dashboard] and [fraud] tokens>"
+        "<a token of [[auth.tokens]] with the scopes of the APIs>"
     };
     let page_token = if tokens.dashboard == LOCAL_TOKEN {
         tokens.dashboard
     } else {
-        "<a token from [dashboard] tokens>"
+        "<a token of [[auth.tokens]] with the scope dashboard:read>"
     };
     out.line(&format!(
         "Open the live page in a browser: {}",
@@ -1574,6 +1571,10 @@ fn print_next_steps(out: &mut Report, args: &Args, tokens: Tokens<'_>, urls: [&s
         format!("curl -s -H \"$T\" -H 'Consistency-Token: <consistency_token of that answer>' {l}/v1/accounts/$ID"),
         format!("curl -s -H \"$T\" '{s}/v1/search/transactions?q=cafe&channel=online&facets=true&limit=5'"),
         format!("curl -s -H \"$T\" '{s}/v1/search/accounts?q=zoe'"),
+        format!(
+            "curl -s -H 'Authorization: Bearer {LOCAL_ANALYST_TOKEN}' '{s}/v1/search/accounts?q=zoe'   \
+             # an analyst: emails masked"
+        ),
         format!("curl -s -H \"$T\" {d}/v1/dashboard/summary   # what the live page shows"),
         format!("curl -s -H \"$T\" {f}/v1/features/$ID   # the account's fraud features now"),
         format!(
@@ -1939,7 +1940,7 @@ async fn show_searches(
 
 // ---------- the live dashboard ----------
 
-/// HTTP client for prism-dashboard's API, with its token (`[dashboard] tokens`).
+/// HTTP client for prism-dashboard's API, with a token of the scope `dashboard:read`.
 struct ProjectorApi {
     /// The service's name, for errors.
     name: &'static str,

@@ -687,7 +687,7 @@ impl Api {
         })
     }
 
-    /// Also talks to prism-search at `url`, with `token` (`[search] tokens`).
+    /// Also talks to prism-search at `url`, with `token` (of the scope `search:read`).
     pub fn with_search(mut self, url: &str, token: &str) -> Self {
         self.search = Some((url.trim_end_matches('/').to_owned(), token.to_owned()));
         self
@@ -706,8 +706,8 @@ impl Api {
         self.query(request, path, "prism-search").await
     }
 
-    /// Sends `token` to the ledger instead of prism-command's token (`[ledger] tokens` may
-    /// differ from `[command] tokens`).
+    /// Sends `token` to the ledger instead of prism-command's token (a caller may have
+    /// `commands` without `ledger:read`).
     pub fn with_ledger_token(mut self, token: &str) -> Self {
         token.clone_into(&mut self.ledger_token);
         self

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use e2e::{CommandService, TOKEN};
 use prism_command::store::Position;
 use prism_events::AccountEvent;
+use prism_platform::auth::{Scope, TokenConfig};
 use prism_platform::config::Config;
 use prism_tests::{repo_root, unique, up};
 use rand::{Rng, SeedableRng};
@@ -263,7 +264,7 @@ async fn a_projector_killed_at_random_moments_converges_without_drift() {
     let mut config = support::isolated_config(6);
     config.relay.sweep_interval_ms = 200;
     config.command.auth_enabled = true;
-    config.command.tokens = vec![prism_platform::secret::Secret::new(TOKEN)];
+    config.auth.tokens = vec![TokenConfig::new("test", TOKEN, &Scope::ALL)];
     support::isolated_with(config, |env| async move {
         let started = Instant::now();
         let config = env.config.clone();
@@ -488,7 +489,7 @@ async fn three_instances_joining_and_leaving_at_random_under_load_verify_clean()
     let mut config = support::isolated_config(6);
     config.relay.sweep_interval_ms = 200;
     config.command.auth_enabled = true;
-    config.command.tokens = vec![prism_platform::secret::Secret::new(TOKEN)];
+    config.auth.tokens = vec![TokenConfig::new("test", TOKEN, &Scope::ALL)];
     config.projector.session_timeout_ms = 6_000;
     support::isolated_with(config, |env| async move {
         let started = Instant::now();

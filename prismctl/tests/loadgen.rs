@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use prism_platform::auth::{Scope, TokenConfig};
 use prism_platform::config::{Config, EventStoreBackend};
-use prism_platform::secret::Secret;
 use prism_tests::{unique, up};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -24,7 +24,7 @@ fn isolated_config() -> Config {
     config.relay.enabled = true;
     config.command.listen = "127.0.0.1:0".into();
     config.command.auth_enabled = true;
-    config.command.tokens = vec![Secret::new(TOKEN)];
+    config.auth.tokens = vec![TokenConfig::new("test", TOKEN, &Scope::ALL)];
     config
 }
 

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use prism_events::{AccountId, Envelope};
+use prism_platform::auth::{Scope, TokenConfig};
 use prism_platform::config::{Config, EventStoreBackend};
 use prism_tests::{unique, up};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -20,6 +21,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const TOKEN: &str = "prism-local-dev-token";
+/// A token of the read side only: accepted, but without the `commands` scope.
+pub const READER_TOKEN: &str = "prism-test-reader-token";
 
 /// A configuration of its own: a fresh database (or schema) and topic.
 pub fn isolated_config(backend: EventStoreBackend) -> Config {
@@ -31,7 +34,10 @@ pub fn isolated_config(backend: EventStoreBackend) -> Config {
     config.kafka.topic_partitions = 3;
     config.relay.sweep_interval_ms = 200;
     config.command.auth_enabled = true;
-    config.command.tokens = vec![prism_platform::secret::Secret::new(TOKEN)];
+    config.auth.tokens = vec![
+        TokenConfig::new("test", TOKEN, &[Scope::Commands]),
+        TokenConfig::new("reader", READER_TOKEN, &[Scope::LedgerRead, Scope::Pii]),
+    ];
     config.log.level = "warn".into();
     config
 }

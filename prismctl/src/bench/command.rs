@@ -42,8 +42,8 @@ use prism_command::store::postgres::PgStore;
 use prism_command::store::{EventStore, StoreError};
 use prism_events::event::{AccountOpened, MoneyDeposited, MoneyWithdrawn, WithdrawalChannel};
 use prism_events::{AccountEvent, AccountId, Country, Currency, Envelope};
+use prism_platform::auth::{Scope, TokenConfig};
 use prism_platform::config::EventStoreBackend;
-use prism_platform::secret::Secret;
 use prism_platform::Config;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -273,7 +273,7 @@ async fn measure(
     cfg.kafka.topic = name.to_owned();
     cfg.relay.enabled = true;
     cfg.command.auth_enabled = true;
-    cfg.command.tokens = vec![Secret::new(token.clone())];
+    cfg.auth.tokens = vec![TokenConfig::new("bench", &token, &Scope::ALL)];
     let seeded = match args.history {
         0 => None,
         events => Some(write_history(&cfg, backend, name, args, events).await?),

@@ -37,6 +37,7 @@ use prism_events::testing::traffic::Events;
 use prism_fraud::app::{FraudProjector, NAME};
 use prism_fraud::copies::FraudCopies;
 use prism_fraud::sink::{FraudSink, Prepared};
+use prism_platform::auth::Scope;
 use prism_platform::config::ProjectorConfig;
 use prism_platform::Config;
 use prism_projector::app::Projector as _;
@@ -351,10 +352,9 @@ async fn online_latency(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let fraud: prism_fraud::config::FraudConfig = config.fraud.parse(NAME)?;
-    let token = fraud
-        .tokens
-        .first()
+    let token = config
+        .auth
+        .token_with(Scope::FraudRead)
         .map(|t| t.expose().to_owned())
         .unwrap_or_default();
     // The accounts of the workload, and the last one opened: once it scores, the copy has

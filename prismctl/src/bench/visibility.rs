@@ -39,8 +39,8 @@ use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
+use prism_platform::auth::{Scope, TokenConfig};
 use prism_platform::config::EventStoreBackend;
-use prism_platform::secret::Secret;
 use prism_platform::Config;
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -262,9 +262,8 @@ async fn in_process(config: &Config, args: &Args) -> anyhow::Result<Option<Repor
     cfg.relay.enabled = true;
     let token = uuid::Uuid::new_v4().simple().to_string();
     cfg.command.auth_enabled = true;
-    cfg.command.tokens = vec![Secret::new(token.clone())];
+    cfg.auth.tokens = vec![TokenConfig::new("bench", &token, &Scope::ALL)];
     cfg.ledger.set("auth_enabled", true);
-    cfg.ledger.set("tokens", vec![token.clone()]);
 
     let down: Vec<_> = services::check_stack(&cfg)
         .await

@@ -136,6 +136,14 @@ async fn the_stream_shows_a_command_within_a_second_and_bad_input_is_refused() {
                 .await,
         );
         assert_eq!(anonymous.status(), 401);
+        let ledger_only = up(
+            "prism-dashboard",
+            http.get(format!("{}/v1/dashboard/summary", dashboard.url))
+                .bearer_auth(crate::projector::LEDGER_ONLY_TOKEN)
+                .send()
+                .await,
+        );
+        assert_eq!(ledger_only.status(), 403, "a token without dashboard:read");
         let page = up("prism-dashboard", http.get(&dashboard.url).send().await);
         assert_eq!(page.status(), 200, "the page itself needs no token");
         command.stop().await;

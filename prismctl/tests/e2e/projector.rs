@@ -11,6 +11,9 @@ use prism_tests::{repo_root, unique, up};
 
 /// The bearer token of the local configuration.
 const TOKEN: &str = "prism-local-dev-token";
+/// A caller of the profiles [`write_profile`] writes that may read the ledger only: the
+/// other read APIs answer it 403.
+pub const LEDGER_ONLY_TOKEN: &str = "prism-test-ledger-only-token";
 
 /// `name` (e.g. `prism-fraud`) next to the `prismctl` under test.
 pub fn binary(name: &str) -> PathBuf {
@@ -301,7 +304,17 @@ pub fn write_profile(
     let profile =
         std::env::temp_dir().join(format!("{}.toml", unique(&format!("prism-{name}-e2e"))));
     let text = format!(
-        r#"[log]
+        r#"[[auth.tokens]]
+name = "local"
+token = "{TOKEN}"
+scopes = ["commands", "ledger:read", "search:read", "dashboard:read", "fraud:read", "pii"]
+
+[[auth.tokens]]
+name = "ledger-only"
+token = "{LEDGER_ONLY_TOKEN}"
+scopes = ["ledger:read"]
+
+[log]
 level = "warn"
 
 [kafka]

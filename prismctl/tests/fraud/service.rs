@@ -209,6 +209,18 @@ async fn the_api_scores_a_candidate_and_refuses_bad_input() {
                 .await,
         );
         assert_eq!(anonymous.status().as_u16(), 401);
+        let ledger_only = up(
+            "prism-fraud",
+            http.get(format!("{}/v1/features/{account}", fraud.url))
+                .bearer_auth(crate::projector::LEDGER_ONLY_TOKEN)
+                .send()
+                .await,
+        );
+        assert_eq!(
+            ledger_only.status().as_u16(),
+            403,
+            "a token without fraud:read"
+        );
         command.stop().await;
     })
     .await;

@@ -2,10 +2,7 @@
 //! `Section::parse("dashboard")`, unknown keys refused). `[dashboard.projector]` overrides
 //! `[projector]` for this projector alone.
 
-use std::net::SocketAddr;
-
-use prism_platform::config::{refuse_local_secrets, ConfigError, LOCAL_DEV_TOKEN};
-use prism_platform::secret::Secret;
+use prism_platform::config::ConfigError;
 use serde::Deserialize;
 
 /// `prism-dashboard`: the live operations dashboard and its page.
@@ -36,11 +33,10 @@ pub struct DashboardConfig {
     pub max_viewers: usize,
     /// Entries of each top list.
     pub top_n: u32,
-    /// Whether the API (`/v1`) needs `Authorization: Bearer <token>` (the page itself and
-    /// its assets are public: they hold no data).
+    /// Whether the API (`/v1`) needs `Authorization: Bearer <token>` of a caller with the
+    /// `dashboard:read` scope (`[[auth.tokens]]`; the page itself and its assets are
+    /// public: they hold no data).
     pub auth_enabled: bool,
-    /// Accepted bearer tokens (masked in logs).
-    pub tokens: Vec<Secret>,
     /// Longest the summary waits for a `Consistency-Token` or `min_version`, in ms.
     pub wait_timeout_ms: u64,
     /// Most queries waiting for a version at once; more get 503.
@@ -68,7 +64,6 @@ impl Default for DashboardConfig {
             max_viewers: 1_000,
             top_n: 10,
             auth_enabled: true,
-            tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
             wait_timeout_ms: 5_000,
             max_waiters: 256,
             copy_poll_ms: 1_000,
@@ -123,19 +118,6 @@ impl DashboardConfig {
             .iter()
             .filter_map(|t| parse_target(t).ok())
             .collect()
-    }
-
-    /// Refuses to serve on `listening` with the compiled-in token unless it is loopback.
-    pub fn refuse_local_secrets(&self, listening: SocketAddr) -> Result<(), ConfigError> {
-        refuse_local_secrets(
-            "dashboard",
-            listening,
-            &[(
-                "tokens",
-                "PRISM_DASHBOARD__TOKENS='[\"<token>\"]'",
-                self.auth_enabled && self.tokens.iter().any(|t| t.expose() == LOCAL_DEV_TOKEN),
-            )],
-        )
     }
 }
 

@@ -130,6 +130,7 @@ impl ApiState {
     pub fn new(
         copy: CurrentCopy,
         config: &DashboardConfig,
+        auth: Auth,
         this: impl Fn() -> ServiceHealth + Send + 'static,
         progress: watch::Receiver<u64>,
         registry: &Registry,
@@ -157,7 +158,7 @@ impl ApiState {
         let state = Self {
             inner: Arc::new(Inner {
                 copy,
-                auth: Auth::new(config.auth_enabled, &config.tokens),
+                auth,
                 waits,
                 pipeline,
                 top_n: config.top_n as usize,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use prism_platform::auth::{Auth, Scope};
 use prism_platform::config::{Config, ProjectorConfig};
 use prism_projector::app::{Projector, Settings};
 use prism_projector::copies::LiveCopy;
@@ -64,7 +65,11 @@ impl Projector for FraudProjector {
     }
 
     fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()> {
-        Ok(self.fraud.refuse_local_secrets(address)?)
+        // The compiled-in tokens are public: never on an address other machines can reach.
+        Ok(self
+            .config
+            .auth
+            .refuse_local_tokens(NAME, self.fraud.auth_enabled, address)?)
     }
 
     async fn open(&self) -> anyhow::Result<FraudCopies> {
@@ -90,6 +95,11 @@ impl Projector for FraudProjector {
         let state = crate::http::ApiState::new(
             Arc::new(move || live.current()),
             &self.fraud,
+            Auth::new(
+                self.fraud.auth_enabled,
+                &self.config.auth.tokens,
+                Scope::FraudRead,
+            ),
             shared.progress.subscribe(),
             registry,
         )

@@ -2,11 +2,9 @@
 //! `Section::parse("fraud")`, unknown keys refused). `[fraud.projector]` overrides
 //! `[projector]` for this projector alone.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use prism_platform::config::{refuse_local_secrets, ConfigError, LOCAL_DEV_TOKEN};
-use prism_platform::secret::Secret;
+use prism_platform::config::ConfigError;
 use serde::Deserialize;
 
 /// `prism-fraud`: fraud features, online in Redis and offline in Parquet.
@@ -23,10 +21,9 @@ pub struct FraudConfig {
     pub namespace: String,
     /// Root of the offline store: copy N's Parquet files are under `<offline_dir>/c<N>/`.
     pub offline_dir: PathBuf,
-    /// Whether the API (`/v1`) needs `Authorization: Bearer <token>`.
+    /// Whether the API (`/v1`) needs `Authorization: Bearer <token>` of a caller with the
+    /// `fraud:read` scope (`[[auth.tokens]]`).
     pub auth_enabled: bool,
-    /// Accepted bearer tokens (masked in logs).
-    pub tokens: Vec<Secret>,
     /// Longest a query waits for a `Consistency-Token` or `min_version`, in ms.
     pub wait_timeout_ms: u64,
     /// Most queries waiting for a version at once; more get 503.
@@ -43,7 +40,6 @@ impl Default for FraudConfig {
             namespace: "prism:fraud".into(),
             offline_dir: PathBuf::from(".prism/fraud"),
             auth_enabled: true,
-            tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
             wait_timeout_ms: 5_000,
             max_waiters: 256,
             copy_poll_ms: 1_000,
@@ -70,19 +66,6 @@ impl FraudConfig {
             }
         }
         Ok(())
-    }
-
-    /// Refuses to serve on `listening` with the compiled-in token unless it is loopback.
-    pub fn refuse_local_secrets(&self, listening: SocketAddr) -> Result<(), ConfigError> {
-        refuse_local_secrets(
-            "fraud",
-            listening,
-            &[(
-                "tokens",
-                "PRISM_FRAUD__TOKENS='[\"<token>\"]'",
-                self.auth_enabled && self.tokens.iter().any(|t| t.expose() == LOCAL_DEV_TOKEN),
-            )],
-        )
     }
 }
 

@@ -76,6 +76,7 @@ impl ApiState {
     pub fn new(
         copy: CurrentCopy,
         config: &FraudConfig,
+        auth: Auth,
         progress: watch::Receiver<u64>,
         registry: &Registry,
     ) -> prometheus::Result<Self> {
@@ -87,11 +88,7 @@ impl ApiState {
             registry,
             crate::app::NAME,
         )?;
-        Ok(Self {
-            copy,
-            waits,
-            auth: Auth::new(config.auth_enabled, &config.tokens),
-        })
+        Ok(Self { copy, waits, auth })
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use prism_platform::auth::{Auth, Scope};
 use prism_platform::config::{Config, ProjectorConfig};
 use prism_projector::app::{Projector, Settings};
 use prism_projector::copies::LiveCopy;
@@ -16,7 +17,7 @@ use prism_projector::Shared;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
-use crate::config::LedgerConfig;
+use crate::config::{LedgerConfig, SECTION};
 use crate::http::{self, ApiState};
 use crate::store::Ledger;
 
@@ -67,8 +68,11 @@ impl Projector for LedgerProjector {
     }
 
     fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()> {
-        // The compiled-in token and cursor key are public: never on an address other
+        // The compiled-in tokens and cursor key are public: never on an address other
         // machines can reach.
+        self.config
+            .auth
+            .refuse_local_tokens(SECTION, self.ledger.auth_enabled, address)?;
         Ok(self.ledger.refuse_local_secrets(address)?)
     }
 
@@ -92,8 +96,19 @@ impl Projector for LedgerProjector {
         shared: &Shared,
         registry: &Registry,
     ) -> anyhow::Result<axum::Router> {
-        let state = ApiState::new(live, &self.ledger, shared.progress.subscribe(), registry)
-            .context("registering the query API's metrics")?;
+        let auth = Auth::new(
+            self.ledger.auth_enabled,
+            &self.config.auth.tokens,
+            Scope::LedgerRead,
+        );
+        let state = ApiState::new(
+            live,
+            &self.ledger,
+            auth,
+            shared.progress.subscribe(),
+            registry,
+        )
+        .context("registering the query API's metrics")?;
         Ok(http::router(state))
     }
 }

@@ -8,9 +8,7 @@
 
 use std::net::SocketAddr;
 
-use prism_platform::config::{
-    refuse_local_secrets, Config, ConfigError, LOCAL_DEV_CURSOR_SECRET, LOCAL_DEV_TOKEN,
-};
+use prism_platform::config::{refuse_local_secrets, Config, ConfigError, LOCAL_DEV_CURSOR_SECRET};
 use prism_platform::secret::Secret;
 use serde::Deserialize;
 
@@ -28,10 +26,9 @@ pub struct LedgerConfig {
     /// Name of the control database; each copy of the read model is the database
     /// `<database>_g<generation>` on the server of `[mysql] url`.
     pub database: String,
-    /// Whether the query API (`/v1`) needs `Authorization: Bearer <token>`.
+    /// Whether the query API (`/v1`) needs `Authorization: Bearer <token>` of a caller
+    /// with the `ledger:read` scope (`[[auth.tokens]]`).
     pub auth_enabled: bool,
-    /// Accepted bearer tokens of the query API (masked in logs).
-    pub tokens: Vec<Secret>,
     /// Key that signs paging cursors (so a tampered cursor is refused).
     pub cursor_secret: Secret,
     /// Longest a query waits for a `Consistency-Token` or `min_version`, in milliseconds.
@@ -56,7 +53,6 @@ impl Default for LedgerConfig {
             group_id: "prism-ledger".into(),
             database: "prism_ledger".into(),
             auth_enabled: true,
-            tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
             cursor_secret: Secret::new(LOCAL_DEV_CURSOR_SECRET),
             wait_timeout_ms: 5_000,
             max_waiters: 256,
@@ -75,24 +71,18 @@ impl LedgerConfig {
         config.ledger.parse(SECTION)
     }
 
-    /// Refuses to serve on `listening` (the bound address) with the compiled-in token or
-    /// cursor key unless that is a loopback address. Call it once the listener is bound.
+    /// Refuses to serve on `listening` (the bound address) with the compiled-in cursor
+    /// key unless that is a loopback address. Call it once the listener is bound (the
+    /// tokens: [`prism_platform::config::AuthConfig::refuse_local_tokens`]).
     pub fn refuse_local_secrets(&self, listening: SocketAddr) -> Result<(), ConfigError> {
         refuse_local_secrets(
             SECTION,
             listening,
-            &[
-                (
-                    "tokens",
-                    "PRISM_LEDGER__TOKENS='[\"<token>\"]'",
-                    self.auth_enabled && self.tokens.iter().any(|t| t.expose() == LOCAL_DEV_TOKEN),
-                ),
-                (
-                    "cursor_secret",
-                    "PRISM_LEDGER__CURSOR_SECRET=<random text>",
-                    self.cursor_secret.expose() == LOCAL_DEV_CURSOR_SECRET,
-                ),
-            ],
+            &[(
+                "cursor_secret",
+                "PRISM_LEDGER__CURSOR_SECRET=<random text>",
+                self.cursor_secret.expose() == LOCAL_DEV_CURSOR_SECRET,
+            )],
         )
     }
 }
@@ -115,10 +105,6 @@ mod tests {
         Sources::from_env().load()
     }
 
-    fn exposed(tokens: &[Secret]) -> Vec<String> {
-        tokens.iter().map(|t| t.expose().to_owned()).collect()
-    }
-
     #[test]
     fn the_documented_section_parses_to_the_defaults() {
         use figment::providers::{Format, Toml};
@@ -139,7 +125,6 @@ mod tests {
             documented.cursor_secret.expose(),
             defaults.cursor_secret.expose()
         );
-        assert_eq!(exposed(&documented.tokens), exposed(&defaults.tokens));
     }
 
     #[test]
@@ -175,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn compiled_in_secrets_are_refused_off_loopback_naming_the_key() {
+    fn the_compiled_in_cursor_key_is_refused_off_loopback_naming_the_key() {
         let ledger = LedgerConfig::default();
         for loopback in [
             "127.0.0.1:8081",
@@ -196,70 +181,32 @@ mod tests {
         ] {
             let err = ledger
                 .refuse_local_secrets(at(exposed))
-                .expect_err("the local token off loopback");
+                .expect_err("the local cursor key off loopback");
             let shown = err.to_string();
-            assert!(shown.contains("[ledger] tokens"), "{shown}");
-            assert!(shown.contains("PRISM_LEDGER__TOKENS"), "{shown}");
+            assert!(shown.contains("[ledger] cursor_secret"), "{shown}");
+            assert!(shown.contains("PRISM_LEDGER__CURSOR_SECRET"), "{shown}");
             assert!(shown.contains(exposed), "{shown}");
         }
-    }
-
-    #[test]
-    fn each_compiled_in_secret_is_refused_on_its_own() {
-        let exposed = at("0.0.0.0:8081");
-        let own_tokens = LedgerConfig {
-            tokens: vec![Secret::new("a-real-token")],
-            ..LedgerConfig::default()
-        };
-        let err = own_tokens
-            .refuse_local_secrets(exposed)
-            .expect_err("the local cursor key off loopback");
-        let shown = err.to_string();
-        assert!(shown.contains("[ledger] cursor_secret"), "{shown}");
-        assert!(shown.contains("PRISM_LEDGER__CURSOR_SECRET"), "{shown}");
-        let own_both = LedgerConfig {
-            cursor_secret: Secret::new("a-real-key"),
-            ..own_tokens.clone()
-        };
-        assert!(own_both.refuse_local_secrets(exposed).is_ok());
-        // The local token among others is still refused: it would still be let in.
-        let mixed = LedgerConfig {
-            tokens: vec![Secret::new("a-real-token"), Secret::new(LOCAL_DEV_TOKEN)],
-            ..own_both.clone()
-        };
-        assert!(mixed.refuse_local_secrets(exposed).is_err());
-        // Without authentication no token is used (the cursor key still is).
-        let open = LedgerConfig {
-            auth_enabled: false,
-            ..LedgerConfig::default()
-        };
-        let err = open
-            .refuse_local_secrets(exposed)
-            .expect_err("the local cursor key off loopback");
-        assert!(err.to_string().contains("cursor_secret"), "{err}");
-        let open_own_key = LedgerConfig {
-            auth_enabled: false,
+        let own_key = LedgerConfig {
             cursor_secret: Secret::new("a-real-key"),
             ..LedgerConfig::default()
         };
-        assert!(open_own_key.refuse_local_secrets(exposed).is_ok());
+        assert!(own_key.refuse_local_secrets(at("0.0.0.0:8081")).is_ok());
     }
 
     #[test]
-    fn tokens_and_cursor_key_can_come_from_the_environment() {
+    fn the_cursor_key_can_come_from_the_environment() {
         Jail::expect_with(|jail| {
-            jail.set_env("PRISM_LEDGER__TOKENS", r#"["from-env-1", "from-env-2"]"#);
             jail.set_env("PRISM_LEDGER__CURSOR_SECRET", "key-from-env");
             jail.set_env("PRISM_LEDGER__PAGE_SIZE", "20");
             let config = load_here().map_err(|e| e.to_string())?;
             let ledger = LedgerConfig::from_config(&config).map_err(|e| e.to_string())?;
-            assert_eq!(exposed(&ledger.tokens), ["from-env-1", "from-env-2"]);
             assert_eq!(ledger.cursor_secret.expose(), "key-from-env");
             assert_eq!(ledger.page_size, 20);
             assert_eq!(ledger.max_page_size, 500, "the rest keeps its default");
             assert!(ledger.refuse_local_secrets(at("0.0.0.0:8081")).is_ok());
             assert!(
-                !format!("{config:?}").contains("from-env-1"),
+                !format!("{config:?}").contains("key-from-env"),
                 "the raw section never shows its values"
             );
             Ok(())

@@ -6,8 +6,10 @@
 //!   newest first, `from` inclusive, `to` exclusive;
 //! - `GET /v1/accounts?status=&country=&cursor=&limit=`: accounts by id.
 //!
-//! Every endpoint needs `Authorization: Bearer <token>` (`[ledger] tokens`; 401 without),
-//! since the model holds names, emails and balances. Every endpoint honours
+//! Every endpoint needs `Authorization: Bearer <token>` of a caller with the `ledger:read`
+//! scope (`[[auth.tokens]]`; 401 without an accepted token, 403 without the scope), since
+//! the model holds names, emails and balances. Holder names and emails are masked
+//! (`A. L.`, `a***@example.org`) for callers without the `pii` scope. Every endpoint honours
 //! `Consistency-Token` (single-account ones also `min_version`): it waits for that version
 //! before reading and answers `202 processing` with `Retry-After` if it does not arrive
 //! within `wait_timeout_ms`, never stale data; at most `max_waiters` wait at once (503
@@ -24,9 +26,9 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use prism_platform::auth::{self, Auth};
+use prism_platform::auth::{self, Auth, Scopes};
 use prism_platform::http::Problem;
 use prism_projector::api::openapi::{self, BearerAuth};
 use prism_projector::api::{
@@ -79,6 +81,7 @@ impl ApiState {
     pub fn new(
         model: LiveModel,
         config: &LedgerConfig,
+        auth: Auth,
         progress: watch::Receiver<u64>,
         registry: &Registry,
     ) -> prometheus::Result<Self> {
@@ -97,7 +100,7 @@ impl ApiState {
             page_size: config.page_size.clamp(1, max_page_size),
             max_page_size,
             waits,
-            auth: Auth::new(config.auth_enabled, &config.tokens),
+            auth,
         })
     }
 }
@@ -180,6 +183,7 @@ struct AccountList {
     security(("bearer" = [])))]
 async fn get_account(
     State(state): State<ApiState>,
+    Extension(scopes): Extension<Scopes>,
     id: Result<Path<String>, PathRejection>,
     query: RawQuery,
     headers: HeaderMap,
@@ -193,7 +197,7 @@ async fn get_account(
     query::account(&generation.reads, id)
         .await
         .map_err(|e| database_error(&e))?
-        .map(Json)
+        .map(|account| Json(account.shown_to(scopes)))
         .ok_or_else(|| account_not_found(id))
 }
 
@@ -279,6 +283,7 @@ async fn get_statement(
     security(("bearer" = [])))]
 async fn list_accounts(
     State(state): State<ApiState>,
+    Extension(scopes): Extension<Scopes>,
     query: RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<AccountList>, Problem> {
@@ -316,7 +321,11 @@ async fn list_accounts(
         .next
         .map(|id| state.cursors.seal(ACCOUNTS_CURSOR, &scope, &id));
     Ok(Json(AccountList {
-        items: page.accounts,
+        items: page
+            .accounts
+            .into_iter()
+            .map(|account| account.shown_to(scopes))
+            .collect(),
         next_cursor,
     }))
 }

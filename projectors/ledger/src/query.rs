@@ -6,6 +6,8 @@
 //! whether another page exists.
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use prism_platform::auth::{Scope, Scopes};
+use prism_platform::pii;
 use serde::Serialize;
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
@@ -43,6 +45,21 @@ pub struct AccountView {
 const ACCOUNT_COLUMNS: &str = "account_id, holder_name, email, country, currency, status, \
      balance_minor, daily_withdrawal_limit_minor, frozen_reason, opened_at, updated_at, \
      closed_at, version";
+
+impl AccountView {
+    /// The account as a caller with `scopes` may see it: holder name and email masked
+    /// without the `pii` scope.
+    pub fn shown_to(self, scopes: Scopes) -> Self {
+        if scopes.has(Scope::Pii) {
+            return self;
+        }
+        Self {
+            holder_name: pii::mask_name(&self.holder_name),
+            email: pii::mask_email(&self.email),
+            ..self
+        }
+    }
+}
 
 fn account_row(row: &MySqlRow) -> Result<AccountView, sqlx::Error> {
     Ok(AccountView {

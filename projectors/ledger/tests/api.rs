@@ -12,7 +12,9 @@ use futures::FutureExt as _;
 use prism_ledger::http::{router, ApiState};
 use prism_ledger::store::{Generation, LiveModel};
 use prism_ledger::LedgerConfig;
+use prism_platform::auth::{Auth, Scope};
 use prism_platform::clients;
+use prism_platform::config::AuthConfig;
 use prism_platform::secret::Secret;
 use prism_tests::{config, unique, up};
 use serde_json::Value;
@@ -123,8 +125,14 @@ async fn serve(pool: &MySqlPool, database: &str, wait_ms: u64) -> (Server, watch
     };
     let (progress, progress_rx) = watch::channel(0_u64);
     let app = router(
-        ApiState::new(model, &ledger, progress_rx, &prometheus::Registry::new())
-            .expect("the API's metrics"),
+        ApiState::new(
+            model,
+            &ledger,
+            Auth::new(true, &AuthConfig::default().tokens, Scope::LedgerRead),
+            progress_rx,
+            &prometheus::Registry::new(),
+        )
+        .expect("the API's metrics"),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

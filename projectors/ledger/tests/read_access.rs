@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prism_platform::auth::{Scope, TokenConfig};
+use prism_platform::config::LOCAL_ANALYST_TOKEN;
 use serde_json::Value;
-use support::{
-    day, deposited, isolated, isolated_config, isolated_with, metric_sum, opened, Account,
-};
+use support::{day, deposited, isolated_config, isolated_with, metric_sum, opened, Account};
 
 const CATCH_UP: Duration = Duration::from_secs(30);
 
@@ -58,9 +58,18 @@ async fn wait_balance(
     }
 }
 
+/// A ledger reader without the `pii` scope (added to the test's callers).
+const NO_PII_TOKEN: &str = "ledger-reader-without-pii";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_query_api_refuses_requests_without_an_accepted_bearer_token() {
-    isolated(1, |env| async move {
+    let mut config = isolated_config(1);
+    config.auth.tokens.push(TokenConfig::new(
+        "support",
+        NO_PII_TOKEN,
+        &[Scope::LedgerRead],
+    ));
+    isolated_with(config, |env| async move {
         let projector = env.start_projector().await;
         let mut a = Account::new(0);
         let (event, partition) = a.next(day(1, 9, 0), opened("Ada Lovelace", "DE", "EUR"));
@@ -93,6 +102,57 @@ async fn the_query_api_refuses_requests_without_an_accepted_bearer_token() {
                 );
             }
         }
+        // The analysts' token is accepted elsewhere but lacks `ledger:read`: 403, no data.
+        let analyst = format!("Bearer {LOCAL_ANALYST_TOKEN}");
+        for path in &paths {
+            let answer = projector
+                .get_anonymous(path, &[("authorization", &analyst)])
+                .await;
+            assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+            assert_eq!(answer.body["code"], "forbidden", "{path}: {}", answer.body);
+            assert_eq!(
+                answer.header("content-type"),
+                Some("application/problem+json"),
+                "{path}"
+            );
+            assert!(
+                answer.body.to_string().contains("ledger:read")
+                    && answer.body.get("items").is_none()
+                    && answer.body.get("balance_minor").is_none(),
+                "{path}: {}",
+                answer.body
+            );
+        }
+        // A reader without `pii` gets the account with its holder's name and email masked.
+        let no_pii = format!("Bearer {NO_PII_TOKEN}");
+        let masked = projector
+            .get_anonymous(
+                &format!("/v1/accounts/{}", a.id),
+                &[("authorization", &no_pii)],
+            )
+            .await;
+        assert_eq!(masked.status, 200, "{}", masked.body);
+        assert_eq!(masked.body["balance_minor"], 4_200, "{}", masked.body);
+        assert_eq!(masked.body["holder_name"], "A. L.", "{}", masked.body);
+        let email = seen["email"].as_str().unwrap_or_default();
+        assert_eq!(
+            masked.body["email"],
+            prism_platform::pii::mask_email(email),
+            "{}",
+            masked.body
+        );
+        assert!(!masked.body.to_string().contains(email), "{}", masked.body);
+        let listed = projector
+            .get_anonymous("/v1/accounts", &[("authorization", &no_pii)])
+            .await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        assert_eq!(
+            listed.body["items"][0]["holder_name"], "A. L.",
+            "{}",
+            listed.body
+        );
+        assert!(!listed.body.to_string().contains(email), "{}", listed.body);
+
         let accepted = projector
             .get(&format!("/v1/accounts/{}/statement", a.id), &[])
             .await;

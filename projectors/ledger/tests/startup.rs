@@ -43,7 +43,7 @@ impl Ledger {
             .env_remove("PRISM_PROFILE")
             .env_remove("RUST_LOG")
             .env_remove("NO_COLOR")
-            .env_remove("PRISM_LEDGER__TOKENS")
+            .env_remove("PRISM_AUTH__TOKENS")
             .env_remove("PRISM_LEDGER__CURSOR_SECRET")
             .env("PRISM_LEDGER__DATABASE", &ledger.database)
             .env("PRISM_LEDGER__GROUP_ID", &ledger.group_id)
@@ -142,12 +142,15 @@ async fn compiled_in_secrets_are_refused_on_a_listener_off_loopback() {
             status.is_some_and(|s| !s.success()),
             "prism-ledger served on 0.0.0.0 with the compiled-in token ({status:?}):\n{log}"
         );
-        assert!(log.contains("[ledger] tokens"), "{log}");
-        assert!(log.contains("PRISM_LEDGER__TOKENS"), "{log}");
+        assert!(log.contains("[ledger] auth.tokens"), "{log}");
+        assert!(log.contains("PRISM_AUTH__TOKENS"), "{log}");
         assert_no_colour(&log, "refused start");
 
         // Its own token but the local cursor key: refused too, naming that key.
-        let own_token = [("PRISM_LEDGER__TOKENS", "[\"a-token-of-this-test\"]")];
+        let own_token = [(
+            "PRISM_AUTH__TOKENS",
+            r#"[{name="test", token="a-token-of-this-test", scopes=["ledger:read"]}]"#,
+        )];
         let mut ledger = Ledger::start(&env.config, "0.0.0.0:0", &own_token);
         let status = ledger.wait(Duration::from_secs(30));
         let log = ledger.stderr();

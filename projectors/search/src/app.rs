@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use prism_platform::auth::{Auth, Scope};
 use prism_platform::config::{Config, ProjectorConfig};
 use prism_projector::app::{Projector, Settings};
 use prism_projector::copies::{
@@ -69,6 +70,11 @@ impl Projector for SearchProjector {
     }
 
     fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()> {
+        // The compiled-in tokens and cursor key are public: never on an address other
+        // machines can reach.
+        self.config
+            .auth
+            .refuse_local_tokens(NAME, self.search.auth_enabled, address)?;
         Ok(self.search.refuse_local_secrets(address)?)
     }
 
@@ -92,9 +98,15 @@ impl Projector for SearchProjector {
         shared: &Shared,
         registry: &Registry,
     ) -> anyhow::Result<axum::Router> {
+        let auth = Auth::new(
+            self.search.auth_enabled,
+            &self.config.auth.tokens,
+            Scope::SearchRead,
+        );
         let state = crate::http::ApiState::new(
             move || live.current(),
             &self.search,
+            auth,
             shared.progress.subscribe(),
             registry,
         )

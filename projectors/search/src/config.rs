@@ -7,9 +7,7 @@
 
 use std::net::SocketAddr;
 
-use prism_platform::config::{
-    refuse_local_secrets, ConfigError, LOCAL_DEV_CURSOR_SECRET, LOCAL_DEV_TOKEN,
-};
+use prism_platform::config::{refuse_local_secrets, ConfigError, LOCAL_DEV_CURSOR_SECRET};
 use prism_platform::secret::Secret;
 use serde::Deserialize;
 
@@ -41,10 +39,12 @@ pub struct SearchConfig {
     /// batch of its partition wrote. Kept only while the partition's stored position is
     /// the one this sink wrote last; 0 reads every batch's accounts from the engine.
     pub account_cache_max: usize,
-    /// Whether the query API (`/v1`) needs `Authorization: Bearer <token>`.
+    /// Whether the query API (`/v1`) needs `Authorization: Bearer <token>` of a caller
+    /// with the `search:read` scope (`[[auth.tokens]]`).
     pub auth_enabled: bool,
-    /// Accepted bearer tokens of the query API (masked in logs).
-    pub tokens: Vec<Secret>,
+    /// Mask holders' email addresses (and leave them out of `q`) for callers without the
+    /// `pii` scope; false shows them to every caller of the API.
+    pub mask_email: bool,
     /// Key that signs paging cursors (so a tampered cursor is refused).
     pub cursor_secret: Secret,
     /// Longest a query waits for a `Consistency-Token` or `min_version`, in milliseconds.
@@ -80,7 +80,7 @@ impl Default for SearchConfig {
             // About 60 MB of account documents.
             account_cache_max: 200_000,
             auth_enabled: true,
-            tokens: vec![Secret::new(LOCAL_DEV_TOKEN)],
+            mask_email: true,
             cursor_secret: Secret::new(LOCAL_DEV_CURSOR_SECRET),
             wait_timeout_ms: 5_000,
             max_waiters: 256,
@@ -128,24 +128,18 @@ impl SearchConfig {
         Ok(())
     }
 
-    /// Refuses to serve on `listening` (the bound address) with the compiled-in token or
-    /// cursor key unless that is a loopback address. Call it once the listener is bound.
+    /// Refuses to serve on `listening` (the bound address) with the compiled-in cursor
+    /// key unless that is a loopback address. Call it once the listener is bound (the
+    /// tokens: [`prism_platform::config::AuthConfig::refuse_local_tokens`]).
     pub fn refuse_local_secrets(&self, listening: SocketAddr) -> Result<(), ConfigError> {
         refuse_local_secrets(
             "search",
             listening,
-            &[
-                (
-                    "tokens",
-                    "PRISM_SEARCH__TOKENS='[\"<token>\"]'",
-                    self.auth_enabled && self.tokens.iter().any(|t| t.expose() == LOCAL_DEV_TOKEN),
-                ),
-                (
-                    "cursor_secret",
-                    "PRISM_SEARCH__CURSOR_SECRET=<random text>",
-                    self.cursor_secret.expose() == LOCAL_DEV_CURSOR_SECRET,
-                ),
-            ],
+            &[(
+                "cursor_secret",
+                "PRISM_SEARCH__CURSOR_SECRET=<random text>",
+                self.cursor_secret.expose() == LOCAL_DEV_CURSOR_SECRET,
+            )],
         )
     }
 }
@@ -195,9 +189,7 @@ mod tests {
         assert_eq!((c.shards, c.replicas), (1, 0));
         assert_eq!(c.refresh_interval_ms, 1_000);
         assert_eq!(c.bulk_max_bytes, 5 * 1024 * 1024);
-        assert!(c.auth_enabled);
-        assert_eq!(c.tokens.len(), 1);
-        assert_eq!(c.tokens[0].expose(), LOCAL_DEV_TOKEN);
+        assert!(c.auth_enabled && c.mask_email);
         assert_eq!(c.cursor_secret.expose(), LOCAL_DEV_CURSOR_SECRET);
         assert_eq!((c.wait_timeout_ms, c.max_waiters), (5_000, 256));
         assert_eq!((c.page_size, c.max_page_size), (50, 500));
@@ -240,7 +232,6 @@ mod tests {
             documented.cursor_secret.expose(),
             defaults.cursor_secret.expose()
         );
-        assert_eq!(documented.tokens[0].expose(), defaults.tokens[0].expose());
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //!   transactions with highlights, `total`, optional facets and a `next_cursor`;
 //! - `GET /v1/search/accounts?q=&status=&country=&limit=`: autocomplete on holder name
 //!   and email;
+//!
+//! Every `/v1` endpoint needs a bearer token with the `search:read` scope (401 without an
+//! accepted token, 403 without the scope). Holder names are shown: analysts search by
+//! them. Email addresses are shown, and matched by `q`, only to callers with the `pii`
+//! scope, or to every caller when `[search] mask_email` is false; others get them masked
+//! (`a***@example.org`) and `q` does not look at them.
 //! - `GET /v1/search/transactions/export?format=ndjson|csv&<the same filters>`: the whole
 //!   result, streamed in pages of `max_page_size`.
 //!
@@ -45,13 +51,14 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use elasticsearch::http::headers::HeaderMap as EsHeaders;
 use elasticsearch::http::request::JsonBody;
 use elasticsearch::http::Method;
 use elasticsearch::Elasticsearch;
-use prism_platform::auth::{self, Auth};
+use prism_platform::auth::{self, Auth, Scope, Scopes};
 use prism_platform::http::Problem;
+use prism_platform::pii;
 use prism_projector::api::cursor::invalid_cursor;
 use prism_projector::api::openapi::{self, BearerAuth};
 use prism_projector::api::{
@@ -141,6 +148,8 @@ struct Inner {
     refresher: Refresher,
     engine: OnceCell<Engine>,
     auth: Auth,
+    /// Mask email addresses for callers without the `pii` scope (`[search] mask_email`).
+    mask_email: bool,
     /// Points in time of first pages not paged on yet, oldest first (see
     /// [`UNPAGED_PITS_MAX`]).
     unpaged_pits: std::sync::Mutex<std::collections::VecDeque<String>>,
@@ -166,6 +175,7 @@ impl ApiState {
     pub fn new(
         copy: impl Fn() -> SearchCopy + Send + Sync + 'static,
         config: &SearchConfig,
+        auth: Auth,
         progress: watch::Receiver<u64>,
         registry: &Registry,
     ) -> prometheus::Result<Self> {
@@ -193,7 +203,8 @@ impl ApiState {
                 waits,
                 refresher: Refresher::default(),
                 engine: OnceCell::new(),
-                auth: Auth::new(config.auth_enabled, &config.tokens),
+                auth,
+                mask_email: config.mask_email,
                 unpaged_pits: std::sync::Mutex::default(),
             }),
         })
@@ -728,11 +739,14 @@ async fn export_transactions(
     security(("bearer" = [])))]
 async fn search_accounts(
     State(state): State<ApiState>,
+    Extension(scopes): Extension<Scopes>,
     query: RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<AccountPage>, Problem> {
     let params = Params::new(query, &["q", "status", "country", "limit"])?;
+    let email_shown = scopes.has(Scope::Pii) || !state.inner.mask_email;
     let search = AccountQuery {
+        match_email: email_shown,
         text: query::text("q", params.get("q"), state.inner.max_query_chars)?,
         status: params
             .get("status")
@@ -762,7 +776,14 @@ async fn search_accounts(
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .map(source::<AccountDoc>)
+        .map(|hit| {
+            source::<AccountDoc>(hit).map(|mut account| {
+                if !email_shown {
+                    account.email = pii::mask_email(&account.email);
+                }
+                account
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(AccountPage { items }))
 }

@@ -343,10 +343,14 @@ pub struct AccountQuery {
     pub status: Option<&'static str>,
     pub country: Option<String>,
     pub limit: u32,
+    /// Whether `text` also matches email addresses: not for a caller who sees them
+    /// masked, who could otherwise find an address by trying its prefixes.
+    pub match_email: bool,
 }
 
 /// The body of an account search: as-you-type on holder name and email (each word a
-/// whole or the start of a word, in any order), else every account by holder name.
+/// whole or the start of a word, in any order; email only with `match_email`), else every
+/// account by holder name.
 pub fn accounts_body(query: &AccountQuery, timeout_ms: u64) -> Value {
     let mut filters = Vec::new();
     if let Some(status) = query.status {
@@ -358,19 +362,24 @@ pub fn accounts_body(query: &AccountQuery, timeout_ms: u64) -> Value {
     let mut bool_query = json!({ "filter": filters });
     let sort = match &query.text {
         Some(text) => {
+            let mut fields = vec![
+                "holder_name.suggest^2",
+                "holder_name.suggest._2gram^2",
+                "holder_name.suggest._3gram^2",
+            ];
+            if query.match_email {
+                fields.extend([
+                    "email.suggest",
+                    "email.suggest._2gram",
+                    "email.suggest._3gram",
+                ]);
+            }
             bool_query["must"] = json!([{
                 "multi_match": {
                     "query": text,
                     "type": "bool_prefix",
                     "operator": "and",
-                    "fields": [
-                        "holder_name.suggest^2",
-                        "holder_name.suggest._2gram^2",
-                        "holder_name.suggest._3gram^2",
-                        "email.suggest",
-                        "email.suggest._2gram",
-                        "email.suggest._3gram"
-                    ]
+                    "fields": fields
                 }
             }]);
             json!(["_score", { "holder_name.keyword": "asc" }, { "account_id": "asc" }])
@@ -864,12 +873,28 @@ mod tests {
                 status: Some("open"),
                 country: Some("PT".into()),
                 limit: 5,
+                match_email: true,
             },
             1_000,
         );
         let must = &body["query"]["bool"]["must"][0]["multi_match"];
         assert_eq!(must["type"], "bool_prefix");
         assert_eq!(must["query"], "zoe mu");
+        let fields = must["fields"].to_string();
+        assert!(fields.contains("holder_name.suggest") && fields.contains("email.suggest"));
+        let names_only = accounts_body(
+            &AccountQuery {
+                text: Some("zoe".into()),
+                limit: 5,
+                ..AccountQuery::default()
+            },
+            1_000,
+        );
+        let fields = names_only["query"]["bool"]["must"][0]["multi_match"]["fields"].to_string();
+        assert!(
+            fields.contains("holder_name.suggest") && !fields.contains("email"),
+            "a caller who sees emails masked cannot match them: {fields}"
+        );
         assert_eq!(
             body["query"]["bool"]["filter"],
             json!([{ "term": { "status": "open" } }, { "term": { "country": "PT" } }])

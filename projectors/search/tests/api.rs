@@ -14,7 +14,8 @@ use prism_events::event::{
     DeclineReason, MoneyDeposited, MoneyWithdrawn, WithdrawalChannel,
 };
 use prism_events::{AccountEvent, AccountId, Country, Currency, Envelope};
-use prism_platform::config::LOCAL_DEV_TOKEN;
+use prism_platform::auth::{Auth, Scope, TokenConfig};
+use prism_platform::config::{AuthConfig, LOCAL_ANALYST_TOKEN, LOCAL_DEV_TOKEN};
 use prism_platform::secret::Secret;
 use prism_projector::{AccountVersion, Batch, PositionUpdate, Sink};
 use prism_search::copies::{SearchCopies, SearchCopy};
@@ -155,6 +156,19 @@ impl Model {
         let state = ApiState::new(
             move || copy.clone(),
             config,
+            Auth::new(
+                true,
+                &[
+                    AuthConfig::default().tokens,
+                    vec![TokenConfig::new(
+                        "ledger-only",
+                        "ledger-only-token",
+                        &[Scope::LedgerRead, Scope::Pii],
+                    )],
+                ]
+                .concat(),
+                Scope::SearchRead,
+            ),
             progress_rx,
             &prometheus::Registry::new(),
         )
@@ -207,6 +221,21 @@ type Answer = (u16, Value);
 impl Server {
     async fn get(&self, path: &str, query: &[(&str, &str)]) -> Answer {
         self.get_with(path, query, None).await
+    }
+
+    /// A GET with `bearer` as the caller's token.
+    async fn get_as(&self, bearer: &str, path: &str, query: &[(&str, &str)]) -> Answer {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(bearer)
+            .query(query)
+            .send()
+            .await
+            .expect("the API answers");
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
     }
 
     async fn get_with(&self, path: &str, query: &[(&str, &str)], token: Option<&str>) -> Answer {
@@ -584,6 +613,45 @@ async fn free_text_ignores_accents_and_case_and_tolerates_a_typo() {
         )
         .await;
     assert_eq!(holders(&body), set(&["John Smith"]), "{body}");
+
+    // An analyst (no `pii`): names shown, emails masked and not matched.
+    let (status, full) = api.get("/v1/search/accounts", &[("q", "zo")]).await;
+    assert_eq!(status, 200, "{full}");
+    let email = full["items"][0]["email"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(email.contains('@') && !email.contains("***"), "{full}");
+    let (status, body) = api
+        .get_as(LOCAL_ANALYST_TOKEN, "/v1/search/accounts", &[("q", "zo")])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(holders(&body), set(&["Zoë Müller"]), "{body}");
+    assert_eq!(
+        body["items"][0]["email"],
+        prism_platform::pii::mask_email(&email),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(&email), "{body}");
+    let (status, body) = api
+        .get_as(
+            LOCAL_ANALYST_TOKEN,
+            "/v1/search/accounts",
+            &[("q", "jsmith")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["items"],
+        serde_json::json!([]),
+        "an email prefix finds nothing: {body}"
+    );
+    // Without the scope `search:read` (the ledger's callers): 403, not 401.
+    let (status, body) = api
+        .get_as("ledger-only-token", "/v1/search/accounts", &[("q", "zo")])
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "forbidden", "{body}");
 }
 
 #[tokio::test]

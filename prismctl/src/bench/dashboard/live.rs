@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
+use prism_platform::auth::Scope;
 use prism_platform::Config;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
@@ -94,16 +95,14 @@ async fn measure(
     child_slot: &mut Option<Child>,
 ) -> anyhow::Result<LiveFigures> {
     let token = config
-        .command
-        .tokens
-        .first()
+        .auth
+        .token_with(Scope::Commands)
         .map(|t| t.expose().to_owned())
         .unwrap_or_default();
     let dashboard = prism_dashboard::app::DashboardProjector::new(config.clone())?;
-    let dash_token = dashboard
-        .dashboard_config()
-        .tokens
-        .first()
+    let dash_token = config
+        .auth
+        .token_with(Scope::DashboardRead)
         .map(|t| t.expose().to_owned())
         .unwrap_or_default();
     let large = dashboard.dashboard_config().large_amount_minor;

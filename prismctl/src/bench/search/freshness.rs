@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use elasticsearch::{Elasticsearch, SearchParts};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use prism_platform::secret::Secret;
+use prism_platform::auth::{Scope, TokenConfig};
 use prism_platform::Config;
 use prism_search::index::Names as IndexNames;
 use serde_json::json;
@@ -74,7 +74,7 @@ pub(super) async fn measure(config: &Config, args: &Args) -> anyhow::Result<Fres
     cfg.relay.enabled = true;
     let token = uuid::Uuid::new_v4().simple().to_string();
     cfg.command.auth_enabled = true;
-    cfg.command.tokens = vec![Secret::new(token.clone())];
+    cfg.auth.tokens = vec![TokenConfig::new("bench", &token, &Scope::ALL)];
     let projector = search_on(&cfg, &scratch.search_prefix, &scratch.search_group())?;
     let refresh_interval_ms = projector.search_config().refresh_interval_ms;
 

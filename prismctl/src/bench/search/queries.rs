@@ -9,7 +9,7 @@ use elasticsearch::indices::IndicesRefreshParts;
 use elasticsearch::CountParts;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use prism_platform::secret::Secret;
+use prism_platform::auth::{Auth, Scope, TokenConfig};
 use prism_platform::Config;
 use prism_search::copies::SearchCopies;
 use prism_search::http::{router, ApiState};
@@ -58,7 +58,6 @@ pub(super) async fn measure(
     let mut search = projector.search_config().clone();
     let token = uuid::Uuid::new_v4().simple().to_string();
     search.auth_enabled = true;
-    search.tokens = vec![Secret::new(token.clone())];
     let copies = SearchCopies::connect(&config.elasticsearch, &search)
         .await
         .context("opening the projector's copy")?;
@@ -88,9 +87,15 @@ pub(super) async fn measure(
     // No consistency waits in this phase: the progress signal never moves.
     let (_progress, progress) = tokio::sync::watch::channel(0);
     let live = copy.clone();
+    let auth = Auth::new(
+        true,
+        &[TokenConfig::new("bench", &token, &[Scope::SearchRead])],
+        Scope::SearchRead,
+    );
     let state = ApiState::new(
         move || live.clone(),
         &search,
+        auth,
         progress,
         &prometheus::Registry::new(),
     )

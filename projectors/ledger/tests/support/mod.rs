@@ -17,7 +17,9 @@ use futures::FutureExt as _;
 use prism_events::{AccountId, Envelope};
 use prism_ledger::store::Ledger;
 use prism_ledger::LedgerConfig;
+use prism_platform::auth::Scope;
 use prism_platform::config::{Config, EventStoreBackend};
+use prism_platform::secret::Secret;
 use prism_tests::{unique, up};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
@@ -142,7 +144,7 @@ impl Env {
             tokio::net::TcpListener::bind("127.0.0.1:0").await,
         );
         let url = format!("http://{}", up("localhost", listener.local_addr()));
-        let config_token = ledger_config(&config).tokens.first().cloned();
+        let config_token = config.auth.token_with(Scope::LedgerRead).cloned();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             prism_ledger::app::run_decoding(
@@ -515,7 +517,7 @@ pub struct Projector {
 }
 
 /// The token a test sends: the configuration's first (the compiled local one if none).
-fn bearer_token(configured: &Option<prism_platform::secret::Secret>) -> String {
+fn bearer_token(configured: &Option<Secret>) -> String {
     configured.as_ref().map_or_else(
         || prism_platform::config::LOCAL_DEV_TOKEN.to_owned(),
         |t| t.expose().to_owned(),
