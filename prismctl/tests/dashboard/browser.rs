@@ -195,6 +195,27 @@ async fn the_page_loads_clean_follows_commands_within_a_second_and_survives_a_re
         );
         page.assert_console_clean_after_outage(&dashboard.url).await;
 
+        // A token the services accept but without the scope dashboard:read: the page stops
+        // and asks for another one, saying why.
+        page.goto(&format!(
+            "{}/?scope#token={}",
+            dashboard.url,
+            crate::projector::LEDGER_ONLY_TOKEN
+        ))
+        .await;
+        let (message, _) = page
+            .wait_until(
+                "the page asks for a token with the scope",
+                Duration::from_secs(15),
+                &dashboard,
+                |s| {
+                    (s.token_form && s.token_message.contains("dashboard:read"))
+                        .then(|| s.token_message.clone())
+                },
+            )
+            .await;
+        eprintln!("a token without the scope: {message}");
+
         page.quit().await;
         command.stop().await;
     })
@@ -212,6 +233,8 @@ struct PageState {
     /// The banner's text while it shows.
     banner: Option<String>,
     token_form: bool,
+    /// The token form's message.
+    token_message: String,
     /// `body.dataset.events1h`: the hour's event count last rendered.
     events1h: Option<u64>,
     feed: Vec<FeedRow>,
@@ -243,6 +266,7 @@ return {
   conn: byId('conn-state').textContent,
   banner: banner.hidden ? null : banner.textContent,
   token_form: !byId('token-form').hidden,
+  token_message: byId('token-message').textContent,
   events1h: events === undefined || events === '' ? null : Number(events),
   feed: [...byId('feed').tBodies[0].rows].map((tr) => ({
     kind: tr.cells[1]?.firstChild?.textContent ?? '',

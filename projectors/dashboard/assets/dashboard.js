@@ -183,9 +183,12 @@ async function httpError(res) {
   return new Error(message);
 }
 
-/** A 401 for the token in use (not a stale one) stops everything and asks for a token. */
+/**
+ * A 401 (token not accepted) or 403 (token without the scope dashboard:read) for the token in
+ * use (not a stale one) stops everything and asks for a token.
+ */
 function checkAuth(res, token) {
-  if (res.status === 401 && token === state.token) needToken();
+  if ((res.status === 401 || res.status === 403) && token === state.token) needToken(res.status === 403);
 }
 
 async function getJson(path) {
@@ -215,8 +218,8 @@ function readToken() {
   }
 }
 
-/** Stops the stream and shows the token form (the server answered 401). */
-function needToken() {
+/** Stops the stream and shows the token form (the server answered 401, or 403: `forbidden`). */
+function needToken(forbidden = false) {
   const stream = state.stream;
   stream.gen++;
   if (stream.ctl) stream.ctl.abort();
@@ -228,7 +231,10 @@ function needToken() {
     // Storage disabled: nothing stored to forget.
   }
   setConnection('auth');
-  setText(el.tokenMessage, rejected ? 'The token was rejected. Enter a valid token.' : 'This dashboard needs an API token.');
+  let message = 'This dashboard needs an API token.';
+  if (forbidden) message = 'This token may not read the dashboard (it lacks the scope dashboard:read). Enter another token.';
+  else if (rejected) message = 'The token was rejected. Enter a valid token.';
+  setText(el.tokenMessage, message);
   if (el.tokenForm.hidden) {
     el.tokenForm.hidden = false;
     el.tokenInput.focus();
