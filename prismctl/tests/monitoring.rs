@@ -923,14 +923,7 @@ copy_poll_ms = 200
                 }
             }
         }
-        if let Ok(pg) = prism_platform::clients::postgres(&config.postgres).await {
-            let _ = sqlx::query(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                config.event_store.postgres_schema
-            ))
-            .execute(&pg)
-            .await;
-        }
+        prism_tests::drop_event_store(config).await;
         if let Some(ledger) = &ledger {
             if let Ok(store) = prism_ledger::store::Ledger::open(&config.mysql, ledger).await {
                 let _ = store.drop_everything().await;
@@ -944,20 +937,7 @@ copy_poll_ms = 200
             }
         }
         if let Some(dashboard) = &dashboard {
-            if let Ok(mut redis) = prism_platform::clients::redis_connection(&config.redis).await {
-                let pattern = format!("{}:*", dashboard.namespace);
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(&pattern)
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _: Result<(), _> = redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async(&mut redis)
-                        .await;
-                }
-            }
+            prism_tests::unlink_keys(config, &format!("{}:*", dashboard.namespace)).await;
         }
         if let Some(fraud) = &fraud {
             if let Ok(copies) = prism_fraud::copies::connect(&config.redis, fraud).await {

@@ -314,25 +314,7 @@ async fn clean_up(config: &Config, ledger: &Ledger, generations: &[u32]) {
         let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
         let _ = admin.delete_groups(&groups, &options).await;
     }
-    match config.event_store.backend {
-        EventStoreBackend::Mongodb => {
-            if let Ok(client) =
-                prism_platform::clients::mongodb(&config.mongodb, "prism-tests").await
-            {
-                let _ = client.database(&config.mongodb.database).drop().await;
-            }
-        }
-        EventStoreBackend::Postgres => {
-            if let Ok(pg) = prism_platform::clients::postgres(&config.postgres).await {
-                let _ = sqlx::query(&format!(
-                    "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                    config.event_store.postgres_schema
-                ))
-                .execute(&pg)
-                .await;
-            }
-        }
-    }
+    prism_tests::drop_event_store(config).await;
 }
 
 /// Rebuilds from the event store while several writers append to many accounts through the

@@ -165,14 +165,7 @@ wait_timeout_ms = {wait}
             let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
             let _ = admin.delete_groups(&groups, &options).await;
         }
-        if let Ok(pg) = prism_platform::clients::postgres(&self.config.postgres).await {
-            let _ = sqlx::query(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.config.event_store.postgres_schema
-            ))
-            .execute(&pg)
-            .await;
-        }
+        prism_tests::drop_event_store(&self.config).await;
         let _ = std::fs::remove_file(&self.profile);
     }
 }

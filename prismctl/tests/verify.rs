@@ -333,15 +333,7 @@ where
         .catch_unwind()
         .await;
     let _ = ledger.drop_everything().await;
-    if let Ok(pg) = prism_platform::clients::postgres(&config.postgres).await {
-        let _ = sqlx::query(&format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            config.event_store.postgres_schema
-        ))
-        .execute(&pg)
-        .await;
-        pg.close().await;
-    }
+    prism_tests::drop_event_store(&config).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

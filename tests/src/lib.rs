@@ -8,7 +8,7 @@
 use std::fmt::Display;
 use std::path::PathBuf;
 
-use prism_platform::config::Sources;
+use prism_platform::config::{EventStoreBackend, Sources};
 use prism_platform::Config;
 
 /// The repository root (this crate lives in `tests/`).
@@ -47,5 +47,50 @@ pub fn up<T, E: Display>(service: &str, result: Result<T, E>) -> T {
             "{service} is not answering: {e}\n\
              The integration tests need the local stack: run `dev/stack up` (see README.md)."
         ),
+    }
+}
+
+/// Drops the event store `config` names (its MongoDB database or its PostgreSQL schema),
+/// for a test's clean-up: errors are ignored, since a clean-up must not hide the test's
+/// own failure.
+pub async fn drop_event_store(config: &Config) {
+    match config.event_store.backend {
+        EventStoreBackend::Mongodb => {
+            if let Ok(client) =
+                prism_platform::clients::mongodb(&config.mongodb, "prism-tests").await
+            {
+                let _ = client.database(&config.mongodb.database).drop().await;
+            }
+        }
+        EventStoreBackend::Postgres => {
+            if let Ok(pool) = prism_platform::clients::postgres(&config.postgres).await {
+                let _ = sqlx::query(&format!(
+                    "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                    config.event_store.postgres_schema
+                ))
+                .execute(&pool)
+                .await;
+                pool.close().await;
+            }
+        }
+    }
+}
+
+/// Unlinks every Redis key matching `pattern` (e.g. `prism:dashboard:test_1a2b:*`), for a
+/// test's clean-up: errors are ignored, like [`drop_event_store`]'s.
+pub async fn unlink_keys(config: &Config, pattern: &str) {
+    let Ok(mut redis) = prism_platform::clients::redis_connection(&config.redis).await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut redis)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("UNLINK")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await;
     }
 }

@@ -378,25 +378,7 @@ pub fn assert_per_account_order(
 
 /// Drops the test's database/schema and topic.
 pub async fn clean_up(config: &Config) {
-    match config.event_store.backend {
-        EventStoreBackend::Mongodb => {
-            if let Ok(client) =
-                prism_platform::clients::mongodb(&config.mongodb, "prism-tests").await
-            {
-                let _ = client.database(&config.mongodb.database).drop().await;
-            }
-        }
-        EventStoreBackend::Postgres => {
-            if let Ok(pool) = prism_platform::clients::postgres(&config.postgres).await {
-                let _ = sqlx::query(&format!(
-                    "DROP SCHEMA IF EXISTS {} CASCADE",
-                    config.event_store.postgres_schema
-                ))
-                .execute(&pool)
-                .await;
-            }
-        }
-    }
+    prism_tests::drop_event_store(config).await;
     if let Ok(admin) = prism_platform::clients::kafka_client_config(&config.kafka)
         .create::<AdminClient<DefaultClientContext>>()
     {

@@ -71,28 +71,8 @@ health_targets = []
             let rebuild = format!("{group}-rebuild-g2");
             let _ = admin.delete_groups(&[&group, &rebuild], &options).await;
         }
-        if let Ok(pg) = prism_platform::clients::postgres(&self.config.postgres).await {
-            let _ = sqlx::query(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.config.event_store.postgres_schema
-            ))
-            .execute(&pg)
-            .await;
-        }
-        if let Ok(mut redis) = prism_platform::clients::redis_connection(&self.config.redis).await {
-            let pattern = format!("{}:*", self.dashboard().namespace);
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query_async(&mut redis)
-                .await
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut redis)
-                    .await;
-            }
-        }
+        prism_tests::drop_event_store(&self.config).await;
+        prism_tests::unlink_keys(&self.config, &format!("{}:*", self.dashboard().namespace)).await;
         let _ = std::fs::remove_file(&self.profile);
     }
 }

@@ -85,14 +85,7 @@ batch_max_wait_ms = 5
                 .delete_groups(&[&self.fraud().group_id], &options)
                 .await;
         }
-        if let Ok(pg) = prism_platform::clients::postgres(&self.config.postgres).await {
-            let _ = sqlx::query(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.config.event_store.postgres_schema
-            ))
-            .execute(&pg)
-            .await;
-        }
+        prism_tests::drop_event_store(&self.config).await;
         if let Ok(copies) = prism_fraud::copies::connect(&self.config.redis, &self.fraud()).await {
             let _ = copies.drop_everything().await;
         }

@@ -299,12 +299,11 @@ async fn transient_errors_are_retried_with_a_growing_back_off() {
 /// librdkafka's default (500 ms) against 2.4 s at the runtime's 100 ms.
 const BACKPRESSURE_CATCH_UP: Duration = Duration::from_secs(6);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_partition_resumes_without_waiting_out_an_idle_partitions_fetch() {
-    let mut env = KafkaEnv::new(2).await;
-    // A small buffer: the busy partition is paused and resumed about every 25 records.
-    env.config.partition_buffer = 50;
-    env.config.batch_max_events = 10;
+/// Opens 20 accounts of partition 0 and deposits `rounds` times into each, then times a
+/// runtime catching up on them from the start (group join included) with `env`'s settings,
+/// and checks the sink ends equal to the reference fold. Cleans `env` up, pass or fail.
+/// Answers the number of records and the time taken; `what` names the run in its log line.
+async fn time_catch_up(env: KafkaEnv, rounds: i64, what: &str) -> (usize, Duration) {
     let env = Arc::new(env);
     let outcome = std::panic::AssertUnwindSafe(async {
         let mut accounts: Vec<Account> = (0..20).map(|_| Account::new(0)).collect();
@@ -312,7 +311,7 @@ async fn a_paused_partition_resumes_without_waiting_out_an_idle_partitions_fetch
             .iter_mut()
             .map(|a| a.next_now(opened("Ada", "DE", "EUR")))
             .collect();
-        for round in 0..60 {
+        for round in 0..rounds {
             for account in &mut accounts {
                 events.push(account.next_now(deposited(100 + round)));
             }
@@ -325,22 +324,32 @@ async fn a_paused_partition_resumes_without_waiting_out_an_idle_partitions_fetch
         let started = env.start(Arc::new(sink.clone())).await;
         wait_offset(&sink, 0, last, CATCH_UP).await;
         let took = begun.elapsed();
-        eprintln!("catch-up through the small buffer: {took:?}");
+        eprintln!("catch-up {what}: {took:?}");
         started.stop().await;
         assert_eq!(sink.snapshot(), reference(envelopes(&events)));
-        assert!(
-            took < BACKPRESSURE_CATCH_UP,
-            "{} records through a 50-record buffer took {took:?}: resumed partitions wait \
-             for the idle partition's fetch",
-            events.len()
-        );
+        (events.len(), took)
     })
     .catch_unwind()
     .await;
     env.clean_up().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
+    match outcome {
+        Ok(timed) => timed,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_partition_resumes_without_waiting_out_an_idle_partitions_fetch() {
+    let mut env = KafkaEnv::new(2).await;
+    // A small buffer: the busy partition is paused and resumed about every 25 records.
+    env.config.partition_buffer = 50;
+    env.config.batch_max_events = 10;
+    let (records, took) = time_catch_up(env, 60, "through the small buffer").await;
+    assert!(
+        took < BACKPRESSURE_CATCH_UP,
+        "{records} records through a 50-record buffer took {took:?}: resumed partitions wait \
+         for the idle partition's fetch"
+    );
 }
 
 /// How long the full-queue test's catch-up may take (group join included): measured
@@ -362,39 +371,10 @@ async fn a_full_fetch_queue_does_not_stall_a_catching_up_partition_for_a_second(
     ] {
         env.kafka.client.insert(key.into(), value.into());
     }
-    let env = Arc::new(env);
-    let outcome = std::panic::AssertUnwindSafe(async {
-        let mut accounts: Vec<Account> = (0..20).map(|_| Account::new(0)).collect();
-        let mut events: Vec<(Envelope, i32)> = accounts
-            .iter_mut()
-            .map(|a| a.next_now(opened("Ada", "DE", "EUR")))
-            .collect();
-        for round in 0..300 {
-            for account in &mut accounts {
-                events.push(account.next_now(deposited(100 + round)));
-            }
-        }
-        let offsets = env.send_all(&events).await;
-        let last = offsets.last().copied().unwrap_or(-1);
-
-        let sink = MemorySink::new();
-        let begun = std::time::Instant::now();
-        let started = env.start(Arc::new(sink.clone())).await;
-        wait_offset(&sink, 0, last, CATCH_UP).await;
-        let took = begun.elapsed();
-        eprintln!("catch-up through 64 KB fetches into a one-record queue: {took:?}");
-        started.stop().await;
-        assert_eq!(sink.snapshot(), reference(envelopes(&events)));
-        assert!(
-            took < FULL_QUEUE_CATCH_UP,
-            "{} records took {took:?}: each fetch after a full queue was put off a second",
-            events.len()
-        );
-    })
-    .catch_unwind()
-    .await;
-    env.clean_up().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    let (records, took) =
+        time_catch_up(env, 300, "through 64 KB fetches into a one-record queue").await;
+    assert!(
+        took < FULL_QUEUE_CATCH_UP,
+        "{records} records took {took:?}: each fetch after a full queue was put off a second"
+    );
 }
