@@ -24,12 +24,10 @@ mod projector;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt as _;
 use prism_platform::config::Config;
 use prism_tests::{repo_root, unique, up};
 use serde_json::Value;
@@ -955,14 +953,10 @@ where
     F: FnOnce(Arc<Env>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let env = Arc::new(Env::new());
-    let outcome = AssertUnwindSafe(body(Arc::clone(&env)))
-        .catch_unwind()
-        .await;
-    env.clean_up().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    prism_tests::run_then_clean_up(Arc::new(Env::new()), body, |env| async move {
+        env.clean_up().await;
+    })
+    .await;
 }
 
 /// A few requests to each service's API besides the load, so that their labelled series

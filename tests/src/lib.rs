@@ -6,7 +6,12 @@
 //! skipped silently.
 
 use std::fmt::Display;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::FutureExt as _;
 
 use prism_platform::config::{EventStoreBackend, Sources};
 use prism_platform::Config;
@@ -92,5 +97,23 @@ pub async fn unlink_keys(config: &Config, pattern: &str) {
             .arg(&keys)
             .query_async(&mut redis)
             .await;
+    }
+}
+
+/// Runs `body` on `env`, then `clean_up` on it whether the body passed or panicked, then
+/// re-raises the body's panic: the shape of every test harness's `isolated`.
+pub async fn run_then_clean_up<E, B, BFut, C, CFut>(env: Arc<E>, body: B, clean_up: C)
+where
+    B: FnOnce(Arc<E>) -> BFut,
+    BFut: Future<Output = ()>,
+    C: FnOnce(Arc<E>) -> CFut,
+    CFut: Future<Output = ()>,
+{
+    let outcome = AssertUnwindSafe(body(Arc::clone(&env)))
+        .catch_unwind()
+        .await;
+    clean_up(env).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }

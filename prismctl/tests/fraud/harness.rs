@@ -2,12 +2,10 @@
 //! `verify fraud`.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt as _;
 use prism_platform::config::Config;
 use prism_tests::{unique, up};
 use prismctl::models::Model;
@@ -100,14 +98,10 @@ where
     F: FnOnce(Arc<Env>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let env = Arc::new(Env::new(partitions));
-    let outcome = AssertUnwindSafe(body(Arc::clone(&env)))
-        .catch_unwind()
-        .await;
-    env.clean_up().await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    prism_tests::run_then_clean_up(Arc::new(Env::new(partitions)), body, |env| async move {
+        env.clean_up().await;
+    })
+    .await;
 }
 
 /// The real `prism-fraud`.
