@@ -268,8 +268,11 @@ impl Section {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// JSON when stderr is not a terminal (a file, a pipe, a container's log), text on
+    /// one.
     #[default]
+    Auto,
+    /// Human-readable lines.
     Text,
     /// One JSON object per line, for log shippers.
     Json,
@@ -287,7 +290,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
-            format: LogFormat::Text,
+            format: LogFormat::Auto,
         }
     }
 }
@@ -854,7 +857,7 @@ mod tests {
             assert_eq!(c.kafka.topic, "account-events");
             assert_eq!(c.kafka.topic_partitions, 12);
             assert_eq!(c.mysql.url.hosts(), "127.0.0.1:3306");
-            assert_eq!(c.log.format, LogFormat::Text);
+            assert_eq!(c.log.format, LogFormat::Auto);
             Ok(())
         });
     }

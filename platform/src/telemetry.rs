@@ -1,4 +1,5 @@
-//! Logging set-up: `tracing` to stderr, as text or JSON, filtered by `RUST_LOG` or config.
+//! Logging set-up: `tracing` to stderr, as text or JSON (by default JSON unless stderr is a
+//! terminal), filtered by `RUST_LOG` or config.
 //!
 //! Text is coloured only when stderr is a terminal and `NO_COLOR` is not set
 //! (<https://no-color.org>): logs redirected to a file, a pipe or a log shipper must not
@@ -31,19 +32,28 @@ pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
         filter: filter.clone(),
         source,
     })?;
-    let colour = use_colour(
-        std::io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
+    let terminal = std::io::stderr().is_terminal();
+    let colour = use_colour(terminal, std::env::var_os("NO_COLOR").as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_ansi(colour)
         .with_writer(std::io::stderr);
-    let result = match cfg.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let result = if json(cfg.format, terminal) {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
     };
     result.map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+/// Whether log lines are JSON objects: as configured, and with `auto` whenever stderr is
+/// not a terminal (a file, a pipe, a container's log: read by programs, not people).
+fn json(format: LogFormat, terminal: bool) -> bool {
+    match format {
+        LogFormat::Auto => !terminal,
+        LogFormat::Text => false,
+        LogFormat::Json => true,
+    }
 }
 
 /// Whether log lines get colours: only on a terminal, and never when `NO_COLOR` is set to a
@@ -56,7 +66,18 @@ fn use_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
 mod tests {
     use std::ffi::OsStr;
 
-    use super::use_colour;
+    use super::{json, use_colour};
+    use crate::config::LogFormat;
+
+    #[test]
+    fn auto_is_json_off_a_terminal_and_text_on_one() {
+        assert!(json(LogFormat::Auto, false));
+        assert!(!json(LogFormat::Auto, true));
+        for terminal in [false, true] {
+            assert!(json(LogFormat::Json, terminal));
+            assert!(!json(LogFormat::Text, terminal));
+        }
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

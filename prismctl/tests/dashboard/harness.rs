@@ -21,7 +21,7 @@ pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::co
 /// One test's names, as a profile file (what the child loads) and as the loaded config.
 pub(crate) struct Env {
     pub(crate) config: Config,
-    profile: PathBuf,
+    pub(crate) profile: PathBuf,
 }
 
 impl Env {

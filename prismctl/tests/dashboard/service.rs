@@ -330,3 +330,71 @@ async fn a_dashboard_rebuild_switches_copies_without_a_failed_read() {
     })
     .await;
 }
+
+/// The trail of a request: the correlation id a client sends with a command travels in the
+/// event's Kafka headers to the projector's log line for that event (a JSON object, since
+/// the projector's stderr is a file, not a terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commands_correlation_id_reaches_the_projectors_log_line() {
+    isolated(1, |env| async move {
+        // The projector logs each applied event at debug level.
+        let profile = up("the profile", std::fs::read_to_string(&env.profile));
+        let debug = profile.replacen(
+            "level = \"warn\"",
+            "level = \"warn,prism_projector::worker=debug\"",
+            1,
+        );
+        assert_ne!(debug, profile, "the profile sets the log level");
+        up("the profile", std::fs::write(&env.profile, debug));
+        let command = CommandService::start(&env.config).await;
+        let mut dashboard = Dashboard::start(&env);
+        dashboard.wait_ready(Duration::from_secs(60)).await;
+
+        let correlation = prism_tests::unique("trail");
+        let response = up(
+            "prism-command",
+            reqwest::Client::new()
+                .post(format!("{}/v1/accounts", command.url))
+                .bearer_auth(TOKEN)
+                .header("x-correlation-id", &correlation)
+                .json(
+                    &json!({"holder_name": "Ada Lovelace", "email": "ada@example.org",
+                              "country": "PT", "currency": "EUR"}),
+                )
+                .send()
+                .await,
+        );
+        assert_eq!(response.status(), 201);
+        let answer: Value = up("prism-command's answer", response.json().await);
+        let account = answer["account_id"].as_str().unwrap_or_default().to_owned();
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let line = loop {
+            let log = dashboard.log_text();
+            let found = log
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| {
+                    line["fields"]["message"] == "event applied"
+                        && line["fields"]["correlation_id"] == correlation.as_str()
+                });
+            if let Some(line) = found {
+                break line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no JSON log line of the event with correlation id {correlation} within 30 s:\n{}",
+                dashboard.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(line["fields"]["account_id"], account.as_str(), "{line}");
+        assert_eq!(
+            line["fields"]["event_type"], "prism.account.opened",
+            "{line}"
+        );
+        assert_eq!(line["level"], "DEBUG", "{line}");
+        command.stop().await;
+    })
+    .await;
+}

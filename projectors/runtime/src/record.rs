@@ -107,6 +107,15 @@ impl Record {
         })
     }
 
+    /// The CloudEvents correlation id (`ce_correlationid`) the command service gave the
+    /// request that wrote this event, if the record carries a readable one: what ties a
+    /// projector's log line about the event to the HTTP request.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.headers()
+            .find(|(name, _)| *name == prism_events::kafka::H_CORRELATION_ID)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
     /// How many headers the record has.
     pub fn header_count(&self) -> usize {
         self.headers.len()

@@ -303,7 +303,13 @@ impl Worker {
                     "version gap: account {account} is at version {handled}, event {} has version {}",
                     envelope.id, envelope.account_version
                 );
-                tracing::error!(partition = self.partition, offset = records[index].offset, %reason, "event not applied");
+                tracing::error!(
+                    partition = self.partition,
+                    offset = records[index].offset,
+                    correlation_id = records[index].correlation_id().unwrap_or(""),
+                    %reason,
+                    "event not applied"
+                );
                 self.metrics.gap();
                 self.quarantined.insert(account, ());
                 dead.push((index, reason));
@@ -408,6 +414,7 @@ impl Worker {
                         tracing::warn!(
                             partition = self.partition,
                             offset = records[*index].offset,
+                            correlation_id = records[*index].correlation_id().unwrap_or(""),
                             dlq = self.dlq.topic(),
                             reason = %reason,
                             "dead-lettered"
@@ -609,9 +616,23 @@ impl Worker {
             }
         });
         let now = chrono::Utc::now();
+        let traced = tracing::enabled!(tracing::Level::DEBUG);
         for envelope in applied {
             self.metrics
                 .event(envelope.event_type(), Outcome::Applied, 1);
+            if traced {
+                // The end of a request's trail: its correlation id, from the HTTP request
+                // through the event's headers to the read model.
+                tracing::debug!(
+                    partition = self.partition,
+                    event_id = %envelope.id,
+                    account_id = %envelope.account_id.0,
+                    version = envelope.account_version,
+                    event_type = envelope.event_type(),
+                    correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
+                    "event applied"
+                );
+            }
             let delay = (now - envelope.time).num_microseconds().unwrap_or(i64::MAX);
             self.metrics.delay(delay as f64 / 1e6);
         }
