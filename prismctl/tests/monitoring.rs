@@ -154,26 +154,6 @@ const FUNCTIONS: &[&str] = &[
     "end",
 ];
 
-/// PromQL keywords that are not series.
-const KEYWORDS: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "atan2",
-    "inf",
-    "nan",
-    "Inf",
-    "NaN",
-];
-
 /// Keywords followed by a parenthesized list of label names.
 const LABEL_LISTS: &[&str] = &[
     "by",
@@ -182,6 +162,11 @@ const LABEL_LISTS: &[&str] = &[
     "ignoring",
     "group_left",
     "group_right",
+];
+
+/// The other PromQL keywords that are not series (besides [`LABEL_LISTS`]).
+const KEYWORDS: &[&str] = &[
+    "bool", "and", "or", "unless", "offset", "atan2", "inf", "nan", "Inf", "NaN",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -245,6 +230,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 } else if called
                     || FUNCTIONS.contains(&ident.as_str())
                     || KEYWORDS.contains(&ident.as_str())
+                    || LABEL_LISTS.contains(&ident.as_str())
                 {
                     // A function, an aggregation or a keyword.
                 } else {

@@ -225,26 +225,27 @@ impl Server {
 
     /// A GET with `bearer` as the caller's token.
     async fn get_as(&self, bearer: &str, path: &str, query: &[(&str, &str)]) -> Answer {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(bearer)
-            .query(query)
-            .send()
-            .await
-            .expect("the API answers");
-        let status = response.status().as_u16();
-        let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        (status, body)
+        self.send(bearer, path, query, None).await
     }
 
     async fn get_with(&self, path: &str, query: &[(&str, &str)], token: Option<&str>) -> Answer {
+        self.send(LOCAL_DEV_TOKEN, path, query, token).await
+    }
+
+    /// A GET as the holder of `bearer`, waiting for `consistency` if given.
+    async fn send(
+        &self,
+        bearer: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        consistency: Option<&str>,
+    ) -> Answer {
         let mut request = self
             .http
             .get(format!("{}{path}", self.base))
-            .bearer_auth(LOCAL_DEV_TOKEN)
+            .bearer_auth(bearer)
             .query(query);
-        if let Some(token) = token {
+        if let Some(token) = consistency {
             request = request.header("Consistency-Token", token);
         }
         let response = request.send().await.expect("the API answers");
