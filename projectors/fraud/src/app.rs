@@ -3,6 +3,7 @@
 //! [`prism_projector::app::run`] does the rest.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use prism_platform::auth::{Auth, Scope};
 use prism_platform::config::{Config, ProjectorConfig};
-use prism_projector::app::{ApiAccess, Projector, Settings};
+use prism_projector::app::{Projector, Settings};
 use prism_projector::copies::LiveCopy;
 use prism_projector::Shared;
 use prometheus::Registry;
@@ -60,12 +61,15 @@ impl Projector for FraudProjector {
             kafka: self.config.kafka.clone(),
             runtime: self.runtime.clone(),
             copy_poll: Duration::from_millis(self.fraud.copy_poll_ms.max(10)),
-            access: ApiAccess {
-                enabled: self.fraud.auth_enabled,
-                scope: Scope::FraudRead,
-                callers: self.config.auth.clone(),
-            },
         }
+    }
+
+    fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()> {
+        // The compiled-in tokens are public: never on an address other machines can reach.
+        Ok(self
+            .config
+            .auth
+            .refuse_local_tokens(NAME, self.fraud.auth_enabled, address)?)
     }
 
     async fn open(&self) -> anyhow::Result<FraudCopies> {
@@ -87,12 +91,15 @@ impl Projector for FraudProjector {
         live: LiveCopy<FraudCopies>,
         shared: &Shared,
         registry: &Registry,
-        auth: Auth,
     ) -> anyhow::Result<axum::Router> {
         let state = crate::http::ApiState::new(
             Arc::new(move || live.current()),
             &self.fraud,
-            auth,
+            Auth::new(
+                self.fraud.auth_enabled,
+                &self.config.auth.tokens,
+                Scope::FraudRead,
+            ),
             shared.progress.subscribe(),
             registry,
         )

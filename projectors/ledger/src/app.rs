@@ -11,13 +11,13 @@ use anyhow::Context;
 use async_trait::async_trait;
 use prism_platform::auth::{Auth, Scope};
 use prism_platform::config::{Config, ProjectorConfig};
-use prism_projector::app::{ApiAccess, Projector, Settings};
+use prism_projector::app::{Projector, Settings};
 use prism_projector::copies::LiveCopy;
 use prism_projector::Shared;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
-use crate::config::LedgerConfig;
+use crate::config::{LedgerConfig, SECTION};
 use crate::http::{self, ApiState};
 use crate::store::Ledger;
 
@@ -64,17 +64,15 @@ impl Projector for LedgerProjector {
             kafka: self.config.kafka.clone(),
             runtime: self.runtime.clone(),
             copy_poll: Duration::from_millis(self.ledger.generation_poll_ms.max(10)),
-            access: ApiAccess {
-                enabled: self.ledger.auth_enabled,
-                scope: Scope::LedgerRead,
-                callers: self.config.auth.clone(),
-            },
         }
     }
 
     fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()> {
-        // The compiled-in cursor key is public: never on an address other machines can
-        // reach.
+        // The compiled-in tokens and cursor key are public: never on an address other
+        // machines can reach.
+        self.config
+            .auth
+            .refuse_local_tokens(SECTION, self.ledger.auth_enabled, address)?;
         Ok(self.ledger.refuse_local_secrets(address)?)
     }
 
@@ -97,8 +95,12 @@ impl Projector for LedgerProjector {
         live: LiveCopy<Ledger>,
         shared: &Shared,
         registry: &Registry,
-        auth: Auth,
     ) -> anyhow::Result<axum::Router> {
+        let auth = Auth::new(
+            self.ledger.auth_enabled,
+            &self.config.auth.tokens,
+            Scope::LedgerRead,
+        );
         let state = ApiState::new(
             live,
             &self.ledger,

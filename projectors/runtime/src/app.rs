@@ -23,8 +23,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use axum::response::IntoResponse;
 use axum::Router;
-use prism_platform::auth::{Auth, Scope};
-use prism_platform::config::{AuthConfig, KafkaConfig, ProjectorConfig};
+use prism_platform::config::{KafkaConfig, ProjectorConfig};
 use prism_platform::http::Problem;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -45,21 +44,6 @@ pub struct Settings {
     pub runtime: ProjectorConfig,
     /// How often the live copy is re-read (a rebuild may have promoted another).
     pub copy_poll: Duration,
-    /// Who may call the query API.
-    pub access: ApiAccess,
-}
-
-/// Who may call a projector's query API (`/v1`): the shell refuses the compiled-in tokens
-/// off loopback and hands the projector's [`Projector::api`] the [`Auth`] its routes sit
-/// behind.
-#[derive(Debug, Clone)]
-pub struct ApiAccess {
-    /// Whether `/v1` checks tokens at all (the projector's `auth_enabled`).
-    pub enabled: bool,
-    /// The scope its callers need (`ledger:read`…).
-    pub scope: Scope,
-    /// Every caller (`[[auth.tokens]]`).
-    pub callers: AuthConfig,
 }
 
 /// A read model: the projector's part of a process; [`run`] is the rest.
@@ -70,12 +54,9 @@ pub trait Projector: Send + Sync + 'static {
 
     fn settings(&self) -> Settings;
 
-    /// Refuses to serve on `address` with compiled-in (public) secrets of its own (a
-    /// cursor key) unless it is a loopback address; the shell refuses the compiled-in
-    /// tokens itself.
-    fn check_listener(&self, _address: SocketAddr) -> anyhow::Result<()> {
-        Ok(())
-    }
+    /// Refuses to serve on `address` with compiled-in (public) secrets unless it is a
+    /// loopback address.
+    fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()>;
 
     /// Connects to the read model's store and opens its copies (creating its control
     /// store on first start).
@@ -89,14 +70,12 @@ pub trait Projector: Send + Sync + 'static {
     fn service(&self) -> &'static str;
 
     /// The query API on `live` (the copy being served changes when a rebuild promotes
-    /// one), its `/v1` routes behind `auth` (built from [`Settings::access`]).
-    /// `shared.progress` wakes consistency waits; metrics go to `registry`.
+    /// one). `shared.progress` wakes consistency waits; metrics go to `registry`.
     fn api(
         &self,
         live: LiveCopy<Self::Copies>,
         shared: &Shared,
         registry: &Registry,
-        auth: Auth,
     ) -> anyhow::Result<Router>;
 }
 
@@ -162,15 +141,9 @@ pub async fn run_decoding<P: Projector>(
     decode: Decode,
 ) -> anyhow::Result<()> {
     let address = listener.local_addr().context("listener address")?;
+    projector.check_listener(address)?;
     let settings = projector.settings();
     let name = settings.name;
-    let access = &settings.access;
-    // The compiled-in tokens are public: never on an address other machines can reach.
-    access
-        .callers
-        .refuse_local_tokens(name, access.enabled, address)?;
-    projector.check_listener(address)?;
-    let auth = Auth::new(access.enabled, &access.callers.tokens, access.scope);
     let registry = Registry::new();
     let mut shared = Shared::new(&registry, name, &settings.runtime)?;
     shared.decode = decode;
@@ -202,7 +175,7 @@ pub async fn run_decoding<P: Projector>(
 
     let ops = crate::serve::ops_router(shared.health.clone(), registry.clone());
     let app = projector
-        .api(live.clone(), &shared, &registry, auth)
+        .api(live.clone(), &shared, &registry)
         .context("building the query API")?
         .merge(ops)
         .fallback(not_found)

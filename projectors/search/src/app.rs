@@ -12,7 +12,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use prism_platform::auth::{Auth, Scope};
 use prism_platform::config::{Config, ProjectorConfig};
-use prism_projector::app::{ApiAccess, Projector, Settings};
+use prism_projector::app::{Projector, Settings};
 use prism_projector::copies::{
     Copies, CopyInfo, InstanceReport, InstanceRow, LiveCopy, PartitionStatus,
 };
@@ -66,17 +66,15 @@ impl Projector for SearchProjector {
             kafka: self.config.kafka.clone(),
             runtime: self.runtime.clone(),
             copy_poll: Duration::from_millis(self.search.copy_poll_ms.max(10)),
-            access: ApiAccess {
-                enabled: self.search.auth_enabled,
-                scope: Scope::SearchRead,
-                callers: self.config.auth.clone(),
-            },
         }
     }
 
     fn check_listener(&self, address: SocketAddr) -> anyhow::Result<()> {
-        // The compiled-in cursor key is public: never on an address other machines can
-        // reach.
+        // The compiled-in tokens and cursor key are public: never on an address other
+        // machines can reach.
+        self.config
+            .auth
+            .refuse_local_tokens(NAME, self.search.auth_enabled, address)?;
         Ok(self.search.refuse_local_secrets(address)?)
     }
 
@@ -99,8 +97,12 @@ impl Projector for SearchProjector {
         live: LiveCopy<SearchCopies>,
         shared: &Shared,
         registry: &Registry,
-        auth: Auth,
     ) -> anyhow::Result<axum::Router> {
+        let auth = Auth::new(
+            self.search.auth_enabled,
+            &self.config.auth.tokens,
+            Scope::SearchRead,
+        );
         let state = crate::http::ApiState::new(
             move || live.current(),
             &self.search,
