@@ -11,7 +11,12 @@
 #   NAME_version         prints the server's version (called once it is ready)
 #   NAME_timeout         optional: seconds to wait for readiness (variable, default 60)
 #   NAME_reset           optional: drops data kept outside $PRISM_STATE/data/NAME (called after stop)
+#   NAME_preflight       optional: checks before a start (runs even when the service already runs)
+#   NAME_after_stop      optional: runs after `dev/stack down` or `kill` (also if it was not running)
+#   NAME_services        optional: NAME stands for several services (see kafka.sh); prints them
 # Data lives in $PRISM_STATE/data/NAME, the log in $PRISM_STATE/logs/NAME.log.
+# A service named NAME-N (one node of a cluster, e.g. kafka-2) has its hooks and variables named
+# NAME_N_... (kafka_2_ready, kafka_2_PORT): hook_name maps one to the other.
 
 PRISM_ROOT=${PRISM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 PRISM_STATE=${PRISM_STATE:-$PRISM_ROOT/.prism}
@@ -121,22 +126,68 @@ start_daemon() {
 
 # Stops a service: SIGTERM, then SIGKILL after $2 seconds (default 30).
 stop_daemon() {
-  local svc=$1 grace=${2:-30} pid i
+  stop_daemons "${2:-30}" "$1"
+}
+
+# The signal that stops service SVC cleanly and promptly: its SVC_stop_signal, else TERM.
+stop_signal() {
+  local var
+  var=$(hook_name "$1" stop_signal)
+  printf '%s' "${!var:-TERM}"
+}
+
+# Stops services together: its stop signal (SIGTERM) to each, then waits up to GRACE seconds for all of them, then
+# SIGKILL. (The nodes of a cluster stop together: the last one alone would wait for a quorum.)
+stop_daemons() {
+  local grace=$1 svc pid i pids=() left
+  shift
+  for svc in "$@"; do
+    if pid=$(service_pid "$svc"); then
+      kill -"$(stop_signal "$svc")" "$pid" 2>/dev/null || true
+      pids+=("$svc:$pid")
+    else
+      rm -f "$(pid_file "$svc")"
+    fi
+  done
+  for ((i = 0; i < grace * 10; i++)); do
+    left=
+    for pid in "${pids[@]}"; do
+      if alive "${pid#*:}"; then left=1 && break; fi
+    done
+    [ -n "$left" ] || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
+    svc=${pid%%:*} pid=${pid#*:}
+    if alive "$pid"; then
+      warn "$svc (pid $pid) did not stop within ${grace}s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.5
+    fi
+    rm -f "$(pid_file "$svc")"
+  done
+}
+
+# Kills a service at once with SIGKILL, as a crash would: its whole process group (the server was
+# started with setsid, so it leads one), then waits until it is gone.
+kill_daemon() {
+  local svc=$1 pid i
   pid=$(service_pid "$svc") || {
     rm -f "$(pid_file "$svc")"
     return 0
   }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < grace * 10; i++)); do
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
     alive "$pid" || break
     sleep 0.1
   done
-  if alive "$pid"; then
-    warn "$svc (pid $pid) did not stop within ${grace}s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.5
-  fi
   rm -f "$(pid_file "$svc")"
+}
+
+# The name of hook HOOK (or variable) of service SVC: kafka-2 ready -> kafka_2_ready.
+hook_name() {
+  local svc=${1//-/_}
+  printf '%s_%s' "$svc" "$2"
 }
 
 # Waits until NAME_ready succeeds; fails early if the process died.
@@ -147,7 +198,7 @@ wait_ready() {
     if ! service_pid "$svc" >/dev/null; then
       return 2
     fi
-    if "${svc}_ready" >/dev/null 2>&1; then
+    if "$(hook_name "$svc" ready)" >/dev/null 2>&1; then
       return 0
     fi
     sleep 0.5

@@ -4,6 +4,10 @@
 
 postgres_PORT=5432
 postgres_timeout=60
+# Fast shutdown: sessions are disconnected and the server stops at once. SIGTERM is the
+# "smart" shutdown, which waits for every client (FerretDB's pool, a running service) to
+# leave: the server would go on serving them until the stop's grace time ran out.
+postgres_stop_signal=INT
 PG_USER=prism
 PG_PASSWORD=prism
 PG_DATABASE=prism
