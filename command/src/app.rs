@@ -10,7 +10,7 @@ use prism_platform::config::{Config, EventStoreBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::http::{self, AppState, Auth, Readiness};
+use crate::http::{self, AppState, Auth, Instance, Readiness};
 use crate::metrics::Metrics;
 use crate::relay::{Relay, RelayHandle, RelayStatus};
 use crate::service::{Clock, CommandService, ServiceConfig};
@@ -38,6 +38,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> 
         .await
         .with_context(|| format!("initialising the {} event store", store.backend()))?;
     Ok(store)
+}
+
+/// `prism-command/<host>/<pid>/<random>`: unique per running instance (several may share a
+/// host, and tests run several in one process), like a projector's.
+fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "prism-command/{host}/{}/{}",
+        std::process::id(),
+        &random[..8]
+    )
 }
 
 /// Runs prism-command on `listener` until `shutdown` resolves; then stops taking requests,
@@ -109,13 +121,22 @@ pub async fn run_with_clock(
             &config.auth.tokens,
             Scope::Commands,
         ),
+        admin_auth: Auth::new(
+            config.command.auth_enabled,
+            &config.auth.tokens,
+            Scope::Admin,
+        ),
         readiness: Readiness {
             store,
             relay: relay_status,
         },
+        instance: Instance {
+            id: instance_id(),
+            topic: config.kafka.topic.clone(),
+        },
     };
     let address = listener.local_addr().context("listener address")?;
-    tracing::info!(%address, backend = config.event_store.backend.as_str(), "prism-command listening");
+    tracing::info!(%address, backend = config.event_store.backend.as_str(), instance = %state.instance.id, "prism-command listening");
     http::serve(
         listener,
         http::router(state, config.command.max_body_bytes),

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -32,7 +33,7 @@ use crate::account::{
     Rejection, ReportFraud, Status, WithdrawMoney,
 };
 use crate::metrics::Metrics;
-use crate::relay::RelayStatus;
+use crate::relay::{RelayAdmin, RelayStatus};
 use crate::service::{Accepted, CommandError, CommandService, Meta};
 use crate::store::IdempotencyMark;
 
@@ -41,8 +42,22 @@ use crate::store::IdempotencyMark;
 pub struct AppState {
     pub service: Arc<CommandService>,
     pub metrics: Metrics,
+    /// `/v1`: callers with the `commands` scope.
     pub auth: Auth,
+    /// `/v1/admin`: callers with the `admin` scope.
+    pub admin_auth: Auth,
     pub readiness: Readiness,
+    /// Who this instance is, for the admin status.
+    pub instance: Instance,
+}
+
+/// This running instance, as `GET /v1/admin/status` names it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// `prism-command/<host>/<pid>/<random>`: unique per running instance.
+    pub id: String,
+    /// The topic the relay publishes to.
+    pub topic: String,
 }
 
 impl std::fmt::Debug for AppState {
@@ -117,8 +132,15 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.auth.clone(),
             prism_platform::auth::require_bearer,
         ));
+    let admin = Router::new()
+        .route("/v1/admin/status", get(admin_status))
+        .route_layer(middleware::from_fn_with_state(
+            state.admin_auth.clone(),
+            prism_platform::auth::require_bearer,
+        ));
     Router::new()
         .merge(v1)
+        .merge(admin)
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -136,6 +158,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 Problem::internal().into_response()
             },
         ))
+        // Outermost: one line per request, whatever answered it; its correlation id (the
+        // caller's X-Correlation-Id or one made up there) is the one the events carry.
+        .layer(middleware::from_fn(prism_platform::http::log_requests))
         .with_state(state)
 }
 
@@ -301,14 +326,13 @@ fn meta(
     principal: &Principal,
     raw_body: &[u8],
 ) -> Result<Meta, Problem> {
-    let correlation_id = match headers.get("x-correlation-id") {
+    // `log_requests` puts a made-up one on a request without it, and logs it.
+    let correlation_id = match headers.get(prism_platform::http::CORRELATION_ID) {
         Some(v) => {
             let v = v
                 .to_str()
                 .ok()
-                .filter(|s| {
-                    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
-                })
+                .filter(|s| prism_platform::http::valid_correlation_id(s))
                 .ok_or_else(|| invalid("X-Correlation-Id", "1 to 128 visible ASCII characters"))?;
             v.to_owned()
         }
@@ -840,8 +864,10 @@ async fn close(
     security(("bearer" = [])))]
 async fn get_account(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
+    // A segment that is not UTF-8 once decoded (`%FF`) is bad input like any other id.
+    let Path(id) = id.map_err(|e| invalid("account_id", e.body_text()))?;
     let account = account_id(&id)?;
     let found = state
         .service
@@ -900,6 +926,90 @@ impl utoipa::Modify for BearerAuth {
             )),
         );
     }
+}
+
+/// `GET /v1/admin/status`: what this instance is doing. Every member is always present
+/// (`null` when unknown or not applicable); members are only ever added. Like `/readyz`
+/// and `/metrics`, it is an operations endpoint, described in the README rather than in
+/// `/openapi.json` (the commands API).
+#[derive(Debug, Serialize)]
+pub struct AdminStatus {
+    /// `prism-command`.
+    pub service: &'static str,
+    /// This build's version.
+    pub version: &'static str,
+    /// `prism-command/<host>/<pid>/<random>`: unique per running instance.
+    pub instance: String,
+    pub checked_at: chrono::DateTime<chrono::Utc>,
+    /// What `/readyz` answers (the event store answers; the relay never makes it unready).
+    pub ready: bool,
+    /// Why it is not ready (empty when ready).
+    pub reasons: Vec<String>,
+    pub event_store: AdminEventStore,
+    pub relay: AdminRelay,
+}
+
+/// The event store, as this instance reaches it.
+#[derive(Debug, Serialize)]
+pub struct AdminEventStore {
+    /// `mongodb` or `postgres`.
+    pub backend: &'static str,
+    /// It answered a read within 2 s just now.
+    pub answering: bool,
+    /// Why it did not.
+    pub problem: Option<String>,
+}
+
+/// The outbox relay of this instance.
+#[derive(Debug, Serialize)]
+pub struct AdminRelay {
+    /// `false` with `[relay] enabled = false` (state `disabled`: events are stored, not
+    /// published).
+    pub enabled: bool,
+    /// The topic it publishes to.
+    pub topic: String,
+    /// Events Kafka acknowledged since this instance started (duplicates included).
+    pub published_events: u64,
+    #[serde(flatten)]
+    pub state: RelayAdmin,
+}
+
+async fn admin_status(State(state): State<AppState>) -> Response {
+    let readiness = &state.readiness;
+    let store = readiness.check().await;
+    let relay = match &readiness.relay {
+        Some(status) => status.admin(),
+        None => RelayAdmin {
+            state: "disabled",
+            kafka_available: false,
+            backlog_events: 0,
+            backlog_at_least: false,
+            backlog_age_seconds: 0.0,
+            oldest_unpublished_at: None,
+            last_published_at: None,
+            problem: None,
+        },
+    };
+    let body = AdminStatus {
+        service: "prism-command",
+        version: env!("CARGO_PKG_VERSION"),
+        instance: state.instance.id.clone(),
+        checked_at: chrono::Utc::now(),
+        ready: store.is_ok(),
+        reasons: store.clone().err().into_iter().collect(),
+        event_store: AdminEventStore {
+            backend: readiness.store.backend(),
+            answering: store.is_ok(),
+            problem: store.err(),
+        },
+        relay: AdminRelay {
+            enabled: readiness.relay.is_some(),
+            topic: state.instance.topic.clone(),
+            published_events: state.metrics.relay_published.get(),
+            state: relay,
+        },
+    };
+    Json(body).into_response()
 }
 
 async fn openapi() -> Response {

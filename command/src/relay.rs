@@ -148,6 +148,8 @@ struct StatusInner {
     oldest_unpublished: Option<DateTime<Utc>>,
     kafka_problem: Option<String>,
     store_problem: Option<String>,
+    /// When Kafka last acknowledged events of this relay.
+    last_published: Option<DateTime<Utc>>,
 }
 
 /// The relay's state as `/readyz` shows it. A degraded relay never makes the service
@@ -174,7 +176,10 @@ impl RelayStatus {
     }
 
     pub fn report(&self) -> RelayReport {
-        let inner = self.lock();
+        Self::report_of(&self.lock())
+    }
+
+    fn report_of(inner: &StatusInner) -> RelayReport {
         let problem = match (&inner.kafka_problem, &inner.store_problem) {
             (Some(k), Some(s)) => Some(format!("{k}; {s}")),
             (Some(p), None) | (None, Some(p)) => Some(p.clone()),
@@ -190,6 +195,47 @@ impl RelayStatus {
             backlog_at_least: inner.backlog_at_least,
             backlog_age_seconds: age_seconds(inner.oldest_unpublished),
             problem,
+        }
+    }
+}
+
+/// The relay's state as the admin status (`GET /v1/admin/status`) shows it: the
+/// [`RelayReport`] of `/readyz` with what an operator asks next. Every member is always
+/// present (`null` when unknown).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelayAdmin {
+    /// `publishing`, or `degraded` while Kafka or the store's outbox cannot be used
+    /// (`disabled` is the admin status's, for a service without a relay).
+    pub state: &'static str,
+    /// `false` while the relay cannot reach Kafka (it publishes once it can).
+    pub kafka_available: bool,
+    /// Unpublished events the last sweep found.
+    pub backlog_events: u64,
+    /// The sweep's page was full: the backlog is at least `backlog_events`.
+    pub backlog_at_least: bool,
+    /// Age of the oldest unpublished event (0 without a backlog).
+    pub backlog_age_seconds: f64,
+    /// Time of the oldest unpublished event the last sweep found.
+    pub oldest_unpublished_at: Option<DateTime<Utc>>,
+    /// When Kafka last acknowledged events of this relay (`null`: not since it started).
+    pub last_published_at: Option<DateTime<Utc>>,
+    /// Why the relay is degraded.
+    pub problem: Option<String>,
+}
+
+impl RelayStatus {
+    pub fn admin(&self) -> RelayAdmin {
+        let inner = self.lock();
+        let report = Self::report_of(&inner);
+        RelayAdmin {
+            state: report.state,
+            kafka_available: inner.kafka_problem.is_none(),
+            backlog_events: report.backlog_events,
+            backlog_at_least: report.backlog_at_least,
+            backlog_age_seconds: report.backlog_age_seconds,
+            oldest_unpublished_at: inner.oldest_unpublished,
+            last_published_at: inner.last_published,
+            problem: report.problem,
         }
     }
 }
@@ -741,6 +787,7 @@ impl Relay {
             }
         }
         if !acked.is_empty() {
+            self.status.lock().last_published = Some(Utc::now());
             self.marking
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -915,8 +962,19 @@ mod tests {
         assert_eq!(report.backlog_events, 7);
         assert!(report.backlog_age_seconds >= 90.0, "{report:?}");
         assert_eq!(report.problem.as_deref(), Some("kafka unavailable: down"));
+        let admin = status.admin();
+        assert!(!admin.kafka_available, "{admin:?}");
+        assert_eq!(admin.backlog_events, 7);
+        assert!(admin.oldest_unpublished_at.is_some() && admin.last_published_at.is_none());
         status.lock().kafka_problem = None;
         status.lock().store_problem = Some("reading the outbox: x".into());
         assert_eq!(status.report().state, "degraded");
+        let admin = status.admin();
+        assert!(
+            admin.kafka_available,
+            "only the store's outbox is the problem"
+        );
+        assert_eq!(admin.state, "degraded");
+        assert_eq!(admin.problem.as_deref(), Some("reading the outbox: x"));
     }
 }

@@ -218,6 +218,14 @@ async fn bad_input_gets_a_problem_document_and_stores_nothing() {
             Some("account_id"),
         ),
         (
+            "an account id that is not UTF-8 once decoded",
+            api.http
+                .get(format!("{}/v1/accounts/%FF%FE", instance.url))
+                .bearer_auth(support::TOKEN),
+            400,
+            Some("account_id"),
+        ),
+        (
             "bad merchant category",
             api.http.post(format!("{}{payments}", instance.url)).bearer_auth(support::TOKEN).json(&json!({
                 "amount_minor": 5, "merchant_name": "M", "merchant_category": "58x4",
@@ -729,6 +737,182 @@ async fn the_service_describes_itself_and_reports_health() {
         "{text}"
     );
     assert_eq!(api.get("/nope").await.status, 404);
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+/// `GET /v1/admin/status` needs the admin scope (401 without a token, 403 with the
+/// commands token, problem+json both) and shows the instance, its event store and its
+/// relay, which has published the command sent before; the admin token is no commands
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_status_needs_the_admin_scope_and_shows_the_store_and_the_relay() {
+    let config = isolated_config(EventStoreBackend::Postgres);
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let status_url = format!("{}/v1/admin/status", instance.url);
+
+    let anonymous = api.send(api.http.get(&status_url)).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert_eq!(anonymous.content_type, "application/problem+json");
+    assert_eq!(anonymous.body["code"], "unauthorized", "{}", anonymous.body);
+    let commands_only = api.get("/v1/admin/status").await;
+    assert_eq!(commands_only.status, 403, "{}", commands_only.body);
+    assert_eq!(commands_only.content_type, "application/problem+json");
+    assert!(
+        commands_only.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("admin")),
+        "the refusal names the scope: {}",
+        commands_only.body
+    );
+    let admin_on_commands = api
+        .send(
+            api.http
+                .post(format!("{}/v1/accounts", instance.url))
+                .bearer_auth(support::ADMIN_TOKEN)
+                .json(&json!({ "holder_name": "Op", "email": "op@example.org",
+                               "country": "DE", "currency": "EUR" })),
+        )
+        .await;
+    assert_eq!(admin_on_commands.status, 403, "admin is not commands");
+
+    let account = api.open("EUR").await;
+    let admin = || api.send(api.http.get(&status_url).bearer_auth(support::ADMIN_TOKEN));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let answer = admin().await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.content_type, "application/json");
+        if answer.body["relay"]["published_events"].as_u64() >= Some(1) {
+            break answer.body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay did not publish {account}'s opening within 30 s: {}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let members = |value: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        members(&status),
+        [
+            "checked_at",
+            "event_store",
+            "instance",
+            "ready",
+            "reasons",
+            "relay",
+            "service",
+            "version"
+        ],
+        "{status}"
+    );
+    assert_eq!(status["service"], "prism-command");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        status["instance"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("prism-command/")),
+        "{status}"
+    );
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["reasons"], json!([]));
+    assert_eq!(
+        status["event_store"],
+        json!({ "backend": "postgres", "answering": true, "problem": null })
+    );
+    let relay = &status["relay"];
+    assert_eq!(
+        members(relay),
+        [
+            "backlog_age_seconds",
+            "backlog_at_least",
+            "backlog_events",
+            "enabled",
+            "kafka_available",
+            "last_published_at",
+            "oldest_unpublished_at",
+            "problem",
+            "published_events",
+            "state",
+            "topic"
+        ],
+        "{relay}"
+    );
+    assert_eq!(relay["enabled"], true);
+    assert_eq!(relay["topic"], config.kafka.topic.as_str());
+    assert_eq!(relay["state"], "publishing", "{relay}");
+    assert_eq!(relay["kafka_available"], true, "{relay}");
+    assert!(relay["last_published_at"].is_string(), "{relay}");
+
+    instance.stop().await;
+    clean_up(&config).await;
+}
+
+/// The correlation id of a command comes back in the answer's `X-Correlation-Id` and is
+/// the one its events carry: the caller's, or one made up for a request without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_names_the_correlation_id_the_events_carry() {
+    let config = isolated_config(EventStoreBackend::Postgres);
+    let instance = Instance::start(&config).await;
+    let api = Api::new(&instance.url);
+    let correlation = |answer: &support::Answer| -> String {
+        answer
+            .headers
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let account = api.open("EUR").await;
+    let made_up = api.deposit(&account, 100).await;
+    assert_eq!(made_up.status, 200, "{}", made_up.body);
+    let made_up_id = correlation(&made_up);
+    assert!(!made_up_id.is_empty(), "an id is made up and answered");
+    let given = api
+        .send(
+            api.http
+                .post(format!("{}/v1/accounts/{account}/deposits", instance.url))
+                .bearer_auth(support::TOKEN)
+                .header("x-correlation-id", "trail-of-this-test")
+                .json(&json!({ "amount_minor": 5 })),
+        )
+        .await;
+    assert_eq!(given.status, 200, "{}", given.body);
+    assert_eq!(correlation(&given), "trail-of-this-test");
+    let bad = api
+        .send(
+            api.http
+                .post(format!("{}/v1/accounts/{account}/deposits", instance.url))
+                .bearer_auth(support::TOKEN)
+                .header("x-correlation-id", "two words")
+                .json(&json!({ "amount_minor": 5 })),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.body["field"], "X-Correlation-Id");
+    assert_eq!(correlation(&bad), "", "an invalid id is not echoed");
+
+    let stored = stored_events(&config).await;
+    let carried: Vec<Option<String>> = stored
+        .values()
+        .flatten()
+        .skip(1)
+        .map(|e| e.correlation_id.clone())
+        .collect();
+    assert_eq!(
+        carried,
+        [Some(made_up_id), Some("trail-of-this-test".to_owned())]
+    );
     instance.stop().await;
     clean_up(&config).await;
 }

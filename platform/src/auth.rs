@@ -3,7 +3,9 @@
 //!
 //! The callers come from configuration (`[[auth.tokens]]`): each has a name, a token and
 //! its [`Scope`]s. Every API needs one scope of its own ([`Auth::new`]): a request without
-//! an accepted token gets 401, one whose token lacks the API's scope gets 403. The caller
+//! an accepted token gets 401, one whose token lacks the API's scope gets 403. Each service
+//! serves two such APIs: its own `/v1` (commands, or one read model) and the admin API
+//! (`/v1/admin`, [`Scope::Admin`]). The caller
 //! is then known by a [`Principal`] (a short hash of the token, so logs and idempotency
 //! keys can name the caller without ever holding the token itself) and its [`Scopes`],
 //! which handlers read to decide what personal data to show ([`Scope::Pii`]).
@@ -43,16 +45,21 @@ pub enum Scope {
     /// Personal data in the clear: account holders' names and e-mail addresses, wherever a
     /// read API returns them. Without it they are masked (each API says how).
     Pii,
+    /// Every service's `/v1/admin` API: what the instance is doing (`GET
+    /// /v1/admin/status`). Rebuilds stay with `prismctl`, which needs the servers'
+    /// credentials, not a token.
+    Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::Commands,
         Scope::LedgerRead,
         Scope::SearchRead,
         Scope::DashboardRead,
         Scope::FraudRead,
         Scope::Pii,
+        Scope::Admin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +70,7 @@ impl Scope {
             Scope::DashboardRead => "dashboard:read",
             Scope::FraudRead => "fraud:read",
             Scope::Pii => "pii",
+            Scope::Admin => "admin",
         }
     }
 
@@ -70,6 +78,9 @@ impl Scope {
         1 << (self as u8)
     }
 }
+
+// [`Scopes`] is one bit per scope in a `u8`.
+const _: () = assert!(Scope::ALL.len() <= 8);
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,7 +90,7 @@ impl fmt::Display for Scope {
 
 /// A scope name that is not one of [`Scope::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?} (known: commands, ledger:read, search:read, dashboard:read, fraud:read, pii)")]
+#[error("unknown scope {0:?} (known: commands, ledger:read, search:read, dashboard:read, fraud:read, pii, admin)")]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {
@@ -252,6 +263,16 @@ impl Auth {
         }
     }
 
+    /// Who sent `headers`, if its token is an accepted one, whatever its scopes (the
+    /// caller a refused request is logged with); `anonymous` with authentication off.
+    pub fn identify(&self, headers: &HeaderMap) -> Option<Principal> {
+        if !self.enabled {
+            return Some(Principal("anonymous".into()));
+        }
+        self.caller(bearer(headers)?)
+            .map(|(principal, _)| principal)
+    }
+
     /// The identity of the holder of `token`, if it is an accepted one with this API's
     /// scope.
     pub fn principal_of(&self, token: &str) -> Option<Principal> {
@@ -328,7 +349,9 @@ pub fn refused(refusal: Refusal) -> Response {
 /// Middleware (`axum::middleware::from_fn_with_state(auth, require_bearer)`): answers 401
 /// to a request without an accepted token and 403 to one whose token lacks the API's
 /// scope; otherwise stores its [`Principal`] and [`Scopes`] in the request's extensions
-/// and passes it on.
+/// and passes it on. The answer carries the [`Principal`] too (a 403's as well) in its
+/// extensions, for the request log ([`crate::http::log_requests`]), which runs outside
+/// this middleware and never sees the request's.
 pub async fn require_bearer(
     State(auth): State<Auth>,
     mut request: Request,
@@ -336,11 +359,21 @@ pub async fn require_bearer(
 ) -> Response {
     match auth.check(request.headers()) {
         Ok((principal, scopes)) => {
-            request.extensions_mut().insert(principal);
+            request.extensions_mut().insert(principal.clone());
             request.extensions_mut().insert(scopes);
-            next.run(request).await
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(principal);
+            response
         }
-        Err(refusal) => refused(refusal),
+        Err(refusal) => {
+            let mut response = refused(refusal);
+            if let Refusal::Forbidden(_) = refusal {
+                if let Some(principal) = auth.identify(request.headers()) {
+                    response.extensions_mut().insert(principal);
+                }
+            }
+            response
+        }
     }
 }
 
@@ -422,6 +455,48 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_api_needs_the_admin_scope_which_no_other_scope_implies() {
+        let every_other: Vec<Scope> = Scope::ALL
+            .into_iter()
+            .filter(|s| *s != Scope::Admin)
+            .collect();
+        let tokens = [
+            token("everything-else", &every_other),
+            token("operator", &[Scope::Admin]),
+        ];
+        let admin = Auth::new(true, &tokens, Scope::Admin);
+        assert_eq!(
+            admin.check(&headers("Bearer everything-else")),
+            Err(Refusal::Forbidden(Scope::Admin))
+        );
+        assert_eq!(
+            admin.check(&HeaderMap::new()),
+            Err(Refusal::Unauthenticated)
+        );
+        let (operator, scopes) = admin
+            .check(&headers("Bearer operator"))
+            .expect("the admin scope opens the admin API");
+        assert!(scopes.has(Scope::Admin) && !scopes.has(Scope::Commands));
+        let commands = Auth::new(true, &tokens, Scope::Commands);
+        assert_eq!(
+            commands.check(&headers("Bearer operator")),
+            Err(Refusal::Forbidden(Scope::Commands)),
+            "admin is not a superuser scope"
+        );
+        // A refused caller is still known by its identity, never by its token.
+        assert_eq!(
+            commands.identify(&headers("Bearer operator")),
+            Some(operator)
+        );
+        assert_eq!(commands.identify(&headers("Bearer stranger")), None);
+        assert_eq!(commands.identify(&HeaderMap::new()), None);
+        assert_eq!(
+            Auth::new(false, &[], Scope::Admin).identify(&HeaderMap::new()),
+            Some(Principal("anonymous".into()))
+        );
+    }
+
+    #[test]
     fn empty_tokens_are_never_accepted_and_disabled_auth_lets_everyone_in_with_every_scope() {
         let auth = Auth::new(true, &[token("", &Scope::ALL)], Scope::Commands);
         assert_eq!(
@@ -440,6 +515,17 @@ mod tests {
     fn scopes_parse_from_their_names_and_nothing_else() {
         for scope in Scope::ALL {
             assert_eq!(scope.as_str().parse::<Scope>(), Ok(scope));
+        }
+        assert_eq!("admin".parse::<Scope>(), Ok(Scope::Admin));
+        let names: std::collections::BTreeSet<&str> =
+            Scope::ALL.into_iter().map(Scope::as_str).collect();
+        assert_eq!(names.len(), Scope::ALL.len(), "one name per scope");
+        let unknown = "root"
+            .parse::<Scope>()
+            .expect_err("not a scope")
+            .to_string();
+        for scope in Scope::ALL {
+            assert!(unknown.contains(scope.as_str()), "{unknown} lists {scope}");
         }
         for bad in ["", "ledger", "LEDGER:READ", "read:ledger", "root"] {
             assert!(bad.parse::<Scope>().is_err(), "{bad}");

@@ -1011,6 +1011,43 @@ sasl.mechanism = "PLAIN"
             Err(e) => panic!("config/compose.toml: {e}"),
         }
     }
+    #[test]
+    fn the_local_callers_are_the_same_in_the_shipped_file_and_the_compiled_in_defaults() {
+        Jail::expect_with(|_| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let shipped = Sources {
+                base: Some(root.join("config/prism.toml")),
+                profile: None,
+            }
+            .load()
+            .map_err(|e| e.to_string())?;
+            for auth in [shipped.auth, AuthConfig::default()] {
+                let scopes = |name: &str| -> Vec<Scope> {
+                    let mut scopes = auth
+                        .tokens
+                        .iter()
+                        .find(|t| t.name == name)
+                        .map(|t| t.scopes.clone())
+                        .unwrap_or_default();
+                    scopes.sort();
+                    scopes
+                };
+                // The local token opens every API, the admin API included.
+                assert_eq!(scopes("local"), Scope::ALL.to_vec());
+                assert_eq!(
+                    auth.token_with(Scope::Admin).map(Secret::expose),
+                    Some(LOCAL_DEV_TOKEN)
+                );
+                // The analyst reads, and nothing else.
+                assert_eq!(
+                    scopes("local-analyst"),
+                    [Scope::SearchRead, Scope::DashboardRead, Scope::FraudRead]
+                );
+            }
+            Ok(())
+        });
+    }
+
     fn at(address: &str) -> SocketAddr {
         address.parse().expect("a socket address")
     }

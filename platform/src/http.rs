@@ -1,10 +1,14 @@
 //! HTTP plumbing every Prism service shares: problem documents, JSON request bodies whose
-//! errors name the field, `/metrics`, shutdown.
+//! errors name the field, `/metrics`, the request log line with its correlation id,
+//! shutdown.
+
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, MatchedPath, Request};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde::de::DeserializeOwned;
@@ -250,6 +254,95 @@ pub fn render_metrics(registry: &Registry) -> Response {
     }
 }
 
+/// The header carrying a request's correlation id, in and out: `prism-command` stores it in
+/// the events a command writes (`ce_correlationid` on Kafka), so the projectors' log lines
+/// about those events carry it too.
+pub const CORRELATION_ID: &str = "x-correlation-id";
+
+/// Whether `value` is usable as a correlation id: 1 to 128 visible ASCII characters.
+pub fn valid_correlation_id(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The routes machines poll (Prometheus, orchestrators' probes): their request lines are
+/// logged at debug level, so scrapes do not flood the log.
+pub const QUIET_ROUTES: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
+/// The route a request line names when no route matched (a 404): never the raw path, which
+/// is the caller's text and unbounded.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Middleware (`Router::layer(axum::middleware::from_fn(log_requests))`, outermost, so it
+/// sees every answer, refusals and caught panics included): one log line per request,
+/// `http request` at info level (debug for [`QUIET_ROUTES`]), with
+/// - `method`, `route` (the matched route template, e.g. `/v1/accounts/{id}/deposits`, or
+///   [`UNMATCHED_ROUTE`]), `status`, `latency_ms` (until the answer's head: a stream's
+///   line is written when it starts);
+/// - `correlation_id`: the request's `X-Correlation-Id`, or one made up here (a UUIDv7)
+///   and put on the request, so the handlers (and `prism-command`'s events) use the same;
+///   empty when the header is not a valid one (1 to 128 visible ASCII characters), which
+///   `prism-command` refuses;
+/// - `principal`: the caller ([`crate::auth::Principal`], a short hash of its token, set
+///   by [`crate::auth::require_bearer`]), empty without an accepted token.
+///
+/// Never the token, the query string or the body. The answer carries the correlation id
+/// back in `X-Correlation-Id`.
+pub async fn log_requests(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let correlation = match request.headers().get(CORRELATION_ID) {
+        Some(given) => given
+            .to_str()
+            .ok()
+            .filter(|id| valid_correlation_id(id))
+            .map(str::to_owned),
+        None => {
+            let made = uuid::Uuid::now_v7().to_string();
+            if let Ok(value) = HeaderValue::from_str(&made) {
+                request.headers_mut().insert(CORRELATION_ID, value);
+            }
+            Some(made)
+        }
+    };
+    let mut response = next.run(request).await;
+    if let Some(value) = correlation
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        response.headers_mut().insert(CORRELATION_ID, value);
+    }
+    let route = route.as_deref().unwrap_or(UNMATCHED_ROUTE);
+    let principal = response
+        .extensions()
+        .get::<crate::auth::Principal>()
+        .map_or("", |p| p.0.as_str());
+    let latency_ms = started.elapsed().as_micros() as f64 / 1e3;
+    macro_rules! line {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                method = %method,
+                route,
+                status = response.status().as_u16(),
+                latency_ms,
+                correlation_id = correlation.as_deref().unwrap_or(""),
+                principal,
+                "http request"
+            )
+        };
+    }
+    if QUIET_ROUTES.contains(&route) {
+        line!(tracing::Level::DEBUG);
+    } else {
+        line!(tracing::Level::INFO);
+    }
+    response
+}
+
 /// Resolves on SIGTERM or Ctrl-C: hand it to `axum::serve(..).with_graceful_shutdown`.
 pub async fn shutdown_signal() {
     {
@@ -284,6 +377,15 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_correlation_id_is_1_to_128_visible_ascii_characters() {
+        assert!(valid_correlation_id("trail-1"));
+        assert!(valid_correlation_id(&"x".repeat(128)));
+        for bad in ["", " ", "a b", "é", "line\nbreak", &"x".repeat(129)] {
+            assert!(!valid_correlation_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_problem_is_served_as_problem_json_with_retry_after() {

@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 pub const TOKEN: &str = "prism-local-dev-token";
 /// A token of the read side only: accepted, but without the `commands` scope.
 pub const READER_TOKEN: &str = "prism-test-reader-token";
+/// An operator's token: the admin API only.
+pub const ADMIN_TOKEN: &str = "prism-test-admin-token";
 
 /// A configuration of its own: a fresh database (or schema) and topic.
 pub fn isolated_config(backend: EventStoreBackend) -> Config {
@@ -37,6 +39,7 @@ pub fn isolated_config(backend: EventStoreBackend) -> Config {
     config.auth.tokens = vec![
         TokenConfig::new("test", TOKEN, &[Scope::Commands]),
         TokenConfig::new("reader", READER_TOKEN, &[Scope::LedgerRead, Scope::Pii]),
+        TokenConfig::new("operator", ADMIN_TOKEN, &[Scope::Admin]),
     ];
     config.log.level = "warn".into();
     config

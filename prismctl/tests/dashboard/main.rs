@@ -1,9 +1,11 @@
 //! `prism-dashboard` end to end, against the real stack: the write side runs in-process
-//! (PostgreSQL event store in a schema of its own, relay on), the real `prism-dashboard`
+//! (PostgreSQL event store in a schema of its own, relay on; the test of a request's trail
+//! runs the `prism-command` binary instead, for its log), the real `prism-dashboard`
 //! binary runs as a child process configured like an operator would, with a topic,
 //! consumer group, Redis namespace and store schema of its own per test.
 //!
-//! - [`service`]: kills mid-load, Redis restarted mid-stream, the stream's delay, bad input;
+//! - [`service`]: kills mid-load, Redis restarted mid-stream, the stream's delay, bad input,
+//!   the admin status, a request's trail through the services' log lines;
 //!   each test that writes ends with the guarantee itself: `prismctl verify dashboard`
 //!   finds every counter, top list, distinct count, account and feed entry equal to the
 //!   fold of the whole event store.
@@ -13,8 +15,9 @@
 //!   Debian's `chromium` and `chromium-driver` (`dev/test` installs them).
 //! - [`harness`]: the test's world (profile, processes, verify, the stream reader).
 //!
-//! The projector is the `prism-dashboard` binary next to the `prismctl` under test
-//! (`cargo test --workspace` builds it; with `-p prismctl` alone, build it first).
+//! The projector is the `prism-dashboard` binary next to the `prismctl` under test, and so
+//! is `prism-command` (`cargo test --workspace` builds them; with `-p prismctl` alone,
+//! build them first).
 
 mod browser;
 #[path = "../e2e/mod.rs"]

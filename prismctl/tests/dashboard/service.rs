@@ -13,7 +13,7 @@ use crate::harness::{
     assert_identical, frames, isolated, open_account, post, stack, verify, Dashboard, RedisBack,
     ONE_AT_A_TIME,
 };
-use crate::projector::load_with_kills;
+use crate::projector::{load_with_kills, ProjectorProcess};
 
 /// A seeded load of `events` commands while the dashboard is killed (SIGKILL) twice and
 /// started again: the model ends equal to the fold of the store, and the summary's hour
@@ -331,22 +331,30 @@ async fn a_dashboard_rebuild_switches_copies_without_a_failed_read() {
     .await;
 }
 
-/// The trail of a request: the correlation id a client sends with a command travels in the
-/// event's Kafka headers to the projector's log line for that event (a JSON object, since
-/// the projector's stderr is a file, not a terminal).
+/// The trail of a request: the correlation id a client sends with a command is on
+/// prism-command's request line, travels in the event's Kafka headers to the projector's
+/// log line for that event, and is on the projector's own request line when the client
+/// reads with it (JSON objects, since the children's stderr is a file, not a terminal).
+/// Request lines name the route template, the status, the latency and the caller's
+/// principal, never the token or the body; the probes' lines are at debug level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_commands_correlation_id_reaches_the_projectors_log_line() {
+    let _one = ONE_AT_A_TIME.lock().await;
     isolated(1, |env| async move {
-        // The projector logs each applied event at debug level.
+        // The projector logs each applied event at debug level; request lines are at info,
+        // the probes' at debug.
         let profile = up("the profile", std::fs::read_to_string(&env.profile));
         let debug = profile.replacen(
             "level = \"warn\"",
-            "level = \"warn,prism_projector::worker=debug\"",
+            "level = \"warn,prism_projector::worker=debug,prism_platform::http=debug\"",
             1,
         );
         assert_ne!(debug, profile, "the profile sets the log level");
         up("the profile", std::fs::write(&env.profile, debug));
-        let command = CommandService::start(&env.config).await;
+        // The real binary, for its log (the same profile: store schema, topic).
+        let mut command =
+            ProjectorProcess::start("prism-command", "PRISM_COMMAND__LISTEN", &env.profile);
+        command.wait_ready(Duration::from_secs(60)).await;
         let mut dashboard = Dashboard::start(&env);
         dashboard.wait_ready(Duration::from_secs(60)).await;
 
@@ -365,35 +373,216 @@ async fn a_commands_correlation_id_reaches_the_projectors_log_line() {
                 .await,
         );
         assert_eq!(response.status(), 201);
+        assert_eq!(
+            response
+                .headers()
+                .get("x-correlation-id")
+                .and_then(|v| v.to_str().ok()),
+            Some(correlation.as_str()),
+            "the answer names the correlation id"
+        );
         let answer: Value = up("prism-command's answer", response.json().await);
         let account = answer["account_id"].as_str().unwrap_or_default().to_owned();
 
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let line = loop {
-            let log = dashboard.log_text();
-            let found = log
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|line| {
-                    line["fields"]["message"] == "event applied"
-                        && line["fields"]["correlation_id"] == correlation.as_str()
-                });
-            if let Some(line) = found {
-                break line;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no JSON log line of the event with correlation id {correlation} within 30 s:\n{}",
-                dashboard.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let request = log_line(&command, &correlation, "http request").await;
+        let fields = &request["fields"];
+        assert_eq!(request["level"], "INFO", "{request}");
+        assert_eq!(fields["method"], "POST", "{request}");
+        assert_eq!(fields["route"], "/v1/accounts", "{request}");
+        assert_eq!(fields["status"], 201, "{request}");
+        assert!(
+            fields["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+            "{request}"
+        );
+        let principal = fields["principal"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            principal.len() == 16 && principal.bytes().all(|b| b.is_ascii_hexdigit()),
+            "the caller is a short hash: {request}"
+        );
+        let log = command.log_text();
+        assert!(!log.contains(TOKEN), "the token is never logged");
+        assert!(!log.contains("ada@example.org"), "nor the body");
+        // Probes are at debug level, with their route.
+        let probe = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["fields"]["route"] == "/readyz")
+            .unwrap_or_else(|| panic!("no request line of /readyz:\n{}", command.log_tail()));
+        assert_eq!(probe["level"], "DEBUG", "{probe}");
+        assert_eq!(probe["fields"]["principal"], "", "{probe}");
+
+        let line = log_line(&dashboard, &correlation, "event applied").await;
         assert_eq!(line["fields"]["account_id"], account.as_str(), "{line}");
         assert_eq!(
             line["fields"]["event_type"], "prism.account.opened",
             "{line}"
         );
         assert_eq!(line["level"], "DEBUG", "{line}");
+
+        // The projector's API logs its requests the same way, the same caller the same.
+        let read = up(
+            "prism-dashboard",
+            reqwest::Client::new()
+                .get(format!("{}/v1/dashboard/summary", dashboard.url))
+                .bearer_auth(TOKEN)
+                .header("x-correlation-id", &correlation)
+                .send()
+                .await,
+        );
+        assert_eq!(read.status(), 200);
+        let request = log_line(&dashboard, &correlation, "http request").await;
+        assert_eq!(request["level"], "INFO", "{request}");
+        assert_eq!(request["fields"]["method"], "GET", "{request}");
+        assert_eq!(
+            request["fields"]["route"], "/v1/dashboard/summary",
+            "{request}"
+        );
+        assert_eq!(request["fields"]["status"], 200, "{request}");
+        assert_eq!(
+            request["fields"]["principal"],
+            principal.as_str(),
+            "{request}"
+        );
+        assert!(
+            !dashboard.log_text().contains(TOKEN),
+            "the token is never logged"
+        );
+        command.kill();
+    })
+    .await;
+}
+
+/// The first JSON line of `process`'s log with `message` and `correlation_id`, waiting up
+/// to 30 s for it.
+async fn log_line(process: &ProjectorProcess, correlation: &str, message: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = process.log_text();
+        let found = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| {
+                line["fields"]["message"] == message
+                    && line["fields"]["correlation_id"] == correlation
+            });
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no JSON log line {message:?} with correlation id {correlation} within 30 s:\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /v1/admin/status` on the real projector: 401 without a token, 403 with a token
+/// without `admin` (problem+json both), and with it this instance's view: its group, the
+/// copy it serves and writes, no dead letters, and every assigned partition caught up on
+/// the event of the command sent, at Kafka's end offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_status_needs_the_admin_scope_and_shows_this_instances_partitions() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    isolated(2, |env| async move {
+        let command = CommandService::start(&env.config).await;
+        let mut dashboard = Dashboard::start(&env);
+        dashboard.wait_ready(Duration::from_secs(60)).await;
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/admin/status", dashboard.url);
+        for (token, status, code) in [
+            (None, 401, "unauthorized"),
+            (Some(crate::projector::LEDGER_ONLY_TOKEN), 403, "forbidden"),
+        ] {
+            let mut request = http.get(&url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let answer = up("prism-dashboard", request.send().await);
+            assert_eq!(answer.status(), status);
+            assert_eq!(
+                answer
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok()),
+                Some("application/problem+json")
+            );
+            let problem: Value = up("a problem", answer.json().await);
+            assert_eq!(problem["code"], code, "{problem}");
+        }
+
+        open_account(&http, &command, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let (code, content_type, body) = dashboard.get("/v1/admin/status").await;
+            assert_eq!(code, 200, "{body}");
+            assert_eq!(content_type, "application/json");
+            let status: Value = up("the admin status", serde_json::from_str(&body));
+            let partitions = status["partitions"].as_array().cloned().unwrap_or_default();
+            let stored = partitions
+                .iter()
+                .filter(|p| p["stored_offset"].as_i64().is_some())
+                .count();
+            let caught_up = partitions.iter().all(|p| p["lag_events"] == 0);
+            if partitions.len() == 2 && stored == 1 && caught_up && status["ready"] == true {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the event was not projected within 30 s: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let group = env.dashboard().group_id;
+        assert_eq!(status["service"], "prism-dashboard");
+        assert!(status["version"].is_string(), "{status}");
+        assert_eq!(status["consumer_group"], group.as_str());
+        assert!(
+            status["instance"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(&format!("{group}/"))),
+            "{status}"
+        );
+        assert_eq!(status["topic"], env.config.kafka.topic.as_str());
+        assert!(status["checked_at"].is_string(), "{status}");
+        assert_eq!(status["reasons"], json!([]));
+        assert_eq!(
+            status["copy"],
+            json!({"live": 1, "serving": 1, "writing": 1, "unavailable": null})
+        );
+        assert_eq!(
+            status["dead_letters"],
+            json!({
+                "topic": format!("{}.dlq.dashboard", env.config.kafka.topic),
+                "events": 0
+            })
+        );
+        assert_eq!(status["held_partitions"], json!([]));
+        let partitions = status["partitions"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            partitions
+                .iter()
+                .map(|p| p["partition"].clone())
+                .collect::<Vec<_>>(),
+            [json!(0), json!(1)]
+        );
+        let written = partitions
+            .iter()
+            .find(|p| p["stored_offset"].is_i64())
+            .unwrap_or_else(|| panic!("no partition with a position: {status}"));
+        assert_eq!(
+            written["end_offset"].as_i64(),
+            written["stored_offset"].as_i64().map(|offset| offset + 1),
+            "the position is the last record: {written}"
+        );
+        assert_eq!(written["lag_seconds"], 0.0, "{written}");
+        assert!(written["last_event_time"].is_string(), "{written}");
+        for partition in &partitions {
+            for member in ["paused", "held", "last_error"] {
+                assert!(partition.get(member).is_some(), "{member} in {partition}");
+            }
+            assert_eq!(partition["held"], Value::Null, "{partition}");
+        }
         command.stop().await;
     })
     .await;

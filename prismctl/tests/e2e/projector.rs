@@ -312,7 +312,7 @@ pub fn write_profile(
         r#"[[auth.tokens]]
 name = "local"
 token = "{TOKEN}"
-scopes = ["commands", "ledger:read", "search:read", "dashboard:read", "fraud:read", "pii"]
+scopes = ["commands", "ledger:read", "search:read", "dashboard:read", "fraud:read", "pii", "admin"]
 
 [[auth.tokens]]
 name = "ledger-only"

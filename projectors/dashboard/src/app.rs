@@ -86,6 +86,10 @@ impl Projector for DashboardProjector {
         "redis"
     }
 
+    fn auth(&self, scope: Scope) -> Auth {
+        Auth::new(self.dashboard.auth_enabled, &self.config.auth.tokens, scope)
+    }
+
     fn api(
         &self,
         live: LiveCopy<DashboardCopies>,
@@ -93,16 +97,15 @@ impl Projector for DashboardProjector {
         registry: &Registry,
     ) -> anyhow::Result<axum::Router> {
         let health = shared.health.clone();
-        let gauges = registry.clone();
-        let this = move || crate::pipeline::own(NAME, &health, dead_letters(&gauges));
+        let metrics = shared.metrics.clone();
+        let this = move || {
+            let dead_letters = i64::try_from(metrics.dead_lettered()).unwrap_or(i64::MAX);
+            crate::pipeline::own(NAME, &health, dead_letters)
+        };
         let state = crate::http::ApiState::new(
             Arc::new(move || live.current()),
             &self.dashboard,
-            Auth::new(
-                self.dashboard.auth_enabled,
-                &self.config.auth.tokens,
-                Scope::DashboardRead,
-            ),
+            self.auth(Scope::DashboardRead),
             this,
             shared.progress.subscribe(),
             registry,
@@ -110,22 +113,6 @@ impl Projector for DashboardProjector {
         .context("setting up the dashboard API")?;
         Ok(crate::http::router(state))
     }
-}
-
-/// This process's dead letters, from its own registry.
-fn dead_letters(registry: &Registry) -> i64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "prism_projector_events_total")
-        .flat_map(|f| f.get_metric())
-        .filter(|m| {
-            m.get_label()
-                .iter()
-                .any(|l| l.name() == "outcome" && l.value() == "dead_lettered")
-        })
-        .map(|m| m.get_counter().value() as i64)
-        .sum()
 }
 
 /// Runs prism-dashboard on `listener` until `shutdown` resolves.

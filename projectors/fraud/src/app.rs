@@ -86,6 +86,10 @@ impl Projector for FraudProjector {
         "redis"
     }
 
+    fn auth(&self, scope: Scope) -> Auth {
+        Auth::new(self.fraud.auth_enabled, &self.config.auth.tokens, scope)
+    }
+
     fn api(
         &self,
         live: LiveCopy<FraudCopies>,
@@ -95,11 +99,7 @@ impl Projector for FraudProjector {
         let state = crate::http::ApiState::new(
             Arc::new(move || live.current()),
             &self.fraud,
-            Auth::new(
-                self.fraud.auth_enabled,
-                &self.config.auth.tokens,
-                Scope::FraudRead,
-            ),
+            self.auth(Scope::FraudRead),
             shared.progress.subscribe(),
             registry,
         )

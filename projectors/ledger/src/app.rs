@@ -90,17 +90,17 @@ impl Projector for LedgerProjector {
         "mysql"
     }
 
+    fn auth(&self, scope: Scope) -> Auth {
+        Auth::new(self.ledger.auth_enabled, &self.config.auth.tokens, scope)
+    }
+
     fn api(
         &self,
         live: LiveCopy<Ledger>,
         shared: &Shared,
         registry: &Registry,
     ) -> anyhow::Result<axum::Router> {
-        let auth = Auth::new(
-            self.ledger.auth_enabled,
-            &self.config.auth.tokens,
-            Scope::LedgerRead,
-        );
+        let auth = self.auth(Scope::LedgerRead);
         let state = ApiState::new(
             live,
             &self.ledger,

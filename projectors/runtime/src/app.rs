@@ -9,8 +9,9 @@
 //!   positions stored, then started again from the positions stored in the new copy);
 //! - stops writing (and says why on `/readyz`) while the live copy cannot be opened here,
 //!   so its partitions go to instances that can;
-//! - serves the query API beside `/healthz`, `/readyz` and `/metrics`, with a problem+json
-//!   404 for every other path;
+//! - serves the query API beside `/healthz`, `/readyz`, `/metrics` and the admin status
+//!   (`GET /v1/admin/status`, `admin` scope), with a problem+json 404 for every other path,
+//!   and logs one line per request ([`prism_platform::http::log_requests`]);
 //! - on `shutdown` (SIGTERM in `main`), or when the projector fails for good, stops taking
 //!   requests, lets every partition finish its batch, stores and commits, and returns.
 
@@ -23,6 +24,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use axum::response::IntoResponse;
 use axum::Router;
+use prism_platform::auth::{Auth, Scope};
 use prism_platform::config::{KafkaConfig, ProjectorConfig};
 use prism_platform::http::Problem;
 use prometheus::Registry;
@@ -68,6 +70,11 @@ pub trait Projector: Send + Sync + 'static {
 
     /// The backing service its copies live in (`mysql`, `elasticsearch`), for messages.
     fn service(&self) -> &'static str;
+
+    /// The check of this projector's APIs for callers with `scope`: its own `auth_enabled`
+    /// and the callers of `[[auth.tokens]]`. Its query API needs its read scope; the shell
+    /// serves the admin status behind [`Scope::Admin`] with it.
+    fn auth(&self, scope: Scope) -> Auth;
 
     /// The query API on `live` (the copy being served changes when a rebuild promotes
     /// one). `shared.progress` wakes consistency waits; metrics go to `registry`.
@@ -162,9 +169,25 @@ pub async fn run_decoding<P: Projector>(
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let live = LiveCopy::start_instance(copies, settings.copy_poll, stop.clone(), Some(instance))
-        .await
-        .with_context(|| format!("opening the live copy of the {name} read model"))?;
+    let live = LiveCopy::start_instance(
+        copies,
+        settings.copy_poll,
+        stop.clone(),
+        Some(instance.clone()),
+    )
+    .await
+    .with_context(|| format!("opening the live copy of the {name} read model"))?;
+    let identity = crate::serve::Identity {
+        service: format!("prism-{name}"),
+        instance,
+        consumer_group: settings.group_id.clone(),
+        topic: settings.kafka.topic.clone(),
+        dead_letter_topic: crate::dlq::topic_name(
+            &settings.kafka.topic,
+            &settings.runtime.dlq_suffix,
+            name,
+        ),
+    };
 
     let project_task = tokio::spawn(project(
         settings.clone(),
@@ -174,14 +197,25 @@ pub async fn run_decoding<P: Projector>(
     ));
 
     let ops = crate::serve::ops_router(shared.health.clone(), registry.clone());
+    let admin = crate::serve::admin_router(
+        projector.auth(Scope::Admin),
+        identity,
+        shared.clone(),
+        live.clone(),
+    );
     let app = projector
         .api(live.clone(), &shared, &registry)
         .context("building the query API")?
         .merge(ops)
-        .fallback(not_found)
+        .merge(admin);
+    let app = with_problem_fallbacks(app)
         .layer(axum::middleware::from_fn_with_state(
             live,
             unready_without_the_live_copy::<P::Copies>,
+        ))
+        // Outermost: one line per request, whatever answered it.
+        .layer(axum::middleware::from_fn(
+            prism_platform::http::log_requests,
         ));
     tracing::info!(%address, "prism-{name} listening");
     let health = shared.health.clone();
@@ -220,6 +254,27 @@ pub async fn not_found() -> axum::response::Response {
     Problem::new(axum::http::StatusCode::NOT_FOUND, "not_found", "Not found")
         .detail("no such resource")
         .into_response()
+}
+
+/// A path the projector serves, asked with a method it does not take: a problem document
+/// (with axum's `Allow` header), not an empty 405.
+pub async fn method_not_allowed() -> axum::response::Response {
+    Problem::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+    )
+    .detail("this resource does not take this method")
+    .into_response()
+}
+
+/// `router` answering what none of its routes does with problem documents: [`not_found`]
+/// and [`method_not_allowed`]. Call it once every route is in (the 405 fallback applies to
+/// the routes the router has).
+pub fn with_problem_fallbacks(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// `/readyz` answers 503 while the live copy cannot be opened here, whatever the runtime
@@ -371,5 +426,54 @@ mod tests {
             .map(|attempt| start_backoff(&config, attempt).as_millis() as u64)
             .collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1_600, 3_000, 3_000, 3_000]);
+    }
+
+    /// The status line and headers of `request` sent to `app` over a real connection.
+    async fn head_of(app: Router, request: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let address = listener.local_addr().expect("its address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connects");
+        stream.write_all(request.as_bytes()).await.expect("sends");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("reads");
+        answer
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_and_an_unknown_path_get_problem_documents() {
+        let app = || {
+            with_problem_fallbacks(
+                Router::new().route("/v1/things", axum::routing::get(|| async { "ok" })),
+            )
+        };
+        let wrong_method = head_of(
+            app(),
+            "POST /v1/things HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(wrong_method.starts_with("http/1.1 405"), "{wrong_method}");
+        assert!(
+            wrong_method.contains("content-type: application/problem+json"),
+            "{wrong_method}"
+        );
+        assert!(wrong_method.contains("allow: get,head"), "{wrong_method}");
+        let unknown = head_of(
+            app(),
+            "GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(unknown.starts_with("http/1.1 404"), "{unknown}");
+        assert!(
+            unknown.contains("content-type: application/problem+json"),
+            "{unknown}"
+        );
     }
 }

@@ -164,6 +164,28 @@ impl Metrics {
             .inc_by(count);
     }
 
+    /// Records this process dead-lettered since it started (the sum of
+    /// `prism_projector_events_total{outcome="dead_lettered"}`).
+    pub fn dead_lettered(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.events
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                let label = |name: &str, value: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|l| l.name() == name && l.value() == value)
+                };
+                label("outcome", Outcome::DeadLettered.as_str())
+                    && label("projector", &self.projector)
+            })
+            .map(|metric| metric.get_counter().value() as u64)
+            .sum()
+    }
+
     pub fn batch(&self, seconds: f64, records: usize) {
         self.batch_duration
             .with_label_values(&[self.projector.as_str()])
@@ -233,5 +255,22 @@ impl Metrics {
         self.assigned
             .with_label_values(&[self.projector.as_str()])
             .set(partitions as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_are_summed_over_event_types_and_other_outcomes_are_not() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry, "ledger").expect("metrics");
+        assert_eq!(metrics.dead_lettered(), 0);
+        metrics.event("prism.account.opened", Outcome::DeadLettered, 2);
+        metrics.event("prism.account.money_deposited", Outcome::DeadLettered, 1);
+        metrics.event("prism.account.opened", Outcome::Applied, 40);
+        metrics.event("prism.account.opened", Outcome::Skipped, 3);
+        assert_eq!(metrics.dead_lettered(), 3);
     }
 }

@@ -612,7 +612,10 @@ impl Worker {
                 p.last_event_time = position.event_time;
             }
             if let Some(end) = p.end_offset {
-                p.lag = Some((end - position.offset - 1).max(0));
+                // The end is past the record just handled, whatever the last measure said.
+                let end = end.max(position.offset + 1);
+                p.end_offset = Some(end);
+                p.lag = Some(end - position.offset - 1);
             }
         });
         let now = chrono::Utc::now();

@@ -92,17 +92,17 @@ impl Projector for SearchProjector {
         "elasticsearch"
     }
 
+    fn auth(&self, scope: Scope) -> Auth {
+        Auth::new(self.search.auth_enabled, &self.config.auth.tokens, scope)
+    }
+
     fn api(
         &self,
         live: LiveCopy<SearchCopies>,
         shared: &Shared,
         registry: &Registry,
     ) -> anyhow::Result<axum::Router> {
-        let auth = Auth::new(
-            self.search.auth_enabled,
-            &self.config.auth.tokens,
-            Scope::SearchRead,
-        );
+        let auth = self.auth(Scope::SearchRead);
         let state = crate::http::ApiState::new(
             move || live.current(),
             &self.search,

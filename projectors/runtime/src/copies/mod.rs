@@ -448,6 +448,12 @@ impl<C: Copies> LiveCopy<C> {
         self.state.lock().unavailable.clone()
     }
 
+    /// The copy the projector writes now (`None`: none), as it last said
+    /// ([`LiveCopy::set_writing`]).
+    pub fn writing(&self) -> Option<u32> {
+        self.state.lock().writing
+    }
+
     /// Records which copy the projector writes (`None`: it writes none), for the
     /// instance report.
     pub fn set_writing(&self, copy: Option<u32>) {
