@@ -129,10 +129,14 @@ pub fn account_id(raw: &str) -> Result<Uuid, Problem> {
 }
 
 /// An RFC 3339 time with its offset. A `+` that the query string decoded to a space is
-/// taken back.
+/// taken back. A leap second (`23:59:60`) is taken as the first second of the next minute,
+/// as POSIX time counts it: the stores and engines behind the APIs have no second 60
+/// (OpenSearch refuses `23:59:60` in a range). Times outside years 1000–9999 (UTC) are
+/// refused: MySQL's `DATETIME` holds nothing else, and no account event is dated there.
 pub fn timestamp(field: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
+    use chrono::Timelike as _;
     let raw = raw.trim();
-    DateTime::parse_from_rfc3339(raw)
+    let time = DateTime::parse_from_rfc3339(raw)
         .or_else(|e| match raw.rfind(' ') {
             Some(i) if i > 10 => {
                 DateTime::parse_from_rfc3339(&format!("{}+{}", &raw[..i], &raw[i + 1..]))
@@ -145,7 +149,22 @@ pub fn timestamp(field: &str, raw: &str) -> Result<DateTime<Utc>, Problem> {
                 field,
                 format!("{raw:?} is not an RFC 3339 time such as 2024-05-01T00:00:00Z"),
             )
-        })
+        })?;
+    // chrono keeps a leap second as a nanosecond count of a second or more.
+    let time = match time.nanosecond().checked_sub(1_000_000_000) {
+        Some(nanos) => time
+            .with_nanosecond(nanos)
+            .and_then(|t| t.checked_add_signed(chrono::TimeDelta::seconds(1)))
+            .unwrap_or(time),
+        None => time,
+    };
+    if !(1000..=9999).contains(&chrono::Datelike::year(&time)) {
+        return Err(invalid(
+            field,
+            format!("{raw:?} is outside the years 1000 to 9999 (UTC)"),
+        ));
+    }
+    Ok(time)
 }
 
 /// One of a fixed set of values (a status, a channel…), exactly as written.
@@ -303,6 +322,43 @@ mod tests {
             let err = timestamp("to", bad).expect_err(bad);
             assert_eq!(field(&err), Some("to"), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_time_outside_the_years_1000_to_9999_is_bad_input() {
+        // The first made MySQL's driver panic in the ledger (a fuzz case): year -1 in UTC.
+        for raw in [
+            "0000-01-01T00:00:00+01:00",
+            "0999-12-31T23:59:59Z",
+            "9999-12-31T23:30:00-01:00",
+        ] {
+            let refused = timestamp("from", raw).expect_err(raw);
+            assert_eq!(refused.status_code(), axum::http::StatusCode::BAD_REQUEST, "{raw}");
+        }
+        assert!(timestamp("from", "1000-01-01T00:00:00Z").is_ok());
+        assert!(timestamp("to", "9999-12-31T23:59:59Z").is_ok());
+    }
+
+    #[test]
+    fn a_leap_second_is_the_first_second_of_the_next_minute() {
+        use chrono::Timelike as _;
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("a time")
+                .with_timezone(&Utc)
+        };
+        assert_eq!(
+            timestamp("to", "2016-12-31T23:59:60Z"),
+            Ok(at("2017-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            timestamp("to", "2016-12-31T23:59:60.25+01:00"),
+            Ok(at("2016-12-31T23:00:00.25Z"))
+        );
+        // What the engines are sent has no second 60.
+        let sent = timestamp("to", "2016-12-31T23:59:60.5Z").expect("a time");
+        assert!(sent.nanosecond() < 1_000_000_000);
+        assert_eq!(sent.to_rfc3339(), "2017-01-01T00:00:00.500+00:00");
     }
 
     #[test]
