@@ -18,9 +18,13 @@
 //!   re-implementation).
 //! - `export`: the fraud model's training set from its offline store.
 //! - `rebuild`: builds a new copy of a read model beside the live one and switches to it.
+//! - `chaos`: the whole platform (two instances of every service, as processes) under
+//!   seeded traffic and seeded faults (kills, servers stopped, network faults through
+//!   toxiproxy, rebalances, rebuilds), then every guarantee checked against the store.
 //! - `seed`: fills an event store with a long seeded history through its raw insert.
 
 pub mod bench;
+pub mod chaos;
 pub mod demo;
 pub mod doctor;
 pub mod export;

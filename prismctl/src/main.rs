@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use prismctl::{bench, demo, doctor, export, loadgen, rebuild, seed, status, verify};
+use prismctl::{bench, chaos, demo, doctor, export, loadgen, rebuild, seed, status, verify};
 
 /// The projectors' allocator: `demo` and the benches run the services in this process, and
 /// should measure them as their binaries run.
@@ -67,6 +67,16 @@ enum Command {
     /// row per card payment and withdrawal, duplicates dropped, labelled with the fraud
     /// reports known at --cutoff. Exits 1 when the store cannot be read, 2 on a bad flag.
     Export(export::Args),
+    /// Run the whole platform under seeded traffic and seeded faults, then check it.
+    ///
+    /// Two instances of every Prism service, as processes, reaching every backing server
+    /// through toxiproxy (`dev/stack up toxiproxy`); kills (SIGKILL) at random moments,
+    /// every server stopped and started, network faults, a rebalance storm, a rebuild
+    /// killed mid-way, a broker lost on a three-broker Kafka. Then: every read model
+    /// verified, the topic against the store, every success answer stored, no dead
+    /// letter, memory, panics, the lag alert. Prints a table; exits 1 if a check failed.
+    /// Run it from the checkout, with the services built beside prismctl.
+    Chaos(chaos::Args),
 }
 
 #[tokio::main]
@@ -89,6 +99,7 @@ async fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&config, &args).await,
         Command::Seed(args) => seed::run(&config, &args).await,
         Command::Export(args) => export::run(&config, &args).await,
+        Command::Chaos(args) => chaos::run(&config, &args).await,
     };
     match result {
         Ok(code) => code,

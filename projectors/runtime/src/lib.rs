@@ -233,9 +233,12 @@ impl Runtime {
         consumer
             .subscribe(&[&projection.topic])
             .with_context(|| format!("subscribing to {}", projection.topic))?;
-        let lag_client: BaseConsumer = prism_platform::clients::kafka_client_config(kafka)
-            .create()
-            .context("creating the Kafka lag client")?;
+        let lag_config = prism_platform::clients::kafka_client_config(kafka);
+        let connect_lag = move || -> anyhow::Result<BaseConsumer> {
+            lag_config.create().context("creating the Kafka lag client")
+        };
+        // Fail at start, not in the thread, when the configuration cannot make a client.
+        drop(connect_lag()?);
 
         let (done_tx, done_rx) = oneshot::channel();
         let poll_state = Arc::clone(&state);
@@ -250,7 +253,7 @@ impl Runtime {
         let interval = Duration::from_millis(config.lag_interval_ms.max(100));
         std::thread::Builder::new()
             .name(format!("{}-lag", projection.name))
-            .spawn(move || runtime::measure_lag(lag_client, lag_state, interval))
+            .spawn(move || runtime::measure_lag(connect_lag, lag_state, interval))
             .context("starting the lag thread")?;
         tracing::info!(
             projector = %projection.name,

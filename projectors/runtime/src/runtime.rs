@@ -602,16 +602,41 @@ fn restart_rewound(consumer: &BaseConsumer<Context>, shared: &Shared) {
     }
 }
 
+/// Rounds of failed watermark requests after which the lag client is replaced.
+const LAG_CLIENT_FAILED_ROUNDS: u32 = 3;
+
 /// Measures each assigned partition's lag every `interval` on its own thread (watermark
-/// requests block), until shutdown.
-pub(crate) fn measure_lag(client: BaseConsumer, shared: Arc<Shared>, interval: Duration) {
+/// requests block), until shutdown. `connect` makes the client it asks with: after
+/// [`LAG_CLIENT_FAILED_ROUNDS`] rounds in a row in which a request failed, the client is
+/// dropped and a new one made. (A chaos run saw instances whose consumer read again after
+/// a whole Kafka cluster was restarted while their lag stayed unmeasured for minutes,
+/// which kept them unready; a fresh client starts from a fresh bootstrap.)
+pub(crate) fn measure_lag(
+    connect: impl Fn() -> anyhow::Result<BaseConsumer>,
+    shared: Arc<Shared>,
+    interval: Duration,
+) {
+    let mut client = None;
+    let mut failed_rounds = 0;
     while !shared.shutdown.is_cancelled() {
+        if client.is_none() {
+            match connect() {
+                Ok(made) => client = Some(made),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "creating the Kafka lag client")
+                }
+            }
+        }
         let partitions: Vec<(i32, i64)> = lock(&shared.workers)
             .iter()
             .map(|(p, w)| (*p, w.slot.stored.load(Ordering::Acquire)))
             .collect();
-        let mut ok = true;
+        let mut ok = client.is_some();
+        let mut last_error = None;
         for (partition, stored) in partitions {
+            let Some(client) = client.as_ref() else {
+                break;
+            };
             match client.fetch_watermarks(shared.topic(), partition, Duration::from_secs(5)) {
                 Ok((low, high)) => {
                     let next = if stored == NONE { low } else { stored + 1 };
@@ -635,7 +660,22 @@ pub(crate) fn measure_lag(client: BaseConsumer, shared: Arc<Shared>, interval: D
                 Err(e) => {
                     ok = false;
                     tracing::debug!(partition, error = %e, "fetching watermarks");
+                    last_error = Some(e);
                 }
+            }
+        }
+        if ok {
+            failed_rounds = 0;
+        } else {
+            failed_rounds += 1;
+            if failed_rounds >= LAG_CLIENT_FAILED_ROUNDS && client.is_some() {
+                tracing::warn!(
+                    rounds = failed_rounds,
+                    error = %last_error.map(|e| e.to_string()).unwrap_or_default(),
+                    "the lag client keeps failing; replacing it"
+                );
+                client = None;
+                failed_rounds = 0;
             }
         }
         shared.health.kafka_ok(ok);
