@@ -48,6 +48,8 @@ mod routes;
 mod stack;
 #[path = "fuzz/wire.rs"]
 mod wire;
+#[path = "e2e/world.rs"]
+mod world;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

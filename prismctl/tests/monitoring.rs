@@ -21,6 +21,8 @@ mod e2e;
 #[allow(dead_code)]
 #[path = "e2e/projector.rs"]
 mod projector;
+#[path = "e2e/world.rs"]
+mod world;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -28,8 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prism_platform::config::Config;
-use prism_tests::{repo_root, unique, up};
+use prism_tests::{repo_root, up};
 use serde_json::Value;
 
 use crate::e2e::TOKEN;
@@ -796,142 +797,8 @@ impl Services {
     }
 }
 
-/// One run's names, as a profile file (what the children load) and as the loaded config.
-struct Env {
-    config: Config,
-    profile: PathBuf,
-    offline_dir: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        let database = unique("prism_test_mon");
-        let index_prefix = unique("prism-test-mon");
-        let dash_namespace = format!("prism-test:{}", unique("mon-dash"));
-        let fraud_namespace = format!("prism-test:{}", unique("mon-fraud"));
-        let offline_dir = std::env::temp_dir().join(unique("prism-mon-offline"));
-        let group = |name: &str| unique(&format!("prism-test-mon-{name}"));
-        let section = format!(
-            r#"[ledger]
-database = "{database}"
-group_id = "{ledger_group}"
-
-[search]
-index_prefix = "{index_prefix}"
-group_id = "{search_group}"
-copy_poll_ms = 200
-
-[dashboard]
-namespace = "{dash_namespace}"
-group_id = "{dash_group}"
-copy_poll_ms = 200
-health_poll_ms = 500
-health_targets = []
-
-[fraud]
-namespace = "{fraud_namespace}"
-group_id = "{fraud_group}"
-offline_dir = "{offline}"
-copy_poll_ms = 200
-"#,
-            ledger_group = group("ledger"),
-            search_group = group("search"),
-            dash_group = group("dash"),
-            fraud_group = group("fraud"),
-            offline = offline_dir.display(),
-        );
-        let (profile, config) = crate::projector::write_profile("mon", 3, &section);
-        Env {
-            config,
-            profile,
-            offline_dir,
-        }
-    }
-
-    /// Drops what the run made: topics, consumer groups, event-store schema, the ledger's
-    /// databases, the search indices, the Redis keys, the offline store and the profile.
-    async fn clean_up(&self) {
-        use rdkafka::admin::{AdminClient, AdminOptions};
-        use rdkafka::client::DefaultClientContext;
-        let config = &self.config;
-        let ledger = prism_ledger::LedgerConfig::from_config(config).ok();
-        let search = prism_search::app::SearchProjector::new(config.clone())
-            .ok()
-            .map(|p| p.search_config().clone());
-        let dashboard: Option<prism_dashboard::DashboardConfig> =
-            config.dashboard.parse("dashboard").ok();
-        let fraud: Option<prism_fraud::config::FraudConfig> = config.fraud.parse("fraud").ok();
-        if let Ok(admin) = prism_platform::clients::kafka_client_config(&config.kafka)
-            .create::<AdminClient<DefaultClientContext>>()
-        {
-            let options = AdminOptions::new();
-            let mut topics = vec![config.kafka.topic.clone()];
-            for name in ["ledger", "search", "dashboard", "fraud"] {
-                topics.push(prism_projector::dlq::topic_name(
-                    &config.kafka.topic,
-                    &config.projector.dlq_suffix,
-                    name,
-                ));
-            }
-            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let _ = admin.delete_topics(&topics, &options).await;
-            let groups: Vec<String> = [
-                ledger.as_ref().map(|l| l.group_id.clone()),
-                search.as_ref().map(|s| s.group_id.clone()),
-                dashboard.as_ref().map(|d| d.group_id.clone()),
-                fraud.as_ref().map(|f| f.group_id.clone()),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            // The killed consumers stay members until their session times out: until then
-            // a group is not empty and cannot be deleted.
-            let mut groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !groups.is_empty() && Instant::now() < deadline {
-                let Ok(results) = admin.delete_groups(&groups, &options).await else {
-                    break;
-                };
-                let refused: BTreeSet<String> = results
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        Err((group, rdkafka::types::RDKafkaErrorCode::NonEmptyGroup)) => {
-                            Some(group)
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                groups.retain(|g| refused.contains(*g));
-                if !groups.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-        prism_tests::drop_event_store(config).await;
-        if let Some(ledger) = &ledger {
-            if let Ok(store) = prism_ledger::store::Ledger::open(&config.mysql, ledger).await {
-                let _ = store.drop_everything().await;
-            }
-        }
-        if let Some(search) = &search {
-            if let Ok(copies) =
-                prism_search::copies::SearchCopies::connect(&config.elasticsearch, search).await
-            {
-                let _ = copies.drop_everything().await;
-            }
-        }
-        if let Some(dashboard) = &dashboard {
-            prism_tests::unlink_keys(config, &format!("{}:*", dashboard.namespace)).await;
-        }
-        if let Some(fraud) = &fraud {
-            if let Ok(copies) = prism_fraud::copies::connect(&config.redis, fraud).await {
-                let _ = copies.drop_everything().await;
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.offline_dir);
-        let _ = std::fs::remove_file(&self.profile);
-    }
-}
+/// One run's names (every service's, dropped at the end).
+use crate::world::World as Env;
 
 /// Runs `body` in an [`Env`] of its own and cleans up whether it passed or not.
 async fn isolated<F, Fut>(body: F)
@@ -939,9 +806,13 @@ where
     F: FnOnce(Arc<Env>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    prism_tests::run_then_clean_up(Arc::new(Env::new()), body, |env| async move {
-        env.clean_up().await;
-    })
+    prism_tests::run_then_clean_up(
+        Arc::new(Env::new("mon", 3, |_| String::new())),
+        body,
+        |env| async move {
+            env.clean_up().await;
+        },
+    )
     .await;
 }
 

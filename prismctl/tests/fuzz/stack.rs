@@ -3,14 +3,12 @@
 //! of its own), the services as child processes, the seed data every valid request needs,
 //! and the event store's count of events.
 
-use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prism_platform::config::Config;
-use prism_tests::{unique, up};
+use prism_tests::up;
 use serde_json::{json, Value};
 
 use crate::projector::ProjectorProcess;
@@ -20,150 +18,17 @@ use crate::routes::{Known, Service, TOKEN};
 /// since the fuzz test sends tokens of versions that never come.
 const WAIT_TIMEOUT_MS: u64 = 300;
 
-/// The run's names, as a profile file (what the children load) and as the loaded config.
-pub struct Env {
-    pub config: Config,
-    pub profile: PathBuf,
-    offline_dir: PathBuf,
-}
+/// The run's names (every service's, dropped at the end).
+pub use crate::world::World as Env;
 
-impl Env {
-    fn new() -> Env {
-        let offline_dir = std::env::temp_dir().join(unique("prism-fuzz-offline"));
-        let group = |name: &str| unique(&format!("prism-test-fuzz-{name}"));
-        let dash_namespace = format!("prism-test:{}", unique("fuzz-dash"));
-        let fraud_namespace = format!("prism-test:{}", unique("fuzz-fraud"));
-        let section = format!(
-            r#"[command]
-max_body_bytes = {command_limit}
-
-[ledger]
-database = "{database}"
-group_id = "{ledger_group}"
-wait_timeout_ms = {WAIT_TIMEOUT_MS}
-
-[search]
-index_prefix = "{index_prefix}"
-group_id = "{search_group}"
-copy_poll_ms = 200
-refresh_interval_ms = 200
-wait_timeout_ms = {WAIT_TIMEOUT_MS}
-
-[dashboard]
-namespace = "{dash_namespace}"
-group_id = "{dash_group}"
-copy_poll_ms = 200
-health_poll_ms = 500
-health_targets = []
-wait_timeout_ms = {WAIT_TIMEOUT_MS}
-
-[fraud]
-namespace = "{fraud_namespace}"
-group_id = "{fraud_group}"
-offline_dir = "{offline}"
-copy_poll_ms = 200
-wait_timeout_ms = {WAIT_TIMEOUT_MS}
-"#,
-            command_limit = Service::Command.body_limit(),
-            database = unique("prism_test_fuzz"),
-            index_prefix = unique("prism-test-fuzz"),
-            ledger_group = group("ledger"),
-            search_group = group("search"),
-            dash_group = group("dash"),
-            fraud_group = group("fraud"),
-            offline = offline_dir.display(),
-        );
-        let (profile, config) = crate::projector::write_profile("fuzz", 2, &section);
-        Env {
-            config,
-            profile,
-            offline_dir,
-        }
-    }
-
-    /// Drops what the run made: topics, consumer groups, event-store schema, the ledger's
-    /// databases, the search indices, the Redis keys, the offline store and the profile.
-    async fn clean_up(&self) {
-        use rdkafka::admin::{AdminClient, AdminOptions};
-        use rdkafka::client::DefaultClientContext;
-        let config = &self.config;
-        let ledger = prism_ledger::LedgerConfig::from_config(config).ok();
-        let search = prism_search::app::SearchProjector::new(config.clone())
-            .ok()
-            .map(|p| p.search_config().clone());
-        let dashboard: Option<prism_dashboard::DashboardConfig> =
-            config.dashboard.parse("dashboard").ok();
-        let fraud: Option<prism_fraud::config::FraudConfig> = config.fraud.parse("fraud").ok();
-        if let Ok(admin) = prism_platform::clients::kafka_client_config(&config.kafka)
-            .create::<AdminClient<DefaultClientContext>>()
-        {
-            let options = AdminOptions::new();
-            let mut topics = vec![config.kafka.topic.clone()];
-            for name in ["ledger", "search", "dashboard", "fraud"] {
-                topics.push(prism_projector::dlq::topic_name(
-                    &config.kafka.topic,
-                    &config.projector.dlq_suffix,
-                    name,
-                ));
-            }
-            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let _ = admin.delete_topics(&topics, &options).await;
-            let groups: Vec<String> = [
-                ledger.as_ref().map(|l| l.group_id.clone()),
-                search.as_ref().map(|s| s.group_id.clone()),
-                dashboard.as_ref().map(|d| d.group_id.clone()),
-                fraud.as_ref().map(|f| f.group_id.clone()),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            // Stopped consumers stay members until their session times out: until then a
-            // group is not empty and cannot be deleted.
-            let mut groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !groups.is_empty() && Instant::now() < deadline {
-                let Ok(results) = admin.delete_groups(&groups, &options).await else {
-                    break;
-                };
-                let refused: BTreeSet<String> = results
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        Err((group, rdkafka::types::RDKafkaErrorCode::NonEmptyGroup)) => {
-                            Some(group)
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                groups.retain(|g| refused.contains(*g));
-                if !groups.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-        prism_tests::drop_event_store(config).await;
-        if let Some(ledger) = &ledger {
-            if let Ok(store) = prism_ledger::store::Ledger::open(&config.mysql, ledger).await {
-                let _ = store.drop_everything().await;
-            }
-        }
-        if let Some(search) = &search {
-            if let Ok(copies) =
-                prism_search::copies::SearchCopies::connect(&config.elasticsearch, search).await
-            {
-                let _ = copies.drop_everything().await;
-            }
-        }
-        if let Some(dashboard) = &dashboard {
-            prism_tests::unlink_keys(config, &format!("{}:*", dashboard.namespace)).await;
-        }
-        if let Some(fraud) = &fraud {
-            if let Ok(copies) = prism_fraud::copies::connect(&config.redis, fraud).await {
-                let _ = copies.drop_everything().await;
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.offline_dir);
-        let _ = std::fs::remove_file(&self.profile);
-    }
+/// The fuzz run's names, with short consistency waits (the test sends tokens of versions
+/// that never come) and prism-command's body limit as the routes know it.
+fn world() -> Env {
+    Env::new("fuzz", 2, |section| match section {
+        "command" => format!("max_body_bytes = {}\n", Service::Command.body_limit()),
+        "search" => format!("refresh_interval_ms = 200\nwait_timeout_ms = {WAIT_TIMEOUT_MS}\n"),
+        _ => format!("wait_timeout_ms = {WAIT_TIMEOUT_MS}\n"),
+    })
 }
 
 /// Runs `body` in an [`Env`] of its own and cleans up whether it passed or not.
@@ -172,7 +37,7 @@ where
     F: FnOnce(Arc<Env>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    prism_tests::run_then_clean_up(Arc::new(Env::new()), body, |env| async move {
+    prism_tests::run_then_clean_up(Arc::new(world()), body, |env| async move {
         // The services must be gone before their groups can be deleted.
         env.clean_up().await;
     })
