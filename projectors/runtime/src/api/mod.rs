@@ -333,7 +333,11 @@ mod tests {
             "9999-12-31T23:30:00-01:00",
         ] {
             let refused = timestamp("from", raw).expect_err(raw);
-            assert_eq!(refused.status_code(), axum::http::StatusCode::BAD_REQUEST, "{raw}");
+            assert_eq!(
+                refused.status_code(),
+                axum::http::StatusCode::BAD_REQUEST,
+                "{raw}"
+            );
         }
         assert!(timestamp("from", "1000-01-01T00:00:00Z").is_ok());
         assert!(timestamp("to", "9999-12-31T23:59:59Z").is_ok());
