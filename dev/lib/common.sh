@@ -225,3 +225,16 @@ as_user() {
     die "need root (or to be user $user) to run: $*"
   fi
 }
+
+# Checks that Go >= MIN is here to build WHAT for service SVC; prints the version found.
+require_go() {
+  local svc=$1 min=$2 what=$3 gover
+  command -v go >/dev/null ||
+    die "$svc: Go >= $min is needed to build $what (Debian 12's golang package is too old; install Go from go.dev)"
+  gover=$(GOTOOLCHAIN=local go env GOVERSION) || die "$svc: 'go env GOVERSION' failed"
+  gover=${gover#go}
+  if [ "$(printf '%s\n%s\n' "$min" "$gover" | sort -V | head -n1)" != "$min" ]; then
+    die "$svc: Go $gover is too old to build $what; need >= $min"
+  fi
+  printf '%s' "$gover"
+}

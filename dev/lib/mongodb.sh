@@ -59,13 +59,7 @@ ferretdb_tool() {
 
 ferretdb_build() {
   local bin=$1 dir tmp gover
-  command -v go >/dev/null ||
-    die "mongodb: Go >= $FERRETDB_GO_MIN is needed to build FerretDB (Debian 12's golang package is too old; install Go from go.dev)"
-  gover=$(GOTOOLCHAIN=local go env GOVERSION) || die "mongodb: 'go env GOVERSION' failed"
-  gover=${gover#go}
-  if [ "$(printf '%s\n%s\n' "$FERRETDB_GO_MIN" "$gover" | sort -V | head -n1)" != "$FERRETDB_GO_MIN" ]; then
-    die "mongodb: Go $gover is too old to build FerretDB; need >= $FERRETDB_GO_MIN"
-  fi
+  gover=$(require_go mongodb "$FERRETDB_GO_MIN" FerretDB) || exit 1
   dir=$(dirname "$bin")
   mkdir -p "$(dirname "$dir")"
   tmp=$(mktemp -d "$(dirname "$dir")/.build.XXXXXX")

@@ -35,13 +35,7 @@ toxiproxy_url() { printf 'http://%s:%s%s' "$PRISM_HOST" "$toxiproxy_PORT" "$1"; 
 
 toxiproxy_build() {
   local bin=$1 dir tmp gover
-  command -v go >/dev/null ||
-    die "toxiproxy: Go >= $TOXIPROXY_GO_MIN is needed to build Toxiproxy (Debian 12's golang package is too old; install Go from go.dev)"
-  gover=$(GOTOOLCHAIN=local go env GOVERSION) || die "toxiproxy: 'go env GOVERSION' failed"
-  gover=${gover#go}
-  if [ "$(printf '%s\n%s\n' "$TOXIPROXY_GO_MIN" "$gover" | sort -V | head -n1)" != "$TOXIPROXY_GO_MIN" ]; then
-    die "toxiproxy: Go $gover is too old to build Toxiproxy; need >= $TOXIPROXY_GO_MIN"
-  fi
+  gover=$(require_go toxiproxy "$TOXIPROXY_GO_MIN" Toxiproxy) || exit 1
   dir=$(dirname "$bin")
   mkdir -p "$(dirname "$dir")"
   tmp=$(mktemp -d "$(dirname "$dir")/.build.XXXXXX")

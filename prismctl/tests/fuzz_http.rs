@@ -728,7 +728,7 @@ fn deposit_case(target: &[u8]) -> Case {
         mutations: Vec::new(),
         protocol: false,
         oversized: false,
-        params: &[],
+        params: Vec::new(),
     }
 }
 

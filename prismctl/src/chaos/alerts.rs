@@ -86,15 +86,7 @@ impl Prometheus {
     /// The states (`pending`, `firing`) `alert` is in now, one per labelled series, as
     /// `state projector`.
     pub async fn alert_states(&self, alert: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let answer: Value = self
-            .http
-            .get(format!("{}/api/v1/alerts", self.url))
-            .send()
-            .await
-            .context("asking Prometheus for its alerts")?
-            .json()
-            .await
-            .context("reading Prometheus's alerts")?;
+        let answer = self.api("alerts").await?;
         let states = answer["data"]["alerts"]
             .as_array()
             .map(|alerts| {
@@ -115,15 +107,7 @@ impl Prometheus {
 
     /// How many rules Prometheus loaded (0 means the rule files were not found).
     pub async fn rule_count(&self) -> anyhow::Result<usize> {
-        let answer: Value = self
-            .http
-            .get(format!("{}/api/v1/rules", self.url))
-            .send()
-            .await
-            .context("asking Prometheus for its rules")?
-            .json()
-            .await
-            .context("reading Prometheus's rules")?;
+        let answer = self.api("rules").await?;
         Ok(answer["data"]["groups"]
             .as_array()
             .map(|groups| {
@@ -135,18 +119,20 @@ impl Prometheus {
             .unwrap_or(0))
     }
 
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+    /// `GET /api/v1/<what>`'s JSON.
+    async fn api(&self, what: &str) -> anyhow::Result<Value> {
+        self.http
+            .get(format!("{}/api/v1/{what}", self.url))
+            .send()
             .await
-            .is_err()
-        {
-            let _ = self.child.start_kill();
-        }
+            .with_context(|| format!("asking Prometheus for its {what}"))?
+            .json()
+            .await
+            .with_context(|| format!("reading Prometheus's {what}"))
+    }
+
+    pub async fn stop(self) {
+        super::fleet::terminate(self.child, Duration::from_secs(10)).await;
     }
 }
 

@@ -211,33 +211,42 @@ impl Fleet {
             .collect()
     }
 
-    /// Stops every process cleanly (SIGTERM, `grace` each, in parallel).
+    /// Stops every process cleanly (SIGTERM to all at once, then `grace` for each).
     pub async fn stop_all(&mut self, grace: Duration) {
-        let pids: Vec<u32> = self.slots.iter().filter_map(Slot::pid).collect();
-        for pid in &pids {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+        let children: Vec<Child> = self
+            .slots
+            .iter_mut()
+            .filter_map(|slot| {
+                slot.retired = true;
+                slot.child.take()
+            })
+            .collect();
+        for child in &children {
+            sigterm(child);
         }
-        for slot in &mut self.slots {
-            slot.retired = true;
-            if let Some(mut child) = slot.child.take() {
-                if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
-                }
-            }
+        for child in children {
+            wait_or_kill(child, grace).await;
         }
     }
 }
 
-/// SIGTERM, then SIGKILL after `grace`: a clean stop.
-pub async fn terminate(mut child: Child, grace: Duration) {
+/// Asks `child` to stop (SIGTERM: a Prism service stores its positions and leaves).
+fn sigterm(child: &Child) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
     }
+}
+
+/// SIGTERM, then SIGKILL after `grace`: a clean stop.
+pub async fn terminate(child: Child, grace: Duration) {
+    sigterm(&child);
+    wait_or_kill(child, grace).await;
+}
+
+/// Waits `grace` for `child` to exit, then SIGKILL.
+async fn wait_or_kill(mut child: Child, grace: Duration) {
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = child.start_kill();
         let _ = child.wait().await;

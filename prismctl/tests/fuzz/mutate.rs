@@ -54,7 +54,7 @@ pub struct Case {
     /// The body is over the service's limit.
     pub oversized: bool,
     /// The query parameters the route takes.
-    pub params: &'static [&'static str],
+    pub params: Vec<&'static str>,
 }
 
 impl Case {
@@ -1538,7 +1538,7 @@ fn random(service: Service, number: u64, rng: &mut ChaCha8Rng) -> Case {
         mutations: vec!["random request".into()],
         protocol: false,
         oversized: false,
-        params: &[],
+        params: Vec::new(),
     }
 }
 

@@ -128,7 +128,7 @@ pub struct Template {
     pub headers: Vec<(String, String)>,
     pub body: Option<Value>,
     /// The query parameters the route takes (mutations set them to odd values).
-    pub params: &'static [&'static str],
+    pub params: Vec<&'static str>,
 }
 
 impl Template {
@@ -145,7 +145,7 @@ impl Template {
             query: Vec::new(),
             headers: Vec::new(),
             body: None,
-            params: &[],
+            params: Vec::new(),
         }
     }
 
@@ -167,8 +167,9 @@ impl Template {
         self
     }
 
-    fn params(mut self, params: &'static [&'static str]) -> Self {
-        self.params = params;
+    /// Adds `params` to the query parameters the route takes.
+    fn params(mut self, params: &[&'static str]) -> Self {
+        self.params.extend_from_slice(params);
         self
     }
 
@@ -452,45 +453,6 @@ const SEARCH_FILTERS: &[&str] = &[
     "currency",
     "sort",
 ];
-const SEARCH_PARAMS: &[&str] = &[
-    "q",
-    "account_id",
-    "country",
-    "merchant_country",
-    "category",
-    "channel",
-    "decision",
-    "kind",
-    "from",
-    "to",
-    "min_amount_minor",
-    "max_amount_minor",
-    "currency",
-    "sort",
-    "limit",
-    "cursor",
-    "facets",
-    "facet_size",
-    "amount_interval_minor",
-];
-const EXPORT_PARAMS: &[&str] = &[
-    "q",
-    "account_id",
-    "country",
-    "merchant_country",
-    "category",
-    "channel",
-    "decision",
-    "kind",
-    "from",
-    "to",
-    "min_amount_minor",
-    "max_amount_minor",
-    "currency",
-    "sort",
-    "format",
-];
-
 /// A few valid transaction filters.
 fn search_filters(template: Template, known: &Known, rng: &mut ChaCha8Rng) -> Template {
     use prism_search::query::{CHANNELS, DECISIONS, KINDS};
@@ -533,7 +495,15 @@ fn search(known: &Known, rng: &mut ChaCha8Rng) -> Template {
     let template = match rng.gen_range(0..10) {
         0..=5 => {
             const ROUTE: &str = "GET /v1/search/transactions";
-            let template = Template::new(ROUTE, "/v1/search/transactions").params(SEARCH_PARAMS);
+            let template = Template::new(ROUTE, "/v1/search/transactions")
+                .params(SEARCH_FILTERS)
+                .params(&[
+                    "limit",
+                    "cursor",
+                    "facets",
+                    "facet_size",
+                    "amount_interval_minor",
+                ]);
             match known.cursor_for(ROUTE, rng).filter(|_| rng.gen_bool(0.3)) {
                 Some(harvested) => with_cursor(template, harvested),
                 None => {
@@ -559,7 +529,8 @@ fn search(known: &Known, rng: &mut ChaCha8Rng) -> Template {
                 "GET /v1/search/transactions/export",
                 "/v1/search/transactions/export",
             )
-            .params(EXPORT_PARAMS);
+            .params(SEARCH_FILTERS)
+            .params(&["format"]);
             let mut t = search_filters(template, known, rng);
             t.query
                 .push(("format".into(), pick(rng, &["ndjson", "csv"])));
