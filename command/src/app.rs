@@ -2,13 +2,15 @@
 //! the service through [`run`], so tests run the real thing on a port-0 listener.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use prism_platform::auth::Scope;
 use prism_platform::config::{Config, EventStoreBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState, Auth, Instance, Readiness};
 use crate::metrics::Metrics;
@@ -38,6 +40,62 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn EventStore>> 
         .await
         .with_context(|| format!("initialising the {} event store", store.backend()))?;
     Ok(store)
+}
+
+/// [`open_store`] until it succeeds, with back-off (100 ms doubling to 5 s); `opening` holds
+/// the last error for `/readyz` meanwhile.
+async fn open_store_retrying(config: &Config, opening: &Mutex<String>) -> Arc<dyn EventStore> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match open_store(config).await {
+            Ok(store) => return store,
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(error = %why, retry_in_ms = delay.as_millis() as u64, "cannot open the event store; retrying");
+                *lock(opening) = why;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the listener answers before the event store is open: `/healthz`, `/metrics`, and
+/// `/readyz` as a 503 naming the store's last error.
+fn starting_router(registry: prometheus::Registry, opening: Arc<Mutex<String>>) -> axum::Router {
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let why = lock(&opening).clone();
+                async move {
+                    prism_platform::http::Problem::unavailable(format!(
+                        "event store not open: {why}"
+                    ))
+                    .retry_after(1)
+                    .into_response()
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move { prism_platform::http::render_metrics(&registry) }
+            }),
+        )
 }
 
 /// `prism-command/<host>/<pid>/<random>`: unique per running instance (several may share a
@@ -70,28 +128,62 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()> + Send + 'static,
     clock: Clock,
 ) -> anyhow::Result<()> {
+    let address = listener.local_addr().context("listener address")?;
     // The compiled-in tokens are public: never on an address other machines can reach.
-    config.auth.refuse_local_tokens(
-        "command",
-        config.command.auth_enabled,
-        listener.local_addr().context("listener address")?,
-    )?;
+    config
+        .auth
+        .refuse_local_tokens("command", config.command.auth_enabled, address)?;
     let metrics = Metrics::new().context("registering metrics")?;
-    let store = open_store(&config).await?;
+
+    // The listener answers from the start: /healthz, /readyz (503 naming the event store's
+    // error) and /metrics while the event store cannot be opened, the whole API once it is.
+    // A restart during a store outage thus leaves the process up and observable.
+    let shutting_down = CancellationToken::new();
+    let on_shutdown = shutting_down.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_shutdown.cancel();
+    });
+    let (full_app, built) = watch::channel(None);
+    let opening = Arc::new(Mutex::new("not opened yet".to_owned()));
+    let front = prism_platform::http::front_door(
+        starting_router(metrics.registry.clone(), Arc::clone(&opening)),
+        built,
+    );
+    let server_stop = shutting_down.clone();
+    let server = tokio::spawn(http::serve(listener, front, async move {
+        server_stop.cancelled().await;
+    }));
+    tracing::info!(%address, "prism-command listening");
+
+    let store = tokio::select! {
+        store = open_store_retrying(&config, &opening) => store,
+        () = shutting_down.cancelled() => {
+            server.await.context("the HTTP server task")?.context("serving HTTP")?;
+            tracing::info!("prism-command stopped before its event store was open");
+            return Ok(());
+        }
+    };
 
     let (stop_relay, relay_stopped) = watch::channel(false);
     // Kafka is not needed to start: the relay creates the topic and publishes once Kafka
     // answers; until then commands are stored and the backlog shows on /readyz.
     let (relay_handle, relay_task, relay_status) = if config.relay.enabled {
         let status = RelayStatus::default();
-        let relay = Relay::new(
+        let relay = match Relay::new(
             Arc::clone(&store),
             &config.kafka,
             config.relay.clone(),
             metrics.clone(),
             status.clone(),
-        )
-        .context("configuring the relay's Kafka producer")?;
+        ) {
+            Ok(relay) => relay,
+            Err(e) => {
+                shutting_down.cancel();
+                let _ = server.await;
+                return Err(e.context("configuring the relay's Kafka producer"));
+            }
+        };
         let (handle, task) = relay.spawn(relay_stopped);
         (handle, Some(task), Some(status))
     } else {
@@ -135,15 +227,12 @@ pub async fn run_with_clock(
             topic: config.kafka.topic.clone(),
         },
     };
-    let address = listener.local_addr().context("listener address")?;
-    tracing::info!(%address, backend = config.event_store.backend.as_str(), instance = %state.instance.id, "prism-command listening");
-    http::serve(
-        listener,
-        http::router(state, config.command.max_body_bytes),
-        shutdown,
-    )
-    .await
-    .context("serving HTTP")?;
+    tracing::info!(backend = config.event_store.backend.as_str(), instance = %state.instance.id, "prism-command taking commands");
+    full_app.send_replace(Some(http::router(state, config.command.max_body_bytes)));
+    server
+        .await
+        .context("the HTTP server task")?
+        .context("serving HTTP")?;
 
     // HTTP is drained: no new commits can arrive. Let the relay finish the queue.
     let _ = stop_relay.send(true);

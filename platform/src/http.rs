@@ -343,6 +343,59 @@ pub async fn log_requests(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// The paths a service answers before it is built ([`front_door`]'s `starting`).
+pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// How long [`front_door`] holds a request for the API while the service is not built yet,
+/// before answering 503: a start that takes less is invisible to callers, as it was when
+/// connections waited in the listen queue.
+pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The router a service's listener serves when it starts serving before it is built (its
+/// store may be down at start): `app` once it is sent, and until then `starting` for the
+/// [`OPEN_PATHS`] (`/healthz`, a `/readyz` saying what is missing, `/metrics`). Any other
+/// request waits up to [`START_WAIT`] for `app`, then gets a 503 problem (type `starting`,
+/// `Retry-After: 1`). A process restarted during an outage of its store thus stays up,
+/// observable and scraped, instead of exiting and being restarted in a loop.
+///
+/// `app` logs its own requests ([`log_requests`] needs the route matched inside it); the
+/// front door logs the answers given while starting.
+pub fn front_door(
+    starting: axum::Router,
+    app: tokio::sync::watch::Receiver<Option<axum::Router>>,
+) -> axum::Router {
+    use tower::ServiceExt;
+    let starting = starting
+        .fallback(|| async {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "Starting")
+                .detail("the service is not ready to take requests yet; /readyz says why")
+                .retry_after(1)
+        })
+        .layer(axum::middleware::from_fn(log_requests));
+    axum::Router::new().fallback(move |request: Request| {
+        let mut app = app.clone();
+        let starting = starting.clone();
+        async move {
+            let built = app.borrow().clone();
+            let to = match built {
+                Some(app) => app,
+                None if OPEN_PATHS.contains(&request.uri().path()) => starting,
+                None => {
+                    let waited = tokio::time::timeout(START_WAIT, app.wait_for(Option::is_some));
+                    match waited.await {
+                        Ok(Ok(built)) => built.clone().unwrap_or(starting),
+                        _ => starting,
+                    }
+                }
+            };
+            match to.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    })
+}
+
 /// Resolves on SIGTERM or Ctrl-C: hand it to `axum::serve(..).with_graceful_shutdown`.
 pub async fn shutdown_signal() {
     {
@@ -377,6 +430,61 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn answer(router: &axum::Router, path: &str) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        let request = Request::builder()
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .expect("a request");
+        let response = router
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|never| match never {});
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_front_door_serves_the_open_paths_while_starting_and_holds_the_rest_for_the_app() {
+        let starting = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "alive" }))
+            .route("/readyz", axum::routing::get(|| async { "not yet" }));
+        let (app, built) = tokio::sync::watch::channel(None);
+        let front = front_door(starting, built);
+
+        assert_eq!(
+            answer(&front, "/healthz").await,
+            (StatusCode::OK, "alive".into())
+        );
+        assert_eq!(
+            answer(&front, "/readyz").await,
+            (StatusCode::OK, "not yet".into())
+        );
+        // An API request waits for the app instead of failing at once.
+        let held = tokio::spawn({
+            let front = front.clone();
+            async move { answer(&front, "/v1/things").await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!held.is_finished(), "answered before the app was built");
+        app.send_replace(Some(
+            axum::Router::new()
+                .route("/v1/things", axum::routing::get(|| async { "things" }))
+                .route("/healthz", axum::routing::get(|| async { "app alive" })),
+        ));
+        let answered = held.await.expect("the held request");
+        assert_eq!(answered, (StatusCode::OK, "things".into()));
+        // Built: everything goes to the app.
+        assert_eq!(
+            answer(&front, "/healthz").await,
+            (StatusCode::OK, "app alive".into())
+        );
+    }
 
     #[test]
     fn a_correlation_id_is_1_to_128_visible_ascii_characters() {

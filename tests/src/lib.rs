@@ -16,6 +16,8 @@ use futures::FutureExt as _;
 use prism_platform::config::{EventStoreBackend, Sources};
 use prism_platform::Config;
 
+pub mod toxiproxy;
+
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

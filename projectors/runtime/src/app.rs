@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::copies::{Copies, LiveCopy};
+use crate::group_lag::GroupLag;
 use crate::{Decode, Projection, Runtime, Shared};
 
 /// What the shell needs to know to run a projector.
@@ -154,13 +155,10 @@ pub async fn run_decoding<P: Projector>(
     let registry = Registry::new();
     let mut shared = Shared::new(&registry, name, &settings.runtime)?;
     shared.decode = decode;
-    let copies = Arc::new(
-        projector
-            .open()
-            .await
-            .with_context(|| format!("opening the {name} read model"))?,
-    );
-    let stop = CancellationToken::new();
+    // Until [`open_live`] succeeds (with the last error once an attempt failed).
+    shared
+        .health
+        .opening(Some(format!("opening the {name} read model")));
     // Unique per running instance (several may share a host and even a process in tests).
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     let instance = format!(
@@ -169,14 +167,65 @@ pub async fn run_decoding<P: Projector>(
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let live = LiveCopy::start_instance(
-        copies,
-        settings.copy_poll,
-        stop.clone(),
-        Some(instance.clone()),
-    )
-    .await
-    .with_context(|| format!("opening the live copy of the {name} read model"))?;
+
+    // `shutting_down`: the caller asked to stop. `failed`: the projector failed for good.
+    // Either stops the server, then `stop` stops the projector.
+    let shutting_down = CancellationToken::new();
+    let on_shutdown = shutting_down.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_shutdown.cancel();
+    });
+    let failed = CancellationToken::new();
+    let stop = CancellationToken::new();
+
+    // The server answers from the start, before the read model is open: /healthz,
+    // /readyz (503 naming what is not open) and /metrics at once, everything else once
+    // the query API exists. A store that is down when the process starts (a restart during
+    // an outage) leaves it running and observable instead of exiting.
+    let (full_app, built) = tokio::sync::watch::channel(None);
+    let ops = crate::serve::ops_router(shared.health.clone(), registry.clone());
+    let front = prism_platform::http::front_door(ops.clone(), built);
+    tracing::info!(%address, "prism-{name} listening");
+    let health = shared.health.clone();
+    let (server_stop, server_failed, server_project) =
+        (shutting_down.clone(), failed.clone(), stop.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, front)
+            .with_graceful_shutdown(async move {
+                // Shut down on request, or when the projector has failed for good: a read
+                // model that serves queries but no longer projects must not look alive.
+                tokio::select! {
+                    () = server_stop.cancelled() => {}
+                    () = server_failed.cancelled() => {}
+                }
+                health.stopping();
+                server_project.cancel();
+            })
+            .await
+    });
+
+    let opened = tokio::select! {
+        opened = open_live(&projector, &settings, &shared, &stop, &instance) => Some(opened),
+        () = shutting_down.cancelled() => None,
+    };
+    let live = match opened {
+        Some(Ok(live)) => live,
+        Some(Err(e)) => {
+            failed.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
+        None => {
+            server
+                .await
+                .context("the HTTP server task")?
+                .context("serving HTTP")?;
+            tracing::info!("prism-{name} stopped before its read model was open");
+            return Ok(());
+        }
+    };
+
     let identity = crate::serve::Identity {
         service: format!("prism-{name}"),
         instance,
@@ -188,15 +237,6 @@ pub async fn run_decoding<P: Projector>(
             name,
         ),
     };
-
-    let project_task = tokio::spawn(project(
-        settings.clone(),
-        live.clone(),
-        shared.clone(),
-        stop.clone(),
-    ));
-
-    let ops = crate::serve::ops_router(shared.health.clone(), registry.clone());
     let admin = crate::serve::admin_router(
         projector.auth(Scope::Admin),
         identity,
@@ -210,16 +250,21 @@ pub async fn run_decoding<P: Projector>(
         .merge(admin);
     let app = with_problem_fallbacks(app)
         .layer(axum::middleware::from_fn_with_state(
-            live,
+            live.clone(),
             unready_without_the_live_copy::<P::Copies>,
         ))
         // Outermost: one line per request, whatever answered it.
         .layer(axum::middleware::from_fn(
             prism_platform::http::log_requests,
         ));
-    tracing::info!(%address, "prism-{name} listening");
-    let health = shared.health.clone();
-    let failed = CancellationToken::new();
+    full_app.send_replace(Some(app));
+
+    let project_task = tokio::spawn(project(
+        settings.clone(),
+        live,
+        shared.clone(),
+        stop.clone(),
+    ));
     let failed_signal = failed.clone();
     let mut project_task = tokio::spawn(async move {
         let result = project_task.await;
@@ -228,17 +273,10 @@ pub async fn run_decoding<P: Projector>(
         }
         result
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        // Shut down on request, or when the projector has failed for good: a read model
-        // that serves queries but no longer projects must not look alive.
-        tokio::select! {
-            () = shutdown => {}
-            () = failed.cancelled() => {}
-        }
-        health.stopping();
-        stop.cancel();
-    });
-    server.await.context("serving HTTP")?;
+    server
+        .await
+        .context("the HTTP server task")?
+        .context("serving HTTP")?;
 
     match (&mut project_task).await {
         Ok(Ok(Ok(()))) => {}
@@ -247,6 +285,78 @@ pub async fn run_decoding<P: Projector>(
     }
     tracing::info!("prism-{name} stopped");
     Ok(())
+}
+
+/// Opens the read model and its live copy, retrying with back-off for as long as it takes
+/// (the store may be down or unreachable): `/readyz` names the error meanwhile, and the
+/// group's lag is measured from Kafka alone ([`GroupLag`]) since nothing else measures it.
+async fn open_live<P: Projector>(
+    projector: &P,
+    settings: &Settings,
+    shared: &Shared,
+    stop: &CancellationToken,
+    instance: &str,
+) -> anyhow::Result<LiveCopy<P::Copies>> {
+    let name = settings.name;
+    let mut probe: Option<GroupLag> = None;
+    let mut attempt = 0_u32;
+    loop {
+        let opened = async {
+            let copies = Arc::new(
+                projector
+                    .open()
+                    .await
+                    .with_context(|| format!("opening the {name} read model"))?,
+            );
+            LiveCopy::start_instance(
+                copies,
+                settings.copy_poll,
+                stop.clone(),
+                Some(instance.to_owned()),
+            )
+            .await
+            .with_context(|| format!("opening the live copy of the {name} read model"))
+        }
+        .await;
+        match opened {
+            Ok(live) => {
+                if let Some(probe) = probe.take() {
+                    probe.stop().await;
+                }
+                shared.health.opening(None);
+                if attempt > 0 {
+                    tracing::info!(attempts = attempt + 1, "the {name} read model is open");
+                }
+                return Ok(live);
+            }
+            Err(e) => {
+                let delay = start_backoff(&settings.runtime, attempt);
+                attempt = attempt.saturating_add(1);
+                let why = format!("{e:#}");
+                tracing::warn!(
+                    error = %why,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot open the read model; retrying"
+                );
+                shared.health.opening(Some(why));
+                if probe.is_none() {
+                    probe = Some(start_probe(settings, shared)?);
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The group lag probe for this projector, measuring at the runtime's lag interval.
+fn start_probe(settings: &Settings, shared: &Shared) -> anyhow::Result<GroupLag> {
+    GroupLag::start(
+        &settings.kafka,
+        &settings.group_id,
+        &settings.kafka.topic,
+        shared.metrics.clone(),
+        Duration::from_millis(settings.runtime.lag_interval_ms.max(100)),
+    )
 }
 
 /// Every path the projector does not serve: a problem document, not an empty 404.
@@ -367,13 +477,21 @@ async fn project<C: Copies>(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let check = settings.copy_poll.max(Duration::from_millis(10));
+    // Measures the group's lag while this instance projects nothing.
+    let mut probe: Option<GroupLag> = None;
     loop {
         if live.unavailable().is_some() {
             live.set_writing(None);
+            if probe.is_none() {
+                probe = Some(start_probe(&settings, &shared)?);
+            }
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 () = tokio::time::sleep(check) => continue,
             }
+        }
+        if let Some(probe) = probe.take() {
+            probe.stop().await;
         }
         let number = live.number();
         let Some(running) = start_runtime(&settings, &live, &shared, &stop).await? else {

@@ -35,6 +35,8 @@ struct Inner {
     sink_ok: AtomicBool,
     kafka_ok: AtomicBool,
     stopping: AtomicBool,
+    /// Why the read model is not open yet (the process shell retries until it is).
+    opening: Mutex<Option<String>>,
     partitions: Mutex<BTreeMap<i32, PartitionHealth>>,
 }
 
@@ -58,6 +60,7 @@ impl Health {
             sink_ok: AtomicBool::new(true),
             kafka_ok: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
+            opening: Mutex::new(None),
             partitions: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -83,6 +86,11 @@ impl Health {
         self.0.stopping.store(true, Ordering::Relaxed);
     }
 
+    /// `Some(why)`: the read model could not be opened (the last error); `None`: it is open.
+    pub fn opening(&self, why: Option<String>) {
+        *self.0.opening.lock() = why;
+    }
+
     pub(crate) fn update(&self, partition: i32, f: impl FnOnce(&mut PartitionHealth)) {
         f(self.partitions().entry(partition).or_default());
     }
@@ -97,6 +105,9 @@ impl Health {
         let mut reasons = Vec::new();
         if self.0.stopping.load(Ordering::Relaxed) {
             reasons.push("shutting down".to_owned());
+        }
+        if let Some(why) = self.0.opening.lock().as_ref() {
+            reasons.push(format!("the read model is not open: {why}"));
         }
         if !self.0.joined.load(Ordering::Relaxed) {
             reasons.push("not yet part of the consumer group".to_owned());
@@ -152,6 +163,21 @@ mod tests {
         assert!(health.report().ready);
         health.sink_ok(false);
         assert!(!health.report().ready);
+    }
+
+    #[test]
+    fn not_ready_while_the_read_model_is_not_open_and_says_why() {
+        let health = Health::new(10);
+        health.joined();
+        health.opening(Some("connection refused".into()));
+        let report = health.report();
+        assert!(!report.ready);
+        assert_eq!(
+            report.reasons,
+            ["the read model is not open: connection refused"]
+        );
+        health.opening(None);
+        assert!(health.report().ready);
     }
 
     #[test]

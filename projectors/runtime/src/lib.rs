@@ -31,6 +31,7 @@ pub mod consistency;
 pub mod copies;
 pub mod dlq;
 pub mod fold;
+pub mod group_lag;
 pub mod health;
 pub mod metrics;
 pub mod plan;
