@@ -35,6 +35,7 @@ impl Chaos {
                 down_for,
                 alert,
             } => {
+                let stopped = super::ServerDown::new(&self.servers_down, *server);
                 self.stack(&["down", server.name()])?;
                 let mut states = AlertWatch::default();
                 let until = Instant::now() + *down_for;
@@ -45,6 +46,7 @@ impl Chaos {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 self.stack(&["up", server.name()])?;
+                drop(stopped);
                 if *alert {
                     let back = Instant::now();
                     recovered = Some(self.recover(fleet, http).await);

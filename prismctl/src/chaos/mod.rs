@@ -303,6 +303,49 @@ struct Chaos {
     /// Set while a recovery is measured: the kills wait, so that "every instance ready"
     /// can happen at all.
     kills_paused: Arc<AtomicBool>,
+    /// The backing servers an episode has stopped right now. A process killed meanwhile
+    /// cannot be ready before the servers it [`needs`] are back (a projector cannot open
+    /// its store), so its recovery is counted from the end of their outage.
+    servers_down: ServersDown,
+}
+
+type ServersDown = Arc<tokio::sync::watch::Sender<Vec<Server>>>;
+
+/// `server` counted in [`Chaos::servers_down`] while this lives.
+pub(super) struct ServerDown {
+    down: ServersDown,
+    server: Server,
+}
+
+impl ServerDown {
+    fn new(down: &ServersDown, server: Server) -> Self {
+        down.send_modify(|servers| servers.push(server));
+        Self {
+            down: Arc::clone(down),
+            server,
+        }
+    }
+}
+
+impl Drop for ServerDown {
+    fn drop(&mut self) {
+        self.down.send_modify(|servers| {
+            if let Some(i) = servers.iter().position(|s| *s == self.server) {
+                servers.remove(i);
+            }
+        });
+    }
+}
+
+/// The servers a process of `kind` must reach to be ready: prism-command its event store
+/// (FerretDB, on PostgreSQL), a projector Kafka and its read model's store.
+fn needs(kind: Kind) -> &'static [Server] {
+    match kind {
+        Kind::Command => &[Server::Mongodb, Server::Postgres],
+        Kind::Ledger => &[Server::Kafka, Server::Mysql],
+        Kind::Search => &[Server::Kafka, Server::Elasticsearch],
+        Kind::Dashboard | Kind::Fraud => &[Server::Kafka, Server::Redis],
+    }
 }
 
 /// The parts of [`Args`] the run uses, owned.
@@ -364,6 +407,17 @@ impl Chaos {
         let dir = root.join(".prism/chaos").join(&scratch.store);
         std::fs::create_dir_all(dir.join("logs"))
             .with_context(|| format!("creating {}", dir.display()))?;
+        let free = free_bytes(&dir)?;
+        if free < MIN_FREE_BYTES {
+            let _ = std::fs::remove_dir_all(&dir);
+            bail!(
+                "only {:.1} GiB free on the disk of {}: a run writes every process's log there \
+                 and the servers' data grows with its traffic; free at least {} GiB first",
+                free as f64 / GIB as f64,
+                dir.display(),
+                MIN_FREE_BYTES / GIB
+            );
+        }
         let brokers = kafka_layout(root);
         let mut proxies = Vec::new();
         for (i, broker) in brokers.iter().enumerate() {
@@ -525,6 +579,7 @@ offline_dir = {offline:?}
             brokers,
             token,
             kills_paused: Arc::new(AtomicBool::new(false)),
+            servers_down: Arc::new(tokio::sync::watch::channel(Vec::new()).0),
         })
     }
 
@@ -773,6 +828,7 @@ offline_dir = {offline:?}
         let mut deck = KillDeck::new(self.args.seed, regulars.len(), self.args.kill_every);
         let (fleet, http, regulars) = (Arc::clone(fleet), http.clone(), regulars.to_vec());
         let paused = Arc::clone(&self.kills_paused);
+        let outages = self.servers_down.subscribe();
         let limit = self.args.recovery_limit;
         let task = tokio::spawn(async move {
             let mut measures = tokio::task::JoinSet::new();
@@ -786,20 +842,30 @@ offline_dir = {offline:?}
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 let index = regulars[victim];
-                let (name, url) = {
+                let (name, url, kind) = {
                     let mut fleet = fleet.lock().await;
                     fleet.kill(index, down).await;
                     let slot = &fleet.slots[index];
-                    (slot.kind.name().to_owned(), slot.url())
+                    (slot.kind.name().to_owned(), slot.url(), slot.kind)
                 };
                 let http = http.clone();
+                let mut outages = outages.clone();
                 measures.spawn(async move {
                     tokio::time::sleep(down).await;
+                    // Killed during an outage of a server it needs: ready is possible
+                    // only after it.
+                    let waiting = Instant::now();
+                    let needed = needs(kind);
+                    let _ = outages
+                        .wait_for(|down| !down.iter().any(|s| needed.contains(s)))
+                        .await;
+                    let waited = waiting.elapsed();
                     let ready = fleet::wait_ready(&http, &[(name.clone(), url)], limit).await;
-                    (
-                        format!("kill -9 {name}"),
-                        Outcome::of(ready.map(|d| d + down)),
-                    )
+                    let mut outcome = Outcome::of(ready.map(|d| d + down));
+                    if waited >= Duration::from_secs(1) {
+                        outcome.notes.push(KILLED_DURING_AN_OUTAGE.into());
+                    }
+                    (format!("kill -9 {name}"), outcome)
                 });
             }
             let mut rows = Vec::new();
@@ -849,8 +915,16 @@ fn record(rows: &mut BTreeMap<String, FaultRow>, fault: &str, outcome: Outcome) 
     row.count += 1;
     row.recovery_max_s = row.recovery_max_s.max(outcome.recovery.as_secs_f64());
     row.failures.extend(outcome.failures);
-    row.notes.extend(outcome.notes);
+    for note in outcome.notes {
+        if !row.notes.contains(&note) {
+            row.notes.push(note);
+        }
+    }
 }
+
+/// The note of a kill whose recovery was counted from the end of a server outage.
+const KILLED_DURING_AN_OUTAGE: &str =
+    "some during an outage of a server they need: counted from its end";
 
 /// SIGINT or SIGTERM, by name.
 async fn interrupted() -> &'static str {
@@ -898,6 +972,32 @@ async fn wait_fleet_ready(
             .collect()
     };
     fleet::wait_ready(http, &targets, limit).await
+}
+
+const GIB: u64 = 1 << 30;
+/// The least free space a run starts with: a 30-minute run's logs took about 400 MB, and a
+/// full disk mid-run fails servers and checks for reasons that are not the ones tested.
+const MIN_FREE_BYTES: u64 = 3 * GIB;
+
+/// Free space on the filesystem holding `path`, in bytes (`df -P -k`).
+fn free_bytes(path: &Path) -> anyhow::Result<u64> {
+    let output = std::process::Command::new("df")
+        .args(["-P", "-k"])
+        .arg(path)
+        .output()
+        .context("running df")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .with_context(|| {
+            format!(
+                "reading the free space of {} from df: {text}",
+                path.display()
+            )
+        })
 }
 
 #[cfg(test)]
