@@ -16,7 +16,7 @@
 //! partition and no position. [`GroupLag::stop`] removes its gauges before the runtime
 //! starts filling them again.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -128,7 +128,8 @@ fn probe(
     stop: &CancellationToken,
 ) {
     let mut client: Option<BaseConsumer> = None;
-    let mut measured = BTreeMap::new();
+    // Every partition the probe set gauges for: removed when it stops.
+    let mut measured = BTreeSet::new();
     while !stop.is_cancelled() {
         if client.is_none() {
             match config.create() {
@@ -144,7 +145,7 @@ fn probe(
                         if let Some(seconds) = lag.seconds {
                             metrics.lag_seconds(partition, seconds);
                         }
-                        measured.insert(partition, ());
+                        measured.insert(partition);
                     }
                 }
                 Err(e) => {
@@ -159,8 +160,8 @@ fn probe(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    for partition in measured.keys() {
-        metrics.forget_partition(*partition);
+    for partition in measured {
+        metrics.forget_partition(partition);
     }
 }
 
