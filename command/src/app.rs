@@ -72,10 +72,7 @@ fn starting_router(registry: prometheus::Registry, opening: Arc<Mutex<String>>) 
     use axum::response::IntoResponse;
     use axum::routing::get;
     axum::Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(http::healthz))
         .route(
             "/readyz",
             get(move || {

@@ -1020,7 +1020,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     render_metrics(&state.metrics.registry)
 }
 
-async fn healthz() -> Response {
+pub(crate) async fn healthz() -> Response {
     (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
 }
 
