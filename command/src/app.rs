@@ -10,7 +10,6 @@ use prism_platform::auth::Scope;
 use prism_platform::config::{Config, EventStoreBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState, Auth, Instance, Readiness};
 use crate::metrics::Metrics;
@@ -135,12 +134,7 @@ pub async fn run_with_clock(
     // The listener answers from the start: /healthz, /readyz (503 naming the event store's
     // error) and /metrics while the event store cannot be opened, the whole API once it is.
     // A restart during a store outage thus leaves the process up and observable.
-    let shutting_down = CancellationToken::new();
-    let on_shutdown = shutting_down.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        on_shutdown.cancel();
-    });
+    let shutting_down = prism_platform::http::cancelled_on(shutdown);
     let (full_app, built) = watch::channel(None);
     let opening = Arc::new(Mutex::new("not opened yet".to_owned()));
     let front = prism_platform::http::front_door(

@@ -396,6 +396,20 @@ pub fn front_door(
     })
 }
 
+/// A token cancelled when `shutdown` resolves: what a service that serves before it is
+/// built ([`front_door`]) hands to its server and to its start-up both.
+pub fn cancelled_on(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        cancel.cancel();
+    });
+    token
+}
+
 /// Resolves on SIGTERM or Ctrl-C: hand it to `axum::serve(..).with_graceful_shutdown`.
 pub async fn shutdown_signal() {
     {

@@ -170,12 +170,7 @@ pub async fn run_decoding<P: Projector>(
 
     // `shutting_down`: the caller asked to stop. `failed`: the projector failed for good.
     // Either stops the server, then `stop` stops the projector.
-    let shutting_down = CancellationToken::new();
-    let on_shutdown = shutting_down.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        on_shutdown.cancel();
-    });
+    let shutting_down = prism_platform::http::cancelled_on(shutdown);
     let failed = CancellationToken::new();
     let stop = CancellationToken::new();
 
