@@ -73,13 +73,24 @@ pub fn memory_kib(pid: u32) -> (Option<u64>, Option<u64>) {
 /// Processes of a MySQL server on this machine (`mariadbd`, `mysqld`), for the CPU
 /// figures; empty when MySQL runs elsewhere (or in a container this process cannot see).
 pub fn mysql_server_pids() -> Vec<u32> {
+    server_pids(&["mariadbd", "mysqld"])
+}
+
+/// Processes of a Redis server on this machine, likewise.
+pub fn redis_server_pids() -> Vec<u32> {
+    server_pids(&["redis-server"])
+}
+
+/// The processes on this machine whose command name is one of `names`.
+fn server_pids(names: &[&str]) -> Vec<u32> {
     let Ok(processes) = procfs::process::all_processes() else {
         return Vec::new();
     };
     processes
         .filter_map(|process| {
             let stat = process.ok()?.stat().ok()?;
-            matches!(stat.comm.as_str(), "mariadbd" | "mysqld")
+            names
+                .contains(&stat.comm.as_str())
                 .then(|| u32::try_from(stat.pid).ok())
                 .flatten()
         })

@@ -550,6 +550,7 @@ fn print(out: &mut impl std::io::Write, f: &Figures) -> std::io::Result<()> {
         f.goal,
         if f.goal_met { "met" } else { "NOT met" }
     )?;
+    writeln!(out, "  {}", super::redis_projection::cpu_line(p))?;
     let rss: Vec<String> = p
         .projector_rss_mib
         .iter()

@@ -196,6 +196,7 @@ async fn write_raw<T: Target>(
     target: &T,
     streams: &Streams,
     args: &Workload,
+    redis: &[u32],
 ) -> anyhow::Result<RawRun> {
     let (number, sink) = target.fresh().await.context("the ceiling's copy")?;
     let folded = streams.fold(&sink)?;
@@ -207,7 +208,7 @@ async fn write_raw<T: Target>(
     let bar = bar("raw Redis pipeline ceiling", Some(streams.events));
     let done = Arc::new(AtomicU64::new(0));
     let ticker = tick(bar.clone(), Arc::clone(&done));
-    let cpu = CpuSnapshot::take(std::process::id(), &[]);
+    let cpu = CpuSnapshot::take(std::process::id(), redis);
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for (partition, batches) in folded.into_iter().enumerate() {
@@ -244,7 +245,7 @@ async fn write_raw<T: Target>(
         target.abandon(number).await;
     }
     Ok(RawRun {
-        rate: Rate::of(streams.events, elapsed).cpu(&cpu, std::process::id(), &[]),
+        rate: Rate::of(streams.events, elapsed).cpu(&cpu, std::process::id(), redis),
         batches,
         commands,
     })
@@ -272,6 +273,7 @@ async fn project<T: Target>(
     args: &Workload,
     ends: &[i64],
     cancel: &AtomicBool,
+    redis: &[u32],
 ) -> anyhow::Result<ProjectorRun> {
     let runtime = target.runtime();
     let runtime = match args.batch {
@@ -304,7 +306,7 @@ async fn project<T: Target>(
     .await
     .context("starting the projector runtime")?;
     let start_call = start_call.elapsed();
-    let cpu = CpuSnapshot::take(std::process::id(), &[]);
+    let cpu = CpuSnapshot::take(std::process::id(), redis);
     let started = Instant::now();
     let mut startup = None;
     let mut rss = Vec::new();
@@ -341,7 +343,7 @@ async fn project<T: Target>(
         }
         tokio::time::sleep(POSITION_POLL).await;
     };
-    let rate = outcome.map(|elapsed| Rate::of(total, elapsed).cpu(&cpu, std::process::id(), &[]));
+    let rate = outcome.map(|elapsed| Rate::of(total, elapsed).cpu(&cpu, std::process::id(), redis));
     bar.finish_and_clear();
     if tokio::time::timeout(STOP_TIMEOUT, running.shut_down())
         .await
@@ -427,9 +429,12 @@ pub async fn run<T: Target>(
     let ends = end_offsets(config, &args.topic, partitions).await?;
     let streams = Streams::new(args, timing, &filled.partition_of, batch)?;
 
-    let raw_1 = write_raw(target, &streams, args).await?;
-    let run = project(config, target, args, &ends, cancel).await?;
-    let raw_2 = write_raw(target, &streams, args).await?;
+    // Redis's own CPU is measured when it runs on this machine: next to this process's, it
+    // shows which of the two bounds each run.
+    let redis = crate::sample::redis_server_pids();
+    let raw_1 = write_raw(target, &streams, args, &redis).await?;
+    let run = project(config, target, args, &ends, cancel, &redis).await?;
+    let raw_2 = write_raw(target, &streams, args, &redis).await?;
 
     let raw_runs = vec![raw_1.rate.clone(), raw_2.rate.clone()];
     let raw_pipelined = Rate::combined(&raw_runs);
@@ -460,4 +465,22 @@ pub async fn run<T: Target>(
         goal: RATIO_GOAL,
         goal_met: ratio >= RATIO_GOAL,
     })
+}
+
+/// The CPU each run cost per event (this process, the local Redis server) and how busy the
+/// machine was: on a machine where Redis and the projector share the cores, the ceiling is
+/// bound by Redis and the projector by the cores, and these figures show it.
+pub fn cpu_line(p: &ProjectionFigures) -> String {
+    let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    let busy = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.0} %", v * 100.0));
+    format!(
+        "CPU µs per event (this process + Redis; machine busy): projector {} + {} ({}), \
+         raw {} + {} ({})",
+        us(p.projector.client_cpu_us_per_event),
+        us(p.projector.server_cpu_us_per_event),
+        busy(p.projector.machine_cpu_busy),
+        us(p.raw_pipelined.client_cpu_us_per_event),
+        us(p.raw_pipelined.server_cpu_us_per_event),
+        busy(p.raw_pipelined.machine_cpu_busy),
+    )
 }

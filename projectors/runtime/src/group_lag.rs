@@ -221,7 +221,7 @@ fn measure(
 
 /// The timestamp (ms) of the record at `offset`, read by assigning the partition to the
 /// probe's own consumer (no group membership, no commit).
-fn first_record_time(
+pub(crate) fn first_record_time(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,

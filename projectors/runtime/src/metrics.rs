@@ -83,7 +83,7 @@ impl Metrics {
         let lag_seconds = GaugeVec::new(
             Opts::new(
                 "prism_projector_lag_seconds",
-                "How far behind the read model is in time: since the last applied event's time while records wait on the partition, 0 when caught up.",
+                "How far behind the read model is in time while records wait on the partition: since the last applied event's time (before the first one here, since the first waiting record's Kafka timestamp), 0 when caught up.",
             ),
             &["projector", "partition"],
         )?;

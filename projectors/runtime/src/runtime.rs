@@ -602,6 +602,24 @@ fn restart_rewound(consumer: &BaseConsumer<Context>, shared: &Shared) {
     }
 }
 
+/// The Kafka timestamp (ms) of `partition`'s record at `offset`, read with the lag client
+/// (assigned, never a member of the group, never committing); `None` when it cannot be
+/// read now (the next round tries again only if the offset moved).
+fn first_waiting_time(
+    client: &BaseConsumer,
+    shared: &Shared,
+    partition: i32,
+    offset: i64,
+) -> Option<i64> {
+    match crate::group_lag::first_record_time(client, shared.topic(), partition, offset) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(partition, offset, error = %format!("{e:#}"), "reading the first waiting record");
+            None
+        }
+    }
+}
+
 /// Rounds of failed watermark requests after which the lag client is replaced.
 const LAG_CLIENT_FAILED_ROUNDS: u32 = 3;
 
@@ -618,6 +636,9 @@ pub(crate) fn measure_lag(
 ) {
     let mut client = None;
     let mut failed_rounds = 0;
+    // Per partition that has applied nothing yet: the offset of its first waiting record
+    // and that record's Kafka timestamp (ms), read once per offset.
+    let mut waiting: HashMap<i32, (i64, Option<i64>)> = HashMap::new();
     while !shared.shutdown.is_cancelled() {
         if client.is_none() {
             match connect() {
@@ -633,6 +654,7 @@ pub(crate) fn measure_lag(
             .collect();
         let mut ok = client.is_some();
         let mut last_error = None;
+        waiting.retain(|p, _| partitions.iter().any(|(q, _)| q == p));
         for (partition, stored) in partitions {
             let Some(client) = client.as_ref() else {
                 break;
@@ -643,19 +665,39 @@ pub(crate) fn measure_lag(
                     let lag = (high - next).max(0);
                     shared.metrics.lag(partition, lag);
                     let now = chrono::Utc::now();
+                    let mut applied = None;
+                    shared
+                        .health
+                        .update(partition, |p| applied = p.last_event_time);
+                    // Records wait: the model is as old as its last applied event; before
+                    // the first one here (a partition just assigned, a store down since),
+                    // as old as the first waiting record (its Kafka timestamp).
+                    let ms = match (lag, applied) {
+                        (0, _) => 0,
+                        (_, Some(t)) => (now - t).num_milliseconds().max(0),
+                        (_, None) => {
+                            let since = match waiting.get(&partition) {
+                                Some((offset, since)) if *offset == next => *since,
+                                _ => {
+                                    let since = first_waiting_time(
+                                        client,
+                                        &shared,
+                                        partition,
+                                        next.max(low),
+                                    );
+                                    waiting.insert(partition, (next, since));
+                                    since
+                                }
+                            };
+                            since.map_or(0, |ms| (now.timestamp_millis() - ms).max(0))
+                        }
+                    };
                     shared.health.update(partition, |p| {
                         p.end_offset = Some(high);
                         p.lag = Some(lag);
-                        // Records wait: the model is as old as its last applied event
-                        // (or unknown yet, before the first one).
-                        let ms = match (lag, p.last_event_time) {
-                            (0, _) => 0,
-                            (_, Some(t)) => (now - t).num_milliseconds().max(0),
-                            (_, None) => 0,
-                        };
                         p.lag_ms = Some(ms);
-                        shared.metrics.lag_seconds(partition, ms as f64 / 1e3);
                     });
+                    shared.metrics.lag_seconds(partition, ms as f64 / 1e3);
                 }
                 Err(e) => {
                     ok = false;

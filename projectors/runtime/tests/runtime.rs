@@ -293,6 +293,54 @@ async fn transient_errors_are_retried_with_a_growing_back_off() {
     .await;
 }
 
+/// A partition that has applied nothing since it was assigned (here: its store is down
+/// from the start) reports how long its first waiting record has waited, not 0 s: the lag
+/// alert must see a store outage on a partition that just moved to this instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_applied_nothing_yet_reports_the_age_of_its_first_waiting_record() {
+    with_kafka(1, |env| async move {
+        const WAITED_S: f64 = 90.0;
+        let sent = chrono::Utc::now().timestamp_millis() - (WAITED_S * 1e3) as i64;
+        let events = Feed::new(33, 2, 1).take(6);
+        for (at, (event, partition)) in events.iter().enumerate() {
+            env.send_at(event, *partition, sent + at as i64).await;
+        }
+        let sink = MemorySink::new();
+        sink.set_unavailable(true);
+        let started = env.start(Arc::new(sink.clone())).await;
+        let seconds = || started.metric("prism_projector_lag_seconds", &[("partition", "0")]);
+        eventually("the age of the first waiting record", CATCH_UP, || {
+            let (records, seconds) = (
+                started.metric("prism_projector_consumer_lag", &[("partition", "0")]),
+                seconds(),
+            );
+            async move { (records == 6.0 && seconds >= WAITED_S).then_some(seconds) }
+        })
+        .await;
+        let reported = seconds();
+        assert!(
+            reported < WAITED_S + 60.0,
+            "the lag is older than the record: {reported} s"
+        );
+
+        sink.set_unavailable(false);
+        wait_versions(
+            &sink,
+            &prism_events::testing::last_versions(&events),
+            CATCH_UP,
+        )
+        .await;
+        eventually("no lag once everything is applied", CATCH_UP, || {
+            let seconds = seconds();
+            async move { (seconds == 0.0).then_some(()) }
+        })
+        .await;
+        started.stop().await;
+        assert_eq!(sink.snapshot(), reference(envelopes(&events)));
+    })
+    .await;
+}
+
 /// How long the backpressure test's catch-up may take (group join included). Each time
 /// its busy partition is resumed, its next fetch waits for the fetch in flight for the idle
 /// partition, which the broker holds up to `fetch.wait.max.ms`: measured 10.9 s at

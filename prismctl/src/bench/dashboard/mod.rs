@@ -488,6 +488,7 @@ fn print(args: &Args, r: &Report) -> anyhow::Result<()> {
             p.goal,
             if p.goal_met { "met" } else { "NOT met" }
         )?;
+        writeln!(out, "  {}", super::redis_projection::cpu_line(p))?;
     }
     if let Some(l) = &r.live {
         writeln!(

@@ -21,10 +21,11 @@ pub struct Rate {
     /// ceilings, prism-ledger for the projector (user + system, microseconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cpu_us_per_event: Option<f64>,
-    /// CPU time per event of the MySQL server, when it runs on this machine (a `mariadbd` or
-    /// `mysqld` process), in microseconds.
+    /// CPU time per event of the sink's server when it runs on this machine (MySQL's
+    /// `mariadbd` or `mysqld` for the ledger, `redis-server` for the Redis read models), in
+    /// microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mysql_cpu_us_per_event: Option<f64>,
+    pub server_cpu_us_per_event: Option<f64>,
 }
 
 /// CPU counters at the start of a measured window.
@@ -32,17 +33,17 @@ pub struct Rate {
 pub(in crate::bench) struct CpuSnapshot {
     /// The machine's (busy, total) jiffies.
     machine: Option<(u64, u64)>,
-    /// The client's and the local MySQL server's user + system ticks.
+    /// The client's and the local sink server's user + system ticks.
     client: Option<u64>,
-    mysql: Option<u64>,
+    server: Option<u64>,
 }
 
 impl CpuSnapshot {
-    pub(in crate::bench) fn take(client: u32, mysql: &[u32]) -> Self {
+    pub(in crate::bench) fn take(client: u32, server: &[u32]) -> Self {
         Self {
             machine: sample::machine_jiffies(),
             client: sample::process_ticks(client),
-            mysql: sample::ticks_of(mysql),
+            server: sample::ticks_of(server),
         }
     }
 }
@@ -56,7 +57,7 @@ impl Rate {
             per_second: events as f64 / secs,
             machine_cpu_busy: None,
             client_cpu_us_per_event: None,
-            mysql_cpu_us_per_event: None,
+            server_cpu_us_per_event: None,
         }
     }
 
@@ -77,12 +78,17 @@ impl Rate {
                 .map(|v| v / (events.max(1) as f64))
         };
         rate.client_cpu_us_per_event = per_event(|r| r.client_cpu_us_per_event);
-        rate.mysql_cpu_us_per_event = per_event(|r| r.mysql_cpu_us_per_event);
+        rate.server_cpu_us_per_event = per_event(|r| r.server_cpu_us_per_event);
         rate
     }
 
     /// Fills the CPU figures of the window that started at `since`.
-    pub(in crate::bench) fn cpu(mut self, since: &CpuSnapshot, client: u32, mysql: &[u32]) -> Self {
+    pub(in crate::bench) fn cpu(
+        mut self,
+        since: &CpuSnapshot,
+        client: u32,
+        server: &[u32],
+    ) -> Self {
         self.machine_cpu_busy = sample::busy_since(since.machine);
         let per_event = |before: Option<u64>, after: Option<u64>| {
             let ticks = after?.checked_sub(before?)?;
@@ -90,7 +96,7 @@ impl Rate {
                 .then(|| ticks as f64 / sample::ticks_per_second() * 1e6 / self.events as f64)
         };
         self.client_cpu_us_per_event = per_event(since.client, sample::process_ticks(client));
-        self.mysql_cpu_us_per_event = per_event(since.mysql, sample::ticks_of(mysql));
+        self.server_cpu_us_per_event = per_event(since.server, sample::ticks_of(server));
         self
     }
 }

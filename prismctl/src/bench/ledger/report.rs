@@ -81,7 +81,7 @@ pub(super) fn print_report(r: &Report) {
             rate.per_second,
             opt(rate.machine_cpu_busy, 100.0, " %"),
             opt(rate.client_cpu_us_per_event, 1.0, ""),
-            opt(rate.mysql_cpu_us_per_event, 1.0, ""),
+            opt(rate.server_cpu_us_per_event, 1.0, ""),
             each.join(" / ")
         );
     };

@@ -222,6 +222,25 @@ impl KafkaEnv {
         offsets
     }
 
+    /// Produces `envelope` like [`KafkaEnv::send`] with the Kafka timestamp `timestamp_ms`
+    /// (ms since the Unix epoch) instead of now; returns its offset.
+    pub async fn send_at(&self, envelope: &Envelope, partition: i32, timestamp_ms: i64) -> i64 {
+        let record = prism_events::kafka::encode(envelope);
+        let headers: Vec<(&str, Vec<u8>)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_bytes().to_vec()))
+            .collect();
+        self.produce(
+            Some(record.key.as_bytes()),
+            &headers,
+            Some(&record.value),
+            partition,
+            Some(timestamp_ms),
+        )
+        .await
+    }
+
     /// Produces `envelope`'s key and headers with `value` instead of its JSON: poison.
     pub async fn send_poison(&self, envelope: &Envelope, value: &[u8], partition: i32) -> i64 {
         let record = prism_events::kafka::encode(envelope);
@@ -247,6 +266,17 @@ impl KafkaEnv {
         value: Option<&[u8]>,
         partition: i32,
     ) -> i64 {
+        self.produce(key, headers, value, partition, None).await
+    }
+
+    async fn produce(
+        &self,
+        key: Option<&[u8]>,
+        headers: &[(&str, Vec<u8>)],
+        value: Option<&[u8]>,
+        partition: i32,
+        timestamp_ms: Option<i64>,
+    ) -> i64 {
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for (name, value) in headers {
             owned = owned.insert(Header {
@@ -262,6 +292,9 @@ impl KafkaEnv {
         }
         if let Some(value) = value {
             record = record.payload(value);
+        }
+        if let Some(ms) = timestamp_ms {
+            record = record.timestamp(ms);
         }
         match self.producer.send(record, Duration::from_secs(30)).await {
             Ok(delivery) => delivery.offset,
