@@ -604,7 +604,7 @@ fn restart_rewound(consumer: &BaseConsumer<Context>, shared: &Shared) {
 
 /// The Kafka timestamp (ms) of `partition`'s record at `offset`, read with the lag client
 /// (assigned, never a member of the group, never committing); `None` when it cannot be
-/// read now (the next round tries again only if the offset moved).
+/// read now (the next round tries again).
 fn first_waiting_time(
     client: &BaseConsumer,
     shared: &Shared,
@@ -638,7 +638,7 @@ pub(crate) fn measure_lag(
     let mut failed_rounds = 0;
     // Per partition that has applied nothing yet: the offset of its first waiting record
     // and that record's Kafka timestamp (ms), read once per offset.
-    let mut waiting: HashMap<i32, (i64, Option<i64>)> = HashMap::new();
+    let mut waiting: HashMap<i32, (i64, i64)> = HashMap::new();
     while !shared.shutdown.is_cancelled() {
         if client.is_none() {
             match connect() {
@@ -677,7 +677,7 @@ pub(crate) fn measure_lag(
                         (_, Some(t)) => (now - t).num_milliseconds().max(0),
                         (_, None) => {
                             let since = match waiting.get(&partition) {
-                                Some((offset, since)) if *offset == next => *since,
+                                Some((offset, since)) if *offset == next => Some(*since),
                                 _ => {
                                     let since = first_waiting_time(
                                         client,
@@ -685,7 +685,9 @@ pub(crate) fn measure_lag(
                                         partition,
                                         next.max(low),
                                     );
-                                    waiting.insert(partition, (next, since));
+                                    if let Some(ms) = since {
+                                        waiting.insert(partition, (next, ms));
+                                    }
                                     since
                                 }
                             };

@@ -198,19 +198,7 @@ impl KafkaEnv {
 
     /// Produces `envelope` with the project's encoder to `partition`; returns its offset.
     pub async fn send(&self, envelope: &Envelope, partition: i32) -> i64 {
-        let record = prism_events::kafka::encode(envelope);
-        let headers: Vec<(&str, Vec<u8>)> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (*k, v.as_bytes().to_vec()))
-            .collect();
-        self.send_raw(
-            Some(record.key.as_bytes()),
-            &headers,
-            Some(&record.value),
-            partition,
-        )
-        .await
+        self.send_encoded(envelope, None, partition, None).await
     }
 
     /// Produces every event in order, one after the other; returns their offsets.
@@ -225,6 +213,25 @@ impl KafkaEnv {
     /// Produces `envelope` like [`KafkaEnv::send`] with the Kafka timestamp `timestamp_ms`
     /// (ms since the Unix epoch) instead of now; returns its offset.
     pub async fn send_at(&self, envelope: &Envelope, partition: i32, timestamp_ms: i64) -> i64 {
+        self.send_encoded(envelope, None, partition, Some(timestamp_ms))
+            .await
+    }
+
+    /// Produces `envelope`'s key and headers with `value` instead of its JSON: poison.
+    pub async fn send_poison(&self, envelope: &Envelope, value: &[u8], partition: i32) -> i64 {
+        self.send_encoded(envelope, Some(value), partition, None)
+            .await
+    }
+
+    /// `envelope`'s key and headers as the project's encoder writes them, with its JSON or
+    /// `value`, at `timestamp_ms` or now.
+    async fn send_encoded(
+        &self,
+        envelope: &Envelope,
+        value: Option<&[u8]>,
+        partition: i32,
+        timestamp_ms: Option<i64>,
+    ) -> i64 {
         let record = prism_events::kafka::encode(envelope);
         let headers: Vec<(&str, Vec<u8>)> = record
             .headers
@@ -234,26 +241,9 @@ impl KafkaEnv {
         self.produce(
             Some(record.key.as_bytes()),
             &headers,
-            Some(&record.value),
+            Some(value.unwrap_or(&record.value)),
             partition,
-            Some(timestamp_ms),
-        )
-        .await
-    }
-
-    /// Produces `envelope`'s key and headers with `value` instead of its JSON: poison.
-    pub async fn send_poison(&self, envelope: &Envelope, value: &[u8], partition: i32) -> i64 {
-        let record = prism_events::kafka::encode(envelope);
-        let headers: Vec<(&str, Vec<u8>)> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (*k, v.as_bytes().to_vec()))
-            .collect();
-        self.send_raw(
-            Some(record.key.as_bytes()),
-            &headers,
-            Some(value),
-            partition,
+            timestamp_ms,
         )
         .await
     }
