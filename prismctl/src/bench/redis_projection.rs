@@ -3,7 +3,6 @@
 //! the raw ceiling of the same writes ([`RedisCheckpoint::prepare`], untimed, then
 //! [`RedisCheckpoint::write_raw`]: no `WATCH`, no reads, no fence), each on a fresh copy.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use async_trait::async_trait;
 use prism_events::Envelope;
 use prism_platform::config::ProjectorConfig;
 use prism_platform::Config;
-use prism_projector::checkpoint::redis::{Origin, Prepared, RedisCheckpoint, RedisModel};
+use prism_projector::checkpoint::redis::{Accounts, Origin, Prepared, RedisCheckpoint, RedisModel};
 use prism_projector::{PositionUpdate, Projection, Runtime, Shared, Sink as _};
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -152,7 +151,7 @@ impl Streams {
     ) -> anyhow::Result<Vec<Folded<M>>> {
         let mut out = Vec::with_capacity(self.partitions.len());
         for (partition, batches) in self.partitions.iter().enumerate() {
-            let mut accounts = HashMap::new();
+            let mut accounts = Accounts::default();
             let mut folded = Vec::with_capacity(batches.len());
             let mut offset = -1_i64;
             for batch in batches {

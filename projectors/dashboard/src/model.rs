@@ -16,7 +16,10 @@
 //! [`crate::buckets`]). Every bucket key expires in event time ([`Keys::expires_at`]).
 //! Amounts are integer minor units, summed with `HINCRBY` (64-bit, exact).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+// Summed for every event of a batch: maps with a fast hasher.
+use foldhash::{HashMap, HashSet};
 
 use prism_events::Currency;
 

@@ -15,10 +15,8 @@
 //! sends it as it is, without `WATCH`, reads or fence: the raw ceiling of
 //! `prismctl bench dashboard`.
 
-use std::collections::HashMap;
-
 use prism_events::{Currency, Envelope};
-use prism_projector::checkpoint::redis::{Origin, RedisCheckpoint, RedisModel, Stored};
+use prism_projector::checkpoint::redis::{Accounts, Origin, RedisCheckpoint, RedisModel, Stored};
 use prism_projector::SinkError;
 use redis::Pipeline;
 use uuid::Uuid;
@@ -103,7 +101,7 @@ impl RedisModel for DashboardModel {
     /// benchmark's raw path precomputes.
     fn fold_batch(
         &self,
-        accounts: &mut HashMap<Uuid, Option<Account>>,
+        accounts: &mut Accounts<Account>,
         events: &[Envelope],
         _origin: Origin<'_>,
     ) -> Result<Writes, SinkError> {

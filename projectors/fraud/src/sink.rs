@@ -15,12 +15,12 @@
 //! Both come from one fold ([`features::apply_in_place`]): the row an event gets offline is the
 //! vector the online API would have given it just before (`features::vector`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use arrow_array::RecordBatch;
 use chrono::NaiveDate;
 use prism_events::{AccountEvent, Envelope};
-use prism_projector::checkpoint::redis::{Origin, RedisCheckpoint, RedisModel, Stored};
+use prism_projector::checkpoint::redis::{Accounts, Origin, RedisCheckpoint, RedisModel, Stored};
 use prism_projector::SinkError;
 use redis::Pipeline;
 use uuid::Uuid;
@@ -157,7 +157,7 @@ impl RedisModel for FraudModel {
 
     fn fold_batch(
         &self,
-        accounts: &mut HashMap<Uuid, Option<AccountFeatures>>,
+        accounts: &mut Accounts<AccountFeatures>,
         events: &[Envelope],
         origin: Origin<'_>,
     ) -> Result<FraudWrites, SinkError> {

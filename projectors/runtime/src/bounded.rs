@@ -4,7 +4,9 @@
 //! read from the sink again, and a forgotten quarantine is found again (the gap is
 //! re-checked and reported once more).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt as _};
 use std::hash::Hash;
 
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! Pure batch planning: which consumed records to apply, skip or dead-letter, given the
 //! last handled version of each account. No I/O, so every rule has a unit test.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use prism_events::Envelope;
 use uuid::Uuid;
@@ -111,7 +111,7 @@ mod tests {
     fn consecutive_versions_of_a_new_account_are_applied() {
         let a = Uuid::now_v7();
         let records = vec![event(a, 1), event(a, 2), event(a, 3)];
-        let plan = plan(&records, &HashMap::new(), &none);
+        let plan = plan(&records, &HashMap::default(), &none);
         assert_eq!(plan.apply, vec![0, 1, 2]);
         assert_eq!(plan.versions[&a].0, 3);
         assert!(plan.skipped.is_empty() && plan.gaps.is_empty() && plan.dead.is_empty());
@@ -121,7 +121,7 @@ mod tests {
     fn versions_already_handled_are_skipped_as_duplicates() {
         let a = Uuid::now_v7();
         let records = vec![event(a, 4), event(a, 5), event(a, 6)];
-        let stored = HashMap::from([(a, 5)]);
+        let stored = HashMap::from_iter([(a, 5)]);
         let plan = plan(&records, &stored, &none);
         assert_eq!(plan.skipped, vec![0, 1]);
         assert_eq!(plan.apply, vec![2]);
@@ -131,7 +131,7 @@ mod tests {
     fn a_duplicate_inside_the_batch_is_skipped() {
         let a = Uuid::now_v7();
         let records = vec![event(a, 1), event(a, 2), event(a, 2), event(a, 3)];
-        let plan = plan(&records, &HashMap::new(), &none);
+        let plan = plan(&records, &HashMap::default(), &none);
         assert_eq!(plan.apply, vec![0, 1, 3]);
         assert_eq!(plan.skipped, vec![2]);
     }
@@ -140,7 +140,7 @@ mod tests {
     fn a_version_more_than_one_ahead_is_a_gap_and_so_is_the_rest_of_that_account() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let records = vec![event(a, 3), event(b, 1), event(a, 4)];
-        let stored = HashMap::from([(a, 1)]);
+        let stored = HashMap::from_iter([(a, 1)]);
         let plan = plan(&records, &stored, &none);
         assert_eq!(plan.gaps, vec![(0, 1), (2, 1)]);
         assert_eq!(plan.apply, vec![1]);
@@ -158,7 +158,7 @@ mod tests {
             needs_upgrade: false,
         });
         records.push(event(a, 2));
-        let plan = plan(&records, &HashMap::new(), &none);
+        let plan = plan(&records, &HashMap::default(), &none);
         assert_eq!(plan.apply, vec![0, 2]);
         assert_eq!(plan.dead.len(), 1);
         assert_eq!(plan.dead[0].0, 1);
@@ -169,11 +169,11 @@ mod tests {
     fn a_quarantined_account_is_dead_lettered_without_retrying() {
         let a = Uuid::now_v7();
         let records = vec![event(a, 9)];
-        let plan = plan(&records, &HashMap::from([(a, 2)]), &|x| *x == a);
+        let plan = plan(&records, &HashMap::from_iter([(a, 2)]), &|x| *x == a);
         assert!(plan.gaps.is_empty());
         assert_eq!(plan.dead.len(), 1);
         // Its duplicates are still just duplicates.
-        let plan2 = super::plan(&[event(a, 1)], &HashMap::from([(a, 2)]), &|x| *x == a);
+        let plan2 = super::plan(&[event(a, 1)], &HashMap::from_iter([(a, 2)]), &|x| *x == a);
         assert_eq!(plan2.skipped, vec![0]);
     }
 }

@@ -73,19 +73,23 @@ impl Record {
         }
     }
 
-    /// Copies a consumed message (what the polling thread does for every record).
+    /// Copies a consumed message (what the polling thread does for every record). Each
+    /// header is asked of librdkafka once (a name costs a `strlen` and a UTF-8 check), then
+    /// sized and copied from that list.
     pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
-        let headers = message
-            .headers()
-            .into_iter()
-            .flat_map(|h| (0..h.count()).filter_map(move |i| h.try_get(i)))
-            .map(|h| (h.key, h.value.unwrap_or_default()));
+        let headers: Vec<(&str, &[u8])> = match message.headers() {
+            Some(h) => (0..h.count())
+                .filter_map(|i| h.try_get(i))
+                .map(|h| (h.key, h.value.unwrap_or_default()))
+                .collect(),
+            None => Vec::new(),
+        };
         Self::new(
             message.partition(),
             message.offset(),
             message.key(),
             message.payload(),
-            headers,
+            headers.iter().copied(),
         )
     }
 

@@ -2,7 +2,7 @@
 //! versions, dead-letters what cannot be applied, and has the sink write each batch together
 //! with the partition's position. Partitions run independently of each other.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use crate::bounded::Bounded;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use prism_dashboard::buckets::Grain;
 use prism_dashboard::model::KeyKind;
 use prism_platform::Config;
-use prism_projector::checkpoint::redis::Origin;
+use prism_projector::checkpoint::redis::{Accounts, Origin};
 use prism_projector::copies::Copies as _;
 use tokio::task::JoinSet;
 
@@ -47,7 +47,7 @@ pub(super) async fn run(
     let bar = bar("a day of traffic into Redis", Some(events));
     let cpu = CpuSnapshot::take(std::process::id(), &[]);
     let started = Instant::now();
-    let mut state = HashMap::new();
+    let mut state = Accounts::default();
     let mut batch = Vec::with_capacity(BATCH);
     let mut writes: JoinSet<anyhow::Result<u64>> = JoinSet::new();
     let mut done = 0;

@@ -35,6 +35,8 @@
 //! raw ceiling the benchmarks measure.
 
 use std::collections::HashMap;
+
+use foldhash::HashMapExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +50,10 @@ use redis::Pipeline;
 use uuid::Uuid;
 
 use crate::sink::{Batch, PositionUpdate, Sink, SinkError, StoredPosition};
+
+/// A batch's accounts as the fold reads and leaves them (`None`: no state yet), in a map
+/// with a fast hasher: it is looked up for every event.
+pub type Accounts<A> = foldhash::HashMap<Uuid, Option<A>>;
 
 /// Idle dedicated connections kept for the next batches.
 const IDLE_MAX: usize = 64;
@@ -219,7 +225,7 @@ pub trait RedisModel: Send + Sync + 'static {
     /// the event's index.
     fn fold_batch(
         &self,
-        accounts: &mut HashMap<Uuid, Option<Self::Account>>,
+        accounts: &mut Accounts<Self::Account>,
         events: &[Envelope],
         origin: Origin<'_>,
     ) -> Result<Self::Writes, SinkError>;
@@ -245,14 +251,14 @@ pub trait RedisModel: Send + Sync + 'static {
 /// nobody else has written, and the accounts need not be read back.
 struct Remembered<A> {
     token: u64,
-    accounts: HashMap<Uuid, Stored<A>>,
+    accounts: foldhash::HashMap<Uuid, Stored<A>>,
 }
 
 impl<A> Default for Remembered<A> {
     fn default() -> Self {
         Self {
             token: 0,
-            accounts: HashMap::new(),
+            accounts: foldhash::HashMap::new(),
         }
     }
 }
@@ -398,7 +404,7 @@ impl<M: RedisModel> RedisCheckpoint<M> {
         // The batch's accounts move out of what is remembered into the fold (and back in
         // after a write that went through).
         let mut before: Vec<u64> = Vec::with_capacity(ids.len());
-        let mut accounts: HashMap<Uuid, Option<M::Account>> = HashMap::with_capacity(ids.len());
+        let mut accounts = Accounts::with_capacity(ids.len());
         for id in &ids {
             let stored = remembered.accounts.remove(id).unwrap_or_default();
             before.push(stored.version);
@@ -415,7 +421,7 @@ impl<M: RedisModel> RedisCheckpoint<M> {
         self.model.before_commit(&writes).await?;
 
         // 3. Everything, in one transaction that runs only if the position did not change.
-        let handled: HashMap<Uuid, u64> = batch
+        let handled: foldhash::HashMap<Uuid, u64> = batch
             .versions
             .iter()
             .map(|v| (v.account_id, v.version))
@@ -504,7 +510,7 @@ impl<M: RedisModel> RedisCheckpoint<M> {
     /// [`RedisCheckpoint::write_raw`]).
     pub fn prepare(
         &self,
-        accounts: &mut HashMap<Uuid, Option<M::Account>>,
+        accounts: &mut Accounts<M::Account>,
         events: &[Envelope],
         origin: Origin<'_>,
         position: Option<PositionUpdate>,
@@ -512,7 +518,7 @@ impl<M: RedisModel> RedisCheckpoint<M> {
     where
         M::Account: Clone,
     {
-        let before: HashMap<Uuid, u64> = events
+        let before: foldhash::HashMap<Uuid, u64> = events
             .iter()
             .map(|e| {
                 let id = e.account_id.0;
