@@ -5,9 +5,9 @@
 //! re-checked and reported once more).
 
 use std::collections::VecDeque;
+use std::hash::Hash;
 
 use foldhash::{HashMap, HashMapExt as _};
-use std::hash::Hash;
 
 #[derive(Debug)]
 pub(crate) struct Bounded<K, V> {

@@ -35,14 +35,13 @@
 //! raw ceiling the benchmarks measure.
 
 use std::collections::HashMap;
-
-use foldhash::HashMapExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
+use foldhash::HashMapExt as _;
 use prism_events::Envelope;
 use prism_platform::config::RedisConfig;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
