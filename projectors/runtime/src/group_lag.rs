@@ -85,12 +85,7 @@ impl GroupLag {
         metrics: Metrics,
         interval: Duration,
     ) -> anyhow::Result<Self> {
-        let mut config = prism_platform::clients::kafka_client_config(kafka);
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+        let config = reader_config(kafka, group);
         let stop = CancellationToken::new();
         let token = stop.clone();
         let topic = topic.to_owned();
@@ -117,6 +112,28 @@ impl GroupLag {
 impl Drop for GroupLag {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// The Kafka client of a thread that reads `group`'s partitions from outside the group (the
+/// probe, the runtime's lag thread): it assigns partitions (which needs the group's id),
+/// never joins the group, never commits or stores an offset.
+pub(crate) fn reader_config(kafka: &KafkaConfig, group: &str) -> rdkafka::ClientConfig {
+    let mut config = prism_platform::clients::kafka_client_config(kafka);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    config
+}
+
+/// Sleeps `interval` on a blocking thread, waking every 50 ms to end early once `stop` is
+/// cancelled.
+pub(crate) fn sleep_unless_cancelled(interval: Duration, stop: &CancellationToken) {
+    let deadline = Instant::now() + interval;
+    while Instant::now() < deadline && !stop.is_cancelled() {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -155,10 +172,7 @@ fn probe(
                 }
             }
         }
-        let deadline = Instant::now() + interval;
-        while Instant::now() < deadline && !stop.is_cancelled() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        sleep_unless_cancelled(interval, stop);
     }
     for partition in measured {
         metrics.forget_partition(partition);

@@ -234,14 +234,8 @@ impl Runtime {
         consumer
             .subscribe(&[&projection.topic])
             .with_context(|| format!("subscribing to {}", projection.topic))?;
-        let mut lag_config = prism_platform::clients::kafka_client_config(kafka);
-        // It reads a waiting record now and then: assigned, never a member of the group
-        // (whose id an assignment needs), never committing or storing an offset.
-        lag_config
-            .set("group.id", &projection.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+        // It reads a partition's first waiting record now and then, from outside the group.
+        let lag_config = group_lag::reader_config(kafka, &projection.group_id);
         let connect_lag = move || -> anyhow::Result<BaseConsumer> {
             lag_config.create().context("creating the Kafka lag client")
         };

@@ -737,9 +737,6 @@ pub(crate) fn measure_lag(
             }
         }
         shared.health.kafka_ok(ok);
-        let deadline = Instant::now() + interval;
-        while Instant::now() < deadline && !shared.shutdown.is_cancelled() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::group_lag::sleep_unless_cancelled(interval, &shared.shutdown);
     }
 }
