@@ -38,7 +38,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prism_events::Envelope;
 use prism_platform::config::Config;
-use prism_projector::copies::InstanceRow;
+use prism_projector::copies::{InstanceRow, PartitionStatus};
 use prism_projector::{AccountVersion, Batch, Projection, Runtime, Sink, SinkError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
@@ -657,16 +657,7 @@ impl Build<'_> {
                     "every {binary} writes the new copy; this command's projector stopped"
                 ));
             }
-            let untaken: Vec<String> = ends
-                .iter()
-                .filter(|(partition, _, high)| {
-                    !rows.iter().any(|r| {
-                        r.partition == *partition
-                            && (r.writer.starts_with(&live_writer) || r.offset + 1 >= *high)
-                    })
-                })
-                .map(|(partition, _, _)| partition.to_string())
-                .collect();
+            let untaken = untaken(&ends, &rows, &live_writer);
             if untaken.is_empty() {
                 self.report.handed_over = true;
                 self.report.waiting_for = None;
@@ -686,6 +677,30 @@ impl Build<'_> {
         self.report.waiting_for = Some(waiting_for);
         Ok(())
     }
+}
+
+/// The partitions a live projector has not taken over yet, given each partition's
+/// `(partition, low, high)` watermarks: neither written by one (its writer starts with
+/// `live_writer`) nor with nothing left to handle (stored at the topic's end, or no
+/// position and no record to read: a partition no account hashed to yet, or one whose
+/// records retention removed). Each comes with where it stands, so a handover that times
+/// out says which writer last moved it and how far the topic is ahead.
+fn untaken(ends: &[(i32, i64, i64)], rows: &[PartitionStatus], live_writer: &str) -> Vec<String> {
+    ends.iter()
+        .filter_map(|(partition, low, high)| {
+            match rows.iter().find(|r| r.partition == *partition) {
+                Some(r) if r.writer.starts_with(live_writer) || r.offset + 1 >= *high => None,
+                Some(r) => Some(format!(
+                    "{partition} (offset {} stored by {}, topic end {high})",
+                    r.offset, r.writer
+                )),
+                None if high <= low => None,
+                None => Some(format!(
+                    "{partition} (no position, records {low}..{high} to handle)"
+                )),
+            }
+        })
+        .collect()
 }
 
 /// Events per `read_all` page of the store fill, unless `--store-page-size` says otherwise.
@@ -849,6 +864,49 @@ mod tests {
                 description: None,
             }),
         }
+    }
+
+    fn position(partition: i32, offset: i64, writer: &str) -> PartitionStatus {
+        PartitionStatus {
+            partition,
+            offset,
+            event_id: None,
+            event_time: None,
+            writer: writer.into(),
+            updated_at: Utc::now(),
+            last_error: None,
+            last_error_at: None,
+        }
+    }
+
+    #[test]
+    fn a_partition_is_handed_over_once_a_live_projector_wrote_it_or_nothing_is_left() {
+        let ends = [
+            (0, 0, 50),
+            (1, 0, 80),
+            (2, 0, 80),
+            (3, 0, 10),
+            // Never held a record.
+            (4, 0, 0),
+            // Retention removed every record it held.
+            (5, 30, 30),
+        ];
+        let rows = [
+            // Written by a live instance, behind the end: taken.
+            position(0, 20, "prism-search/instance-a"),
+            // The rebuild's writer, at the end: nothing left to hand over.
+            position(1, 79, "prism-search-rebuild-g2/instance-r"),
+            // The rebuild's writer, behind the end: still waiting, and the reason says so.
+            position(2, 57, "prism-search-rebuild-g2/instance-r"),
+        ];
+        assert_eq!(
+            untaken(&ends, &rows, "prism-search/"),
+            vec![
+                "2 (offset 57 stored by prism-search-rebuild-g2/instance-r, topic end 80)"
+                    .to_owned(),
+                "3 (no position, records 0..10 to handle)".to_owned(),
+            ]
+        );
     }
 
     #[test]

@@ -689,6 +689,77 @@ async fn a_rebuild_hands_over_to_every_ledger_instance() {
     );
 }
 
+/// A partition that never held a record has nothing for a live projector to write: the
+/// handover must not wait for one. (It did: with one account on a four-partition topic a
+/// rebuild under load waited out its whole handover timeout and reported the live
+/// projector as not having taken the new copy over.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_hands_over_while_a_partition_never_held_a_record() {
+    let mut config = isolated_config();
+    config.kafka.topic_partitions = 4;
+    let command = command_instance(&config).await;
+    let live = ledger_instance(&config).await;
+    let http = reqwest::Client::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    // One account: its records all go to one partition, the other three stay empty.
+    let (_, load) = steady_load(&http, &command, 1, Arc::clone(&stop)).await;
+    let ledger = up(
+        "mysql",
+        Ledger::open(&config.mysql, &ledger_config(&config)).await,
+    );
+    let live_writes = eventually(
+        Duration::from_secs(60),
+        "the live instance writing generation 1",
+        || async {
+            let rows = up("mysql", ledger.instances(Duration::from_secs(5)).await);
+            let positions = positions(&ledger, 1).await;
+            (rows.len() == 1 && rows[0].writing == Some(1) && !positions.is_empty())
+                .then_some(positions)
+        },
+    )
+    .await;
+    let ends = last_offsets(&config).await;
+    let empty = ends.values().filter(|last| **last < 0).count();
+    assert_eq!(empty, 3, "three partitions without a record: {ends:?}");
+    assert_eq!(live_writes.len(), 1, "{live_writes:?}");
+
+    let options = Options {
+        from: Source::Kafka,
+        drop_old: false,
+        max_lag: 20,
+        handover_timeout: Duration::from_secs(30),
+        store_page_size: 10_000,
+        progress: false,
+    };
+    let report = rebuild::rebuild_ledger(&config, &options, std::future::pending())
+        .await
+        .unwrap_or_else(|e| panic!("rebuild: {e:#}"));
+    let new = report.generation;
+    assert!(report.handed_over, "{report:?}");
+    assert_eq!(report.waiting_for, None, "{report:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.expect("load task");
+    assert!(sent > 20, "{sent} deposits");
+    let verified = prismctl::verify::verify_ledger_with(
+        &config,
+        &prismctl::verify::Options {
+            wait: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("verify");
+    live.stop().await;
+    command.stop().await;
+    clean_up(&config, &ledger, &[new]).await;
+    assert!(
+        verified.ok,
+        "{}",
+        serde_json::to_string(&verified.mismatches).unwrap_or_default()
+    );
+}
+
 /// A live copy the instances cannot open (its database is missing): no instance keeps
 /// writing the retired copy it has; each says why on `/readyz` (503). Once the copy can be
 /// opened they move to it and catch up, and it equals the store.

@@ -80,7 +80,9 @@ impl Env {
         let profile = std::env::temp_dir().join(format!("{}.toml", unique("prism-search-e2e")));
         let text = format!(
             r#"[log]
-level = "warn"
+# The runtime's own info lines (assignments, fences, rewinds, copy moves) are few: kept,
+# so a failure's log tail shows how the partitions moved.
+level = "warn,prism_projector=info"
 
 [kafka]
 topic = "{topic}"
@@ -283,7 +285,7 @@ impl SearchProcess {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// `/readyz`'s status and body (`None`: no answer).
@@ -999,7 +1001,11 @@ async fn a_search_rebuild_swaps_copies_without_a_failed_query() {
             started.elapsed().as_secs_f64()
         );
         assert_eq!(report.previous, Some(1));
-        assert!(report.handed_over, "{report:?}");
+        assert!(
+            report.handed_over,
+            "{report:?}\nprism-search's log:\n{}",
+            search.log_tail()
+        );
         // Keep searching past the API's next look at which copy is live.
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.store(true, Ordering::Relaxed);
