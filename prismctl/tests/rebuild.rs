@@ -598,6 +598,53 @@ async fn records_past(config: &Config, offsets: &std::collections::BTreeMap<i32,
     .await;
 }
 
+/// The handover tests' rebuild: from the topic, switched once within 20 records of its
+/// end, waiting up to `handover_timeout` for the live instances to take the copy over.
+fn handover_options(handover_timeout: Duration) -> Options {
+    Options {
+        from: Source::Kafka,
+        drop_old: false,
+        max_lag: 20,
+        handover_timeout,
+        store_page_size: 10_000,
+        progress: false,
+    }
+}
+
+/// Ends a handover test: stops the load, verifies the ledger against the store, stops
+/// `services`, removes what the test made (databases, topics, groups: rebuild `new`'s
+/// included), and fails on any difference.
+/// Returns how many deposits the load made.
+async fn stop_and_verify(
+    config: &Config,
+    ledger: &Ledger,
+    (stop, load): (Arc<AtomicBool>, JoinHandle<u64>),
+    services: Vec<Service>,
+    new: u32,
+) -> u64 {
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.expect("load task");
+    let verified = prismctl::verify::verify_ledger_with(
+        config,
+        &prismctl::verify::Options {
+            wait: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("verify");
+    for service in services {
+        service.stop().await;
+    }
+    clean_up(config, ledger, &[new]).await;
+    assert!(
+        verified.ok,
+        "{}",
+        serde_json::to_string(&verified.mismatches).unwrap_or_default()
+    );
+    sent
+}
+
 /// Two prism-ledger instances share the partitions; a rebuild under load hands over to
 /// both: each ends up writing the new copy, nothing writes the retired one any more, and the
 /// new copy equals the store.
@@ -625,14 +672,7 @@ async fn a_rebuild_hands_over_to_every_ledger_instance() {
     )
     .await;
 
-    let options = Options {
-        from: Source::Kafka,
-        drop_old: false,
-        max_lag: 20,
-        handover_timeout: Duration::from_secs(60),
-        store_page_size: 10_000,
-        progress: false,
-    };
+    let options = handover_options(Duration::from_secs(60));
     let report = rebuild::rebuild_ledger(&config, &options, std::future::pending())
         .await
         .unwrap_or_else(|e| panic!("rebuild: {e:#}"));
@@ -666,27 +706,8 @@ async fn a_rebuild_hands_over_to_every_ledger_instance() {
         "a prism-ledger still writes the retired copy"
     );
 
-    stop.store(true, Ordering::Relaxed);
-    let sent = load.await.expect("load task");
+    let sent = stop_and_verify(&config, &ledger, (stop, load), vec![a, b, command], new).await;
     assert!(sent > 50, "{sent} deposits");
-    let verified = prismctl::verify::verify_ledger_with(
-        &config,
-        &prismctl::verify::Options {
-            wait: Duration::from_secs(30),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("verify");
-    a.stop().await;
-    b.stop().await;
-    command.stop().await;
-    clean_up(&config, &ledger, &[new]).await;
-    assert!(
-        verified.ok,
-        "{}",
-        serde_json::to_string(&verified.mismatches).unwrap_or_default()
-    );
 }
 
 /// A partition that never held a record has nothing for a live projector to write: the
@@ -723,14 +744,7 @@ async fn a_rebuild_hands_over_while_a_partition_never_held_a_record() {
     assert_eq!(empty, 3, "three partitions without a record: {ends:?}");
     assert_eq!(live_writes.len(), 1, "{live_writes:?}");
 
-    let options = Options {
-        from: Source::Kafka,
-        drop_old: false,
-        max_lag: 20,
-        handover_timeout: Duration::from_secs(30),
-        store_page_size: 10_000,
-        progress: false,
-    };
+    let options = handover_options(Duration::from_secs(30));
     let report = rebuild::rebuild_ledger(&config, &options, std::future::pending())
         .await
         .unwrap_or_else(|e| panic!("rebuild: {e:#}"));
@@ -738,26 +752,8 @@ async fn a_rebuild_hands_over_while_a_partition_never_held_a_record() {
     assert!(report.handed_over, "{report:?}");
     assert_eq!(report.waiting_for, None, "{report:?}");
 
-    stop.store(true, Ordering::Relaxed);
-    let sent = load.await.expect("load task");
+    let sent = stop_and_verify(&config, &ledger, (stop, load), vec![live, command], new).await;
     assert!(sent > 20, "{sent} deposits");
-    let verified = prismctl::verify::verify_ledger_with(
-        &config,
-        &prismctl::verify::Options {
-            wait: Duration::from_secs(30),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("verify");
-    live.stop().await;
-    command.stop().await;
-    clean_up(&config, &ledger, &[new]).await;
-    assert!(
-        verified.ok,
-        "{}",
-        serde_json::to_string(&verified.mismatches).unwrap_or_default()
-    );
 }
 
 /// A live copy the instances cannot open (its database is missing): no instance keeps
