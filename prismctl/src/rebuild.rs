@@ -24,7 +24,8 @@
 //!    resuming from the positions stored in it. Until every instance says it writes the new
 //!    copy, this command keeps it current (two writers on one partition are safe: the
 //!    position fence); then its own projector stops, and it waits until every partition
-//!    has been written there by a live instance (or has nothing left to handle). An
+//!    has been written there by a live instance or has nothing left to handle (stored at
+//!    the topic's end, or no record to read: a partition no account hashed to yet). An
 //!    instance that still cannot open the live copy stops projecting rather than write the
 //!    retired one, so its partitions go to the others.
 //!

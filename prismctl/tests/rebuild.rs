@@ -613,8 +613,7 @@ fn handover_options(handover_timeout: Duration) -> Options {
 
 /// Ends a handover test: stops the load, verifies the ledger against the store, stops
 /// `services`, removes what the test made (databases, topics, groups: rebuild `new`'s
-/// included), and fails on any difference.
-/// Returns how many deposits the load made.
+/// included), fails on any difference, and returns how many deposits the load made.
 async fn stop_and_verify(
     config: &Config,
     ledger: &Ledger,
