@@ -18,6 +18,12 @@
 //!   steady stream of commits cannot starve it: leftovers wait at most one interval plus
 //!   one publish cycle. After a full page it goes on page by page (fresh commits get a turn
 //!   between pages) until the backlog is gone.
+//! - One sweeper: only the relay holding the store's sweep lease publishes what a sweep
+//!   finds (two relays sweeping the same pages after an outage published most of the
+//!   backlog twice). It renews the lease on each sweep that publishes; a relay that died,
+//!   hangs, cannot reach Kafka or had part of a page refused stops renewing, and another
+//!   takes over when the lease expires ([`SWEEP_LEASE_SWEEPS`] sweep intervals, at least [`SWEEP_LEASE_MIN`]). The
+//!   lease only saves work: order never depends on it.
 //!
 //! # Kafka down
 //! Commands never wait for Kafka: they are stored, and the store is the outbox. The topic is
@@ -62,6 +68,16 @@ use crate::store::{EventStore, StoreError};
 /// for another writer's commits also looks them up in `commits`); with 8 at a time a 1 M
 /// backlog on PostgreSQL was worked off at about 1,000 events/s.
 pub const PREDECESSOR_CHECKS: usize = 16;
+
+/// The store's name of the lease the sweeping relay holds.
+const SWEEP_LEASE: &str = "relay-sweep";
+
+/// Sweep intervals a sweep lease lasts unless renewed.
+const SWEEP_LEASE_SWEEPS: u32 = 5;
+
+/// Shortest sweep lease: a page's publish (up to `relay.batch_max_events` events, each
+/// waiting for its account's previous ack) fits in it.
+const SWEEP_LEASE_MIN: Duration = Duration::from_secs(3);
 
 /// Most accounts remembered in the retry set. Beyond it an account only loses its
 /// watermark, which is all correctness needs: its next publish checks the store first.
@@ -269,6 +285,10 @@ pub struct Relay {
     marks: mpsc::UnboundedSender<Vec<Uuid>>,
     /// Their ids: on Kafka already, so never published again from a stale "unpublished".
     marking: Marking,
+    /// This relay's name as the holder of the sweep lease.
+    holder: String,
+    /// After a sweep Kafka refused part of: no sweeping (nor renewing the lease) until then.
+    lease_pause: Option<Instant>,
 }
 
 /// Acknowledged events the relay must not publish again from a read of the store: those
@@ -411,6 +431,8 @@ impl Relay {
             checks: Arc::new(Semaphore::new(PREDECESSOR_CHECKS)),
             marks,
             marking: Marking::default(),
+            holder: format!("relay-{}", Uuid::new_v4()),
+            lease_pause: None,
         })
     }
 
@@ -599,18 +621,60 @@ impl Relay {
         if !self.kafka_ready().await {
             return false;
         }
+        let paused = self.lease_pause.is_some_and(|until| Instant::now() < until);
+        if paused || !self.holds_sweep_lease().await {
+            // Another relay works the backlog off. Accounts of this relay's retry set that
+            // have nothing unpublished (a whole page lists every unpublished event) need
+            // not wait for a sweep any more: their next commit checks the store first.
+            if !truncated {
+                let waiting: HashSet<AccountId> = pending
+                    .iter()
+                    .filter_map(|e| e.subject.parse().ok())
+                    .collect();
+                self.retry.retain(|account| waiting.contains(account));
+            }
+            return false;
+        }
         tracing::info!(
             events = pending.len(),
             "relay sweep found unpublished events"
         );
         // Untruncated, the page holds every unpublished event: predecessors included.
         let all_published = self.publish_accounts(by_account(pending), truncated).await;
+        if !all_published {
+            // Kafka refused some of the page here: let the lease lapse, so another relay
+            // (which may reach the partitions this one cannot) gets a turn.
+            self.lease_pause = Some(Instant::now() + self.sweep_lease_ttl());
+        }
         if all_published && !truncated {
             // Every account's backlog as of the read is on Kafka. Commits deferred since
             // have lost their watermark, so they are checked against the store anyway.
             self.retry.clear();
         }
         all_published && truncated
+    }
+
+    /// Takes or renews the sweep lease: one relay at a time publishes the backlog, since
+    /// two sweeping the same pages would publish each event twice. A relay renews it only
+    /// on a sweep that goes on to publish (Kafka answering), and not for one lease after
+    /// Kafka refused part of a page, so one that died, hangs, lost Kafka or cannot publish
+    /// lets it expire, and another takes over within [`SWEEP_LEASE_SWEEPS`] sweep
+    /// intervals. A store that cannot answer does not stop the sweep: duplicates rather
+    /// than a backlog left waiting.
+    async fn holds_sweep_lease(&self) -> bool {
+        let ttl = self.sweep_lease_ttl();
+        match self.store.hold_lease(SWEEP_LEASE, &self.holder, ttl).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "taking the relay's sweep lease; sweeping anyway");
+                true
+            }
+        }
+    }
+
+    fn sweep_lease_ttl(&self) -> Duration {
+        let interval = Duration::from_millis(self.config.sweep_interval_ms.max(1));
+        (interval * SWEEP_LEASE_SWEEPS).max(SWEEP_LEASE_MIN)
     }
 
     fn report_backlog(&self, pending: &[RawEvent], truncated: bool) {

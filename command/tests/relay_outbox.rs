@@ -125,19 +125,15 @@ fn history(count: usize) -> (AccountId, Vec<Vec<Envelope>>) {
     (account.id, commits)
 }
 
-async fn relay_restarted_mid_catch_up_publishes_every_stored_event(backend: EventStoreBackend) {
-    let mut config = isolated_config(backend);
-    // Small pages, so the catch-up takes many and the restart lands inside it.
-    config.relay.batch_max_events = 40;
-    config.relay.sweep_interval_ms = 100;
-
-    // A dead writer's work: stored, never published. Its store object is gone with it.
-    let writer = open(&config).await;
+/// A dead writer's work: `accounts` accounts of `commits` commits each, stored and never
+/// published (its store object is gone with it). Returns how many events it stored.
+async fn dead_writers_backlog(config: &Config, accounts: usize, commits: usize) -> usize {
+    let writer = open(config).await;
     let mut total = 0;
-    for _ in 0..40 {
-        let (account, commits) = history(12);
+    for _ in 0..accounts {
+        let (account, history) = history(commits);
         let mut version = 0;
-        for commit in commits {
+        for commit in history {
             up(
                 "append",
                 writer.append(account, version, &commit, None).await,
@@ -146,7 +142,39 @@ async fn relay_restarted_mid_catch_up_publishes_every_stored_event(backend: Even
             total += commit.len();
         }
     }
-    drop(writer);
+    total
+}
+
+/// Records on the topic (every partition's end offset, duplicates included).
+async fn topic_records(config: &Config) -> usize {
+    let kafka = config.kafka.clone();
+    let partitions = config.kafka.topic_partitions;
+    let ends = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let client: BaseConsumer = up(
+            "kafka",
+            prism_platform::clients::kafka_client_config(&kafka).create(),
+        );
+        (0..partitions)
+            .map(|p| {
+                let (low, high) = up(
+                    "kafka",
+                    client.fetch_watermarks(&kafka.topic, p, Duration::from_secs(10)),
+                );
+                usize::try_from(high - low).unwrap_or(0)
+            })
+            .sum::<usize>()
+    });
+    up("kafka", ends.await)
+}
+
+async fn relay_restarted_mid_catch_up_publishes_every_stored_event(backend: EventStoreBackend) {
+    let mut config = isolated_config(backend);
+    // Small pages, so the catch-up takes many and the restart lands inside it.
+    config.relay.batch_max_events = 40;
+    config.relay.sweep_interval_ms = 100;
+
+    let total = dead_writers_backlog(&config, 40, 12).await;
     let observer = open(&config).await;
     assert_eq!(
         backlog(observer.as_ref()).await,
@@ -495,21 +523,7 @@ async fn a_catch_up_without_failures_publishes_each_event_once(backend: EventSto
     let mut config = isolated_config(backend);
     config.relay.batch_max_events = 50;
     config.relay.sweep_interval_ms = 100;
-    let writer = open(&config).await;
-    let mut total = 0;
-    for _ in 0..100 {
-        let (account, commits) = history(12);
-        let mut version = 0;
-        for commit in commits {
-            up(
-                "append",
-                writer.append(account, version, &commit, None).await,
-            );
-            version += commit.len() as u64;
-            total += commit.len();
-        }
-    }
-    drop(writer);
+    let total = dead_writers_backlog(&config, 100, 12).await;
     let relay = start_relay(&config, open(&config).await).await;
     wait_for_empty_backlog(&config).await;
     let _ = relay.stop.send(true);
@@ -542,4 +556,40 @@ async fn on_mongodb_a_catch_up_without_failures_publishes_each_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_catch_up_without_failures_publishes_each_event_once() {
     a_catch_up_without_failures_publishes_each_event_once(EventStoreBackend::Postgres).await;
+}
+
+/// Two relays starting on one backlog at once (two prism-command instances back after an
+/// outage): the one holding the sweep lease works it off and the other leaves it, so the
+/// backlog reaches Kafka about once, not once per relay (before the lease, both published
+/// most of it). Every event still arrives, in per-account order.
+async fn two_relays_on_one_backlog_publish_it_about_once(backend: EventStoreBackend) {
+    let mut config = isolated_config(backend);
+    config.relay.batch_max_events = 50;
+    config.relay.sweep_interval_ms = 100;
+    let total = dead_writers_backlog(&config, 100, 12).await;
+    let a = start_relay(&config, open(&config).await).await;
+    let b = start_relay(&config, open(&config).await).await;
+    wait_for_empty_backlog(&config).await;
+    for relay in [a, b] {
+        let _ = relay.stop.send(true);
+        up("relay", relay.task.await);
+    }
+    assert_all_published_in_order(&config).await;
+    let records = topic_records(&config).await;
+    eprintln!("{records} records on Kafka for {total} stored events");
+    assert!(
+        records >= total && (records - total) * 20 <= total,
+        "{records} records on Kafka for {total} stored events: more than 5 % duplicates"
+    );
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mongodb_two_relays_on_one_backlog_publish_it_about_once() {
+    two_relays_on_one_backlog_publish_it_about_once(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_two_relays_on_one_backlog_publish_it_about_once() {
+    two_relays_on_one_backlog_publish_it_about_once(EventStoreBackend::Postgres).await;
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use futures::future::join_all;
@@ -129,6 +130,7 @@ contract!(
     responses_saved_in_one_batch_each_keep_the_first_answer_under_their_key,
     a_commit_lands_only_if_its_claim_is_stored_and_a_stored_claim_stays,
     a_lone_commit_with_a_claim_stores_both,
+    a_lease_is_held_by_one_holder_until_it_expires,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -902,6 +904,32 @@ async fn a_stored_response_keeps_its_first_answer(store: &dyn EventStore) {
     );
     assert_eq!(up("store", store.find_response("p:k").await), Some(first));
     assert!(up("store", store.find_response("p:other").await).is_none());
+}
+
+async fn a_lease_is_held_by_one_holder_until_it_expires(store: &dyn EventStore) {
+    let ttl = Duration::from_millis(1500);
+    let hold = |holder: &'static str| async move {
+        up("store", store.hold_lease("sweep", holder, ttl).await)
+    };
+    assert!(hold("a").await, "a free lease is taken");
+    assert!(!hold("b").await, "a lease held by another is refused");
+    assert!(hold("a").await, "its holder renews it");
+    // Leases are by name.
+    assert!(up("store", store.hold_lease("other", "b", ttl).await));
+    // Of many racing for a free lease, one wins.
+    let racers = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    let won = join_all(
+        racers
+            .iter()
+            .map(|holder| store.hold_lease("race", holder, ttl)),
+    )
+    .await;
+    let winners = won.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(winners, 1, "{won:?}");
+    // Unrenewed, it expires and another takes it; the old holder is then refused.
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    assert!(hold("b").await, "an expired lease is taken");
+    assert!(!hold("a").await, "the old holder lost it");
 }
 
 // ---------------------------------------------------------------------------------------

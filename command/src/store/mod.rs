@@ -27,6 +27,8 @@
 //! - **Reads.** `load` gives one account's events in version order; `read_all` pages through
 //!   every event in a stable order, resumable from a [`Position`].
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use prism_events::{AccountId, Envelope, RawEvent};
@@ -301,6 +303,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// the rejection its owner decided), only if that claim is still the one stored: a
     /// compare-and-set on one record. True when it replaced.
     async fn replace_claim(&self, claim_id: &str, new: &StoredResponse)
+        -> Result<bool, StoreError>;
+
+    /// Takes the lease `name` for `holder` until `ttl` from now, or renews it: only when it
+    /// is free (never taken, or expired) or already `holder`'s. True when `holder` holds it
+    /// after the call. A compare-and-set on one record: of two callers racing for a free
+    /// lease one wins. Expiry is judged on the store's clock on PostgreSQL and on the
+    /// caller's on MongoDB (instances' clocks are assumed within a fraction of `ttl`).
+    async fn hold_lease(&self, name: &str, holder: &str, ttl: Duration)
         -> Result<bool, StoreError>;
 
     /// The backend's name for logs and metrics: `mongodb` or `postgres`.

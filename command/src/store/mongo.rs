@@ -104,6 +104,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::DateTime;
@@ -128,6 +129,9 @@ use super::{
 const COMMITS: &str = "commits";
 const SNAPSHOTS: &str = "snapshots";
 const RESPONSES: &str = "responses";
+
+/// Named leases (`_id` the name; `holder`, `expires_at`): the relay's sweep lease.
+const LEASES: &str = "leases";
 
 /// The duplicate-key error code (MongoDB and FerretDB).
 const DUPLICATE_KEY: i32 = 11000;
@@ -468,6 +472,10 @@ impl MongoStore {
 
     fn responses(&self) -> Collection<Document> {
         self.database.collection(RESPONSES)
+    }
+
+    fn leases(&self) -> Collection<Document> {
+        self.database.collection(LEASES)
     }
 
     /// The `seq` of the account's commit that ends at `version`, if that commit exists.
@@ -1530,6 +1538,37 @@ impl EventStore for MongoStore {
             .await
             .map_err(unavailable)?;
         Ok(done.modified_count == 1)
+    }
+
+    async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = mongodb::bson::DateTime::now();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let until =
+            mongodb::bson::DateTime::from_millis(now.timestamp_millis().saturating_add(ttl_ms));
+        // Matches the lease only when it is ours or expired; a lease held by another does
+        // not match, so the upsert tries to insert a second document with its `_id` and
+        // fails on the unique `_id`: not ours.
+        let taken = self
+            .leases()
+            .update_one(
+                doc! {
+                    "_id": name,
+                    "$or": [ { "holder": holder }, { "expires_at": { "$lt": now } } ],
+                },
+                doc! { "$set": { "holder": holder, "expires_at": until } },
+            )
+            .upsert(true)
+            .await;
+        match taken {
+            Ok(_) => Ok(true),
+            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn find_response(&self, key: &str) -> Result<Option<StoredResponse>, StoreError> {

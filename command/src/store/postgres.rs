@@ -31,6 +31,7 @@
 //! rely on it, and rebuilds read a settled store.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -429,6 +430,13 @@ impl EventStore for PgStore {
                      body JSONB NOT NULL
                  )"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {s}.leases (
+                     name TEXT PRIMARY KEY,
+                     holder TEXT NOT NULL,
+                     expires_at TIMESTAMPTZ NOT NULL
+                 )"
+            ),
         ];
         // `IF NOT EXISTS` is not safe against a concurrent creator: serialise initialisers.
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
@@ -812,6 +820,32 @@ impl EventStore for PgStore {
         .await
         .map_err(unavailable)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let s = &self.quoted;
+        // The upsert's update runs only where the WHERE holds: a lease held by another and
+        // not expired is left alone, and no row comes back.
+        let held = sqlx::query(&format!(
+            "INSERT INTO {s}.leases (name, holder, expires_at) \
+             VALUES ($1, $2, now() + make_interval(secs => $3)) \
+             ON CONFLICT (name) DO UPDATE \
+             SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+             WHERE {s}.leases.holder = EXCLUDED.holder OR {s}.leases.expires_at < now() \
+             RETURNING holder"
+        ))
+        .bind(name)
+        .bind(holder)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(held.is_some())
     }
 
     fn backend(&self) -> &'static str {
