@@ -35,6 +35,14 @@ struct RunningRelay {
     task: JoinHandle<()>,
 }
 
+impl RunningRelay {
+    /// Stops the relay and waits until it has drained its queue and flushed its producer.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        up("relay", self.task.await);
+    }
+}
+
 async fn start_relay(config: &Config, store: Arc<dyn EventStore>) -> RunningRelay {
     let relay = up(
         "relay",
@@ -195,8 +203,7 @@ async fn relay_restarted_mid_catch_up_publishes_every_stored_event(backend: Even
     wait_for_empty_backlog(&config).await;
     assert_all_published_in_order(&config).await;
 
-    let _ = second.stop.send(true);
-    up("relay", second.task.await);
+    second.stop().await;
     clean_up(&config).await;
 }
 
@@ -291,8 +298,7 @@ async fn two_relays_keep_every_accounts_order(backend: EventStoreBackend) {
     assert_all_published_in_order(&config).await;
 
     for relay in [relay_a, relay_b] {
-        let _ = relay.stop.send(true);
-        up("relay", relay.task.await);
+        relay.stop().await;
     }
     clean_up(&config).await;
 }
@@ -422,8 +428,7 @@ async fn commits_flagged_unpublished_by_the_earlier_format_are_published_after_a
     let relay = start_relay(&config, open(&config).await).await;
     wait_for_empty_backlog(&config).await;
     assert_all_published_in_order(&config).await;
-    let _ = relay.stop.send(true);
-    up("relay", relay.task.await);
+    relay.stop().await;
     clean_up(&config).await;
 }
 
@@ -495,8 +500,7 @@ async fn on_postgres_events_flagged_unpublished_by_the_earlier_format_are_publis
     // The relay publishes what was unpublished; the events published before stay off it.
     let relay = start_relay(&config, open(&config).await).await;
     wait_for_empty_backlog(&config).await;
-    let _ = relay.stop.send(true);
-    up("relay", relay.task.await);
+    relay.stop().await;
     let stored = stored_events(&config).await;
     let mut wanted = stored.clone();
     for events in wanted.values_mut() {
@@ -516,19 +520,31 @@ async fn on_postgres_events_flagged_unpublished_by_the_earlier_format_are_publis
     clean_up(&config).await;
 }
 
-/// A catch-up with nothing failing publishes each stored event exactly once: an event whose
-/// mark finished while the next page was being read is not published again from that page
-/// (it was, before: about 30 % duplicates while working off a large backlog).
-async fn a_catch_up_without_failures_publishes_each_event_once(backend: EventStoreBackend) {
+/// A dead writer's backlog (100 accounts of 12 commits, in pages of 50), worked off by
+/// `relays` relays started at once, each on a store object of its own; returns the test's
+/// configuration and how many events were stored, once the backlog is gone and every relay
+/// stopped (its producer flushed).
+async fn catch_up_by_relays(backend: EventStoreBackend, relays: usize) -> (Config, usize) {
     let mut config = isolated_config(backend);
     config.relay.batch_max_events = 50;
     config.relay.sweep_interval_ms = 100;
     let total = dead_writers_backlog(&config, 100, 12).await;
-    let relay = start_relay(&config, open(&config).await).await;
+    let mut running = Vec::with_capacity(relays);
+    for _ in 0..relays {
+        running.push(start_relay(&config, open(&config).await).await);
+    }
     wait_for_empty_backlog(&config).await;
-    let _ = relay.stop.send(true);
-    up("relay", relay.task.await);
+    for relay in running {
+        relay.stop().await;
+    }
+    (config, total)
+}
 
+/// A catch-up with nothing failing publishes each stored event exactly once: an event whose
+/// mark finished while the next page was being read is not published again from that page
+/// (it was, before: about 30 % duplicates while working off a large backlog).
+async fn a_catch_up_without_failures_publishes_each_event_once(backend: EventStoreBackend) {
+    let (config, total) = catch_up_by_relays(backend, 1).await;
     let stored = stored_events(&config).await;
     let expected = last_versions(&stored);
     let reader = config.clone();
@@ -563,17 +579,7 @@ async fn on_postgres_a_catch_up_without_failures_publishes_each_event_once() {
 /// backlog reaches Kafka about once, not once per relay (before the lease, both published
 /// most of it). Every event still arrives, in per-account order.
 async fn two_relays_on_one_backlog_publish_it_about_once(backend: EventStoreBackend) {
-    let mut config = isolated_config(backend);
-    config.relay.batch_max_events = 50;
-    config.relay.sweep_interval_ms = 100;
-    let total = dead_writers_backlog(&config, 100, 12).await;
-    let a = start_relay(&config, open(&config).await).await;
-    let b = start_relay(&config, open(&config).await).await;
-    wait_for_empty_backlog(&config).await;
-    for relay in [a, b] {
-        let _ = relay.stop.send(true);
-        up("relay", relay.task.await);
-    }
+    let (config, total) = catch_up_by_relays(backend, 2).await;
     assert_all_published_in_order(&config).await;
     let records = topic_records(&config).await;
     eprintln!("{records} records on Kafka for {total} stored events");

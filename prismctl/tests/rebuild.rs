@@ -598,50 +598,87 @@ async fn records_past(config: &Config, offsets: &std::collections::BTreeMap<i32,
     .await;
 }
 
-/// The handover tests' rebuild: from the topic, switched once within 20 records of its
-/// end, waiting up to `handover_timeout` for the live instances to take the copy over.
-fn handover_options(handover_timeout: Duration) -> Options {
-    Options {
-        from: Source::Kafka,
-        drop_old: false,
-        max_lag: 20,
-        handover_timeout,
-        store_page_size: 10_000,
-        progress: false,
-    }
+/// A handover test's running system: a topic of four partitions, prism-command, the live
+/// prism-ledger instances, and deposits into a few accounts until it is stopped.
+struct UnderLoad {
+    config: Config,
+    ledger: Ledger,
+    /// The prism-ledger instances, then prism-command: stopped in that order.
+    services: Vec<Service>,
+    stop: Arc<AtomicBool>,
+    load: JoinHandle<u64>,
 }
 
-/// Ends a handover test: stops the load, verifies the ledger against the store, stops
-/// `services`, removes what the test made (databases, topics, groups: rebuild `new`'s
-/// included), fails on any difference, and returns how many deposits the load made.
-async fn stop_and_verify(
-    config: &Config,
-    ledger: &Ledger,
-    (stop, load): (Arc<AtomicBool>, JoinHandle<u64>),
-    services: Vec<Service>,
-    new: u32,
-) -> u64 {
-    stop.store(true, Ordering::Relaxed);
-    let sent = load.await.expect("load task");
-    let verified = prismctl::verify::verify_ledger_with(
-        config,
-        &prismctl::verify::Options {
-            wait: Duration::from_secs(30),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("verify");
-    for service in services {
-        service.stop().await;
+impl UnderLoad {
+    /// Starts prism-command and `instances` prism-ledger instances, opens `accounts`
+    /// accounts and keeps depositing into them.
+    async fn start(instances: usize, accounts: usize) -> Self {
+        let mut config = isolated_config();
+        config.kafka.topic_partitions = 4;
+        let command = command_instance(&config).await;
+        let mut services = Vec::with_capacity(instances + 1);
+        for _ in 0..instances {
+            services.push(ledger_instance(&config).await);
+        }
+        services.push(command);
+        let http = reqwest::Client::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (_, load) = steady_load(&http, &services[instances], accounts, Arc::clone(&stop)).await;
+        let ledger = up(
+            "mysql",
+            Ledger::open(&config.mysql, &ledger_config(&config)).await,
+        );
+        Self {
+            config,
+            ledger,
+            services,
+            stop,
+            load,
+        }
     }
-    clean_up(config, ledger, &[new]).await;
-    assert!(
-        verified.ok,
-        "{}",
-        serde_json::to_string(&verified.mismatches).unwrap_or_default()
-    );
-    sent
+
+    /// `prismctl rebuild ledger` from the topic, switched once within 20 records of its
+    /// end, waiting up to `handover_timeout` for the live instances to take the copy over.
+    async fn rebuild(&self, handover_timeout: Duration) -> rebuild::Report {
+        let options = Options {
+            from: Source::Kafka,
+            drop_old: false,
+            max_lag: 20,
+            handover_timeout,
+            store_page_size: 10_000,
+            progress: false,
+        };
+        rebuild::rebuild_ledger(&self.config, &options, std::future::pending())
+            .await
+            .unwrap_or_else(|e| panic!("rebuild: {e:#}"))
+    }
+
+    /// Stops the load, verifies the ledger against the store, stops the services, removes
+    /// what the test made (databases, topics, groups: rebuild `new`'s included), fails on
+    /// any difference, and returns how many deposits the load made.
+    async fn stop_and_verify(self, new: u32) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.load.await.expect("load task");
+        let verified = prismctl::verify::verify_ledger_with(
+            &self.config,
+            &prismctl::verify::Options {
+                wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("verify");
+        for service in self.services {
+            service.stop().await;
+        }
+        clean_up(&self.config, &self.ledger, &[new]).await;
+        assert!(
+            verified.ok,
+            "{}",
+            serde_json::to_string(&verified.mismatches).unwrap_or_default()
+        );
+        sent
+    }
 }
 
 /// Two prism-ledger instances share the partitions; a rebuild under load hands over to
@@ -649,18 +686,8 @@ async fn stop_and_verify(
 /// new copy equals the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_hands_over_to_every_ledger_instance() {
-    let mut config = isolated_config();
-    config.kafka.topic_partitions = 4;
-    let command = command_instance(&config).await;
-    let a = ledger_instance(&config).await;
-    let b = ledger_instance(&config).await;
-    let http = reqwest::Client::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (_, load) = steady_load(&http, &command, 16, Arc::clone(&stop)).await;
-    let ledger = up(
-        "mysql",
-        Ledger::open(&config.mysql, &ledger_config(&config)).await,
-    );
+    let system = UnderLoad::start(2, 16).await;
+    let (config, ledger) = (&system.config, &system.ledger);
     eventually(
         Duration::from_secs(60),
         "two instances writing generation 1",
@@ -671,10 +698,7 @@ async fn a_rebuild_hands_over_to_every_ledger_instance() {
     )
     .await;
 
-    let options = handover_options(Duration::from_secs(60));
-    let report = rebuild::rebuild_ledger(&config, &options, std::future::pending())
-        .await
-        .unwrap_or_else(|e| panic!("rebuild: {e:#}"));
+    let report = system.rebuild(Duration::from_secs(60)).await;
     let new = report.generation;
     assert!(report.handed_over, "{report:?}");
     let rows = up("mysql", ledger.instances(Duration::from_secs(5)).await);
@@ -684,15 +708,15 @@ async fn a_rebuild_hands_over_to_every_ledger_instance() {
         assert_eq!(row.error, None, "{row:?}");
     }
     // The retired copy takes no write any more, though records keep arriving.
-    let retired = positions(&ledger, 1).await;
-    records_past(&config, &retired).await;
-    let live = positions(&ledger, new).await;
-    records_past(&config, &live).await;
+    let retired = positions(ledger, 1).await;
+    records_past(config, &retired).await;
+    let live = positions(ledger, new).await;
+    records_past(config, &live).await;
     eventually(
         Duration::from_secs(60),
         "the live copy moving on",
         || async {
-            let now = positions(&ledger, new).await;
+            let now = positions(ledger, new).await;
             live.iter()
                 .all(|(p, before)| now.get(p).is_some_and(|o| o > before))
                 .then_some(())
@@ -700,12 +724,12 @@ async fn a_rebuild_hands_over_to_every_ledger_instance() {
     )
     .await;
     assert_eq!(
-        positions(&ledger, 1).await,
+        positions(ledger, 1).await,
         retired,
         "a prism-ledger still writes the retired copy"
     );
 
-    let sent = stop_and_verify(&config, &ledger, (stop, load), vec![a, b, command], new).await;
+    let sent = system.stop_and_verify(new).await;
     assert!(sent > 50, "{sent} deposits");
 }
 
@@ -715,43 +739,31 @@ async fn a_rebuild_hands_over_to_every_ledger_instance() {
 /// projector as not having taken the new copy over.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebuild_hands_over_while_a_partition_never_held_a_record() {
-    let mut config = isolated_config();
-    config.kafka.topic_partitions = 4;
-    let command = command_instance(&config).await;
-    let live = ledger_instance(&config).await;
-    let http = reqwest::Client::new();
-    let stop = Arc::new(AtomicBool::new(false));
     // One account: its records all go to one partition, the other three stay empty.
-    let (_, load) = steady_load(&http, &command, 1, Arc::clone(&stop)).await;
-    let ledger = up(
-        "mysql",
-        Ledger::open(&config.mysql, &ledger_config(&config)).await,
-    );
+    let system = UnderLoad::start(1, 1).await;
+    let (config, ledger) = (&system.config, &system.ledger);
     let live_writes = eventually(
         Duration::from_secs(60),
         "the live instance writing generation 1",
         || async {
             let rows = up("mysql", ledger.instances(Duration::from_secs(5)).await);
-            let positions = positions(&ledger, 1).await;
+            let positions = positions(ledger, 1).await;
             (rows.len() == 1 && rows[0].writing == Some(1) && !positions.is_empty())
                 .then_some(positions)
         },
     )
     .await;
-    let ends = last_offsets(&config).await;
+    let ends = last_offsets(config).await;
     let empty = ends.values().filter(|last| **last < 0).count();
     assert_eq!(empty, 3, "three partitions without a record: {ends:?}");
     assert_eq!(live_writes.len(), 1, "{live_writes:?}");
 
-    let options = handover_options(Duration::from_secs(30));
-    let report = rebuild::rebuild_ledger(&config, &options, std::future::pending())
-        .await
-        .unwrap_or_else(|e| panic!("rebuild: {e:#}"));
+    let report = system.rebuild(Duration::from_secs(30)).await;
     let new = report.generation;
     assert!(report.handed_over, "{report:?}");
     assert_eq!(report.waiting_for, None, "{report:?}");
 
-    let sent = stop_and_verify(&config, &ledger, (stop, load), vec![live, command], new).await;
+    let sent = system.stop_and_verify(new).await;
     assert!(sent > 20, "{sent} deposits");
 }
 
