@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prism_events::Envelope;
-use prism_platform::config::Config;
+use prism_platform::config::{Config, KafkaConfig};
 use prism_projector::copies::{InstanceRow, PartitionStatus};
 use prism_projector::{AccountVersion, Batch, Projection, Runtime, Sink, SinkError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -245,6 +245,7 @@ pub async fn rebuild(
             waiting_for: None,
             dropped: Vec::new(),
         },
+        topic_ends: TopicEnds::new(config),
     };
     let outcome = tokio::select! {
         result = state.build() => result,
@@ -287,11 +288,12 @@ struct Build<'a> {
     bars: Bars,
     running: Option<prism_projector::Running>,
     report: Report,
+    topic_ends: TopicEnds,
 }
 
 impl Build<'_> {
     async fn build(&mut self) -> anyhow::Result<()> {
-        let watermarks = watermarks(self.config).await?;
+        let watermarks = self.topic_ends.read().await?;
         let complete = watermarks.iter().all(|(_, low, _)| *low == 0);
         let source = match self.options.from {
             Source::Auto if complete => Source::Kafka,
@@ -626,10 +628,9 @@ impl Build<'_> {
                     .partitions(number)
                     .await
                     .context("reading the new copy's positions")?;
-                let ends = watermarks(self.config).await?;
-                anyhow::Ok((instances, rows, ends))
+                anyhow::Ok((instances, rows))
             };
-            let (instances, rows, ends) = match looked.await {
+            let (instances, rows) = match looked.await {
                 Ok(looked) => looked,
                 Err(e) => {
                     tracing::warn!("watching the handover: {e:#}");
@@ -658,6 +659,13 @@ impl Build<'_> {
                     "every {binary} writes the new copy; this command's projector stopped"
                 ));
             }
+            let ends = match self.topic_ends.read().await {
+                Ok(ends) => ends,
+                Err(e) => {
+                    tracing::warn!("watching the handover: {e:#}");
+                    continue;
+                }
+            };
             let untaken = untaken(&ends, &rows, &live_writer);
             if untaken.is_empty() {
                 self.report.handed_over = true;
@@ -762,37 +770,67 @@ impl FillPlan {
     }
 }
 
-/// `(partition, low, high)` of every partition of the topic.
-async fn watermarks(config: &Config) -> anyhow::Result<Vec<(i32, i64, i64)>> {
-    let kafka = config.kafka.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64, i64)>> {
-        let client: BaseConsumer = prism_platform::clients::kafka_client_config(&kafka)
-            .create()
-            .context("creating a Kafka client")?;
-        let timeout = Duration::from_millis(kafka.request_timeout_ms);
-        let metadata = client
-            .fetch_metadata(Some(&kafka.topic), timeout)
-            .with_context(|| format!("reading the metadata of {} (is Kafka up?)", kafka.topic))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            anyhow::bail!("topic {} does not exist", kafka.topic);
+/// Reads `(partition, low, high)` of every partition of the topic, on one Kafka client
+/// made at the first read and kept (a handover reads them every round, for up to its
+/// whole timeout).
+struct TopicEnds {
+    kafka: KafkaConfig,
+    client: Option<Arc<BaseConsumer>>,
+}
+
+impl TopicEnds {
+    fn new(config: &Config) -> Self {
+        Self {
+            kafka: config.kafka.clone(),
+            client: None,
         }
-        partitions
-            .into_iter()
-            .map(|p| {
-                let (low, high) = client
-                    .fetch_watermarks(&kafka.topic, p, timeout)
-                    .with_context(|| format!("reading the offsets of partition {p}"))?;
-                Ok((p, low, high))
-            })
-            .collect()
-    })
-    .await
-    .context("reading watermarks")?
+    }
+
+    async fn read(&mut self) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+        let client = match &self.client {
+            Some(client) => Arc::clone(client),
+            None => {
+                let client: BaseConsumer =
+                    prism_platform::clients::kafka_client_config(&self.kafka)
+                        .create()
+                        .context("creating a Kafka client")?;
+                Arc::clone(self.client.insert(Arc::new(client)))
+            }
+        };
+        let topic = self.kafka.topic.clone();
+        let timeout = Duration::from_millis(self.kafka.request_timeout_ms);
+        tokio::task::spawn_blocking(move || watermarks(&client, &topic, timeout))
+            .await
+            .context("reading watermarks")?
+    }
+}
+
+/// `(partition, low, high)` of every partition of `topic`.
+fn watermarks(
+    client: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of {topic} (is Kafka up?)"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        anyhow::bail!("topic {topic} does not exist");
+    }
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (low, high) = client
+                .fetch_watermarks(topic, p, timeout)
+                .with_context(|| format!("reading the offsets of partition {p}"))?;
+            Ok((p, low, high))
+        })
+        .collect()
 }
 
 /// Progress bars on stderr, drawn only when it is a terminal; notes go above them.
