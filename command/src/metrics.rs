@@ -23,6 +23,12 @@ pub struct Metrics {
     pub append_batch_size: Histogram,
     /// `prism_relay_published_total`: events acknowledged by Kafka (duplicates included).
     pub relay_published: IntCounter,
+    /// `prism_relay_sent_total{path}`: the same events by the way the relay sent them:
+    /// `fresh` (a commit of this instance, as it was appended), `predecessor` (an account's
+    /// earlier unpublished events, sent before a fresh commit whose account this relay had
+    /// no watermark for) or `sweep` (found in the store by a sweep). Where duplicates come
+    /// from after an outage: both instances' predecessors and sweeps may send one event.
+    pub relay_sent: IntCounterVec,
     /// `prism_relay_backlog_events`: unpublished events the last sweep found (at most
     /// `relay.batch_max_events`, one page).
     pub relay_backlog_events: IntGauge,
@@ -67,6 +73,16 @@ impl Metrics {
             "prism_relay_published_total",
             "Events acknowledged by Kafka",
         )?;
+        let relay_sent = IntCounterVec::new(
+            Opts::new(
+                "prism_relay_sent_total",
+                "Events acknowledged by Kafka, by the way the relay sent them",
+            ),
+            &["path"],
+        )?;
+        for path in SendPath::ALL {
+            relay_sent.with_label_values(&[path.as_str()]);
+        }
         let relay_backlog_events = IntGauge::new(
             "prism_relay_backlog_events",
             "Unpublished events found by the last relay sweep (one page at most)",
@@ -108,6 +124,7 @@ impl Metrics {
         registry.register(Box::new(conflicts.clone()))?;
         registry.register(Box::new(append_batch_size.clone()))?;
         registry.register(Box::new(relay_published.clone()))?;
+        registry.register(Box::new(relay_sent.clone()))?;
         registry.register(Box::new(relay_backlog_events.clone()))?;
         registry.register(Box::new(relay_backlog_age_seconds.clone()))?;
         registry.register(Box::new(relay_kafka_available.clone()))?;
@@ -121,6 +138,7 @@ impl Metrics {
             conflicts,
             append_batch_size,
             relay_published,
+            relay_sent,
             relay_backlog_events,
             relay_backlog_age_seconds,
             relay_kafka_available,
@@ -129,5 +147,25 @@ impl Metrics {
             relay_delay_seconds,
             http_requests,
         })
+    }
+}
+
+/// How the relay sent an event to Kafka (the `path` of `prism_relay_sent_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPath {
+    Fresh,
+    Predecessor,
+    Sweep,
+}
+
+impl SendPath {
+    pub const ALL: [Self; 3] = [Self::Fresh, Self::Predecessor, Self::Sweep];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Predecessor => "predecessor",
+            Self::Sweep => "sweep",
+        }
     }
 }

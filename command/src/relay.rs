@@ -59,7 +59,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch, Semaphore};
 use uuid::Uuid;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SendPath};
 use crate::store::{EventStore, StoreError};
 
 /// Most store queries for an account's earlier unpublished events at once (after an outage
@@ -70,7 +70,7 @@ use crate::store::{EventStore, StoreError};
 pub const PREDECESSOR_CHECKS: usize = 16;
 
 /// The store's name of the lease the sweeping relay holds.
-const SWEEP_LEASE: &str = "relay-sweep";
+pub const SWEEP_LEASE: &str = "relay-sweep";
 
 /// Sweep intervals a sweep lease lasts unless renewed.
 const SWEEP_LEASE_SWEEPS: u32 = 5;
@@ -289,6 +289,9 @@ pub struct Relay {
     holder: String,
     /// After a sweep Kafka refused part of: no sweeping (nor renewing the lease) until then.
     lease_pause: Option<Instant>,
+    /// Ids of the events the last sweep found unpublished (one page at most): an event
+    /// found again by the next one is a backlog the sweeping relay has not got to yet.
+    last_page: HashSet<String>,
 }
 
 /// Acknowledged events the relay must not publish again from a read of the store: those
@@ -433,6 +436,7 @@ impl Relay {
             marking: Marking::default(),
             holder: format!("relay-{}", Uuid::new_v4()),
             lease_pause: None,
+            last_page: HashSet::new(),
         })
     }
 
@@ -559,7 +563,7 @@ impl Relay {
             }
         }
         if !work.is_empty() {
-            self.publish_accounts(work, true).await;
+            self.publish_accounts(work, true, SendPath::Fresh).await;
         }
     }
 
@@ -608,6 +612,8 @@ impl Relay {
             }
         };
         self.report_backlog(&pending, truncated);
+        let page: HashSet<String> = pending.iter().map(|e| e.id.clone()).collect();
+        let previous_page = std::mem::replace(&mut self.last_page, page);
         if pending.is_empty() {
             // Nothing unpublished: no account has a backlog left to wait for.
             self.retry.clear();
@@ -623,14 +629,15 @@ impl Relay {
         }
         let paused = self.lease_pause.is_some_and(|until| Instant::now() < until);
         if paused || !self.holds_sweep_lease().await {
-            // Another relay works the backlog off. Accounts of this relay's retry set that
-            // have nothing unpublished (a whole page lists every unpublished event) need
-            // not wait for a sweep any more: their next commit checks the store first.
+            // Another relay works the backlog off. An account of this relay's retry set
+            // waits for that relay's sweeps only while it has an event the previous sweep
+            // found unpublished too (a whole page lists every unpublished event): the
+            // backlog is still there. Events appended since are this relay's own deferred
+            // commits; waiting for them would keep the account waiting for as long as
+            // commits keep coming, each one a sweep late. Released, its next commit checks
+            // the store first and publishes the account's unpublished events before it.
             if !truncated {
-                let waiting: HashSet<AccountId> = pending
-                    .iter()
-                    .filter_map(|e| e.subject.parse().ok())
-                    .collect();
+                let waiting = still_waiting(&pending, &previous_page);
                 self.retry.retain(|account| waiting.contains(account));
             }
             return false;
@@ -640,7 +647,9 @@ impl Relay {
             "relay sweep found unpublished events"
         );
         // Untruncated, the page holds every unpublished event: predecessors included.
-        let all_published = self.publish_accounts(by_account(pending), truncated).await;
+        let all_published = self
+            .publish_accounts(by_account(pending), truncated, SendPath::Sweep)
+            .await;
         if !all_published {
             // Kafka refused some of the page here: let the lease lapse, so another relay
             // (which may reach the partitions this one cannot) gets a turn.
@@ -772,11 +781,13 @@ impl Relay {
     }
 
     /// Publishes each account's events in order; accounts in parallel. Returns whether
-    /// every account's events were published.
+    /// every account's events were published. `path` names where `work` comes from; the
+    /// predecessors a check adds to fresh commits are counted as such.
     async fn publish_accounts(
         &mut self,
         work: Vec<(AccountId, Vec<RawEvent>)>,
         check_predecessors: bool,
+        path: SendPath,
     ) -> bool {
         let mut plans = Vec::with_capacity(work.len());
         for (account_id, events) in work {
@@ -807,6 +818,11 @@ impl Relay {
                 let store = Arc::clone(&store);
                 let checks = Arc::clone(&checks);
                 async move {
+                    let given: HashSet<u64> = if path == SendPath::Fresh && needs_check {
+                        events.iter().map(|e| e.account_version).collect()
+                    } else {
+                        HashSet::new()
+                    };
                     let events = if needs_check {
                         // A closed semaphore cannot happen (never closed); go on unbounded.
                         let _permit = checks.acquire_owned().await.ok();
@@ -818,8 +834,17 @@ impl Relay {
                         events
                     };
                     tracing::debug!(%account_id, ?known, needs_check, events = events.len(), "publishing");
+                    let path_of = |event: &RawEvent| match path {
+                        SendPath::Fresh
+                            if needs_check && !given.contains(&event.account_version) =>
+                        {
+                            SendPath::Predecessor
+                        }
+                        other => other,
+                    };
                     let outcome =
-                        publish_in_order(producer, topic, timeout, metrics, &events).await;
+                        publish_in_order(producer, topic, timeout, metrics, &events, path_of)
+                            .await;
                     (account_id, known, outcome.map(|ids| (ids, events)))
                 }
             },
@@ -869,6 +894,15 @@ impl Relay {
         }
         all_published
     }
+}
+
+/// The accounts of a whole page of unpublished events that have an event the previous
+/// page held too: a backlog the sweeping relay has not published since.
+fn still_waiting(page: &[RawEvent], previous_page: &HashSet<String>) -> HashSet<AccountId> {
+    page.iter()
+        .filter(|e| previous_page.contains(&e.id))
+        .filter_map(|e| e.subject.parse().ok())
+        .collect()
 }
 
 /// Whatever is queued on the channel right now.
@@ -933,6 +967,7 @@ async fn publish_in_order(
     timeout: Duration,
     metrics: &Metrics,
     events: &[RawEvent],
+    path_of: impl Fn(&RawEvent) -> SendPath,
 ) -> Result<Vec<Uuid>, PublishError> {
     let mut ids = Vec::with_capacity(events.len());
     for event in events {
@@ -964,6 +999,10 @@ async fn publish_in_order(
         let delay = (Utc::now() - event.time).num_microseconds().unwrap_or(0) as f64 / 1e6;
         metrics.relay_delay_seconds.observe(delay.max(0.0));
         metrics.relay_published.inc();
+        metrics
+            .relay_sent
+            .with_label_values(&[path_of(event).as_str()])
+            .inc();
         match Uuid::parse_str(&event.id) {
             Ok(id) => ids.push(id),
             Err(_) => tracing::error!(event_id = %event.id, "stored event id is not a UUID"),
@@ -1040,5 +1079,34 @@ mod tests {
         );
         assert_eq!(admin.state, "degraded");
         assert_eq!(admin.problem.as_deref(), Some("reading the outbox: x"));
+    }
+
+    #[test]
+    fn an_account_waits_for_another_relays_sweep_only_while_its_old_backlog_is_there() {
+        let event = |account: &AccountId, version: u64| RawEvent {
+            id: Uuid::new_v4().to_string(),
+            source: "/prism/command".into(),
+            event_type: "prism.account.money_deposited".into(),
+            subject: account.to_string(),
+            time: Utc::now(),
+            account_version: version,
+            correlation_id: None,
+            causation_id: None,
+            schema_version: 1,
+            data: serde_json::json!({ "amount_minor": 1 }),
+        };
+        let (old, new, gone) = (
+            AccountId(Uuid::new_v4()),
+            AccountId(Uuid::new_v4()),
+            AccountId(Uuid::new_v4()),
+        );
+        let first = [event(&old, 1), event(&gone, 1), event(&new, 1)];
+        let previous: HashSet<String> = first[..2].iter().map(|e| e.id.clone()).collect();
+        // `old` still has the event the previous sweep found; `new` only events appended
+        // since (this relay's own deferred commits); `gone` nothing left.
+        let page = vec![first[0].clone(), first[2].clone(), event(&new, 2)];
+        let waiting = still_waiting(&page, &previous);
+        assert_eq!(waiting, HashSet::from([old]));
+        assert!(still_waiting(&page, &HashSet::new()).is_empty());
     }
 }

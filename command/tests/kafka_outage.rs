@@ -3,7 +3,8 @@
 //! publishes every stored event in per-account order.
 //!
 //! A second test stops Kafka for a minute under a running prism-command while commands go
-//! on, and checks the relay's catch-up the same way.
+//! on, and checks the relay's catch-up the same way. A third runs two instances through an
+//! outage and checks that both publish their own commits again once the backlog is out.
 //!
 //! These stop the shared Kafka of the local stack (one test at a time), so Kafka is always
 //! started again (also when a test fails). Run them alone:
@@ -317,5 +318,167 @@ async fn the_relay_catches_up_after_kafka_was_down_for_a_minute_while_commands_w
     let back = recover_and_stop(&api, &stop, &rounds, load).await;
     assert_relay_caught_up(&config, &api, accounts.len(), back).await;
     instance.stop().await;
+    clean_up(&config).await;
+}
+
+/// The relay's figures on one instance's `/metrics`: events acknowledged, those of them
+/// acknowledged within 1 s of their command (`prism_relay_delay_seconds`), and those sent
+/// by a sweep (`prism_relay_sent_total{path="sweep"}`).
+#[derive(Debug, Clone, Copy, Default)]
+struct RelayFigures {
+    published: f64,
+    within_1s: f64,
+    swept: f64,
+}
+
+impl RelayFigures {
+    async fn scrape(api: &Api) -> Self {
+        let text = up(
+            "/metrics",
+            up(
+                "/metrics",
+                api.http.get(format!("{}/metrics", api.base)).send().await,
+            )
+            .text()
+            .await,
+        );
+        let value = |prefix: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            published: value("prism_relay_delay_seconds_count "),
+            within_1s: value("prism_relay_delay_seconds_bucket{le=\"1\"} "),
+            swept: value("prism_relay_sent_total{path=\"sweep\"} "),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            published: self.published - before.published,
+            within_1s: self.within_1s - before.within_1s,
+            swept: self.swept - before.swept,
+        }
+    }
+}
+
+/// Waits until nothing stored before `back` is unpublished: the outage's backlog is on
+/// Kafka.
+async fn wait_for_outage_backlog_published(config: &Config, back: chrono::DateTime<chrono::Utc>) {
+    let store = up("event store", prism_command::app::open_store(config).await);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let left = up("event store", store.unpublished(None, 1_000_000).await)
+            .iter()
+            .filter(|e| e.time < back)
+            .count();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} events of the outage still unpublished"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Two instances under load through a Kafka outage: once the outage's backlog is on
+/// Kafka, each publishes its own commits again as they come, whichever holds the sweep
+/// lease. The instance without the lease used to leave every account it had deferred
+/// during the outage to the other's sweeps for as long as commits kept coming: each of its
+/// commits reached Kafka up to a sweep interval late (here 2 s), with no end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_every_instance_publishes_its_own_commits_again() {
+    const OUTAGE: Duration = Duration::from_secs(10);
+    const WINDOW: Duration = Duration::from_secs(8);
+    let _kafka = KAFKA.lock().await;
+    let mut config = isolated_config(EventStoreBackend::Mongodb);
+    config.relay.sweep_interval_ms = 2_000;
+    // Publishes give up within the outage, so both relays defer commits to the sweep.
+    config.relay.publish_timeout_ms = 2_000;
+    let instances = [
+        Instance::start(&config).await,
+        Instance::start(&config).await,
+    ];
+    let apis: Vec<Api> = instances.iter().map(|i| Api::new(&i.url)).collect();
+    let mut accounts = Vec::new();
+    for api in &apis {
+        let mut own = Vec::new();
+        for _ in 0..ACCOUNTS / 4 {
+            own.push(api.open("EUR").await);
+        }
+        accounts.push(own);
+    }
+    for api in &apis {
+        wait_for_readyz(
+            api,
+            Duration::from_secs(60),
+            "nothing published before the outage",
+            |b| b["relay"]["state"] == "publishing" && b["relay"]["backlog_events"] == 0,
+        )
+        .await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let loads: Vec<_> = apis
+        .iter()
+        .zip(&accounts)
+        .map(|(api, own)| keep_depositing(api, own, &stop, &rounds))
+        .collect();
+    let outage = up(
+        "dev/stack down kafka",
+        tokio::task::spawn_blocking(KafkaOutage::begin).await,
+    );
+    tokio::time::sleep(OUTAGE).await;
+    outage.end_off_runtime().await;
+    let back = chrono::Utc::now();
+    wait_for_outage_backlog_published(&config, back).await;
+    // Two sweeps for each relay to see the backlog gone.
+    tokio::time::sleep(Duration::from_millis(2 * config.relay.sweep_interval_ms)).await;
+
+    let mut before = Vec::new();
+    for api in &apis {
+        before.push(RelayFigures::scrape(api).await);
+    }
+    tokio::time::sleep(WINDOW).await;
+    let mut window = Vec::new();
+    for (api, before) in apis.iter().zip(&before) {
+        window.push(RelayFigures::scrape(api).await.since(*before));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for load in loads {
+        up("the load", load.await);
+    }
+    eprintln!("after the outage's backlog, over {WINDOW:?}: {window:?}");
+    for (n, figures) in window.iter().enumerate() {
+        let late = figures.published - figures.within_1s;
+        assert!(
+            figures.published >= 20.0 && late * 50.0 <= figures.published,
+            "instance {n}: {late} of {} events reached Kafka more than 1 s after their \
+             command ({} sent by a sweep): {window:?}",
+            figures.published,
+            figures.swept
+        );
+    }
+
+    let stored = stored_events(&config).await;
+    let expected = last_versions(&stored);
+    let reader_config = config.clone();
+    let records = up(
+        "reader",
+        tokio::task::spawn_blocking(move || {
+            consume(&reader_config, &expected, Duration::from_secs(180))
+        })
+        .await,
+    );
+    assert_per_account_order(&records, &last_versions(&stored));
+    assert_every_event_published(&records, &stored);
+    for instance in instances {
+        instance.stop().await;
+    }
     clean_up(&config).await;
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prism_command::metrics::Metrics;
-use prism_command::relay::{Relay, RelayHandle, RelayStatus};
+use prism_command::relay::{Relay, RelayHandle, RelayStatus, SWEEP_LEASE};
 use prism_command::store::{AppendError, EventStore};
 use prism_events::testing::{deposited, opened, Account};
 use prism_events::{AccountId, Envelope};
@@ -33,6 +33,7 @@ struct RunningRelay {
     handle: RelayHandle,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    metrics: Metrics,
 }
 
 impl RunningRelay {
@@ -44,19 +45,25 @@ impl RunningRelay {
 }
 
 async fn start_relay(config: &Config, store: Arc<dyn EventStore>) -> RunningRelay {
+    let metrics = up("metrics", Metrics::new());
     let relay = up(
         "relay",
         Relay::new(
             store,
             &config.kafka,
             config.relay.clone(),
-            up("metrics", Metrics::new()),
+            metrics.clone(),
             RelayStatus::default(),
         ),
     );
     let (stop, stopped) = watch::channel(false);
     let (handle, task) = relay.spawn(stopped);
-    RunningRelay { handle, stop, task }
+    RunningRelay {
+        handle,
+        stop,
+        task,
+        metrics,
+    }
 }
 
 async fn open(config: &Config) -> Arc<dyn EventStore> {
@@ -598,4 +605,81 @@ async fn on_mongodb_two_relays_on_one_backlog_publish_it_about_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_two_relays_on_one_backlog_publish_it_about_once() {
     two_relays_on_one_backlog_publish_it_about_once(EventStoreBackend::Postgres).await;
+}
+
+/// While another instance holds the sweep lease, a fresh commit of an account with an
+/// unpublished backlog (a dead writer's) sends that backlog first, then itself: the
+/// relay's `prism_relay_sent_total` counts the backlog as `predecessor`, the commit as
+/// `fresh`, and nothing as `sweep` (the relay's own sweeps leave the backlog to the lease's
+/// holder). This is the way a backlog can reach Kafka twice after an outage: the sweeper
+/// may send the same events.
+async fn a_fresh_commit_sends_its_accounts_backlog_as_predecessors(backend: EventStoreBackend) {
+    let mut config = isolated_config(backend);
+    config.relay.sweep_interval_ms = 100;
+    let (account_id, history) = history(7);
+    let writer = open(&config).await;
+    let mut version = 0;
+    for commit in &history {
+        up(
+            "append",
+            writer.append(account_id, version, commit, None).await,
+        );
+        version += commit.len() as u64;
+    }
+    let backlog_events = usize::try_from(version).unwrap_or(0);
+    let other = open(&config).await;
+    assert!(
+        up(
+            "lease",
+            other
+                .hold_lease(SWEEP_LEASE, "another instance", Duration::from_secs(300))
+                .await
+        ),
+        "the other instance takes the sweep lease"
+    );
+
+    let store = open(&config).await;
+    let relay = start_relay(&config, Arc::clone(&store)).await;
+    // Several sweeps run and leave the backlog to the lease's holder.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(backlog(other.as_ref()).await, backlog_events);
+
+    let mut account = Account {
+        id: account_id,
+        partition: 0,
+        version,
+    };
+    let commit = vec![account.next_now(deposited(5)).0];
+    up(
+        "append",
+        store.append(account_id, version, &commit, None).await,
+    );
+    relay
+        .handle
+        .publish(commit.iter().map(Envelope::to_raw).collect());
+    wait_for_empty_backlog(&config).await;
+    assert_all_published_in_order(&config).await;
+
+    let sent = |path: &str| relay.metrics.relay_sent.with_label_values(&[path]).get();
+    assert_eq!(
+        (sent("predecessor"), sent("fresh"), sent("sweep")),
+        (backlog_events as u64, 1, 0),
+        "events sent as predecessors, fresh, by sweeps"
+    );
+    assert_eq!(
+        relay.metrics.relay_published.get(),
+        backlog_events as u64 + 1
+    );
+    relay.stop().await;
+    clean_up(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mongodb_a_fresh_commit_sends_its_accounts_backlog_as_predecessors() {
+    a_fresh_commit_sends_its_accounts_backlog_as_predecessors(EventStoreBackend::Mongodb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_fresh_commit_sends_its_accounts_backlog_as_predecessors() {
+    a_fresh_commit_sends_its_accounts_backlog_as_predecessors(EventStoreBackend::Postgres).await;
 }
