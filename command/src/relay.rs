@@ -1100,11 +1100,12 @@ mod tests {
             AccountId(Uuid::new_v4()),
             AccountId(Uuid::new_v4()),
         );
-        let first = [event(&old, 1), event(&gone, 1), event(&new, 1)];
-        let previous: HashSet<String> = first[..2].iter().map(|e| e.id.clone()).collect();
-        // `old` still has the event the previous sweep found; `new` only events appended
-        // since (this relay's own deferred commits); `gone` nothing left.
-        let page = vec![first[0].clone(), first[2].clone(), event(&new, 2)];
+        // The previous sweep found `old`'s and `gone`'s first events. Now `old` still has
+        // its event, `new` only events appended since (this relay's own deferred commits)
+        // and `gone` nothing left.
+        let backlog = event(&old, 1);
+        let previous = HashSet::from([backlog.id.clone(), event(&gone, 1).id]);
+        let page = vec![backlog, event(&new, 1), event(&new, 2)];
         let waiting = still_waiting(&page, &previous);
         assert_eq!(waiting, HashSet::from([old]));
         assert!(still_waiting(&page, &HashSet::new()).is_empty());

@@ -218,8 +218,38 @@ async fn recover_and_stop(
 /// Everything stored reaches Kafka, per account in order without a gap, and the relay's
 /// backlog drains to nothing.
 async fn assert_relay_caught_up(config: &Config, api: &Api, accounts: usize, back: Instant) {
+    let stored = assert_all_on_kafka_in_order(config).await;
+    assert_eq!(stored, accounts, "accounts in the store");
+    eprintln!("caught up {:?} after Kafka was back", back.elapsed());
+    wait_for_readyz(
+        api,
+        Duration::from_secs(60),
+        "the backlog did not drain",
+        |b| b["relay"]["backlog_events"] == 0 && b["relay"]["state"] == "publishing",
+    )
+    .await;
+}
+
+/// Opens `count` accounts through `api` and waits until its relay has published them.
+async fn open_before_the_outage(api: &Api, count: usize) -> Vec<String> {
+    let mut accounts = Vec::with_capacity(count);
+    for _ in 0..count {
+        accounts.push(api.open("EUR").await);
+    }
+    wait_for_readyz(
+        api,
+        Duration::from_secs(60),
+        "nothing published before the outage",
+        |b| b["relay"]["state"] == "publishing" && b["relay"]["backlog_events"] == 0,
+    )
+    .await;
+    accounts
+}
+
+/// Every stored event is on Kafka, per account in order without a gap. Answers how many
+/// accounts the store holds.
+async fn assert_all_on_kafka_in_order(config: &Config) -> usize {
     let stored = stored_events(config).await;
-    assert_eq!(stored.len(), accounts, "accounts in the store");
     let expected = last_versions(&stored);
     let reader_config = config.clone();
     let records = up(
@@ -229,16 +259,9 @@ async fn assert_relay_caught_up(config: &Config, api: &Api, accounts: usize, bac
         })
         .await,
     );
-    eprintln!("caught up {:?} after Kafka was back", back.elapsed());
     assert_per_account_order(&records, &last_versions(&stored));
     assert_every_event_published(&records, &stored);
-    wait_for_readyz(
-        api,
-        Duration::from_secs(60),
-        "the backlog did not drain",
-        |b| b["relay"]["backlog_events"] == 0 && b["relay"]["state"] == "publishing",
-    )
-    .await;
+    stored.len()
 }
 
 /// Polls `/readyz` until `done` says so, failing after `limit`.
@@ -272,17 +295,7 @@ async fn the_relay_catches_up_after_kafka_was_down_for_a_minute_while_commands_w
     config.relay.batch_max_events = 25;
     let instance = Instance::start(&config).await;
     let api = Api::new(&instance.url);
-    let mut accounts = Vec::new();
-    for _ in 0..ACCOUNTS / 2 {
-        accounts.push(api.open("EUR").await);
-    }
-    wait_for_readyz(
-        &api,
-        Duration::from_secs(60),
-        "nothing published before the outage",
-        |b| b["relay"]["state"] == "publishing" && b["relay"]["backlog_events"] == 0,
-    )
-    .await;
+    let accounts = open_before_the_outage(&api, ACCOUNTS / 2).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
@@ -406,20 +419,7 @@ async fn after_an_outage_every_instance_publishes_its_own_commits_again() {
     let apis: Vec<Api> = instances.iter().map(|i| Api::new(&i.url)).collect();
     let mut accounts = Vec::new();
     for api in &apis {
-        let mut own = Vec::new();
-        for _ in 0..ACCOUNTS / 4 {
-            own.push(api.open("EUR").await);
-        }
-        accounts.push(own);
-    }
-    for api in &apis {
-        wait_for_readyz(
-            api,
-            Duration::from_secs(60),
-            "nothing published before the outage",
-            |b| b["relay"]["state"] == "publishing" && b["relay"]["backlog_events"] == 0,
-        )
-        .await;
+        accounts.push(open_before_the_outage(api, ACCOUNTS / 4).await);
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -465,18 +465,7 @@ async fn after_an_outage_every_instance_publishes_its_own_commits_again() {
         );
     }
 
-    let stored = stored_events(&config).await;
-    let expected = last_versions(&stored);
-    let reader_config = config.clone();
-    let records = up(
-        "reader",
-        tokio::task::spawn_blocking(move || {
-            consume(&reader_config, &expected, Duration::from_secs(180))
-        })
-        .await,
-    );
-    assert_per_account_order(&records, &last_versions(&stored));
-    assert_every_event_published(&records, &stored);
+    assert_all_on_kafka_in_order(&config).await;
     for instance in instances {
         instance.stop().await;
     }
