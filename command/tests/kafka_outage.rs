@@ -83,6 +83,15 @@ fn stack(action: &str) {
     );
 }
 
+/// The instance's `/metrics` page.
+async fn metrics_text(api: &Api) -> String {
+    let answer = up(
+        "/metrics",
+        api.http.get(format!("{}/metrics", api.base)).send().await,
+    );
+    up("/metrics", answer.text().await)
+}
+
 async fn readyz(api: &Api) -> (u16, serde_json::Value) {
     let answer = api.send(api.http.get(format!("{}/readyz", api.base))).await;
     (answer.status, answer.body)
@@ -136,15 +145,7 @@ async fn the_write_side_starts_and_accepts_commands_while_kafka_is_down() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let text = up(
-        "metrics",
-        up(
-            "metrics",
-            api.http.get(format!("{}/metrics", api.base)).send().await,
-        )
-        .text()
-        .await,
-    );
+    let text = metrics_text(&api).await;
     assert!(
         text.contains("prism_relay_backlog_events")
             && text.contains("prism_relay_backlog_age_seconds"),
@@ -346,15 +347,7 @@ struct RelayFigures {
 
 impl RelayFigures {
     async fn scrape(api: &Api) -> Self {
-        let text = up(
-            "/metrics",
-            up(
-                "/metrics",
-                api.http.get(format!("{}/metrics", api.base)).send().await,
-            )
-            .text()
-            .await,
-        );
+        let text = metrics_text(api).await;
         let value = |prefix: &str| {
             text.lines()
                 .find_map(|line| line.strip_prefix(prefix))

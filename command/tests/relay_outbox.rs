@@ -140,6 +140,21 @@ fn history(count: usize) -> (AccountId, Vec<Vec<Envelope>>) {
     (account.id, commits)
 }
 
+/// Appends `commits` of a fresh account through `store`; answers the account's version
+/// after them.
+async fn append_history(
+    store: &dyn EventStore,
+    account: AccountId,
+    commits: &[Vec<Envelope>],
+) -> u64 {
+    let mut version = 0;
+    for commit in commits {
+        up("append", store.append(account, version, commit, None).await);
+        version += commit.len() as u64;
+    }
+    version
+}
+
 /// A dead writer's work: `accounts` accounts of `commits` commits each, stored and never
 /// published (its store object is gone with it). Returns how many events it stored.
 async fn dead_writers_backlog(config: &Config, accounts: usize, commits: usize) -> usize {
@@ -147,15 +162,8 @@ async fn dead_writers_backlog(config: &Config, accounts: usize, commits: usize) 
     let mut total = 0;
     for _ in 0..accounts {
         let (account, history) = history(commits);
-        let mut version = 0;
-        for commit in history {
-            up(
-                "append",
-                writer.append(account, version, &commit, None).await,
-            );
-            version += commit.len() as u64;
-            total += commit.len();
-        }
+        let version = append_history(writer.as_ref(), account, &history).await;
+        total += usize::try_from(version).unwrap_or(0);
     }
     total
 }
@@ -391,14 +399,7 @@ async fn commits_flagged_unpublished_by_the_earlier_format_are_published_after_a
     let config = isolated_config(EventStoreBackend::Mongodb);
     let (account, commits) = history(3);
     let writer = open(&config).await;
-    let mut version = 0;
-    for commit in &commits {
-        up(
-            "append",
-            writer.append(account, version, commit, None).await,
-        );
-        version += commit.len() as u64;
-    }
+    let version = append_history(writer.as_ref(), account, &commits).await;
     drop(writer);
     // Rewrite them in the earlier format: no intents, a flag on each commit.
     let client = up(
@@ -449,14 +450,7 @@ async fn on_postgres_events_flagged_unpublished_by_the_earlier_format_are_publis
     let config = isolated_config(EventStoreBackend::Postgres);
     let (account, commits) = history(4);
     let writer = open(&config).await;
-    let mut version = 0;
-    for commit in &commits {
-        up(
-            "append",
-            writer.append(account, version, commit, None).await,
-        );
-        version += commit.len() as u64;
-    }
+    let version = append_history(writer.as_ref(), account, &commits).await;
     drop(writer);
     // Rewrite them in the earlier format: no outbox, a flag on each event; the first
     // commit was published already then.
@@ -617,15 +611,7 @@ async fn a_fresh_commit_sends_its_accounts_backlog_as_predecessors(backend: Even
     let mut config = isolated_config(backend);
     config.relay.sweep_interval_ms = 100;
     let (account_id, history) = history(7);
-    let writer = open(&config).await;
-    let mut version = 0;
-    for commit in &history {
-        up(
-            "append",
-            writer.append(account_id, version, commit, None).await,
-        );
-        version += commit.len() as u64;
-    }
+    let version = append_history(open(&config).await.as_ref(), account_id, &history).await;
     let backlog_events = usize::try_from(version).unwrap_or(0);
     let other = open(&config).await;
     assert!(
